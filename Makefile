@@ -1,0 +1,54 @@
+# The two README commands: `make bench` (main job) and `make test` (the test suite, what
+# CI runs through .ci/run). Each creates its own virtual environment in .venv.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.pypool-installed
+SOURCES := $(shell find csrc pypool -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.py' -o -name '*.pyi' \)) CMakeLists.txt pyproject.toml
+
+.PHONY: all install bench test test-py sanitize clean
+
+all: test
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps: requirements-dev.txt | $(VENV)/bin/python
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+$(STAMP): $(VENV)/.deps $(SOURCES)
+	$(PY) -m pip install -q --no-build-isolation --no-deps .
+	touch $@
+
+install: $(STAMP)
+
+# Main job: benchmarks against the default allocator (glibc on CPU, PyTorch's on a GPU)
+# and the fragmentation report of a replayed workload.
+bench: $(STAMP)
+	$(PY) -P -m pypool bench --quick --json out/bench.json --html out/bench.html
+	$(PY) -P -m pypool replay --workload transformer --report out/fragmentation
+
+# Tests: pytest (CPU; GPU tests skip without a GPU), the C++ stress driver under
+# ASan+UBSan and TSan, and the benchmark suite run once each as a smoke test.
+test: $(STAMP) sanitize
+	$(PY) -P -m pytest -q tests
+	$(PY) -P -m pytest -q benchmarks --benchmark-disable
+
+test-py: $(STAMP)
+	$(PY) -P -m pytest -q tests
+
+sanitize:
+	@for san in address,undefined thread; do \
+	  dir=build/sanitize-$${san%%,*}; \
+	  cmake -S . -B $$dir -G Ninja -DPYPOOL_BUILD_PYTHON=OFF -DPYPOOL_BUILD_TOOLS=ON \
+	    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPYPOOL_SANITIZE=$$san > /dev/null || exit 1; \
+	  cmake --build $$dir > /dev/null || exit 1; \
+	  echo "stress under -fsanitize=$$san"; \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  TSAN_OPTIONS=halt_on_error=1 $$dir/pypool_stress 5000 || exit 1; \
+	done
+
+clean:
+	rm -rf build $(VENV) out

@@ -1,0 +1,86 @@
+#include "pypool/c_api.h"
+
+#include <atomic>
+#include <cstdio>
+#include <exception>
+
+#include "pypool/registry.h"
+
+namespace {
+
+std::atomic<std::uint64_t> g_errors{0};
+
+void report(const char* where, const char* what) {
+  g_errors.fetch_add(1, std::memory_order_relaxed);
+  std::fprintf(stderr, "pypool: %s: %s\n", where, what);
+}
+
+}  // namespace
+
+extern "C" {
+
+void* pypool_malloc(size_t size, int device, void* stream) {
+  try {
+    return pypool::Registry::instance().pool(device).malloc(size, reinterpret_cast<pypool::Stream>(stream));
+  } catch (const pypool::OutOfMemoryError&) {
+    throw;  // deliberate: torch reports it to Python as a RuntimeError
+  } catch (const std::exception& e) {
+    // Any other failure (absurd size, broken device) is still "no memory" for torch,
+    // which has no other channel: keep one exception type at the boundary.
+    throw pypool::OutOfMemoryError(e.what());
+  }
+}
+
+void pypool_free(void* ptr, size_t size, int device, void* stream) {
+  (void)size;
+  (void)stream;
+  try {
+    pypool::Registry::instance().pool(device).free(ptr);
+  } catch (const std::exception& e) {
+    report("free", e.what());
+  } catch (...) {
+    report("free", "unknown error");
+  }
+}
+
+void pypool_init(int device_count) { (void)device_count; }
+
+void pypool_empty_cache(void) {
+  auto& r = pypool::Registry::instance();
+  for (int d : r.devices()) {
+    try {
+      r.pool(d).empty_cache();
+    } catch (const std::exception& e) {
+      report("empty_cache", e.what());
+    }
+  }
+}
+
+void pypool_set_memory_fraction(double fraction, int device) {
+  try {
+    pypool::Registry::instance().pool(device).set_memory_fraction(fraction);
+  } catch (const std::exception& e) {
+    report("set_memory_fraction", e.what());
+  }
+}
+
+void pypool_record_stream(void* ptr, void* stream) {
+  // torch does not pass the device: find the pool that owns the pointer.
+  auto& r = pypool::Registry::instance();
+  for (int d : r.devices()) {
+    try {
+      r.pool(d).record_stream(ptr, reinterpret_cast<pypool::Stream>(stream));
+      return;
+    } catch (const pypool::InvalidPointerError&) {
+      continue;
+    } catch (const std::exception& e) {
+      report("record_stream", e.what());
+      return;
+    }
+  }
+  report("record_stream", "pointer not allocated by pypool");
+}
+
+uint64_t pypool_error_count(void) { return g_errors.load(std::memory_order_relaxed); }
+
+}  // extern "C"

@@ -1,0 +1,261 @@
+#include "pypool/host_backend.h"
+
+#include <sys/mman.h>
+
+#include <cstring>
+#include <limits>
+#include <string>
+
+namespace pypool {
+
+namespace {
+constexpr std::size_t kNoBudget = std::numeric_limits<std::size_t>::max();
+
+void* os_map(std::size_t size, int prot) {
+  void* p = ::mmap(nullptr, size, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+}  // namespace
+
+std::shared_ptr<HostBackend> make_host_backend(const HostBackendOptions& opts) {
+  return std::make_shared<HostBackend>(opts);
+}
+
+HostBackend::HostBackend(const HostBackendOptions& opts) : opts_(opts), budget_(kNoBudget) {
+  if (opts.capacity == 0) throw std::invalid_argument("host backend: capacity must be > 0");
+}
+
+HostBackend::~HostBackend() {
+  // A pool outliving its backend is a bug elsewhere; release what is left so tests that
+  // drop everything do not leak address space.
+  for (auto& [addr, size] : live_) ::munmap(reinterpret_cast<void*>(addr), size);
+}
+
+bool HostBackend::admit_locked(std::size_t size) {
+  ++calls_;
+  const bool injected = fail_at_ != 0 && calls_ == fail_at_;
+  if (injected) fail_at_ = 0;
+  if (injected || size > opts_.capacity - std::min(used_, opts_.capacity) ||
+      (budget_ != kNoBudget && used_ + size > budget_)) {
+    ++failures_;
+    return false;
+  }
+  return true;
+}
+
+void* HostBackend::do_allocate(std::size_t size) {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    if (!admit_locked(size)) return nullptr;
+    used_ += size;  // claim before the (slow) mmap so concurrent callers see it
+  }
+  void* p = os_map(size, PROT_READ | PROT_WRITE);
+  std::lock_guard<std::mutex> g(mu_);
+  if (p == nullptr) {
+    used_ -= size;
+    ++failures_;
+    return nullptr;
+  }
+  if (opts_.touch) std::memset(p, 0xA5, size);
+  live_.emplace(reinterpret_cast<std::uintptr_t>(p), size);
+  ++ok_;
+  return p;
+}
+
+void HostBackend::do_deallocate(void* p, std::size_t size) {
+  std::lock_guard<std::mutex> g(mu_);
+  auto it = live_.find(reinterpret_cast<std::uintptr_t>(p));
+  if (it == live_.end() || it->second != size)
+    throw BackendError("host backend: deallocate of memory it did not hand out");
+  live_.erase(it);
+  used_ -= size;
+  ::munmap(p, size);
+}
+
+Event HostBackend::do_record_event(Stream stream) {
+  std::lock_guard<std::mutex> g(mu_);
+  const Event e = next_event_++;
+  events_.emplace(e, std::make_pair(stream, held_.count(stream) == 0));
+  return e;
+}
+
+bool HostBackend::do_query_event(Event e) {
+  std::lock_guard<std::mutex> g(mu_);
+  auto it = events_.find(e);
+  if (it == events_.end()) throw BackendError("host backend: query of an unknown event");
+  return it->second.second;
+}
+
+void HostBackend::do_synchronize_event(Event e) {
+  // Waiting on the host means the "kernels" before the event finish now.
+  std::lock_guard<std::mutex> g(mu_);
+  auto it = events_.find(e);
+  if (it == events_.end()) throw BackendError("host backend: sync of an unknown event");
+  it->second.second = true;
+}
+
+void HostBackend::do_release_event(Event e) {
+  std::lock_guard<std::mutex> g(mu_);
+  events_.erase(e);
+}
+
+MemInfo HostBackend::do_mem_info() {
+  std::lock_guard<std::mutex> g(mu_);
+  return MemInfo{opts_.capacity - std::min(used_, opts_.capacity), opts_.capacity};
+}
+
+void* HostBackend::do_vmm_reserve(std::size_t size) { return os_map(size, PROT_NONE); }
+
+void HostBackend::do_vmm_release_range(void* base, std::size_t size) { ::munmap(base, size); }
+
+PhysHandle HostBackend::do_vmm_map(void* addr, std::size_t size) {
+  std::lock_guard<std::mutex> g(mu_);
+  if (!admit_locked(size)) return 0;
+  // Map fresh pages in place of the PROT_NONE reservation (the analogue of cuMemCreate +
+  // cuMemMap + cuMemSetAccess).
+  void* p = ::mmap(addr, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    ++failures_;
+    return 0;
+  }
+  if (opts_.touch) std::memset(p, 0xA5, size);
+  used_ += size;
+  ++ok_;
+  const PhysHandle h = next_phys_++;
+  phys_.emplace(h, size);
+  return h;
+}
+
+void HostBackend::do_vmm_unmap(void* addr, std::size_t size, PhysHandle h) {
+  std::lock_guard<std::mutex> g(mu_);
+  auto it = phys_.find(h);
+  if (it == phys_.end() || it->second != size)
+    throw BackendError("host backend: vmm_unmap of a handle it did not hand out");
+  phys_.erase(it);
+  used_ -= size;
+  // Back to an inaccessible reservation: the pages are gone, the addresses stay ours.
+  ::mmap(addr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+}
+
+void HostBackend::fail_allocation_at(std::uint64_t k) {
+  std::lock_guard<std::mutex> g(mu_);
+  fail_at_ = k == 0 ? 0 : calls_ + k;
+}
+
+void HostBackend::set_byte_budget(std::size_t bytes) {
+  std::lock_guard<std::mutex> g(mu_);
+  budget_ = bytes;
+}
+
+void HostBackend::set_capacity(std::size_t bytes) {
+  if (bytes == 0) throw std::invalid_argument("host backend: capacity must be > 0");
+  std::lock_guard<std::mutex> g(mu_);
+  opts_.capacity = bytes;
+}
+
+void HostBackend::hold_stream(Stream s) {
+  std::lock_guard<std::mutex> g(mu_);
+  held_.insert(s);
+}
+
+void HostBackend::release_stream(Stream s) {
+  std::lock_guard<std::mutex> g(mu_);
+  held_.erase(s);
+  for (auto& [e, st] : events_)
+    if (st.first == s) st.second = true;
+}
+
+std::size_t HostBackend::pending_events() const {
+  std::lock_guard<std::mutex> g(mu_);
+  std::size_t n = 0;
+  for (auto& [e, st] : events_) n += st.second ? 0 : 1;
+  return n;
+}
+
+std::size_t HostBackend::used() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return used_;
+}
+std::uint64_t HostBackend::num_allocations() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return ok_;
+}
+std::uint64_t HostBackend::num_failures() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return failures_;
+}
+std::size_t HostBackend::live_allocations() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return live_.size() + phys_.size();
+}
+
+// ------------------------------------------------------------------ null backend
+
+namespace {
+
+// Note [Null backend]: replaying a trace of an 80 GiB training run must not need 80 GiB.
+// This backend hands out addresses from a 2^62-byte virtual counter and never touches
+// them; only the pool's bookkeeping runs. Capacity and VMM behave like the host's.
+class NullBackend final : public Backend {
+ public:
+  explicit NullBackend(std::size_t capacity) : capacity_(capacity) {}
+
+ private:
+  void* do_allocate(std::size_t size) override {
+    std::lock_guard<std::mutex> g(mu_);
+    if (size > capacity_ - used_) return nullptr;
+    used_ += size;
+    return bump(size);
+  }
+  void do_deallocate(void*, std::size_t size) override {
+    std::lock_guard<std::mutex> g(mu_);
+    used_ -= size;
+  }
+  Event do_record_event(Stream) override { return 1; }
+  bool do_query_event(Event) override { return true; }
+  void do_synchronize_event(Event) override {}
+  void do_release_event(Event) override {}
+  MemInfo do_mem_info() override {
+    std::lock_guard<std::mutex> g(mu_);
+    return MemInfo{capacity_ - used_, capacity_};
+  }
+  const char* do_name() const noexcept override { return "null"; }
+  bool do_supports_vmm() const noexcept override { return true; }
+  std::size_t do_vmm_granularity() const override { return std::size_t(2) << 20; }
+  void* do_vmm_reserve(std::size_t size) override {
+    std::lock_guard<std::mutex> g(mu_);
+    return bump(size);
+  }
+  void do_vmm_release_range(void*, std::size_t) override {}
+  PhysHandle do_vmm_map(void*, std::size_t size) override {
+    std::lock_guard<std::mutex> g(mu_);
+    if (size > capacity_ - used_) return 0;
+    used_ += size;
+    return 1;
+  }
+  void do_vmm_unmap(void*, std::size_t size, PhysHandle) override {
+    std::lock_guard<std::mutex> g(mu_);
+    used_ -= size;
+  }
+  void* bump(std::size_t size) {
+    const std::uintptr_t p = next_;
+    next_ += (size + kAlign - 1) / kAlign * kAlign;
+    return reinterpret_cast<void*>(p);
+  }
+
+  static constexpr std::uintptr_t kAlign = std::uintptr_t(2) << 20;
+  std::mutex mu_;
+  std::size_t capacity_;
+  std::size_t used_ = 0;
+  std::uintptr_t next_ = std::uintptr_t(1) << 44;
+};
+
+}  // namespace
+
+std::shared_ptr<Backend> make_null_backend(std::size_t capacity) {
+  if (capacity == 0) throw std::invalid_argument("null backend: capacity must be > 0");
+  return std::make_shared<NullBackend>(capacity);
+}
+
+}  // namespace pypool

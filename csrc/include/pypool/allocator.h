@@ -1,0 +1,156 @@
+// The caching block-pool allocator for one device.
+//
+// Note [Locking rule]: every public method of DevicePool takes mutex_ once and never
+// calls another public method; private methods (suffix _locked or documented "lock
+// held") assume it is held. Backend calls that may block (allocate / deallocate / event
+// synchronize) are made with the lock RELEASED: growth reserves its bytes against the
+// cap under the lock (inflight_), drops the lock for the backend call, and retakes it to
+// insert the segment; release detaches segments under the lock and frees them after.
+// Event record/query never block and are made under the lock.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "pypool/backend.h"
+#include "pypool/config.h"
+#include "pypool/size_policy.h"
+#include "pypool/stats.h"
+
+namespace pypool {
+
+namespace detail {
+struct Block;
+class FreeIndex;
+}  // namespace detail
+
+// Thrown when a request cannot be met after release-and-retry. The message is the full
+// report (sizes, fragmentation, what to try). The only exception the C ABI lets through.
+struct OutOfMemoryError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// Double free, foreign pointer, record_stream on a pointer not allocated here.
+struct InvalidPointerError : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+// check_invariants() found a broken structure.
+struct InvariantError : std::logic_error {
+  using std::logic_error::logic_error;
+};
+
+enum class BlockState : std::uint8_t { kFree = 0, kAllocated = 1, kPendingFree = 2 };
+
+struct BlockInfo {
+  std::uintptr_t address;
+  std::size_t size;
+  std::size_t requested;  // 0 for free blocks
+  BlockState state;
+  Stream stream;
+  std::uint64_t seq;      // allocation sequence number (0 for free blocks)
+  std::uint64_t context;  // context id given by the context hook (0 = none)
+  double time_us;         // allocation time (steady clock)
+};
+
+struct SegmentInfo {
+  std::uintptr_t address;
+  std::size_t size;         // reserved (mapped) bytes
+  PoolKind kind;
+  Stream stream;
+  bool expandable;
+  std::size_t reserved_va;  // virtual range for expandable segments, else == size
+  std::vector<BlockInfo> blocks;
+};
+
+// Trace entry kinds, named as torch's memory snapshot "action" strings.
+enum class TraceAction : std::uint8_t {
+  kAlloc = 0,
+  kFreeRequested,
+  kFreeCompleted,
+  kSegmentAlloc,
+  kSegmentFree,
+  kSegmentMap,
+  kSegmentUnmap,
+  kOom,
+};
+const char* trace_action_name(TraceAction a) noexcept;
+
+struct TraceEntry {
+  TraceAction action;
+  std::uintptr_t addr;
+  std::size_t size;
+  Stream stream;
+  double time_us;
+  std::uint64_t context;
+  std::uint64_t seq;
+};
+
+// Called on each allocation while context capture is on, before the pool lock is taken
+// (a Python hook takes the GIL); returns an id stored with the block and trace entries.
+using ContextHook = std::uint64_t (*)(void* user);
+
+class DevicePool {
+ public:
+  DevicePool(const Config& cfg, std::shared_ptr<Backend> backend, int device = 0);
+  ~DevicePool();
+  DevicePool(const DevicePool&) = delete;
+  DevicePool& operator=(const DevicePool&) = delete;
+
+  // size == 0 returns nullptr and records nothing. Throws OutOfMemoryError, or
+  // std::invalid_argument for a size beyond policy::kMaxRequest.
+  void* malloc(std::size_t size, Stream stream = 0);
+  // nullptr is a no-op. Throws InvalidPointerError for a pointer that is not a live
+  // allocation of this pool; the pool is left unchanged.
+  void free(void* p);
+  // The block stays out of reuse until work queued on `stream` before its free is done.
+  void record_stream(void* p, Stream stream);
+  // Releases cached segments that hold no live block (down to release_threshold).
+  void empty_cache();
+  // Releases everything cached, ignoring release_threshold.
+  void release_all_cached();
+
+  Stats stats() const;
+  void reset_peak_stats();
+  void reset_accumulated_stats();
+  std::vector<SegmentInfo> segments() const;
+  // Live allocations with seq >= min_seq (leak tracking).
+  std::vector<BlockInfo> live_blocks(std::uint64_t min_seq = 0) const;
+  // Throws InvariantError describing the first violation found.
+  void check_invariants() const;
+
+  // Cap = min(max_pool_size, fraction * device total); fraction <= 0 clears it.
+  void set_memory_fraction(double fraction);
+  std::size_t cap() const;
+  std::uint64_t next_seq() const;
+  const Config& config() const noexcept { return cfg_; }
+  int device() const noexcept { return device_; }
+  Backend& backend() noexcept { return *backend_; }
+  std::size_t size_of(void* p) const;  // block size of a live allocation, or throws
+
+  // Tracing / context capture (Note [Trace ring]).
+  void set_history(bool enabled, std::size_t max_entries);
+  std::vector<TraceEntry> history() const;
+  void set_context_hook(ContextHook hook, void* user);
+  void set_capture_context(bool on);
+
+  // Opaque implementation (block bookkeeping, free index, pointer map).
+  struct Impl;
+
+ private:
+  [[noreturn]] void throw_bad_pointer_locked(const char* op, std::uintptr_t addr) const;
+  detail::Block* grow_locked(std::unique_lock<std::mutex>& lk, detail::FreeIndex* idx,
+                             std::size_t rounded);
+  void release_cached_locked(std::unique_lock<std::mutex>& lk, bool respect_threshold);
+
+  Config cfg_;
+  std::shared_ptr<Backend> backend_;
+  int device_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pypool

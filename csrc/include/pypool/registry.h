@@ -1,0 +1,61 @@
+// The process-wide registry of per-device pools behind the C ABI (the one global).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "pypool/allocator.h"
+
+namespace pypool {
+
+class Registry {
+ public:
+  static constexpr int kMaxDevices = 64;
+
+  static Registry& instance();
+
+  // Fixes the backend kind ("auto", "cuda", "host", "null") and the config for every
+  // pool made from now on. Throws std::logic_error when pools exist already and the
+  // settings differ (the same settings again are a no-op).
+  void configure(const std::string& backend, const Config& cfg, std::size_t host_capacity);
+  bool configured() const;
+  std::string backend_kind() const;  // resolved kind ("cuda" / "host" / "null")
+  Config config() const;
+
+  // The pool of a device, made on first use (configuring with defaults if needed).
+  // Throws std::invalid_argument for a device out of range.
+  DevicePool& pool(int device) {
+    if (static_cast<unsigned>(device) < kMaxDevices) {
+      DevicePool* p = pools_[device].load(std::memory_order_acquire);
+      if (p != nullptr) return *p;
+    }
+    return make_pool(device);
+  }
+  // nullptr when the device has no pool yet.
+  DevicePool* existing(int device) const {
+    if (static_cast<unsigned>(device) >= kMaxDevices) return nullptr;
+    return pools_[device].load(std::memory_order_acquire);
+  }
+  std::vector<int> devices() const;
+  // Drops every pool (tests only). Throws if any pool has live allocations.
+  void reset();
+
+ private:
+  Registry() = default;
+  DevicePool& make_pool(int device);
+  std::shared_ptr<Backend> make_backend_locked(int device);
+
+  mutable std::mutex mu_;
+  bool configured_ = false;
+  std::string kind_ = "auto";
+  Config cfg_{};
+  std::size_t host_capacity_ = std::size_t(80) << 30;
+  std::array<std::atomic<DevicePool*>, kMaxDevices> pools_{};
+  std::vector<std::unique_ptr<DevicePool>> retired_;  // kept alive after reset()
+};
+
+}  // namespace pypool

@@ -1,0 +1,88 @@
+// Blocks and segments: the bookkeeping nodes of a pool. Internal header.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "pypool/allocator.h"
+
+namespace pypool::detail {
+
+struct Segment;
+
+struct Block {
+  std::uintptr_t addr = 0;
+  std::size_t size = 0;
+  std::size_t requested = 0;
+  Block* prev = nullptr;  // address-order neighbours inside the segment
+  Block* next = nullptr;
+  Block* free_prev = nullptr;  // links in a free-index bin (valid while kFree)
+  Block* free_next = nullptr;
+  Segment* seg = nullptr;
+  Stream stream = 0;
+  std::uint64_t seq = 0;
+  std::uint64_t context = 0;
+  double time_us = 0;
+  std::vector<Stream>* uses = nullptr;  // extra streams from record_stream (rare)
+  std::uint32_t bin = 0;                // bin index while kFree
+  std::uint16_t pending_events = 0;     // events still to complete while kPendingFree
+  BlockState state = BlockState::kFree;
+
+  bool is_split() const noexcept { return prev != nullptr || next != nullptr; }
+};
+
+struct FreeIndex;
+
+struct Segment {
+  std::uintptr_t addr = 0;
+  std::size_t size = 0;  // mapped bytes (== allocated bytes for fixed segments)
+  Block* first = nullptr;
+  Segment* prev = nullptr;  // all segments of a pool, intrusive list
+  Segment* next = nullptr;
+  FreeIndex* index = nullptr;  // the (stream, kind) free index its free blocks go to
+  PoolKind kind = PoolKind::kSmall;
+  Stream stream = 0;
+  bool expandable = false;
+  std::size_t reserved_va = 0;               // expandable: virtual range size
+  std::vector<PhysHandle>* chunks = nullptr;  // expandable: one handle per granule
+};
+
+// Recycles Block nodes so that splitting on a cache hit allocates nothing.
+class BlockArena {
+ public:
+  BlockArena() = default;
+  BlockArena(const BlockArena&) = delete;
+  BlockArena& operator=(const BlockArena&) = delete;
+  ~BlockArena() {
+    for (Block* chunk : chunks_) delete[] chunk;
+  }
+  Block* get() {
+    if (free_ == nullptr) refill();
+    Block* b = free_;
+    free_ = b->next;
+    *b = Block{};
+    return b;
+  }
+  void put(Block* b) noexcept {
+    delete b->uses;
+    b->uses = nullptr;
+    b->next = free_;
+    free_ = b;
+  }
+
+ private:
+  static constexpr std::size_t kChunk = 256;
+  void refill() {
+    Block* chunk = new Block[kChunk];
+    chunks_.push_back(chunk);
+    for (std::size_t i = 0; i < kChunk; ++i) {
+      chunk[i].next = free_;
+      free_ = &chunk[i];
+    }
+  }
+  Block* free_ = nullptr;
+  std::vector<Block*> chunks_;
+};
+
+}  // namespace pypool::detail

@@ -1,0 +1,333 @@
+// DevicePool's private state, shared by device_pool.cpp and vmm.cpp. Internal header.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "block.h"
+#include "free_index.h"
+#include "ptr_map.h"
+#include "pypool/allocator.h"
+#include "pypool/size_policy.h"
+
+namespace pypool {
+
+namespace detail {
+
+inline double now_us() {
+  using namespace std::chrono;
+  return duration<double, std::micro>(steady_clock::now().time_since_epoch()).count();
+}
+
+inline std::string human(std::size_t n) {
+  if (n == Config::kUnlimited) return "unlimited";
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = static_cast<double>(n);
+  int u = 0;
+  while (v >= 1024.0 && u < 5) {
+    v /= 1024.0;
+    ++u;
+  }
+  char buf[64];
+  if (u == 0)
+    std::snprintf(buf, sizeof buf, "%zu B", n);
+  else
+    std::snprintf(buf, sizeof buf, "%.2f %s", v, units[u]);
+  return buf;
+}
+
+inline std::string hex(std::uintptr_t p) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "0x%" PRIxPTR, p);
+  return buf;
+}
+
+inline int kind_index(PoolKind k) { return 1 + static_cast<int>(k); }
+
+}  // namespace detail
+
+using detail::Block;
+using detail::FreeIndex;
+using detail::Segment;
+using detail::hex;
+using detail::human;
+using detail::kind_index;
+using detail::now_us;
+
+struct DevicePool::Impl {
+  explicit Impl(const Config& c, Backend& b, int dev) : cfg(c), be(b), device(dev) {}
+
+  const Config& cfg;
+  Backend& be;
+  const int device;
+  mutable std::mutex mu;
+
+  detail::BlockArena arena;
+  detail::PtrMap live;  // allocated and pending-free blocks by address
+  std::vector<std::unique_ptr<FreeIndex>> indexes;
+  FreeIndex* last_index[kNumPoolKinds] = {nullptr, nullptr};
+  Segment* segs = nullptr;  // intrusive list of all segments
+  Stats st;
+  std::size_t inflight = 0;  // bytes being obtained from the backend, lock dropped
+  double fraction = 0.0;
+  std::size_t cap = Config::kUnlimited;
+  std::uint64_t seq = 0;
+  std::vector<std::pair<Event, Block*>> pending;  // record_stream events to complete
+  // Serializes changes to the mapping of expandable segments; taken before mu, never
+  // while holding it (Note [VMM segments]).
+  std::mutex vmm_mu;
+
+  // Note [Trace ring]: a fixed-size ring allocated when history is enabled, so
+  // recording allocates nothing; the oldest entries are overwritten.
+  bool history_on = false;
+  std::vector<TraceEntry> ring;
+  std::size_t ring_next = 0;
+  std::size_t ring_count = 0;
+
+  // Read without the lock on the hot path (relaxed): the context hook runs before the
+  // lock is taken, because a Python hook takes the GIL and a thread holding the GIL
+  // may be waiting for our lock.
+  std::atomic<bool> annotate{false};
+  ContextHook hook = nullptr;
+  void* hook_user = nullptr;
+  bool capture_context = false;
+
+  // ---------------------------------------------------------------- helpers (lock held)
+  static void add(StatArray& a, PoolKind k, std::int64_t n) {
+    a[0].add(n);
+    a[kind_index(k)].add(n);
+  }
+  static void sub(StatArray& a, PoolKind k, std::int64_t n) {
+    a[0].sub(n);
+    a[kind_index(k)].sub(n);
+  }
+
+  void trace(TraceAction a, std::uintptr_t addr, std::size_t size, Stream s,
+             std::uint64_t context = 0, std::uint64_t sq = 0) {
+    if (!history_on) return;
+    ring[ring_next] = TraceEntry{a, addr, size, s, now_us(), context, sq};
+    ring_next = (ring_next + 1) % ring.size();
+    if (ring_count < ring.size()) ++ring_count;
+  }
+
+  FreeIndex* index_for(Stream s, PoolKind k) {
+    FreeIndex* hit = last_index[static_cast<int>(k)];
+    if (hit != nullptr && hit->stream == s) return hit;
+    for (auto& idx : indexes) {
+      if (idx->stream == s && idx->kind == k) {
+        last_index[static_cast<int>(k)] = idx.get();
+        return idx.get();
+      }
+    }
+    indexes.push_back(std::make_unique<FreeIndex>(s, k));
+    last_index[static_cast<int>(k)] = indexes.back().get();
+    return indexes.back().get();
+  }
+
+  void put_free(FreeIndex* idx, Block* b) {
+    b->state = BlockState::kFree;
+    idx->insert(b);
+    if (b->is_split()) {
+      add(st.inactive_split, idx->kind, 1);
+      add(st.inactive_split_bytes, idx->kind, static_cast<std::int64_t>(b->size));
+    }
+  }
+  void take_free(FreeIndex* idx, Block* b) {
+    idx->remove(b);
+    if (b->is_split()) {
+      sub(st.inactive_split, idx->kind, 1);
+      sub(st.inactive_split_bytes, idx->kind, static_cast<std::int64_t>(b->size));
+    }
+  }
+
+  std::size_t reserved() const { return static_cast<std::size_t>(st.reserved_bytes[0].current); }
+
+  // Serves `size` (rounded) from free block b (already taken out of its index).
+  void* finish_alloc(Block* b, std::size_t rounded, std::size_t size, Stream stream,
+                     std::uint64_t context, double t) {
+    FreeIndex* idx = b->seg->index;
+    if (!b->seg->expandable ? policy::should_split(cfg, b->size, rounded)
+                            : b->size - rounded >= cfg.min_block_size) {
+      Block* r = arena.get();
+      r->addr = b->addr + rounded;
+      r->size = b->size - rounded;
+      r->seg = b->seg;
+      r->stream = b->stream;
+      r->prev = b;
+      r->next = b->next;
+      if (b->next != nullptr) b->next->prev = r;
+      b->next = r;
+      b->size = rounded;
+      put_free(idx, r);
+    }
+    b->state = BlockState::kAllocated;
+    b->requested = size;
+    b->seq = ++seq;
+    b->context = context;
+    b->time_us = t;
+    live.insert(b->addr, b);
+    const PoolKind k = idx->kind;
+    const auto bs = static_cast<std::int64_t>(b->size);
+    add(st.allocation, k, 1);
+    add(st.allocated_bytes, k, bs);
+    add(st.active, k, 1);
+    add(st.active_bytes, k, bs);
+    add(st.requested_bytes, k, static_cast<std::int64_t>(size));
+    trace(TraceAction::kAlloc, b->addr, b->size, stream, context, b->seq);
+    return reinterpret_cast<void*>(b->addr);
+  }
+
+  // Returns an allocated or pending-free block to its free index, coalescing.
+  void free_block(Block* b) {
+    live.erase(b->addr);
+    FreeIndex* idx = b->seg->index;
+    const PoolKind k = idx->kind;
+    sub(st.active, k, 1);
+    sub(st.active_bytes, k, static_cast<std::int64_t>(b->size));
+    trace(TraceAction::kFreeCompleted, b->addr, b->size, b->stream, b->context, b->seq);
+    b->requested = 0;
+    b->seq = 0;
+    b->context = 0;
+    delete b->uses;
+    b->uses = nullptr;
+    if (b->prev != nullptr && b->prev->state == BlockState::kFree) {
+      Block* p = b->prev;
+      take_free(idx, p);
+      p->size += b->size;
+      p->next = b->next;
+      if (b->next != nullptr) b->next->prev = p;
+      arena.put(b);
+      b = p;
+    }
+    if (b->next != nullptr && b->next->state == BlockState::kFree) {
+      Block* n = b->next;
+      take_free(idx, n);
+      b->size += n->size;
+      b->next = n->next;
+      if (n->next != nullptr) n->next->prev = b;
+      arena.put(n);
+    }
+    put_free(idx, b);
+  }
+
+  void process_events() {
+    std::size_t keep = 0;
+    for (std::size_t i = 0; i < pending.size(); ++i) {
+      auto [ev, b] = pending[i];
+      if (be.query_event(ev)) {
+        be.release_event(ev);
+        if (--b->pending_events == 0) free_block(b);
+      } else {
+        pending[keep++] = pending[i];
+      }
+    }
+    pending.resize(keep);
+  }
+
+  Segment* add_segment(void* p, std::size_t size, FreeIndex* idx) {
+    auto* seg = new Segment();
+    seg->addr = reinterpret_cast<std::uintptr_t>(p);
+    seg->size = size;
+    seg->index = idx;
+    seg->kind = idx->kind;
+    seg->stream = idx->stream;
+    seg->reserved_va = size;
+    seg->next = segs;
+    if (segs != nullptr) segs->prev = seg;
+    segs = seg;
+    Block* b = arena.get();
+    b->addr = seg->addr;
+    b->size = size;
+    b->seg = seg;
+    b->stream = idx->stream;
+    seg->first = b;
+    add(st.segment, idx->kind, 1);
+    add(st.reserved_bytes, idx->kind, static_cast<std::int64_t>(size));
+    ++st.num_device_alloc;
+    trace(TraceAction::kSegmentAlloc, seg->addr, size, idx->stream);
+    return seg;
+  }
+
+  void unlink_segment(Segment* seg) {
+    if (seg->prev != nullptr) seg->prev->next = seg->next;
+    else segs = seg->next;
+    if (seg->next != nullptr) seg->next->prev = seg->prev;
+    seg->prev = seg->next = nullptr;
+  }
+
+  // Preferred segment size for a rounded request, by growth policy.
+  std::size_t want_segment(std::size_t rounded, PoolKind k) const {
+    std::size_t want = policy::segment_size(cfg, rounded);
+    if (k == PoolKind::kSmall) return want;
+    switch (cfg.growth) {
+      case GrowthPolicy::kSegment: break;
+      case GrowthPolicy::kExact: want = policy::min_segment_size(cfg, rounded); break;
+      case GrowthPolicy::kDouble:
+        want = std::max(want, policy::round_up(reserved(), cfg.round_large));
+        break;
+      case GrowthPolicy::kFixed:
+        want = std::max(want, policy::round_up(cfg.growth_step, cfg.round_large));
+        break;
+    }
+    return want;
+  }
+
+  bool fits_cap(std::size_t n) const {
+    const std::size_t used = reserved() + inflight;
+    return cap == Config::kUnlimited || (used <= cap && n <= cap - used);
+  }
+
+  // Largest free block and total free bytes, over all indexes.
+  std::pair<std::size_t, std::size_t> free_summary() const {
+    std::size_t largest = 0, total = 0;
+    for (auto& idx : indexes) {
+      largest = std::max(largest, idx->largest());
+      total += idx->bytes;
+    }
+    return {largest, total};
+  }
+
+  std::string oom_message(std::size_t size, std::size_t rounded, Stream stream) {
+    auto [largest, free_bytes] = free_summary();
+    MemInfo mi{};
+    try {
+      mi = be.mem_info();
+    } catch (...) {
+    }
+    const double ext = free_bytes == 0 ? 0.0 : 1.0 - double(largest) / double(free_bytes);
+    std::ostringstream o;
+    o << "pypool: out of memory on device " << device << " (" << be.name() << "): tried to allocate "
+      << human(size) << " (rounded to " << human(rounded) << ", "
+      << (policy::pool_for(cfg, rounded) == PoolKind::kSmall ? "small" : "large")
+      << " pool, stream " << hex(stream) << "). Pool: " << human(reserved()) << " reserved, "
+      << human(std::size_t(st.allocated_bytes[0].current)) << " allocated, " << human(free_bytes)
+      << " free in pool (largest free block " << human(largest) << ", external fragmentation "
+      << static_cast<int>(ext * 100.0 + 0.5) << "%); cap " << human(cap) << "; device "
+      << human(mi.free) << " free of " << human(mi.total) << ". "
+      << "What to try: free tensors you no longer need, then pypool.empty_cache() (or "
+         "torch.cuda.empty_cache()); raise max_pool_size (PYPOOL_CONF=max_pool_size:...) or the "
+         "memory fraction if the cap is the limit; with high fragmentation set "
+         "PYPOOL_CONF=expandable_segments:true or a max_split_size; or reduce the batch size.";
+    return o.str();
+  }
+};
+
+
+namespace detail {
+// Note [VMM segments] is in vmm.cpp.
+Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<std::mutex>& lk, FreeIndex* idx,
+                std::size_t rounded);
+void vmm_shrink_all(DevicePool::Impl& m, std::unique_lock<std::mutex>& lk, std::size_t keep);
+void vmm_destroy(Backend& be, Segment* s);
+}  // namespace detail
+
+}  // namespace pypool

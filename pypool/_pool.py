@@ -1,0 +1,197 @@
+"""The Python face of one caching pool: :class:`Pool`."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+from . import _core
+from .config import PoolConfig, SizeLike, parse_size
+
+__all__ = ["Pool", "OutOfMemoryError", "InvalidPointerError", "InvariantError"]
+
+OutOfMemoryError = _core.OutOfMemoryError
+InvalidPointerError = _core.InvalidPointerError
+InvariantError = _core.InvariantError
+
+_BACKENDS = ("host", "null", "cuda")
+DEFAULT_HOST_CAPACITY = 80 << 30
+
+
+def _check_int(value: Any, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    return value
+
+
+class Pool:
+    """A caching block-pool allocator for one device.
+
+    Args:
+        backend: ``"host"`` (memory from the OS; stands in for a device of ``capacity``
+            bytes, with fault injection and controllable stream events via
+            :attr:`backend`), ``"null"`` (bookkeeping only: addresses are never backed, for
+            replaying traces at full size) or ``"cuda"`` (a real GPU).
+        device: device index (informational for host/null).
+        capacity: device size for host/null backends (default 80 GiB); must be None for cuda.
+        config: a :class:`PoolConfig`, a dict of its fields, or a ``PYPOOL_CONF`` string.
+        **overrides: PoolConfig fields to change.
+
+    ``malloc(0)`` returns 0 and records nothing; ``free(0)`` does nothing. A double free,
+    a foreign pointer or a pointer into the middle of a block raises
+    :class:`InvalidPointerError` (a ``ValueError``) and leaves the pool unchanged.
+    """
+
+    def __init__(
+        self,
+        backend: str = "host",
+        device: int = 0,
+        capacity: Optional[SizeLike] = None,
+        config: Union[PoolConfig, Mapping[str, Any], str, None] = None,
+        **overrides: Any,
+    ) -> None:
+        if not isinstance(backend, str) or backend not in _BACKENDS:
+            raise ValueError(f"backend: must be one of {_BACKENDS}, got {backend!r}")
+        _check_int(device, "device")
+        self.config: PoolConfig = PoolConfig.coerce(config, **overrides)
+        self._host: Optional[_core.HostBackend] = None
+        if backend == "cuda":
+            if capacity is not None:
+                raise ValueError("capacity: only for the host and null backends (a GPU has its own)")
+            be = _core.make_cuda_backend(device)
+        else:
+            cap = DEFAULT_HOST_CAPACITY if capacity is None else parse_size(capacity, "capacity")
+            if cap == 0:
+                raise ValueError("capacity: must be > 0")
+            if backend == "host":
+                self._host = _core.HostBackend(cap)
+                be = self._host
+            else:
+                be = _core.make_null_backend(cap)
+        self._pool = _core.DevicePool(self.config.to_core(), be, device)
+        self._backend_obj = be
+        if self.config.memory_fraction is not None:
+            self._pool.set_memory_fraction(self.config.memory_fraction)
+
+    @classmethod
+    def _wrap(cls, core_pool: "_core.DevicePool", config: Optional[PoolConfig] = None) -> "Pool":
+        """A Pool view of an existing native pool (the registry's device pools)."""
+        self = cls.__new__(cls)
+        self._pool = core_pool
+        self._host = None
+        self._backend_obj = None
+        self.config = config or PoolConfig()
+        return self
+
+    # ------------------------------------------------------------------ allocation
+    def malloc(self, size: int, stream: int = 0) -> int:
+        """Allocate ``size`` bytes for use on ``stream``; returns the address (0 for size 0).
+
+        Raises :class:`OutOfMemoryError` (a ``RuntimeError``) when the request cannot be
+        met after releasing cached memory; the pool stays usable.
+        """
+        _check_int(size, "size")
+        _check_int(stream, "stream")
+        if size > _core.MAX_REQUEST:
+            raise ValueError(f"size: {size} bytes is beyond any device (limit {_core.MAX_REQUEST})")
+        return self._pool.malloc(size, stream)
+
+    def free(self, ptr: int) -> None:
+        """Return an allocation to the pool (cached for reuse, not given back to the device)."""
+        self._pool.free(_check_int(ptr, "ptr"))
+
+    def record_stream(self, ptr: int, stream: int) -> None:
+        """Mark ``ptr`` as used on ``stream``: after ``free`` it is not reused until the
+        work queued on ``stream`` by then has completed (``Tensor.record_stream``)."""
+        self._pool.record_stream(_check_int(ptr, "ptr"), _check_int(stream, "stream"))
+
+    def size_of(self, ptr: int) -> int:
+        """Block size (rounded) of a live allocation."""
+        return self._pool.size_of(_check_int(ptr, "ptr"))
+
+    # ------------------------------------------------------------------ cache
+    def empty_cache(self) -> None:
+        """Give fully free cached segments back to the device (keeps ``release_threshold``)."""
+        self._pool.empty_cache()
+
+    def set_memory_fraction(self, fraction: float) -> None:
+        """Cap reserved memory at ``fraction`` of the device's total (0 clears)."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            raise TypeError("fraction: expected a float")
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction: must be in [0, 1], got {fraction}")
+        self._pool.set_memory_fraction(float(fraction))
+
+    # ------------------------------------------------------------------ statistics
+    def memory_stats(self) -> Dict[str, int]:
+        """Statistics with ``torch.cuda.memory_stats()``'s keys
+        (``allocated_bytes.all.current``, ``reserved_bytes.large_pool.peak``, ...)."""
+        return self._pool.memory_stats()
+
+    def memory_allocated(self) -> int:
+        """Bytes in live allocations (rounded block sizes, as torch reports)."""
+        return self.memory_stats()["allocated_bytes.all.current"]
+
+    def memory_reserved(self) -> int:
+        """Bytes held from the device (segments), live or cached."""
+        return self.memory_stats()["reserved_bytes.all.current"]
+
+    def max_memory_allocated(self) -> int:
+        return self.memory_stats()["allocated_bytes.all.peak"]
+
+    def max_memory_reserved(self) -> int:
+        return self.memory_stats()["reserved_bytes.all.peak"]
+
+    def memory_requested(self) -> int:
+        """Bytes the live allocations asked for (before rounding)."""
+        return self.memory_stats()["requested_bytes.all.current"]
+
+    def reset_peak_memory_stats(self) -> None:
+        self._pool.reset_peak_memory_stats()
+
+    def reset_accumulated_memory_stats(self) -> None:
+        self._pool.reset_accumulated_memory_stats()
+
+    def mem_info(self) -> Tuple[int, int]:
+        """(free, total) bytes of the device, as the backend sees it."""
+        return self._pool.mem_info()
+
+    # ------------------------------------------------------------------ structure
+    def segments(self) -> List[Dict[str, Any]]:
+        """Every segment with its blocks (address, size, requested_size, state, stream)."""
+        return self._pool.segments()
+
+    def live_blocks(self, min_seq: int = 0) -> List[Dict[str, Any]]:
+        """Live allocations with allocation sequence number >= ``min_seq``."""
+        return self._pool.live_blocks(min_seq)
+
+    def check_invariants(self) -> None:
+        """Walk every structure; raise :class:`InvariantError` on the first violation."""
+        self._pool.check_invariants()
+
+    @property
+    def backend(self) -> "_core.HostBackend":
+        """The host backend (fault injection, capacity, stream events); host pools only."""
+        if self._host is None:
+            raise AttributeError("backend: only pools with backend='host' expose their backend")
+        return self._host
+
+    @property
+    def device(self) -> int:
+        return self._pool.device
+
+    @property
+    def backend_name(self) -> str:
+        return self._pool.backend_name
+
+    @property
+    def cap(self) -> Optional[int]:
+        """Effective cap on reserved bytes (None = unlimited)."""
+        c = self._pool.cap
+        return None if c == _core.UNLIMITED else c
+
+    def __repr__(self) -> str:
+        s = self.memory_stats()
+        return (f"Pool(backend={self.backend_name!r}, device={self.device}, "
+                f"allocated={s['allocated_bytes.all.current']}, reserved={s['reserved_bytes.all.current']})")
