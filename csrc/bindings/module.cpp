@@ -1,6 +1,7 @@
 // pybind11 module pypool._core: conversions only. Policy lives in the C++ core; names
 // and validation for users live in the Python package.
 #include <pybind11/functional.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -131,20 +132,114 @@ double time_random(std::size_t max_size, std::size_t ops, std::size_t live_max,
   }
   std::vector<void*> live;
   live.reserve(live_max);
+  auto pass = [&] {
+    for (std::size_t i = 0; i < ops; ++i) {
+      if ((is_alloc[i] && live.size() < live_max) || live.empty()) {
+        live.push_back(a(sizes[i]));
+      } else {
+        const std::size_t j = pick[i] % live.size();
+        f(live[j]);
+        live[j] = live.back();
+        live.pop_back();
+      }
+    }
+    for (void* p : live) f(p);
+    live.clear();
+  };
+  pass();  // warm-up: the pool reaches its working set, so the timed pass measures reuse
   const auto t0 = Clock::now();
-  for (std::size_t i = 0; i < ops; ++i) {
-    if ((is_alloc[i] && live.size() < live_max) || live.empty()) {
-      live.push_back(a(sizes[i]));
-    } else {
-      const std::size_t j = pick[i] % live.size();
-      f(live[j]);
-      live[j] = live.back();
-      live.pop_back();
+  pass();
+  const auto t1 = Clock::now();
+  return std::chrono::duration<double, std::nano>(t1 - t0).count() / double(ops);
+}
+
+
+// Replays an allocation trace through a pool: actions[i] is 0 = alloc (ids[i], sizes[i],
+// streams[i]) or 1 = free (ids[i]); ids are dense (0..max_id). Runs without Python in
+// the loop. An alloc that fails with out-of-memory is counted and its free skipped.
+py::dict replay_trace(DevicePool& pool, py::array_t<std::int8_t, py::array::c_style | py::array::forcecast> actions,
+                      py::array_t<std::int64_t, py::array::c_style | py::array::forcecast> ids,
+                      py::array_t<std::int64_t, py::array::c_style | py::array::forcecast> sizes,
+                      py::array_t<std::int64_t, py::array::c_style | py::array::forcecast> streams,
+                      std::int64_t sample_every) {
+  const auto n = static_cast<std::size_t>(actions.size());
+  if (ids.size() != actions.size() || sizes.size() != actions.size() || streams.size() != actions.size())
+    throw std::invalid_argument("replay: actions, ids, sizes and streams must have the same length");
+  const std::int8_t* act = actions.data();
+  const std::int64_t* id = ids.data();
+  const std::int64_t* sz = sizes.data();
+  const std::int64_t* st = streams.data();
+  std::int64_t max_id = -1;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (id[i] < 0) throw std::invalid_argument("replay: negative id at event " + std::to_string(i));
+    max_id = std::max(max_id, id[i]);
+  }
+  std::vector<void*> ptr(static_cast<std::size_t>(max_id + 1), nullptr);
+  std::vector<std::size_t> req(static_cast<std::size_t>(max_id + 1), 0);
+  std::size_t live = 0, peak_live = 0;
+  std::int64_t ooms = 0, bad = 0;
+  std::vector<std::int64_t> s_event, s_live, s_alloc, s_reserved;
+  std::size_t peak_reserved_at_sample = 0;
+  (void)peak_reserved_at_sample;
+  const auto t0 = Clock::now();
+  {
+    py::gil_scoped_release nogil;
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto k = static_cast<std::size_t>(id[i]);
+      if (act[i] == 0) {
+        if (ptr[k] != nullptr) { ++bad; continue; }
+        try {
+          ptr[k] = pool.malloc(static_cast<std::size_t>(sz[i]), static_cast<Stream>(st[i]));
+          req[k] = static_cast<std::size_t>(sz[i]);
+          live += req[k];
+          if (live > peak_live) peak_live = live;
+        } catch (const OutOfMemoryError&) {
+          ++ooms;
+        }
+      } else {
+        if (ptr[k] == nullptr) { ++bad; continue; }
+        pool.free(ptr[k]);
+        ptr[k] = nullptr;
+        live -= req[k];
+      }
+      if (sample_every > 0 && i % static_cast<std::size_t>(sample_every) == 0) {
+        const Stats s = pool.stats();
+        s_event.push_back(static_cast<std::int64_t>(i));
+        s_live.push_back(static_cast<std::int64_t>(live));
+        s_alloc.push_back(s.allocated_bytes[0].current);
+        s_reserved.push_back(s.reserved_bytes[0].current);
+      }
     }
   }
   const auto t1 = Clock::now();
-  for (void* p : live) f(p);
-  return std::chrono::duration<double, std::nano>(t1 - t0).count() / double(ops);
+  const double secs = std::chrono::duration<double>(t1 - t0).count();
+  py::dict d;
+  d["events"] = n;
+  d["seconds"] = secs;
+  d["events_per_second"] = secs > 0 ? double(n) / secs : 0.0;
+  d["peak_live_requested"] = peak_live;
+  d["final_live_requested"] = live;
+  d["ooms"] = ooms;
+  d["skipped_events"] = bad;
+  d["timeline"] = py::dict(py::arg("event") = s_event, py::arg("live") = s_live,
+                           py::arg("allocated") = s_alloc, py::arg("reserved") = s_reserved);
+  return d;
+}
+
+// Time per malloc+free pair with `n_free` free blocks of random sizes scattered through
+// the small pool (allocate 2n, free every other), on a fresh host-backed pool.
+double bench_free_scaling(std::size_t n_free, std::size_t iters, std::size_t size, std::uint64_t seed) {
+  HostBackendOptions o;
+  o.capacity = std::size_t(1) << 46;
+  DevicePool pool(Config{}, make_host_backend(o));
+  std::mt19937_64 rng(seed);
+  std::vector<void*> blocks(2 * n_free);
+  for (auto& p : blocks) p = pool.malloc(512 + rng() % (64 << 10), 0);
+  for (std::size_t i = 0; i < blocks.size(); i += 2) pool.free(blocks[i]);
+  const double ns = time_pairs(size, iters, [&](std::size_t s) { return pool.malloc(s, 0); },
+                               [&](void* p) { pool.free(p); });
+  for (std::size_t i = 1; i < blocks.size(); i += 2) pool.free(blocks[i]);
+  return ns;
 }
 
 }  // namespace
@@ -320,6 +415,11 @@ PYBIND11_MODULE(_core, m) {
     d["pypool_record_stream"] = reinterpret_cast<std::uintptr_t>(&pypool_record_stream);
     return d;
   });
+
+  m.def("replay_trace", &replay_trace, py::arg("pool"), py::arg("actions"), py::arg("ids"),
+        py::arg("sizes"), py::arg("streams"), py::arg("sample_every") = 0);
+  m.def("bench_free_scaling", &bench_free_scaling, py::arg("n_free"), py::arg("iters"),
+        py::arg("size") = 4096, py::arg("seed") = 1, GR());
 
   // ---- benchmarks timed in C++ ----
   m.def("bench_c_api_pairs",

@@ -89,7 +89,7 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
     ContextHook hook;
     void* user;
     {
-      std::lock_guard<std::mutex> g(m.mu);
+      std::lock_guard<SpinMutex> g(m.mu);
       hook = m.capture_context ? m.hook : nullptr;
       user = m.hook_user;
     }
@@ -99,7 +99,7 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
   const PoolKind kind = policy::pool_for(cfg_, rounded);
   auto ok = [&](std::size_t s) { return policy::can_use(cfg_, s, rounded); };
 
-  std::unique_lock<std::mutex> lk(m.mu);
+  std::unique_lock<SpinMutex> lk(m.mu);
   if (!m.pending.empty()) m.process_events();
   FreeIndex* idx = m.index_for(stream, kind);
   Block* b = idx->find(rounded, ok);
@@ -140,7 +140,7 @@ void DevicePool::free(void* p) {
   if (p == nullptr) return;
   Impl& m = *impl_;
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
-  std::lock_guard<std::mutex> g(m.mu);
+  std::lock_guard<SpinMutex> g(m.mu);
   Block* b = m.live.find(addr);
   if (b == nullptr || b->state != BlockState::kAllocated) throw_bad_pointer_locked("free", addr);
   const PoolKind k = b->seg->index->kind;
@@ -165,7 +165,7 @@ void DevicePool::free(void* p) {
 void DevicePool::record_stream(void* p, Stream stream) {
   Impl& m = *impl_;
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
-  std::lock_guard<std::mutex> g(m.mu);
+  std::lock_guard<SpinMutex> g(m.mu);
   Block* b = m.live.find(addr);
   if (b == nullptr || b->state != BlockState::kAllocated)
     throw_bad_pointer_locked("record_stream", addr);
@@ -200,7 +200,7 @@ void DevicePool::throw_bad_pointer_locked(const char* op, std::uintptr_t addr) c
                             std::to_string(device_) + ": " + what + "; the pool is unchanged");
 }
 
-Block* DevicePool::grow_locked(std::unique_lock<std::mutex>& lk, FreeIndex* idx,
+Block* DevicePool::grow_locked(std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
                                std::size_t rounded) {
   Impl& m = *impl_;
   if (cfg_.expandable_segments && idx->kind == PoolKind::kLarge)
@@ -232,7 +232,7 @@ Block* DevicePool::grow_locked(std::unique_lock<std::mutex>& lk, FreeIndex* idx,
   return nullptr;
 }
 
-void DevicePool::release_cached_locked(std::unique_lock<std::mutex>& lk, bool respect_threshold) {
+void DevicePool::release_cached_locked(std::unique_lock<SpinMutex>& lk, bool respect_threshold) {
   Impl& m = *impl_;
   if (!m.pending.empty()) m.process_events();
   std::size_t cached = m.free_summary().second;
@@ -272,24 +272,24 @@ void DevicePool::release_cached_locked(std::unique_lock<std::mutex>& lk, bool re
 }
 
 void DevicePool::empty_cache() {
-  std::unique_lock<std::mutex> lk(impl_->mu);
+  std::unique_lock<SpinMutex> lk(impl_->mu);
   release_cached_locked(lk, /*respect_threshold=*/true);
 }
 
 void DevicePool::release_all_cached() {
-  std::unique_lock<std::mutex> lk(impl_->mu);
+  std::unique_lock<SpinMutex> lk(impl_->mu);
   release_cached_locked(lk, /*respect_threshold=*/false);
 }
 
 Stats DevicePool::stats() const {
-  std::lock_guard<std::mutex> g(impl_->mu);
+  std::lock_guard<SpinMutex> g(impl_->mu);
   Stats s = impl_->st;
   s.max_pool_size = impl_->cap == Config::kUnlimited ? -1 : static_cast<std::int64_t>(impl_->cap);
   return s;
 }
 
 void DevicePool::reset_peak_stats() {
-  std::lock_guard<std::mutex> g(impl_->mu);
+  std::lock_guard<SpinMutex> g(impl_->mu);
   Stats& s = impl_->st;
 #define PYPOOL_RESET_PEAK(name) \
   for (Stat & x : s.name) x.reset_peak();
@@ -298,7 +298,7 @@ void DevicePool::reset_peak_stats() {
 }
 
 void DevicePool::reset_accumulated_stats() {
-  std::lock_guard<std::mutex> g(impl_->mu);
+  std::lock_guard<SpinMutex> g(impl_->mu);
   Stats& s = impl_->st;
 #define PYPOOL_RESET_ACC(name) \
   for (Stat & x : s.name) x.allocated = x.freed = 0;
@@ -316,7 +316,7 @@ BlockInfo info_of(const Block* b) {
 }  // namespace
 
 std::vector<SegmentInfo> DevicePool::segments() const {
-  std::lock_guard<std::mutex> g(impl_->mu);
+  std::lock_guard<SpinMutex> g(impl_->mu);
   std::vector<SegmentInfo> out;
   for (const Segment* s = impl_->segs; s != nullptr; s = s->next) {
     SegmentInfo si{s->addr, s->size, s->kind, s->stream, s->expandable, s->reserved_va, {}};
@@ -329,7 +329,7 @@ std::vector<SegmentInfo> DevicePool::segments() const {
 }
 
 std::vector<BlockInfo> DevicePool::live_blocks(std::uint64_t min_seq) const {
-  std::lock_guard<std::mutex> g(impl_->mu);
+  std::lock_guard<SpinMutex> g(impl_->mu);
   std::vector<BlockInfo> out;
   impl_->live.for_each([&](std::uintptr_t, const Block* b) {
     if (b->state == BlockState::kAllocated && b->seq >= min_seq) out.push_back(info_of(b));
@@ -339,7 +339,7 @@ std::vector<BlockInfo> DevicePool::live_blocks(std::uint64_t min_seq) const {
 }
 
 std::size_t DevicePool::size_of(void* p) const {
-  std::lock_guard<std::mutex> g(impl_->mu);
+  std::lock_guard<SpinMutex> g(impl_->mu);
   const Block* b = impl_->live.find(reinterpret_cast<std::uintptr_t>(p));
   if (b == nullptr || b->state != BlockState::kAllocated)
     throw_bad_pointer_locked("size_of", reinterpret_cast<std::uintptr_t>(p));
@@ -350,7 +350,7 @@ void DevicePool::set_memory_fraction(double fraction) {
   if (!(fraction <= 1.0)) throw std::invalid_argument("memory fraction must be in (0, 1]");
   std::size_t total = 0;
   if (fraction > 0) total = backend_->mem_info().total;
-  std::lock_guard<std::mutex> g(impl_->mu);
+  std::lock_guard<SpinMutex> g(impl_->mu);
   impl_->fraction = fraction > 0 ? fraction : 0.0;
   std::size_t c = cfg_.max_pool_size;
   if (fraction > 0) c = std::min(c, static_cast<std::size_t>(fraction * double(total)));
@@ -358,17 +358,17 @@ void DevicePool::set_memory_fraction(double fraction) {
 }
 
 std::size_t DevicePool::cap() const {
-  std::lock_guard<std::mutex> g(impl_->mu);
+  std::lock_guard<SpinMutex> g(impl_->mu);
   return impl_->cap;
 }
 
 std::uint64_t DevicePool::next_seq() const {
-  std::lock_guard<std::mutex> g(impl_->mu);
+  std::lock_guard<SpinMutex> g(impl_->mu);
   return impl_->seq + 1;
 }
 
 void DevicePool::set_history(bool enabled, std::size_t max_entries) {
-  std::lock_guard<std::mutex> g(impl_->mu);
+  std::lock_guard<SpinMutex> g(impl_->mu);
   Impl& m = *impl_;
   if (enabled && max_entries == 0) throw std::invalid_argument("max_entries must be > 0");
   m.history_on = enabled;
@@ -385,7 +385,7 @@ void DevicePool::set_history(bool enabled, std::size_t max_entries) {
 }
 
 std::vector<TraceEntry> DevicePool::history() const {
-  std::lock_guard<std::mutex> g(impl_->mu);
+  std::lock_guard<SpinMutex> g(impl_->mu);
   const Impl& m = *impl_;
   std::vector<TraceEntry> out;
   out.reserve(m.ring_count);
@@ -395,13 +395,13 @@ std::vector<TraceEntry> DevicePool::history() const {
 }
 
 void DevicePool::set_context_hook(ContextHook hook, void* user) {
-  std::lock_guard<std::mutex> g(impl_->mu);
+  std::lock_guard<SpinMutex> g(impl_->mu);
   impl_->hook = hook;
   impl_->hook_user = user;
 }
 
 void DevicePool::set_capture_context(bool on) {
-  std::lock_guard<std::mutex> g(impl_->mu);
+  std::lock_guard<SpinMutex> g(impl_->mu);
   impl_->capture_context = on;
   impl_->annotate.store(impl_->history_on || on, std::memory_order_relaxed);
 }
@@ -409,7 +409,7 @@ void DevicePool::set_capture_context(bool on) {
 // ============================================================================ invariants
 
 void DevicePool::check_invariants() const {
-  std::lock_guard<std::mutex> g(impl_->mu);
+  std::lock_guard<SpinMutex> g(impl_->mu);
   const Impl& m = *impl_;
   auto fail = [](const std::string& why) { throw InvariantError("pypool invariant violated: " + why); };
   Stats calc;

@@ -69,7 +69,7 @@ struct DevicePool::Impl {
   const Config& cfg;
   Backend& be;
   const int device;
-  mutable std::mutex mu;
+  mutable SpinMutex mu;
 
   detail::BlockArena arena;
   detail::PtrMap live;  // allocated and pending-free blocks by address
@@ -324,9 +324,9 @@ struct DevicePool::Impl {
 
 namespace detail {
 // Note [VMM segments] is in vmm.cpp.
-Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<std::mutex>& lk, FreeIndex* idx,
+Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
                 std::size_t rounded);
-void vmm_shrink_all(DevicePool::Impl& m, std::unique_lock<std::mutex>& lk, std::size_t keep);
+void vmm_shrink_all(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, std::size_t keep);
 void vmm_destroy(Backend& be, Segment* s);
 }  // namespace detail
 

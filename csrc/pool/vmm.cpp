@@ -48,7 +48,7 @@ bool map_range(Backend& be, std::uintptr_t addr, std::size_t n, std::size_t g,
 
 }  // namespace
 
-Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<std::mutex>& lk, FreeIndex* idx,
+Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
                 std::size_t rounded) {
   const std::size_t g = m.be.vmm_granularity();
   lk.unlock();
@@ -136,7 +136,7 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<std::mutex>& lk, FreeIndex
   return b;
 }
 
-void vmm_shrink_all(DevicePool::Impl& m, std::unique_lock<std::mutex>& lk, std::size_t keep) {
+void vmm_shrink_all(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, std::size_t keep) {
   const std::size_t g = m.be.vmm_granularity();
   lk.unlock();
   std::lock_guard<std::mutex> vg(m.vmm_mu);

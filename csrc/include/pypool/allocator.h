@@ -21,6 +21,7 @@
 #include "pypool/backend.h"
 #include "pypool/config.h"
 #include "pypool/size_policy.h"
+#include "pypool/spin_mutex.h"
 #include "pypool/stats.h"
 
 namespace pypool {
@@ -143,9 +144,9 @@ class DevicePool {
 
  private:
   [[noreturn]] void throw_bad_pointer_locked(const char* op, std::uintptr_t addr) const;
-  detail::Block* grow_locked(std::unique_lock<std::mutex>& lk, detail::FreeIndex* idx,
+  detail::Block* grow_locked(std::unique_lock<SpinMutex>& lk, detail::FreeIndex* idx,
                              std::size_t rounded);
-  void release_cached_locked(std::unique_lock<std::mutex>& lk, bool respect_threshold);
+  void release_cached_locked(std::unique_lock<SpinMutex>& lk, bool respect_threshold);
 
   Config cfg_;
   std::shared_ptr<Backend> backend_;
