@@ -37,7 +37,7 @@ py::dict stats_dict(const Stats& s) {
       const std::string p = std::string(name) + "." + kTypes[i] + ".";
       d[py::str(p + "current")] = a[i].current;
       d[py::str(p + "peak")] = a[i].peak;
-      d[py::str(p + "allocated")] = a[i].allocated;
+      d[py::str(p + "allocated")] = a[i].allocated();
       d[py::str(p + "freed")] = a[i].freed;
     }
   };

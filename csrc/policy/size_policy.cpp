@@ -6,19 +6,6 @@
 namespace pypool {
 namespace policy {
 
-std::size_t round_size(const Config& c, std::size_t size) {
-  if (size <= c.min_block_size) return c.min_block_size;
-  if (c.round_up_divisions > 1 && size > c.small_size) {
-    // Split [2^k, 2^(k+1)) into d equal steps and round up to the next step.
-    const int k = 63 - __builtin_clzll(size);
-    const std::size_t lo = std::size_t(1) << k;
-    const std::size_t step = lo / c.round_up_divisions;
-    if (size == lo) return lo;
-    if (step >= c.min_block_size) return round_up(size, step);
-  }
-  return round_up(size, c.min_block_size);
-}
-
 std::size_t segment_size(const Config& c, std::size_t rounded) {
   if (pool_for(c, rounded) == PoolKind::kSmall) {
     return rounded <= c.small_segment_size ? c.small_segment_size

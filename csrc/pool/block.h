@@ -61,7 +61,13 @@ class BlockArena {
     if (free_ == nullptr) refill();
     Block* b = free_;
     free_ = b->next;
-    *b = Block{};
+    // Reset only what callers do not set; put() already cleared `uses`.
+    b->requested = 0;
+    b->prev = b->next = b->free_prev = b->free_next = nullptr;
+    b->seq = b->context = 0;
+    b->time_us = 0;
+    b->pending_events = 0;
+    b->state = BlockState::kFree;
     return b;
   }
   void put(Block* b) noexcept {

@@ -301,7 +301,7 @@ void DevicePool::reset_accumulated_stats() {
   std::lock_guard<SpinMutex> g(impl_->mu);
   Stats& s = impl_->st;
 #define PYPOOL_RESET_ACC(name) \
-  for (Stat & x : s.name) x.allocated = x.freed = 0;
+  for (Stat & x : s.name) x.reset_accumulated();
   PYPOOL_ARRAY_STATS(PYPOOL_RESET_ACC)
 #undef PYPOOL_RESET_ACC
 #define PYPOOL_RESET_SCALAR(name) s.name = 0;

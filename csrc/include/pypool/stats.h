@@ -36,12 +36,14 @@ constexpr int kStatsVersion = 1;
 struct Stat {
   std::int64_t current = 0;
   std::int64_t peak = 0;
-  std::int64_t allocated = 0;  // sum of increases
-  std::int64_t freed = 0;      // sum of decreases
+  std::int64_t freed = 0;  // sum of decreases since the last reset_accumulated
+  std::int64_t base = 0;   // `current` at the last reset_accumulated
 
+  // Note [Derived allocated]: the sum of increases is current - base + freed, so the hot
+  // path updates two fields instead of three.
+  std::int64_t allocated() const { return current - base + freed; }
   void add(std::int64_t n) {
     current += n;
-    allocated += n;
     if (current > peak) peak = current;
   }
   void sub(std::int64_t n) {
@@ -49,6 +51,10 @@ struct Stat {
     freed += n;
   }
   void reset_peak() { peak = current; }
+  void reset_accumulated() {
+    base = current;
+    freed = 0;
+  }
 };
 
 // Index 0 = all, 1 = small_pool, 2 = large_pool (torch's StatType order).
