@@ -247,7 +247,7 @@ double bench_free_scaling(std::size_t n_free, std::size_t iters, std::size_t siz
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pypool native core (private; use the pypool package)";
 
-  static py::exception<OutOfMemoryError> oom_exc(m, "OutOfMemoryError", PyExc_RuntimeError);
+  py::register_exception<OutOfMemoryError>(m, "OutOfMemoryError", PyExc_RuntimeError);
   py::register_exception<InvalidPointerError>(m, "InvalidPointerError", PyExc_ValueError);
   py::register_exception<InvariantError>(m, "InvariantError", PyExc_AssertionError);
   py::register_exception<BackendError>(m, "BackendError", PyExc_RuntimeError);

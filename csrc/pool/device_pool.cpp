@@ -130,7 +130,15 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
   }
   if (b == nullptr) {
     ++m.st.num_ooms;
-    m.trace(TraceAction::kOom, 0, size, stream, context);
+    if (m.history_on) {
+      // torch's snapshots put the device's free bytes in an oom entry's address field.
+      std::size_t device_free = 0;
+      try {
+        device_free = backend_->mem_info().free;
+      } catch (...) {
+      }
+      m.trace(TraceAction::kOom, device_free, size, stream, context);
+    }
     throw OutOfMemoryError(m.oom_message(size, rounded, stream));
   }
   return m.finish_alloc(b, rounded, size, stream, context, t);
@@ -147,7 +155,7 @@ void DevicePool::free(void* p) {
   Impl::sub(m.st.allocation, k, 1);
   Impl::sub(m.st.allocated_bytes, k, static_cast<std::int64_t>(b->size));
   Impl::sub(m.st.requested_bytes, k, static_cast<std::int64_t>(b->requested));
-  m.trace(TraceAction::kFreeRequested, b->addr, b->size, b->stream, b->context, b->seq);
+  m.trace(TraceAction::kFreeRequested, b->addr, b->requested, b->stream, b->context, b->seq);
   if (b->uses != nullptr && !b->uses->empty()) {
     // Note [record_stream]: the block was used on other streams; it returns to the free
     // list only once events recorded there now have completed (checked on malloc).

@@ -182,7 +182,8 @@ struct DevicePool::Impl {
     add(st.active, k, 1);
     add(st.active_bytes, k, bs);
     add(st.requested_bytes, k, static_cast<std::int64_t>(size));
-    trace(TraceAction::kAlloc, b->addr, b->size, stream, context, b->seq);
+    // Trace sizes are requested bytes, as in torch's snapshots.
+    trace(TraceAction::kAlloc, b->addr, size, stream, context, b->seq);
     return reinterpret_cast<void*>(b->addr);
   }
 
@@ -193,7 +194,7 @@ struct DevicePool::Impl {
     const PoolKind k = idx->kind;
     sub(st.active, k, 1);
     sub(st.active_bytes, k, static_cast<std::int64_t>(b->size));
-    trace(TraceAction::kFreeCompleted, b->addr, b->size, b->stream, b->context, b->seq);
+    trace(TraceAction::kFreeCompleted, b->addr, b->requested, b->stream, b->context, b->seq);
     b->requested = 0;
     b->seq = 0;
     b->context = 0;

@@ -1,0 +1,274 @@
+"""Memory snapshots and allocation history in PyTorch's snapshot schema.
+
+With pypool installed, ``torch.cuda.memory._snapshot()`` and
+``torch.cuda.memory._record_memory_history()`` raise (the pluggable allocator does not
+support them). These functions give the same things back:
+
+* :func:`record_history` turns on the pool's ring buffer of allocator events (and,
+  with ``stacks="python"``, Python stack capture for each allocation);
+* :func:`snapshot` returns a dict in the schema of ``torch.cuda.memory._snapshot()``
+  (DESIGN.md §2): ``segments`` with their ``blocks``, ``device_traces`` and
+  ``allocator_settings``, so torch's offline tools read it;
+* :func:`dump_snapshot` pickles it to a file, as ``torch.cuda.memory._dump_snapshot``:
+  ``python -m torch.cuda._memory_viz stats|trace FILE`` and the page at
+  pytorch.org/memory_viz open it; ``python -m pypool report FILE`` reports on it.
+
+Example::
+
+    pypool.record_history(max_entries=100_000)
+    train_step()
+    pypool.dump_snapshot("step.pickle")
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+from typing import Any, Dict, List, Optional, Union
+
+from . import _context, _core
+from ._pool import Pool
+from ._target import resolve_pool
+
+__all__ = ["snapshot", "record_history", "dump_snapshot", "load_snapshot"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_lock = threading.Lock()
+# id(native pool) -> native pool, for pools whose stack capture record_history turned on
+# (the reference keeps the id from being reused while we hold capture).
+_capturing: Dict[int, Any] = {}
+
+_CONFIG_FIELDS = (
+    "max_pool_size", "min_block_size", "small_size", "small_segment_size", "large_segment_size",
+    "min_large_alloc", "round_large", "round_up_divisions", "max_split_size",
+    "expandable_segments", "expandable_reserve", "initial_pool_size", "growth", "growth_step",
+    "release_threshold", "garbage_collection_threshold",
+)
+
+
+def record_history(
+    enabled: Union[bool, str, None] = True,
+    max_entries: int = 100_000,
+    stacks: str = "python",
+    device: Optional[int] = None,
+    pool: Optional[Pool] = None,
+) -> None:
+    """Start or stop recording allocator events, like torch's ``_record_memory_history``.
+
+    Args:
+        enabled: ``True`` (or ``"all"``) records every event (alloc, free_requested,
+            free_completed, segment_alloc / segment_free / segment_map / segment_unmap,
+            oom) into a ring buffer of ``max_entries``; ``"state"`` records no events but
+            keeps a stack for each live block; ``False`` (or ``None``) stops both and
+            drops the buffer.
+        max_entries: ring buffer size; the oldest events are overwritten. Calling again
+            with another size starts a new, empty buffer.
+        stacks: ``"python"`` keeps the Python stack of every allocation (shown as
+            ``frames`` in the snapshot); ``"none"`` keeps none (cheaper).
+        device: which registry pool (default: torch's current device, else 0). The
+            registry must be configured (``pypool.install``) unless ``pool`` is given.
+        pool: a :class:`~pypool.Pool` of your own instead of the registry's. While stack
+            capture is on, its native pool is kept alive: turn history off
+            (``record_history(False, pool=p)``) before dropping such a pool.
+    """
+    if enabled is None or enabled is False:
+        mode = "off"
+    elif enabled is True or enabled == "all":
+        mode = "all"
+    elif enabled == "state":
+        mode = "state"
+    else:
+        raise ValueError(f"enabled: expected True, False, None, 'all' or 'state', got {enabled!r}")
+    if stacks not in ("python", "none"):
+        raise ValueError(f"stacks: expected 'python' or 'none', got {stacks!r}")
+    if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+        raise ValueError(f"max_entries: expected an int >= 1, got {max_entries!r}")
+    if mode == "state" and stacks == "none":
+        raise ValueError("stacks: enabled='state' only keeps stacks, so stacks='none' would record nothing")
+    target, _ = resolve_pool(device, pool, create=mode != "off", what="record_history")
+    if target is None:  # turning off a registry pool that was never made: nothing to do
+        return
+    core = target._pool
+    if mode == "all":
+        core.set_history(True, max_entries)
+    else:
+        core.set_history(False, 0)
+    want_stacks = mode != "off" and stacks == "python"
+    with _lock:
+        have = id(core) in _capturing
+        if want_stacks and not have:
+            _context.acquire(core)
+            _capturing[id(core)] = core
+        elif not want_stacks and have:
+            _context.release(core)
+            del _capturing[id(core)]
+
+
+def snapshot(device: Optional[int] = None, pool: Optional[Pool] = None) -> Dict[str, Any]:
+    """The state of a pool as a dict in the schema of ``torch.cuda.memory._snapshot()``.
+
+    Keys: ``segments`` (each with ``device``, ``address``, ``total_size``,
+    ``allocated_size``, ``active_size``, ``requested_size``, ``stream``,
+    ``segment_type``, ``segment_pool_id``, ``is_expandable``, ``frames`` and ``blocks``
+    of ``address``, ``size``, ``requested_size``, ``state``, ``frames``),
+    ``device_traces`` (one list per device index up to ``device``, the recorded events
+    of this pool at its index) and ``allocator_settings``; plus a ``pypool`` entry with
+    the pool's ``memory_stats`` (torch's tools ignore it; pypool's reports use it).
+
+    Without ``pool``, the registry pool of ``device``; a device without a pool gives an
+    empty snapshot (no pool is created).
+    """
+    target, d = resolve_pool(device, pool, create=False, what="snapshot")
+    traces: List[List[Dict[str, Any]]] = [[] for _ in range(d + 1)]
+    out: Dict[str, Any] = {"segments": [], "device_traces": traces}
+    if target is None:
+        cfg = _core.registry_config() if _core.registry_configured() else _core.Config()
+        out["allocator_settings"] = _settings(cfg)
+        out["pypool"] = _extra(d, None, None)
+        return out
+    core = target._pool
+    # Read history before segments: an event racing with the snapshot then shows up in
+    # the segments rather than as a trace entry for a block the segments lack.
+    history = core.history()
+    segments = target.segments()
+    stats = target.memory_stats()
+    frames_of = _FrameCache()
+    out["segments"] = [_segment(s, d, frames_of) for s in segments]
+    traces[d] = _trace(history, frames_of)
+    out["allocator_settings"] = _settings(core.config)
+    out["pypool"] = _extra(d, target.backend_name, stats)
+    return out
+
+
+def dump_snapshot(path: PathLike, device: Optional[int] = None, pool: Optional[Pool] = None) -> str:
+    """Pickle :func:`snapshot` to ``path`` (what ``torch.cuda.memory._dump_snapshot``
+    writes); returns the path."""
+    data = snapshot(device=device, pool=pool)
+    with open(path, "wb") as f:
+        pickle.dump(data, f)
+    return os.fspath(path)
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Refuses every global: snapshot pickles hold only dicts, lists, strings and numbers,
+    and refusing classes makes loading a hostile file unable to run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(
+            f"snapshot file refers to {module}.{name}; a memory snapshot holds only plain "
+            "data (dicts, lists, strings, numbers)")
+
+
+def load_snapshot(path: PathLike) -> Dict[str, Any]:
+    """Read a snapshot pickle (pypool's or torch's ``_dump_snapshot``) safely: only plain
+    data is accepted. A bare list of segments (older torch) becomes ``{"segments": ...}``.
+    """
+    with open(path, "rb") as f:
+        data = _PlainUnpickler(f).load()
+    if isinstance(data, list):
+        data = {"segments": data, "device_traces": []}
+    if not isinstance(data, dict) or "segments" not in data:
+        raise ValueError(f"{os.fspath(path)}: not a memory snapshot (no 'segments')")
+    return data
+
+
+# ============================================================================ helpers
+
+
+class _FrameCache:
+    """Frames of each context id, built once per snapshot and shared between entries
+    (pickle then stores each stack once)."""
+
+    def __init__(self) -> None:
+        self._cache: Dict[int, List[Dict[str, Any]]] = {}
+
+    def __call__(self, context: int) -> List[Dict[str, Any]]:
+        if not context:
+            return []
+        f = self._cache.get(context)
+        if f is None:
+            f = self._cache[context] = _context.frames(context)
+        return f
+
+
+def _segment(s: Dict[str, Any], device: int, frames_of: _FrameCache) -> Dict[str, Any]:
+    blocks = []
+    allocated = active = requested = 0
+    for b in s["blocks"]:
+        state = b["state"]
+        if state == "active_allocated":
+            allocated += b["size"]
+        if state != "inactive":
+            active += b["size"]
+            requested += b["requested_size"]
+        blocks.append({
+            "address": b["address"],
+            "size": b["size"],
+            "requested_size": b["requested_size"] if state != "inactive" else 0,
+            "state": state,
+            "frames": frames_of(b["context"]) if state != "inactive" else [],
+        })
+    return {
+        "device": device,
+        "address": s["address"],
+        "total_size": s["total_size"],
+        "allocated_size": allocated,
+        "active_size": active,
+        "requested_size": requested,
+        "stream": s["stream"],
+        "segment_type": s["segment_type"],
+        # Note [segment_pool_id]: torch names the private pool of CUDA graphs / MemPool
+        # here; pypool has only the default pool, which torch writes as (0, 0).
+        "segment_pool_id": (0, 0),
+        "is_expandable": s["is_expandable"],
+        "frames": [],
+        "blocks": blocks,
+    }
+
+
+def _trace(history: List[Dict[str, Any]], frames_of: _FrameCache) -> List[Dict[str, Any]]:
+    # Note [Trace clock]: the core stamps events with steady_clock (CLOCK_MONOTONIC on
+    # Linux, the clock of time.monotonic()); torch's snapshots carry Unix-epoch
+    # microseconds, so shift by the offset between the two clocks now.
+    offset_us = (time.time() - time.monotonic()) * 1e6
+    out = []
+    for e in history:
+        entry = {
+            "action": e["action"],
+            "addr": e["addr"],
+            "size": e["size"],
+            "stream": e["stream"],
+            "time_us": int(round(e["time_us"] + offset_us)),
+            "frames": frames_of(e["context"]),
+        }
+        if e["action"] == "oom":
+            # torch stores the device's free bytes in an oom entry's addr and exports it
+            # as device_free (its `trace` tool reads that key).
+            entry["device_free"] = e["addr"]
+        out.append(entry)
+    return out
+
+
+def _settings(cfg: Any) -> Dict[str, Any]:
+    d: Dict[str, Any] = {"allocator": "pypool"}
+    for name in _CONFIG_FIELDS:
+        v = getattr(cfg, name)
+        if name in ("max_pool_size", "max_split_size") and v == _core.UNLIMITED:
+            v = None
+        elif name == "growth":
+            v = v.name
+        d[name] = v
+    # The names torch itself reports, where pypool has the same setting.
+    d["PYTORCH_CUDA_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+    d["PYPOOL_CONF"] = os.environ.get("PYPOOL_CONF", "")
+    d["roundup_power2_divisions"] = cfg.round_up_divisions
+    return d
+
+
+def _extra(device: int, backend: Optional[str], stats: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    from . import __version__
+
+    return {"version": __version__, "device": device, "backend": backend, "memory_stats": stats}

@@ -1,0 +1,261 @@
+"""Fragmentation report figures against pools whose layout is known by hand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import pypool
+from pypool import _core
+from pypool.fragmentation import Figures, FragmentationReport, fragmentation
+
+KiB, MiB = 1 << 10, 1 << 20
+SMALL_SEG, LARGE_SEG = 2 * MiB, 20 * MiB
+
+
+def _layout_pool():
+    """A host pool in a known state (default config: 512 B rounding, 2 MiB small and
+    20 MiB large segments):
+
+    small segment, stream 0: [a 1024 pending][b 3072 free][c 512][free 2 MiB - 4608]
+    large segment, stream 0: [d 5 MiB][e 3 MiB + 512][free 12 MiB - 512]
+    small segment, stream 5: [f 512][free 2 MiB - 512]
+    """
+    p = pypool.Pool("host", capacity="1GiB")
+    a = p.malloc(1000)
+    b = p.malloc(3000)
+    c = p.malloc(100)
+    d = p.malloc(5 * MiB)
+    e = p.malloc(3 * MiB + 1)
+    f = p.malloc(100, stream=5)
+    p.free(b)
+    # a is freed while stream 7 still has work queued: pending, not reusable yet.
+    p.record_stream(a, 7)
+    p.backend.hold_stream(7)
+    p.free(a)
+    return p, (a, b, c, d, e, f)
+
+
+def test_figures_of_known_layout():
+    p, _ = _layout_pool()
+    r = FragmentationReport.from_pool(p)
+    assert r.source == "pool" and r.device == 0 and r.backend == "host"
+
+    assert r.reserved == 2 * SMALL_SEG + LARGE_SEG
+    assert r.allocated == 512 + 5 * MiB + (3 * MiB + 512) + 512
+    assert r.requested == 100 + 5 * MiB + (3 * MiB + 1) + 100
+    assert r.internal_waste == 412 + 511 + 412
+    assert r.pending_free == 1024
+    free_blocks = [3072, 2 * MiB - 4608, 12 * MiB - 512, 2 * MiB - 512]
+    assert r.free == sum(free_blocks)
+    assert r.largest_free == 12 * MiB - 512
+    assert r.reserved == r.allocated + r.pending_free + r.free
+    assert r.external_fragmentation == pytest.approx(1 - (12 * MiB - 512) / sum(free_blocks))
+    assert r.utilization == pytest.approx(r.allocated / r.reserved)
+    assert (r.segments, r.allocated_blocks, r.pending_blocks, r.free_blocks) == (3, 4, 1, 4)
+
+    # Per pool kind.
+    small, large = r.pools["small"], r.pools["large"]
+    assert small.reserved == 2 * SMALL_SEG and large.reserved == LARGE_SEG
+    assert small.allocated == 1024 and small.requested == 200 and small.pending_free == 1024
+    assert small.free == 3072 + 2 * MiB - 4608 + 2 * MiB - 512
+    assert small.largest_free == 2 * MiB - 512
+    assert large.allocated == 8 * MiB + 512 and large.requested == 8 * MiB + 1
+    assert large.free == large.largest_free == 12 * MiB - 512
+    assert large.external_fragmentation == 0.0
+    assert (small.segments, large.segments) == (2, 1)
+
+    # Per stream.
+    assert sorted(r.streams) == [0, 5]
+    s0, s5 = r.streams[0], r.streams[5]
+    assert s0.reserved == SMALL_SEG + LARGE_SEG and s5.reserved == SMALL_SEG
+    assert s5.allocated == 512 and s5.requested == 100 and s5.free == 2 * MiB - 512
+    assert s5.external_fragmentation == 0.0
+    assert s0.free == 3072 + 2 * MiB - 4608 + 12 * MiB - 512
+    assert s0.pending_free == 1024 and s0.pending_blocks == 1
+
+    # Histogram in power-of-two buckets.
+    assert r.free_histogram == [
+        {"low": 2 * KiB, "high": 4 * KiB, "count": 1, "bytes": 3072},
+        {"low": 1 * MiB, "high": 2 * MiB, "count": 2, "bytes": 4 * MiB - 4608 - 512},
+        {"low": 8 * MiB, "high": 16 * MiB, "count": 1, "bytes": 12 * MiB - 512},
+    ]
+
+    # Peaks from the statistics: everything was live at once before the frees.
+    peak_alloc = 1024 + 3072 + 512 + 5 * MiB + 3 * MiB + 512 + 512
+    assert r.peak_allocated == peak_alloc
+    assert r.peak_reserved == 2 * SMALL_SEG + LARGE_SEG
+    assert r.peak_requested == 1000 + 3000 + 100 + 5 * MiB + 3 * MiB + 1 + 100
+    assert r.peak_utilization == pytest.approx(peak_alloc / (24 * MiB))
+    assert r.counters["num_device_alloc"] == 3 and r.counters["num_ooms"] == 0
+    p.backend.release_stream(7)
+
+
+def test_pending_block_becomes_free_after_its_stream_completes():
+    p, _ = _layout_pool()
+    p.backend.release_stream(7)
+    p.empty_cache()  # processes completed events (and keeps segments with live blocks)
+    r = FragmentationReport.from_pool(p)
+    assert r.pending_free == 0 and r.pending_blocks == 0
+    # the pending 1024 B merged with the free 3072 B next to it
+    assert r.pools["small"].free == 4096 + 2 * MiB - 4608 + 2 * MiB - 512
+    assert {"low": 4 * KiB, "high": 8 * KiB, "count": 1, "bytes": 4096} in r.free_histogram
+
+
+def test_empty_pool_report():
+    r = FragmentationReport.from_pool(pypool.Pool("host", capacity="64MiB"))
+    assert (r.reserved, r.allocated, r.free, r.largest_free, r.segments) == (0, 0, 0, 0, 0)
+    assert r.external_fragmentation == 0.0 and r.utilization == 0.0
+    assert r.peak_utilization == 0.0
+    assert r.free_histogram == []
+    assert set(r.pools) == {"small", "large"} and r.streams == {}
+    assert "free blocks by size: none" in r.to_text()
+
+
+def test_from_segments_by_hand_and_without_stats():
+    segs = [
+        {"address": 0x1000, "total_size": 4096, "segment_type": "small", "stream": 0, "blocks": [
+            {"address": 0x1000, "size": 1024, "requested_size": 1000, "state": "active_allocated"},
+            {"address": 0x1400, "size": 1024, "requested_size": 0, "state": "inactive"},
+            {"address": 0x1800, "size": 2048, "requested_size": 0, "state": "inactive"},
+        ]},
+    ]
+    r = FragmentationReport.from_segments(segs)
+    assert r.source == "segments"
+    assert (r.reserved, r.allocated, r.requested, r.free, r.largest_free) == (4096, 1024, 1000, 3072, 2048)
+    assert r.external_fragmentation == pytest.approx(1 / 3)
+    assert r.utilization == 0.25
+    assert r.peak_allocated is None and r.peak_utilization is None and r.counters == {}
+    assert "peaks" not in r.to_text()
+
+
+def test_from_snapshot_of_torch_layout_without_addresses():
+    # Old torch snapshots: a bare list of segments, blocks without addresses and the
+    # requested size in the block history.
+    segs = [{"device": 1, "address": 1 << 20, "total_size": 2 * MiB, "stream": 0, "segment_type": "small",
+             "blocks": [
+                 {"size": 512, "state": "active_allocated", "history": [{"real_size": 300, "addr": 1 << 20}]},
+                 {"size": 2 * MiB - 1024, "state": "inactive"},
+                 {"size": 512, "state": "active_pending_free"},
+             ]}]
+    r = FragmentationReport.from_snapshot(segs)
+    assert r.source == "snapshot" and r.device == 1
+    assert (r.allocated, r.requested, r.pending_free, r.free) == (512, 300, 512, 2 * MiB - 1024)
+    addrs = [b["address"] for b in r.layout[0]["blocks"]]
+    assert addrs == [1 << 20, (1 << 20) + 512, (1 << 20) + 2 * MiB - 512]
+    assert FragmentationReport.from_snapshot({"segments": segs}, device=0).segments == 0
+
+
+def test_report_from_snapshot_equals_report_from_pool():
+    p, _ = _layout_pool()
+    from pypool.snapshot import snapshot
+
+    a = FragmentationReport.from_pool(p).to_dict()
+    b = FragmentationReport.from_snapshot(snapshot(pool=p)).to_dict()
+    a.pop("source"), b.pop("source")
+    assert a == b
+    p.backend.release_stream(7)
+
+
+def test_dict_json_and_text_renderings():
+    p, _ = _layout_pool()
+    r = FragmentationReport.from_pool(p)
+    d = r.to_dict()
+    for key in ("reserved", "allocated", "requested", "free", "largest_free", "external_fragmentation",
+                "utilization", "internal_waste", "pools", "streams", "free_histogram", "peak_utilization",
+                "segments", "free_blocks"):
+        assert key in d, key
+    assert d["pools"]["large"]["largest_free"] == 12 * MiB - 512
+    assert d["segments"] == 3  # the count; the layout only with include_segments
+    full = r.to_dict(include_segments=True)
+    assert len(full["segments"]) == 3
+    j = json.loads(r.to_json())
+    assert j["streams"]["5"]["allocated"] == 512
+    assert j["reserved"] == r.reserved
+
+    text = r.to_text()
+    lines = text.splitlines()
+    header = next(line for line in lines if "small pool" in line)
+    for col in ("all", "small pool", "large pool", "stream 0", "stream 0x5"):
+        assert col in header
+    row = next(line for line in lines if line.startswith("reserved"))
+    assert row.split()[1:3] == ["24.00", "MiB"]
+    # columns are aligned: every table row is as long as the header
+    table = lines[2:2 + 1 + len(r.table_rows())]
+    assert len({len(line) for line in table}) == 1
+    assert "[8.00 MiB, 16.00 MiB)" in text and "peak utilization" in text
+    p.backend.release_stream(7)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match=r"segments\[0\]\.blocks\[0\]: unknown state 'busy'"):
+        FragmentationReport.from_segments([{"total_size": 1, "blocks": [{"size": 1, "state": "busy"}]}])
+    with pytest.raises(ValueError, match="missing key 'blocks'"):
+        FragmentationReport.from_segments([{"total_size": 1}])
+    with pytest.raises(TypeError, match="pool: expected a pypool.Pool"):
+        FragmentationReport.from_pool(object())
+    with pytest.raises(ValueError, match="no 'segments' key"):
+        FragmentationReport.from_snapshot({"device_traces": []})
+
+
+def test_figures_properties():
+    f = Figures(reserved=100, allocated=40, requested=30, free=60, largest_free=15)
+    assert f.internal_waste == 10
+    assert f.external_fragmentation == pytest.approx(0.75)
+    assert f.utilization == pytest.approx(0.4)
+
+
+def test_registry_report_does_not_create_a_pool():
+    dev = 63
+    if _core.registry_has_pool(dev):
+        pytest.skip("another test made a registry pool for device 63")
+    r = fragmentation(dev)
+    assert r.device == dev and r.segments == 0 and r.reserved == 0
+    assert not _core.registry_has_pool(dev)
+    with pytest.raises(ValueError, match="device: must be >= 0"):
+        fragmentation(-1)
+
+
+def test_registry_report_in_a_fresh_process():
+    # The registry is process-wide: configure it in a process of its own.
+    code = textwrap.dedent("""
+        import json, pypool
+        from pypool import _core
+        from pypool.fragmentation import fragmentation
+        _core.registry_configure("host", pypool.PoolConfig().to_core(), 1 << 30)
+        core = _core.registry_pool(0)
+        core.malloc(3000, 0)
+        r = fragmentation(0)
+        print(json.dumps([r.reserved, r.allocated, r.requested, r.backend, r.source]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [SMALL_SEG, 3072, 3000, "host", "pool"]
+
+
+@pytest.mark.slow  # torch's profiler takes seconds to start
+def test_snapshot_made_by_torch_from_a_cpu_profile():
+    # torch builds this snapshot itself (no CUDA needed): blocks without addresses,
+    # segments without a type.
+    import torch
+    from torch.cuda._memory_viz import _profile_to_snapshot
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        x = torch.ones(1000, 1000)
+        y = x * 2
+        z = torch.zeros(300)
+        del y
+    snap = _profile_to_snapshot(prof)
+    r = FragmentationReport.from_snapshot(snap)
+    assert r.allocated == r.requested == 4_000_000 + 1200
+    assert r.allocated_blocks == 2
+    assert r.reserved == r.allocated + r.free
+    assert set(r.pools) == {"small", "large", "unknown"} and r.pools["unknown"].segments == 1
+    assert "unknown pool" in r.to_text()
+    del x, z

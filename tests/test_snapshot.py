@@ -1,0 +1,281 @@
+"""Memory snapshots in torch's schema, allocation history, and torch's offline tools."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import pypool
+from pypool import _context, _core
+from pypool.snapshot import dump_snapshot, load_snapshot, record_history, snapshot
+
+MiB = 1 << 20
+
+SEGMENT_KEYS = {"device", "address", "total_size", "allocated_size", "active_size", "requested_size",
+                "stream", "segment_type", "segment_pool_id", "is_expandable", "frames", "blocks"}
+BLOCK_KEYS = {"address", "size", "requested_size", "state", "frames"}
+TRACE_KEYS = {"action", "addr", "size", "stream", "time_us", "frames"}
+
+
+def _allocate_here(pool, size, stream=0):
+    """A named frame that the captured stacks must show."""
+    return pool.malloc(size, stream)
+
+
+@pytest.fixture
+def scenario():
+    """A pool with history on and a known sequence of events behind it.
+
+    Yields (pool, live pointers); the history holds, in order: segment_alloc (small),
+    alloc a, segment_alloc (large), alloc b, free_requested a, free_completed a,
+    segment_free (small, released by the out-of-memory path), oom, alloc c (small),
+    alloc d (stream 3), free_requested d (pending: stream 9 busy).
+    """
+    p = pypool.Pool("host", capacity="64MiB")
+    record_history(pool=p, stacks="python")
+    a = _allocate_here(p, 1000)
+    b = _allocate_here(p, 5 * MiB)
+    p.free(a)
+    # The C++ OutOfMemoryError reaches Python as RuntimeError (pypool.OutOfMemoryError
+    # derives from it).
+    with pytest.raises(RuntimeError, match="out of memory"):
+        p.malloc(100 * MiB)
+    c = _allocate_here(p, 3000)
+    d = _allocate_here(p, 200, stream=3)
+    p.record_stream(d, 9)
+    p.backend.hold_stream(9)
+    p.free(d)
+    yield p, (b, c)
+    p.backend.release_stream(9)
+    record_history(False, pool=p)
+
+
+def test_schema_of_segments_blocks_and_traces(scenario):
+    p, (b, c) = scenario
+    s = snapshot(pool=p)
+    assert {"segments", "device_traces", "allocator_settings"} <= set(s)
+    assert len(s["segments"]) == 3
+    for seg in s["segments"]:
+        assert set(seg) == SEGMENT_KEYS
+        assert seg["segment_pool_id"] == (0, 0) and seg["device"] == 0
+        assert sum(blk["size"] for blk in seg["blocks"]) == seg["total_size"]
+        for blk in seg["blocks"]:
+            assert set(blk) == BLOCK_KEYS
+            assert blk["state"] in ("active_allocated", "active_pending_free", "inactive")
+        alloc = [blk for blk in seg["blocks"] if blk["state"] == "active_allocated"]
+        active = [blk for blk in seg["blocks"] if blk["state"] != "inactive"]
+        assert seg["allocated_size"] == sum(blk["size"] for blk in alloc)
+        assert seg["active_size"] == sum(blk["size"] for blk in active)
+        assert seg["requested_size"] == sum(blk["requested_size"] for blk in active)
+    by_addr = {blk["address"]: blk for seg in s["segments"] for blk in seg["blocks"]}
+    assert by_addr[b]["size"] == 5 * MiB and by_addr[b]["requested_size"] == 5 * MiB
+    assert by_addr[c]["size"] == 3072 and by_addr[c]["requested_size"] == 3000
+    pending = [blk for blk in by_addr.values() if blk["state"] == "active_pending_free"]
+    assert len(pending) == 1 and pending[0]["size"] == 512
+    streams = sorted(seg["stream"] for seg in s["segments"])
+    assert streams == [0, 0, 3]
+    kinds = sorted(seg["segment_type"] for seg in s["segments"])
+    assert kinds == ["large", "small", "small"]
+    settings = s["allocator_settings"]
+    assert settings["small_segment_size"] == 2 * MiB and settings["max_split_size"] is None
+    assert s["pypool"]["memory_stats"]["num_ooms"] == 1
+    for e in s["device_traces"][0]:
+        assert TRACE_KEYS <= set(e)
+
+
+def test_history_in_order_with_actions(scenario):
+    p, (b, c) = scenario
+    trace = snapshot(pool=p)["device_traces"][0]
+    actions = [e["action"] for e in trace]
+    assert actions == ["segment_alloc", "alloc", "segment_alloc", "alloc", "free_requested", "free_completed",
+                       "segment_free", "oom", "segment_alloc", "alloc", "segment_alloc", "alloc",
+                       "free_requested"]
+    sizes = [e["size"] for e in trace]
+    assert sizes[:4] == [2 * MiB, 1024, 20 * MiB, 5 * MiB]
+    assert trace[7]["size"] == 100 * MiB and "device_free" in trace[7]
+    assert trace[6]["addr"] == trace[0]["addr"]  # the small segment went back
+    assert trace[3]["addr"] == b and trace[9]["addr"] == c
+    assert trace[10]["stream"] == 3 and trace[11]["stream"] == 3
+    # Times are Unix-epoch microseconds (converted from the core's steady clock).
+    times = [e["time_us"] for e in trace]
+    assert times == sorted(times)
+    assert abs(times[-1] - time.time() * 1e6) < 600e6
+
+
+def test_frames_with_python_stacks(scenario):
+    p, (b, c) = scenario
+    s = snapshot(pool=p)
+    blk = next(blk for seg in s["segments"] for blk in seg["blocks"] if blk["address"] == c)
+    names = [f["name"] for f in blk["frames"]]
+    assert "_allocate_here" in names and "scenario" in names
+    f = blk["frames"][names.index("_allocate_here")]
+    assert f["filename"] == __file__ and isinstance(f["line"], int)
+    # innermost first: the helper comes before the fixture that called it
+    assert names.index("_allocate_here") < names.index("scenario")
+    alloc = next(e for e in s["device_traces"][0] if e["action"] == "alloc" and e["addr"] == c)
+    assert "_allocate_here" in [fr["name"] for fr in alloc["frames"]]
+    free_blocks = [blk for seg in s["segments"] for blk in seg["blocks"] if blk["state"] == "inactive"]
+    assert all(blk["frames"] == [] for blk in free_blocks)
+
+
+def test_stacks_none_and_switching_off():
+    p = pypool.Pool("host", capacity="64MiB")
+    record_history(pool=p, stacks="none", max_entries=16)
+    x = p.malloc(4096)
+    s = snapshot(pool=p)
+    assert [e["action"] for e in s["device_traces"][0]] == ["segment_alloc", "alloc"]
+    assert all(e["frames"] == [] for e in s["device_traces"][0])
+    assert id(p._pool) not in _context._refs
+    # ring buffer of 16: only the newest 16 events are kept
+    for _ in range(20):
+        p.free(p.malloc(512))
+    assert len(snapshot(pool=p)["device_traces"][0]) == 16
+    record_history(False, pool=p)
+    p.free(x)
+    assert snapshot(pool=p)["device_traces"][0] == []
+
+
+def test_state_mode_keeps_stacks_without_events():
+    p = pypool.Pool("host", capacity="64MiB")
+    record_history("state", pool=p)
+    assert _context._refs.get(id(p._pool)) == 1
+    record_history("state", pool=p)  # again: capture is not taken twice
+    assert _context._refs.get(id(p._pool)) == 1
+    x = _allocate_here(p, 2048)
+    s = snapshot(pool=p)
+    assert s["device_traces"][0] == []
+    blk = next(blk for seg in s["segments"] for blk in seg["blocks"] if blk["address"] == x)
+    assert "_allocate_here" in [f["name"] for f in blk["frames"]]
+    record_history(None, pool=p)
+    assert id(p._pool) not in _context._refs
+    p.free(x)
+
+
+def test_memory_viz_functions_accept_the_snapshot(scenario):
+    from torch.cuda import _memory_viz
+
+    p, _ = scenario
+    s = snapshot(pool=p)
+    summary = _memory_viz.segsum(s)  # asserts that every segment's bytes add up
+    assert "segments: 3" in summary
+    assert "total_reserved: 24.0MiB" in summary
+    text = _memory_viz.trace(s)
+    assert "13 entries" in text
+    assert "raise OutOfMemoryError # 100.0MiB requested" in text
+    assert "cudaMalloc(" in text and "cudaFree(" in text
+    assert _memory_viz.segment_plot(s).startswith("\n<!DOCTYPE html>")
+    assert "Active Memory Timeline" in _memory_viz.trace_plot(s)
+
+
+def test_dump_and_torch_cli(scenario, tmp_path):
+    p, _ = scenario
+    path = tmp_path / "snap.pickle"
+    assert dump_snapshot(path, pool=p) == os.fspath(path)
+    data = load_snapshot(path)
+    assert len(data["segments"]) == 3
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    for cmd, expect in (("stats", "total_reserved: 24.0MiB"), ("trace", "raise OutOfMemoryError")):
+        out = subprocess.run([sys.executable, "-m", "torch.cuda._memory_viz", cmd, str(path)],
+                             capture_output=True, text=True, timeout=120, env=env)
+        assert out.returncode == 0, out.stderr
+        assert expect in out.stdout
+
+
+def test_load_snapshot_refuses_code(tmp_path):
+    path = tmp_path / "evil.pickle"
+    with open(path, "wb") as f:
+        pickle.dump({"segments": [], "x": os.system}, f)  # a global: would be code
+    with pytest.raises(pickle.UnpicklingError, match="only plain"):
+        load_snapshot(path)
+    legacy = tmp_path / "legacy.pickle"
+    with open(legacy, "wb") as f:
+        pickle.dump([{"total_size": 0, "blocks": []}], f)
+    assert load_snapshot(legacy)["segments"] == [{"total_size": 0, "blocks": []}]
+    bad = tmp_path / "bad.pickle"
+    with open(bad, "wb") as f:
+        pickle.dump({"a": 1}, f)
+    with pytest.raises(ValueError, match="not a memory snapshot"):
+        load_snapshot(bad)
+
+
+def test_registry_snapshot_without_pool_creates_nothing():
+    dev = 62
+    if _core.registry_has_pool(dev):
+        pytest.skip("another test made a registry pool for device 62")
+    s = snapshot(device=dev)
+    assert s["segments"] == [] and len(s["device_traces"]) == dev + 1
+    assert not _core.registry_has_pool(dev)
+    record_history(False, device=dev)  # turning off a pool that does not exist: no-op
+    assert not _core.registry_has_pool(dev)
+
+
+def test_argument_errors():
+    p = pypool.Pool("host", capacity="64MiB")
+    with pytest.raises(ValueError, match="stacks"):
+        record_history(pool=p, stacks="cpp")
+    with pytest.raises(ValueError, match="max_entries"):
+        record_history(pool=p, max_entries=0)
+    with pytest.raises(ValueError, match="enabled"):
+        record_history("sometimes", pool=p)
+    with pytest.raises(TypeError, match="pool must be a pypool.Pool"):
+        snapshot(pool="pool")
+    with pytest.raises(ValueError, match="does not match pool.device"):
+        snapshot(device=3, pool=p)
+
+
+def test_registry_history_in_a_fresh_process(tmp_path):
+    # record_history on the registry needs a configured registry; a fresh process shows
+    # both the refusal and the working path without touching this process's registry.
+    path = tmp_path / "reg.pickle"
+    code = textwrap.dedent(f"""
+        import pypool
+        from pypool import _core
+        from pypool.snapshot import record_history, dump_snapshot, load_snapshot
+        try:
+            record_history()
+        except RuntimeError as e:
+            assert "pypool.install" in str(e), e
+        else:
+            raise SystemExit("record_history did not refuse an unconfigured registry")
+        assert not _core.registry_configured()
+        _core.registry_configure("host", pypool.PoolConfig().to_core(), 1 << 30)
+        record_history(device=0)
+        _core.registry_pool(0).malloc(1000, 0)
+        dump_snapshot({str(path)!r})
+        s = load_snapshot({str(path)!r})
+        print([e["action"] for e in s["device_traces"][0]], s["pypool"]["backend"])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['segment_alloc', 'alloc'] host"
+
+
+def test_expandable_segments_round_trip():
+    from torch.cuda import _memory_viz
+
+    from pypool.fragmentation import FragmentationReport
+
+    p = pypool.Pool("host", capacity="1GiB", expandable_segments=True)
+    record_history(pool=p, stacks="none")
+    a = p.malloc(3 * MiB)
+    b = p.malloc(5 * MiB)
+    p.free(a)
+    s = snapshot(pool=p)
+    seg = next(seg for seg in s["segments"] if seg["is_expandable"])
+    # total_size is the mapped part; its blocks cover exactly that (segsum checks it)
+    assert seg["total_size"] == sum(blk["size"] for blk in seg["blocks"]) == 8 * MiB
+    assert "total_reserved: 8.0MiB" in _memory_viz.segsum(s)
+    actions = [e["action"] for e in s["device_traces"][0]]
+    assert actions == ["segment_alloc", "segment_map", "alloc", "segment_map", "alloc", "free_requested",
+                       "free_completed"]
+    assert "{'action': 'segment_map'" in _memory_viz.trace(s)
+    r = FragmentationReport.from_snapshot(s)
+    assert (r.reserved, r.allocated, r.free, r.largest_free) == (8 * MiB, 5 * MiB, 3 * MiB, 3 * MiB)
+    p.free(b)
+    record_history(False, pool=p)
