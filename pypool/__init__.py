@@ -10,21 +10,69 @@ Without a GPU, :class:`Pool` runs the same allocator on the host backend.
 
 from __future__ import annotations
 
+import os as _os
+
 from . import _core
 from ._pool import InvalidPointerError, InvariantError, OutOfMemoryError, Pool
+from ._torch import InstallError, install, installed_config, is_installed
 from .config import PoolConfig, format_size, parse_size
+from .memory import (
+    empty_cache,
+    get_pool,
+    max_memory_allocated,
+    max_memory_reserved,
+    mem_get_info,
+    memory_allocated,
+    memory_reserved,
+    memory_stats,
+    memory_stats_as_nested_dict,
+    memory_summary,
+    reset_accumulated_memory_stats,
+    reset_peak_memory_stats,
+)
+from .fragmentation import FragmentationReport, fragmentation
+from .snapshot import dump_snapshot, record_history, snapshot
+from . import distributed, memory
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # pools and configuration
     "Pool",
     "PoolConfig",
-    "OutOfMemoryError",
-    "InvalidPointerError",
-    "InvariantError",
     "parse_size",
     "format_size",
     "library_path",
+    # errors
+    "OutOfMemoryError",
+    "InvalidPointerError",
+    "InvariantError",
+    "InstallError",
+    # PyTorch integration
+    "install",
+    "is_installed",
+    "installed_config",
+    # statistics (names as in torch.cuda)
+    "memory_stats",
+    "memory_stats_as_nested_dict",
+    "memory_allocated",
+    "memory_reserved",
+    "max_memory_allocated",
+    "max_memory_reserved",
+    "reset_peak_memory_stats",
+    "reset_accumulated_memory_stats",
+    "memory_summary",
+    "empty_cache",
+    "mem_get_info",
+    "get_pool",
+    "memory",
+    # fragmentation, snapshots, history
+    "FragmentationReport",
+    "fragmentation",
+    "snapshot",
+    "record_history",
+    "dump_snapshot",
+    "distributed",
 ]
 
 

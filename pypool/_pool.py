@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import _core
 from .config import PoolConfig, SizeLike, parse_size
+
+if TYPE_CHECKING:
+    from .fragmentation import FragmentationReport
 
 __all__ = ["Pool", "OutOfMemoryError", "InvalidPointerError", "InvariantError"]
 
@@ -71,8 +74,6 @@ class Pool:
                 be = _core.make_null_backend(cap)
         self._pool = _core.DevicePool(self.config.to_core(), be, device)
         self._backend_obj = be
-        if self.config.memory_fraction is not None:
-            self._pool.set_memory_fraction(self.config.memory_fraction)
 
     @classmethod
     def _wrap(cls, core_pool: "_core.DevicePool", config: Optional[PoolConfig] = None) -> "Pool":
@@ -165,6 +166,12 @@ class Pool:
     def live_blocks(self, min_seq: int = 0) -> List[Dict[str, Any]]:
         """Live allocations with allocation sequence number >= ``min_seq``."""
         return self._pool.live_blocks(min_seq)
+
+    def fragmentation(self) -> "FragmentationReport":
+        """A :class:`~pypool.fragmentation.FragmentationReport` of this pool now."""
+        from .fragmentation import FragmentationReport
+
+        return FragmentationReport.from_pool(self)
 
     def check_invariants(self) -> None:
         """Walk every structure; raise :class:`InvariantError` on the first violation."""

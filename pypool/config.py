@@ -148,9 +148,9 @@ class PoolConfig:
         """The native config (used by the pools)."""
         c = _core.Config()
         for f in fields(self):
-            if f.name == "memory_fraction":
-                continue
             v = getattr(self, f.name)
+            if f.name == "memory_fraction":
+                v = 0.0 if v is None else v
             if f.name in _OPTIONAL_SIZES and v is None:
                 v = _core.UNLIMITED
             if f.name == "growth":

@@ -261,7 +261,7 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Config>(m, "Config")
       .def(py::init<>())
 #define F(name) .def_readwrite(#name, &Config::name)
-      F(max_pool_size) F(min_block_size) F(small_size) F(small_segment_size)
+      F(max_pool_size) F(memory_fraction) F(min_block_size) F(small_size) F(small_segment_size)
       F(large_segment_size) F(min_large_alloc) F(round_large) F(round_up_divisions)
       F(max_split_size) F(expandable_segments) F(expandable_reserve) F(initial_pool_size)
       F(growth) F(growth_step) F(release_threshold) F(garbage_collection_threshold)
@@ -270,6 +270,7 @@ PYBIND11_MODULE(_core, m) {
       .def("__repr__", &Config::to_string);
   m.attr("UNLIMITED") = py::int_(Config::kUnlimited);
   m.attr("MAX_REQUEST") = py::int_(policy::kMaxRequest);
+  m.attr("MAX_DEVICES") = py::int_(Registry::kMaxDevices);
 
   // Size policy, exposed for table tests and the advisor.
   m.def("round_size", [](const Config& c, std::size_t s) {

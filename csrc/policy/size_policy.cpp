@@ -43,6 +43,8 @@ void Config::validate() const {
   if (max_split_size != kUnlimited && max_split_size <= small_size)
     bad("max_split_size", "must be larger than small_size (" + std::to_string(small_size) + ")");
   if (max_pool_size == 0) bad("max_pool_size", "must be > 0");
+  if (!(memory_fraction >= 0.0 && memory_fraction <= 1.0))
+    bad("memory_fraction", "must be in (0, 1] (0 = off)");
   if (initial_pool_size > max_pool_size)
     bad("initial_pool_size", "must be <= max_pool_size");
   if (growth == GrowthPolicy::kFixed && growth_step == 0)
@@ -56,7 +58,8 @@ void Config::validate() const {
 std::string Config::to_string() const {
   std::ostringstream o;
   auto sz = [](std::size_t v) { return v == kUnlimited ? std::string("unlimited") : std::to_string(v); };
-  o << "max_pool_size:" << sz(max_pool_size) << ",min_block_size:" << min_block_size
+  o << "max_pool_size:" << sz(max_pool_size) << ",memory_fraction:" << memory_fraction
+    << ",min_block_size:" << min_block_size
     << ",small_size:" << small_size << ",small_segment_size:" << small_segment_size
     << ",large_segment_size:" << large_segment_size << ",min_large_alloc:" << min_large_alloc
     << ",round_large:" << round_large << ",round_up_divisions:" << round_up_divisions

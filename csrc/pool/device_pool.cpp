@@ -37,6 +37,10 @@ DevicePool::DevicePool(const Config& cfg, std::shared_ptr<Backend> backend, int 
                                 backend_->name() + "' has no virtual memory support");
   impl_ = std::make_unique<Impl>(cfg_, *backend_, device_);
   impl_->cap = cfg_.max_pool_size;
+  // Note [Memory fraction at creation]: a fraction of device memory can only be turned
+  // into bytes once the device is known, so each pool applies it when it is made (the
+  // registry makes a device's pool at its first allocation).
+  if (cfg_.memory_fraction > 0) set_memory_fraction(cfg_.memory_fraction);
   if (cfg_.initial_pool_size > 0) {
     // Preallocate one large segment on the default stream so the first steps never pay
     // for a device allocation. Freed by empty_cache like any cached segment, unless

@@ -20,6 +20,7 @@ struct Config {
   static constexpr std::size_t kUnlimited = std::numeric_limits<std::size_t>::max();
 
   std::size_t max_pool_size = kUnlimited;      // cap on reserved bytes
+  double memory_fraction = 0.0;                // 0 = off; else cap = fraction * device total
   std::size_t min_block_size = 512;            // every size rounds up to a multiple
   std::size_t small_size = 1u << 20;           // requests <= this go to the small pool
   std::size_t small_segment_size = 2u << 20;   // segment size of the small pool
