@@ -97,6 +97,10 @@ class PoolConfig:
         release_threshold: cached bytes ``empty_cache()`` keeps.
         garbage_collection_threshold: 0 = off; else cached segments are released before
             growing once reserved memory would pass this fraction of the cap.
+        reclaim_before_grow: before the large pool grows, give back fully free cached
+            large segments that cannot serve the request when they cover the growth, so
+            reserved memory tracks the live peak as shapes change (default on; each
+            reclaim costs a device free, which synchronizes on CUDA).
     """
 
     max_pool_size: Optional[SizeLike] = None
@@ -116,6 +120,7 @@ class PoolConfig:
     growth_step: SizeLike = 0
     release_threshold: SizeLike = 0
     garbage_collection_threshold: float = 0.0
+    reclaim_before_grow: bool = True
 
     def __post_init__(self) -> None:
         for name in _SIZE_FIELDS:
@@ -128,8 +133,9 @@ class PoolConfig:
             object.__setattr__(self, name, parse_size(value, f"PoolConfig.{name}"))
         if isinstance(self.round_up_divisions, bool) or not isinstance(self.round_up_divisions, int):
             raise TypeError("PoolConfig.round_up_divisions: expected an int")
-        if not isinstance(self.expandable_segments, bool):
-            raise TypeError("PoolConfig.expandable_segments: expected a bool")
+        for name in ("expandable_segments", "reclaim_before_grow"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"PoolConfig.{name}: expected a bool")
         if self.growth not in _GROWTH:
             raise ValueError(f"PoolConfig.growth: must be one of {_GROWTH}, got {self.growth!r}")
         for name in ("garbage_collection_threshold", "memory_fraction"):
@@ -227,7 +233,7 @@ class PoolConfig:
 
 def _parse_value(key: str, raw: str) -> Any:
     low = raw.lower()
-    if key == "expandable_segments":
+    if key in ("expandable_segments", "reclaim_before_grow"):
         if low in ("true", "1", "yes", "on"):
             return True
         if low in ("false", "0", "no", "off"):

@@ -265,6 +265,7 @@ PYBIND11_MODULE(_core, m) {
       F(large_segment_size) F(min_large_alloc) F(round_large) F(round_up_divisions)
       F(max_split_size) F(expandable_segments) F(expandable_reserve) F(initial_pool_size)
       F(growth) F(growth_step) F(release_threshold) F(garbage_collection_threshold)
+      F(reclaim_before_grow)
 #undef F
       .def("validate", &Config::validate)
       .def("__repr__", &Config::to_string);

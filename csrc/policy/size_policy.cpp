@@ -67,7 +67,8 @@ std::string Config::to_string() const {
     << ",expandable_segments:" << (expandable_segments ? "true" : "false")
     << ",initial_pool_size:" << initial_pool_size << ",growth:" << static_cast<int>(growth)
     << ",growth_step:" << growth_step << ",release_threshold:" << release_threshold
-    << ",garbage_collection_threshold:" << garbage_collection_threshold;
+    << ",garbage_collection_threshold:" << garbage_collection_threshold
+    << ",reclaim_before_grow:" << (reclaim_before_grow ? "true" : "false");
   return o.str();
 }
 

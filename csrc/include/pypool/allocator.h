@@ -146,7 +146,10 @@ class DevicePool {
   [[noreturn]] void throw_bad_pointer_locked(const char* op, std::uintptr_t addr) const;
   detail::Block* grow_locked(std::unique_lock<SpinMutex>& lk, detail::FreeIndex* idx,
                              std::size_t rounded);
-  void release_cached_locked(std::unique_lock<SpinMutex>& lk, bool respect_threshold);
+  // reclaim > 0: release only fully free large segments, largest first, just enough to
+  // cover `reclaim` bytes, or none if they cannot (Note [Reclaim before grow]).
+  void release_cached_locked(std::unique_lock<SpinMutex>& lk, bool respect_threshold,
+                             std::size_t reclaim = 0);
 
   Config cfg_;
   std::shared_ptr<Backend> backend_;

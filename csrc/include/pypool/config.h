@@ -37,6 +37,7 @@ struct Config {
   std::size_t growth_step = 0;                 // for kFixed
   std::size_t release_threshold = 0;           // cached bytes empty_cache keeps
   double garbage_collection_threshold = 0.0;   // 0 = off; fraction of the cap
+  bool reclaim_before_grow = true;             // Note [Reclaim before grow]
 
   // Throws std::invalid_argument naming the offending field.
   void validate() const;

@@ -1,0 +1,57 @@
+"""``python -m pypool size``: suggest pool settings for a trace (the sizing advisor).
+
+Examples::
+
+    python -m pypool size --workload growing_batch
+    python -m pypool size snapshot.pickle --objective pool_size --json
+    python -m pypool size my.trace.gz --no-expandable --candidates round_up_divisions:4 growth:exact
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ._cli_replay import CliError, add_trace_arguments, capacity_arg, load_trace
+from .config import PoolConfig
+from .sizing import OBJECTIVES, suggest_config
+
+HELP = "suggest pool settings (PYPOOL_CONF) and the smallest max_pool_size for a trace"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_trace_arguments(parser)
+    parser.add_argument("--objective", choices=OBJECTIVES, default="reserved",
+                        help="minimize peak reserved memory (default) or the smallest OOM-free max_pool_size")
+    parser.add_argument("--base", default="", help="settings to start from and compare against (PYPOOL_CONF string)")
+    parser.add_argument("--candidates", nargs="+", metavar="CONF",
+                        help="compare these PYPOOL_CONF strings (plus the base) instead of searching")
+    parser.add_argument("--no-expandable", action="store_true",
+                        help="do not suggest expandable_segments (for GPUs or drivers without virtual memory management)")
+    parser.add_argument("--jobs", type=int, default=None, help="parallel replays (default: min(4, CPUs))")
+    parser.add_argument("--top", type=int, default=10, help="rows of the candidate table to print (default 10)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        trace = load_trace(args)
+        cap = capacity_arg(args)
+        try:
+            base = PoolConfig.from_string(args.base)
+            cands = [PoolConfig.from_string(c, base) for c in args.candidates] if args.candidates else None
+        except (TypeError, ValueError) as e:
+            raise CliError(str(e)) from None
+        if args.jobs is not None and args.jobs < 1:
+            raise CliError(f"--jobs: must be >= 1, got {args.jobs}")
+        advice = suggest_config(trace, capacity=cap, objective=args.objective, candidates=cands,
+                                jobs=args.jobs, base=base, allow_expandable=not args.no_expandable)
+    except CliError as e:
+        print(f"pypool size: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(advice.to_dict()))
+    else:
+        print(advice.to_text(top=max(1, args.top)))
+    return 0
