@@ -10,8 +10,6 @@ Without a GPU, :class:`Pool` runs the same allocator on the host backend.
 
 from __future__ import annotations
 
-import os as _os
-
 from . import _core
 from ._pool import InvalidPointerError, InvariantError, OutOfMemoryError, Pool
 from ._torch import InstallError, install, installed_config, is_installed
@@ -32,7 +30,8 @@ from .memory import (
 )
 from .fragmentation import FragmentationReport, fragmentation
 from .snapshot import dump_snapshot, record_history, snapshot
-from . import distributed, memory
+from .leaks import LeakError, LeakReport, LeakWarning, LeakWatch, track_leaks
+from . import distributed, leaks, memory
 
 __version__ = "0.1.0"
 
@@ -73,7 +72,16 @@ __all__ = [
     "record_history",
     "dump_snapshot",
     "distributed",
+    # leaks
+    "track_leaks",
+    "LeakWatch",
+    "LeakError",
+    "LeakWarning",
+    "LeakReport",
 ]
+
+if leaks.exit_check_requested():  # PYPOOL_LEAK_CHECK=1: report live allocations at exit
+    leaks.enable_exit_check()
 
 
 def library_path() -> str:

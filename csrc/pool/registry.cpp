@@ -83,8 +83,31 @@ DevicePool& Registry::make_pool(int device) {
   if (DevicePool* p = pools_[device].load(); p != nullptr) return *p;
   configured_ = true;
   auto* pool = new DevicePool(cfg_, make_backend_locked(device), device);
+  if (capture_new_) {
+    pool->set_context_hook(capture_hook_, capture_user_);
+    pool->set_capture_context(true);
+  }
   pools_[device].store(pool, std::memory_order_release);
   return *pool;
+}
+
+void Registry::set_capture_new_pools(ContextHook hook, void* user, bool on) {
+  std::lock_guard<std::mutex> g(mu_);
+  capture_hook_ = hook;
+  capture_user_ = user;
+  capture_new_ = on;
+  for (auto& p : pools_) {
+    if (DevicePool* pool = p.load(); pool != nullptr && on) {
+      pool->set_context_hook(hook, user);
+      pool->set_capture_context(true);
+    }
+  }
+}
+
+bool Registry::owns(const DevicePool* pool) const {
+  for (auto& p : pools_)
+    if (p.load(std::memory_order_acquire) == pool) return true;
+  return false;
 }
 
 void Registry::reset() {
@@ -104,6 +127,7 @@ void Registry::reset() {
     }
   }
   configured_ = false;
+  capture_new_ = false;
   kind_ = "auto";
   cfg_ = Config{};
 }

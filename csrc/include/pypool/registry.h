@@ -41,6 +41,10 @@ class Registry {
     return pools_[device].load(std::memory_order_acquire);
   }
   std::vector<int> devices() const;
+  // Context capture for pools made from now on (and those that exist): the leak
+  // exit check needs stacks from a device's first allocation, which happens in C++.
+  void set_capture_new_pools(ContextHook hook, void* user, bool on);
+  bool owns(const DevicePool* pool) const;
   // Drops every pool (tests only). Throws if any pool has live allocations.
   void reset();
 
@@ -54,6 +58,9 @@ class Registry {
   std::string kind_ = "auto";
   Config cfg_{};
   std::size_t host_capacity_ = std::size_t(80) << 30;
+  ContextHook capture_hook_ = nullptr;
+  void* capture_user_ = nullptr;
+  bool capture_new_ = false;
   std::array<std::atomic<DevicePool*>, kMaxDevices> pools_{};
   std::vector<std::unique_ptr<DevicePool>> retired_;  // kept alive after reset()
 };
