@@ -2,8 +2,9 @@
 
 Measures the median time of one ``malloc`` + ``free`` pair through :class:`pypool.Pool`
 with no tracker, inside ``track_leaks(capture_stacks=False)`` and inside
-``track_leaks(capture_stacks=True)``, and the cost of one stack capture
-(:func:`pypool._context._capture`) at several stack depths.
+``track_leaks(capture_stacks=True)``, and the cost of one stack capture (a native
+``DevicePool`` malloc+free pair with capture on, minus the same pair with it off) at
+several stack depths.
 
 Run as a pytest-benchmark suite::
 
@@ -45,10 +46,24 @@ def _at_depth(depth: int, fn: Callable[[], Any]) -> Any:
     return _at_depth(depth - 1, fn)
 
 
-def _capture_loop(n: int) -> None:
-    cap = _context._capture
-    for _ in range(n):
-        cap()
+_CAPTURE_POOL = None
+
+
+def _capture_loop(n: int, capture: bool = True) -> None:
+    """n native malloc+free pairs on a pool with stack capture on (or off)."""
+    global _CAPTURE_POOL
+    if _CAPTURE_POOL is None:
+        _CAPTURE_POOL = _new_pool()._pool
+    core = _CAPTURE_POOL
+    if capture:
+        _context.acquire(core)
+    try:
+        malloc, free = core.malloc, core.free
+        for _ in range(n):
+            free(malloc(SIZE))
+    finally:
+        if capture:
+            _context.release(core)
 
 
 def _new_pool() -> pypool.Pool:
@@ -113,8 +128,9 @@ def measure(number: int = 20000, repeat: int = 15, depth: int = 20) -> Dict[str,
         depth, lambda: _median_ns(lambda: [core.free(core.malloc(SIZE)) for _ in range(number)],
                                   number, repeat))
     for d in (5, 20, 60):
-        out[f"stack capture, {d} frames below"] = _at_depth(
-            d, lambda: _median_ns(lambda: _capture_loop(number), number, repeat))
+        on = _at_depth(d, lambda: _median_ns(lambda: _capture_loop(number), number, repeat))
+        off = _at_depth(d, lambda: _median_ns(lambda: _capture_loop(number, False), number, repeat))
+        out[f"stack capture, {d} frames below"] = on - off
     return out
 
 

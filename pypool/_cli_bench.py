@@ -1,0 +1,72 @@
+"""``python -m pypool bench``: pypool against the default allocator (glibc on CPU,
+PyTorch's own allocators on a GPU); see :mod:`pypool.bench`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HELP = "benchmark pypool against glibc (CPU) or PyTorch's allocators (GPU)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                        help="cuda runs the GPU suite (and the CPU one); default: cuda when "
+                             "torch sees a GPU, else cpu")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller runs (10-30 s of CPU suite on 2 cores)")
+    parser.add_argument("--repeats", type=int, default=None, metavar="N",
+                        help="measurements per case (default: 7 quick, 15 full)")
+    parser.add_argument("--json", metavar="PATH", help="write every figure and the environment as JSON")
+    parser.add_argument("--html", metavar="PATH", help="write a self-contained HTML page with bar charts")
+    parser.add_argument("--png", metavar="PATH", help="write bar charts as PNG (needs matplotlib)")
+    parser.add_argument("--allocators", metavar="LIST", default=None,
+                        help="GPU: comma-separated subset of native,native-expandable,"
+                             "cudaMallocAsync,pypool,pypool-expandable,rmm")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    # Seconds-long run exercising every path; its figures mean nothing (tests only).
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+
+
+def _write(path: str, text: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import _bench_report, bench
+
+    mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
+    allocators = None
+    if args.allocators:
+        from ._bench_gpu import ALLOCATORS
+
+        allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
+        unknown = [a for a in allocators if a not in ALLOCATORS]
+        if unknown:
+            print(f"pypool bench: --allocators: unknown {', '.join(unknown)} "
+                  f"(known: {', '.join(ALLOCATORS)})", file=sys.stderr)
+            return 2
+    try:
+        results = bench.run_benchmarks(device=args.device, mode=mode, repeats=args.repeats,
+                                       progress=not args.no_progress, allocators=allocators)
+    except (RuntimeError, ValueError) as e:
+        print(f"pypool bench: {e}", file=sys.stderr)
+        return 2
+    print(_bench_report.format_tables(results), end="")
+    if args.json:
+        _write(args.json, bench.dumps(results) + "\n")
+    if args.html:
+        _write(args.html, _bench_report.render_html(results))
+    if args.png:
+        try:
+            _bench_report.render_png(results, args.png)
+        except ImportError:
+            print("pypool bench: --png needs matplotlib (pip install matplotlib); skipped",
+                  file=sys.stderr)
+    for p in (args.json, args.html, args.png):
+        if p and os.path.exists(p):
+            print(f"wrote {p}", file=sys.stderr)
+    return 0

@@ -1,0 +1,272 @@
+"""``python -m pypool bench``: the CLI end to end (hidden --smoke mode, seconds long), the
+GPU child's scenario code on CPU tensors, and the pieces the report is built from."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+import pypool
+from pypool import _bench_report, bench
+from pypool.bench import BenchSettings, Progress, summarize
+
+PKG_PARENT = str(Path(pypool.__file__).resolve().parent.parent)
+
+
+def _run_cli(args: List[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    # The subprocess must import the pypool under test (source tree or installed copy).
+    env["PYTHONPATH"] = PKG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "pypool", "bench", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+    d = tmp_path_factory.mktemp("bench")
+    args = ["--device", "cpu", "--smoke", "--json", str(d / "out.json"), "--html", str(d / "out.html")]
+    png = False
+    try:
+        import matplotlib  # noqa: F401
+        png = True
+        args += ["--png", str(d / "out.png")]
+    except ImportError:
+        pass
+    proc = _run_cli(args, d)
+    assert proc.returncode == 0, proc.stderr
+    return {"dir": d, "proc": proc, "png": png,
+            "json": json.loads((d / "out.json").read_text(encoding="utf-8"))}
+
+
+# ---------------------------------------------------------------------------- CLI
+def test_cli_json_structure(smoke_run: Dict[str, Any]) -> None:
+    res = smoke_run["json"]
+    assert res["schema"] == bench.SCHEMA
+    env = res["environment"]
+    for key in ("date", "command", "cpu_model", "cpu_count", "python", "pypool", "device"):
+        assert env.get(key), f"environment.{key} missing"
+    assert env["command"].startswith("python -m pypool bench --device cpu --smoke")
+    assert env["device"] == "cpu" and res["gpu"] is None
+    assert res["settings"]["mode"] == "smoke"
+    timing = res["cpu"]["timing"]
+    groups = [r["group"] for r in timing]
+    assert groups.count("pairs") == len(bench.PAIR_SIZES)
+    assert groups.count("random") == len(bench.RANDOM_MAX_MIB)
+    assert groups.count("churn") == 1
+    assert groups.count("scaling") == len(res["settings"]["scaling_n_free"])
+    for r in timing:
+        a = r["pypool"]
+        assert a["n"] == res["settings"]["repeats"] == len(a["values"])
+        assert 0 < a["min"] <= a["median"] <= a["p99"] <= a["max"]
+        if r["group"] == "scaling":
+            assert r["glibc"] is None and r["speedup"] is None
+        else:
+            assert r["baseline"] == "glibc" and r["glibc"]["median"] > 0
+            assert r["speedup"] == pytest.approx(r["glibc"]["median"] / a["median"])
+    replay = res["cpu"]["replay"]
+    assert {(r["workload"], r["config"]) for r in replay} == {
+        (w, c) for w in ("growing_batch", "kv_cache", "random", "transformer") for c in ("default", "expandable")}
+    for r in replay:
+        assert r["peak_reserved"] >= r["peak_allocated"] >= r["floor"] > 0
+        assert r["utilization"] == pytest.approx(r["floor"] / r["peak_reserved"])
+        assert r["events_per_second"]["median"] > 0
+    assert res["runtime_seconds"] > 0
+
+
+def test_cli_prints_tables_and_progress(smoke_run: Dict[str, Any]) -> None:
+    out = smoke_run["proc"].stdout
+    res = smoke_run["json"]
+    assert "glibc/pypool" in out and "reserved/floor" in out
+    for r in res["cpu"]["timing"]:
+        assert r["case"] in out
+    for r in res["cpu"]["replay"]:
+        assert r["workload"] in out
+    # The header row and the dashes under it have the same width: the table is aligned.
+    lines = out.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith("case "))
+    assert len(lines[i + 1]) >= len(lines[i].rstrip()) and set(lines[i + 1]) <= {"-", " "}
+    # stderr is not a terminal here: one line per finished case instead of a bar.
+    err = smoke_run["proc"].stderr
+    total = len(res["cpu"]["timing"]) + len(res["cpu"]["replay"])
+    assert f"bench [{total}/{total}]" in err and "\r" not in err
+
+
+def test_cli_html_is_self_contained(smoke_run: Dict[str, Any]) -> None:
+    page = (smoke_run["dir"] / "out.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page
+    assert "http" not in page  # no external reference of any kind
+    assert "pair 512 B" in page
+
+
+def test_cli_png(smoke_run: Dict[str, Any]) -> None:
+    if not smoke_run["png"]:
+        pytest.skip("matplotlib not installed")
+    assert (smoke_run["dir"] / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_cuda_without_gpu_is_a_clear_error(tmp_path: Path) -> None:
+    if pypool._core.cuda_device_count()[0] > 0:  # asks the driver without importing torch
+        pytest.skip("this machine has a GPU")
+    proc = _run_cli(["--device", "cuda", "--smoke"], tmp_path)
+    assert proc.returncode == 2
+    assert "no CUDA GPU" in proc.stderr and "--device cpu" in proc.stderr
+
+
+# ---------------------------------------------------------------------------- GPU child
+def test_gpu_child_scenarios_on_cpu() -> None:
+    """The GPU child's scenarios on CPU tensors (the only way to run that code without a
+    GPU), plus a child that fails at set-up: its error is reported, nothing raises."""
+    s = BenchSettings.for_mode("smoke")
+    out = bench.run_gpu(s, None, allocators=["native", "pypool"], device="cpu")
+    assert out["allocators"] == ["native", "pypool"]
+    native = [r for r in out["scenarios"] if r["allocator"] == "native"]
+    assert [r["scenario"] for r in native] == bench.gpu_scenarios(s)
+    for r in native:
+        assert not r.get("error"), r
+        key = "step_ms" if r["metric"] == "step_ms" else "ns"
+        assert r[key]["median"] > 0 and r[key]["p99"] >= r[key]["median"]
+        assert r["peak_reserved"] is None  # no allocator statistics on CPU
+    trace = next(r for r in native if r["scenario"] == "trace:transformer")
+    assert trace["floor"] > 0 and trace["events"] > 0 and trace["ooms"] == 0
+    train = next(r for r in native if r["scenario"] == "train:gpt")
+    assert train["step_ms"]["n"] == s.gpu["train_steps"] - s.gpu["train_warmup"]
+    assert out["children"]["native"]["returncode"] == 0
+    failed = out["children"]["pypool"]
+    assert failed["returncode"] != 0 and "set-up failed" in failed["error"]
+    text = _bench_report.format_tables({"environment": {}, "settings": {}, "gpu": out})
+    assert "pair 512 B" in text and "train gpt" in text and "GPU errors" in text
+    assert "http" not in _bench_report.render_html({"environment": {}, "settings": {}, "gpu": out})
+
+
+def test_pypool_child_statistics_come_from_the_registry() -> None:
+    """What the pypool child reads after install(): the registry pool's figures (run here
+    on a host-backed registry; a stand-in device object avoids initializing CUDA)."""
+    from types import SimpleNamespace
+
+    from pypool import PoolConfig, _bench_gpu, _core
+
+    _core.registry_reset()
+    _core.registry_configure("host", PoolConfig().to_core(), 1 << 32)
+    try:
+        alloc = _bench_gpu._PypoolAllocator("pypool", None, SimpleNamespace(type="cuda", index=0))
+        pool = _core.registry_pool(0)
+        ptr = pool.malloc(3 << 20, 0)
+        pool.free(ptr)
+        st = alloc.stats()
+        assert st["peak_allocated"] >= 3 << 20
+        assert st["peak_reserved"] >= st["peak_allocated"]
+        row = _bench_gpu._with_memory({"floor": 3 << 20}, st)
+        assert row["utilization"] == pytest.approx(st["peak_allocated"] / st["peak_reserved"])
+        assert row["reserved_over_floor"] == pytest.approx(st["peak_reserved"] / (3 << 20))
+        assert row["fragmentation"] is not None and 0 <= row["fragmentation"] <= 1
+        alloc.empty_cache()
+        alloc.reset_peaks()
+        st = alloc.stats()
+        assert st["reserved_now"] == st["peak_reserved"] == st["peak_allocated"] == 0
+    finally:
+        _core.registry_reset()
+
+
+def test_run_benchmarks_cuda_glue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``device="cuda"`` without a GPU: the suites are stand-ins; what is tested is how
+    their results and the GPU's identity end up in the report."""
+    gpu = {
+        "allocators": ["native", "pypool"], "scenarios_run": ["pairs:512"],
+        "children": {"native": {"returncode": 0, "device_info": {
+            "name": "Fake GPU", "total_memory": 1 << 34, "capability": "9.0", "cuda_runtime": "13.0",
+            "torch": "2.11", "label": "native", "alloc_conf": None}},
+            "pypool": {"returncode": 3, "error": "set-up failed: boom"}},
+        "scenarios": [{"scenario": "pairs:512", "allocator": "native", "metric": "ns_per_pair",
+                       "ns": {"median": 1500.0, "p99": 2000.0, "min": 1400.0, "max": 2100.0, "n": 40},
+                       "peak_reserved": 2 << 20, "peak_allocated": 512, "utilization": 512 / (2 << 20)}],
+    }
+    seen: Dict[str, Any] = {}
+
+    def fake_run_gpu(s: BenchSettings, progress: Progress, names: List[str]) -> Dict[str, Any]:
+        seen["names"], seen["total"] = names, progress.total
+        return gpu
+
+    monkeypatch.setattr(bench, "_cuda_available", lambda: True)
+    monkeypatch.setattr(bench, "_nvidia_smi", lambda: [])
+    monkeypatch.setattr(bench, "run_gpu", fake_run_gpu)
+    monkeypatch.setattr(bench, "run_cpu", lambda s, p: {"timing": [], "replay": []})
+    res = bench.run_benchmarks(device="cuda", mode="smoke", progress=False, allocators=["native", "pypool"])
+    assert seen["names"] == ["native", "pypool"]
+    assert seen["total"] >= 2 * len(bench.gpu_scenarios(BenchSettings.for_mode("smoke")))
+    env = res["environment"]
+    assert env["device"] == "cuda" and env["gpu"] == "Fake GPU"
+    assert env["gpu_torch"] == {"name": "Fake GPU", "total_memory": 1 << 34, "capability": "9.0",
+                                "cuda_runtime": "13.0", "torch": "2.11"}
+    text = _bench_report.format_tables(res)
+    assert "GPU: Fake GPU" in text and "1,500 (2,000)" in text and "2.00 MiB / 0.0%" in text
+    assert "pypool: set-up failed: boom" in text
+    assert json.loads(bench.dumps(res))["gpu"]["scenarios"][0]["ns"]["median"] == 1500.0
+
+
+# ---------------------------------------------------------------------------- pieces
+def test_summarize() -> None:
+    s = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (s.median, s.min, s.max, s.n) == (3.0, 1.0, 5.0, 5)
+    assert s.p99 == pytest.approx(4.96)  # linear interpolation between 4 and 5
+    assert s.values == (5.0, 1.0, 3.0, 2.0, 4.0)
+    assert summarize([7]).to_dict(with_values=False) == {"median": 7.0, "p99": 7.0, "min": 7.0, "max": 7.0, "n": 1}
+    with pytest.raises(ValueError, match="values"):
+        summarize([])
+
+
+def test_settings_modes() -> None:
+    quick, full = BenchSettings.for_mode("quick"), BenchSettings.for_mode("full")
+    assert full.repeats > quick.repeats and full.random_ops > quick.random_ops
+    assert BenchSettings.for_mode("quick", repeats=9).repeats == 9
+    with pytest.raises(ValueError, match="mode"):
+        BenchSettings.for_mode("fast")
+    with pytest.raises(ValueError, match="repeats"):
+        BenchSettings.for_mode("quick", repeats=0)
+
+
+def test_random_live_max_follows_rmm_usage() -> None:
+    assert bench._random_live_max(1 << 20, 1000) == 1000  # capped
+    assert bench._random_live_max(1024 << 20, 1000) == bench.RMM_MAX_USAGE // (512 << 20)
+
+
+class _FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_and_lines() -> None:
+    tty = _FakeTTY()
+    p = Progress(2, stream=tty)
+    p.start("one")
+    p.finish("one", "ok")
+    p.finish("two")
+    p.close()
+    assert "\r" in tty.getvalue() and "2/2" in tty.getvalue() and "[" + "#" * 24 + "]" in tty.getvalue()
+    plain = io.StringIO()
+    p = Progress(2, stream=plain)
+    p.start("one")
+    p.finish("one", "12 ns")
+    assert plain.getvalue() == "bench [1/2] one: 12 ns\n"
+    quiet = io.StringIO()
+    p = Progress(2, stream=quiet, enabled=False)
+    p.finish("one")
+    assert quiet.getvalue() == ""
+
+
+def test_text_table_aligns() -> None:
+    t = _bench_report.text_table(["name", "ns"], [["a", "1.5"], ["longer", "100"]], right=[False, True])
+    lines = t.splitlines()
+    assert lines[0] == "name     ns"
+    assert lines[2] == "a       1.5" and lines[3] == "longer  100"
+
+
+def test_dumps_is_strict_json() -> None:
+    text = bench.dumps({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
+    assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": 2}}
