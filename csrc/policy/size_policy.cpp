@@ -40,8 +40,11 @@ void Config::validate() const {
   if (min_large_alloc < small_size) bad("min_large_alloc", "must be >= small_size");
   if (round_up_divisions > 64 || (round_up_divisions > 1 && !is_pow2(round_up_divisions)))
     bad("round_up_divisions", "must be 0, 1 or a power of two <= 64");
-  if (max_split_size != kUnlimited && max_split_size <= small_size)
-    bad("max_split_size", "must be larger than small_size (" + std::to_string(small_size) + ")");
+  // A fresh large segment must stay splittable, or a 2 MiB request would take all of a
+  // 20 MiB segment (PyTorch requires max_split_size_mb > 20 for the same reason).
+  if (max_split_size != kUnlimited && max_split_size <= large_segment_size)
+    bad("max_split_size", "must be larger than large_segment_size (" +
+                              std::to_string(large_segment_size) + ")");
   if (max_pool_size == 0) bad("max_pool_size", "must be > 0");
   if (!(memory_fraction >= 0.0 && memory_fraction <= 1.0))
     bad("memory_fraction", "must be in (0, 1] (0 = off)");

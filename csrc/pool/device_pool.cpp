@@ -113,7 +113,12 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
   }
 
   // Fallback chain (Note [Locking rule] for the lock drops inside):
-  //   grow -> release cached segments and retry (free list, then grow) -> out of memory.
+  //   exhaustive search -> grow -> wait for pending frees, release cached segments and
+  //   retry (free list, then grow) -> out of memory.
+  if ((b = idx->find(rounded, ok, /*exhaustive=*/true)) != nullptr) {
+    m.take_free(idx, b);
+    return m.finish_alloc(b, rounded, size, stream, context, t);
+  }
   if (cfg_.garbage_collection_threshold > 0 && m.cap != Config::kUnlimited &&
       double(m.reserved() + policy::segment_size(cfg_, rounded)) >
           cfg_.garbage_collection_threshold * double(m.cap)) {
@@ -138,8 +143,16 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
   b = grow_locked(lk, idx, rounded);
   if (b == nullptr) {
     ++m.st.num_alloc_retries;
+    if (!m.pending.empty()) {
+      // Memory that only waits for another stream is not "out of memory": wait for the
+      // events of pending frees (as PyTorch's release_cached_blocks does). Done under the
+      // lock, unlike other blocking calls, so that no other thread releases the events
+      // meanwhile; this is the last resort before failing, never the hot path.
+      for (auto& [ev, blk] : m.pending) backend_->synchronize_event(ev);
+      ++m.st.num_sync_all_streams;
+    }
     release_cached_locked(lk, /*respect_threshold=*/false);
-    if ((b = idx->find(rounded, ok)) != nullptr)
+    if ((b = idx->find(rounded, ok, /*exhaustive=*/true)) != nullptr)
       m.take_free(idx, b);
     else
       b = grow_locked(lk, idx, rounded);

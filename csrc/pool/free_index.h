@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #include "block.h"
 
@@ -68,13 +69,17 @@ class FreeIndex {
 
   // A free block that can serve `rounded` bytes, or nullptr. `ok(size)` is the policy
   // filter (policy::can_use); blocks it rejects are skipped.
+  // The hot path scans a bounded number of blocks per bin; `exhaustive` (the slow path,
+  // before the pool grows or fails) scans every block, so a fitting block deep in a bin
+  // is never missed.
   template <class Ok>
-  Block* find(std::size_t rounded, Ok ok) const noexcept {
+  Block* find(std::size_t rounded, Ok ok, bool exhaustive = false) const noexcept {
+    const int limit = exhaustive ? std::numeric_limits<int>::max() : kBestFitScan;
     // 1. Best fit among the first blocks of the request's own bin.
     const std::uint32_t own = bin_of(rounded);
     Block* best = nullptr;
     int scanned = 0;
-    for (Block* b = heads_[own]; b != nullptr && scanned < kBestFitScan;
+    for (Block* b = heads_[own]; b != nullptr && scanned < limit;
          b = b->free_next, ++scanned) {
       if (b->size >= rounded && ok(b->size) && (best == nullptr || b->size < best->size)) {
         best = b;
@@ -85,7 +90,7 @@ class FreeIndex {
     // 2. Every block of a higher bin fits; take the first acceptable one.
     for (std::int64_t i = next_nonempty(own + 1); i >= 0; i = next_nonempty(i + 1)) {
       scanned = 0;
-      for (Block* b = heads_[i]; b != nullptr && scanned < kBestFitScan;
+      for (Block* b = heads_[i]; b != nullptr && scanned < limit;
            b = b->free_next, ++scanned) {
         if (ok(b->size)) return b;
       }

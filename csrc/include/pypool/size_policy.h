@@ -61,7 +61,7 @@ inline bool can_use(const Config& c, std::size_t block_size, std::size_t rounded
 
 // Whether the remainder after serving `rounded` from `block_size` becomes its own block.
 inline bool should_split(const Config& c, std::size_t block_size, std::size_t rounded) {
-  if (block_size >= c.max_split_size) return false;
+  if (block_size >= c.max_split_size || rounded >= c.max_split_size) return false;
   const std::size_t rest = block_size - rounded;
   return pool_for(c, rounded) == PoolKind::kSmall ? rest >= c.min_block_size
                                                   : rest > c.small_size;

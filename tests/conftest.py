@@ -1,0 +1,74 @@
+"""Shared fixtures for the pypool test suite.
+
+GPU tests are marked ``@pytest.mark.gpu`` and skipped when ``torch.cuda.is_available()`` is
+false (torch is imported only when such a test was collected, so a CPU run stays quick).
+
+Fixtures that hand back functions (``pool_ok``, ``pool_state``) are the shared checks the
+core tests run after every step: they read the pool only through its public Python API.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterator, List, Tuple
+
+import pytest
+
+import pypool
+from pool_model import check_pool
+
+# Note [GPU skip]: deciding once per session keeps ``import torch`` (seconds on a slow
+# machine) out of runs that collected no GPU test.
+_GPU_REASON = "needs a CUDA GPU (torch.cuda.is_available() is false)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    try:
+        import torch
+
+        available = bool(torch.cuda.is_available())
+    except Exception:  # torch missing or broken: no GPU for us either way
+        available = False
+    if available:
+        return
+    skip = pytest.mark.skip(reason=_GPU_REASON)
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def pool_state(pool: pypool.Pool) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """Everything observable about a pool's contents: stats and the segment layout."""
+    return pool.memory_stats(), pool.segments()
+
+
+@pytest.fixture(name="pool_ok")
+def _pool_ok() -> Callable[[pypool.Pool], None]:
+    """``pool_ok(pool)``: run :func:`check_pool`."""
+    return check_pool
+
+
+@pytest.fixture(name="pool_state")
+def _pool_state() -> Callable[[pypool.Pool], Tuple[Dict[str, Any], List[Dict[str, Any]]]]:
+    """``pool_state(pool)``: stats and segments, to compare before/after a failing call."""
+    return pool_state
+
+
+@pytest.fixture
+def make_pool() -> Iterator[Callable[..., pypool.Pool]]:
+    """Factory for host pools; every pool made is checked again at teardown."""
+    made: List[pypool.Pool] = []
+
+    def make(**kwargs: Any) -> pypool.Pool:
+        kwargs.setdefault("backend", "host")
+        pool = pypool.Pool(**kwargs)
+        made.append(pool)
+        return pool
+
+    yield make
+    for pool in made:
+        check_pool(pool)

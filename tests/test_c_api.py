@@ -1,0 +1,234 @@
+"""One allocator state behind both the pybind11 module and the C ABI torch loads.
+
+``ctypes.CDLL(pypool.library_path())`` returns the handle of the already loaded ``_core``
+library, so what the C functions do shows in ``_core.registry_pool(0)`` and the reverse.
+The registry is process-global: the fixture resets it around each test (which fails
+loudly if a test leaked a live allocation).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Iterator
+
+import pytest
+
+import pypool
+from pypool import PoolConfig, _core
+
+MiB = 1 << 20
+GiB = 1 << 30
+CAPACITY = 1 * GiB
+
+
+@pytest.fixture(scope="module")
+def lib() -> ctypes.CDLL:
+    lib = ctypes.CDLL(pypool.library_path())
+    lib.pypool_malloc.restype = ctypes.c_void_p
+    lib.pypool_malloc.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+    lib.pypool_free.restype = None
+    lib.pypool_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+    lib.pypool_init.restype = None
+    lib.pypool_init.argtypes = [ctypes.c_int]
+    lib.pypool_empty_cache.restype = None
+    lib.pypool_empty_cache.argtypes = []
+    lib.pypool_set_memory_fraction.restype = None
+    lib.pypool_set_memory_fraction.argtypes = [ctypes.c_double, ctypes.c_int]
+    lib.pypool_record_stream.restype = None
+    lib.pypool_record_stream.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    return lib
+
+
+@pytest.fixture
+def registry() -> Iterator[pypool.Pool]:
+    """A fresh host registry (1 GiB per device); yields a Pool view of device 0's pool."""
+    _core.registry_reset()
+    config = PoolConfig()
+    _core.registry_configure("host", config.to_core(), CAPACITY)
+    yield pypool.Pool._wrap(_core.registry_pool(0), config)
+    leaked = []
+    for d in _core.registry_devices():
+        core = _core.registry_pool(d)
+        core.check_invariants()
+        for b in core.live_blocks():  # free leftovers so one failure does not cascade
+            leaked.append((d, b["address"]))
+            core.free(b["address"])
+    _core.registry_reset()
+    assert _core.registry_devices() == []
+    assert not leaked, f"test left live allocations: {leaked}"
+
+
+def block_state(pool: pypool.Pool, ptr: int) -> str:
+    for seg in pool.segments():
+        for b in seg["blocks"]:
+            if b["address"] == ptr:
+                return b["state"]
+    raise AssertionError(f"no block at {ptr:#x}")
+
+
+def test_same_library_same_symbols(lib: ctypes.CDLL) -> None:
+    symbols = _core.c_api_symbols()
+    for name, address in symbols.items():
+        fn = getattr(lib, name)
+        assert ctypes.cast(fn, ctypes.c_void_p).value == address, name
+
+
+def test_registry_configuration(registry: pypool.Pool) -> None:
+    assert _core.registry_configured()
+    assert _core.registry_backend() == "host"
+    assert _core.registry_devices() == [0]
+    assert registry.backend_name == "host"
+    assert registry.mem_info() == (CAPACITY, CAPACITY)
+    # Configuring again with the same settings is a no-op, different ones are refused
+    # once memory is in use.
+    p = registry.malloc(4096)
+    _core.registry_configure("host", PoolConfig().to_core(), CAPACITY)
+    with pytest.raises(RuntimeError, match="already in use"):
+        _core.registry_configure("host", PoolConfig(round_up_divisions=4).to_core(), CAPACITY)
+    registry.free(p)
+
+
+def test_c_malloc_shows_in_python(lib: ctypes.CDLL, registry: pypool.Pool) -> None:
+    p = lib.pypool_malloc(1000, 0, None)
+    assert p
+    st = registry.memory_stats()
+    assert st["allocated_bytes.all.current"] == 1024
+    assert st["requested_bytes.all.current"] == 1000
+    assert [b["address"] for b in registry.live_blocks()] == [p]
+    assert registry.size_of(p) == 1024
+    lib.pypool_free(p, 1000, 0, None)
+    assert registry.memory_allocated() == 0
+    assert registry.memory_reserved() == 2 * MiB
+    lib.pypool_empty_cache()
+    assert registry.memory_reserved() == 0
+    registry.check_invariants()
+
+
+def test_python_malloc_freed_through_c(lib: ctypes.CDLL, registry: pypool.Pool) -> None:
+    p = registry.malloc(5 * MiB, stream=0)
+    q = lib.pypool_malloc(5 * MiB, 0, None)
+    assert q == p + 5 * MiB  # split from the same segment: one pool
+    lib.pypool_free(p, 5 * MiB, 0, None)
+    registry.free(q)
+    st = registry.memory_stats()
+    assert st["allocated_bytes.all.current"] == 0
+    assert st["allocation.all.allocated"] == 2 and st["allocation.all.freed"] == 2
+    lib.pypool_empty_cache()
+    assert registry.segments() == []
+    assert registry.backend_name == "host" and registry.mem_info() == (CAPACITY, CAPACITY)
+
+
+def test_c_streams(lib: ctypes.CDLL, registry: pypool.Pool) -> None:
+    p = lib.pypool_malloc(4096, 0, ctypes.c_void_p(0x77))
+    (blk,) = registry.live_blocks()
+    assert blk["stream"] == 0x77
+    lib.pypool_free(p, 4096, 0, ctypes.c_void_p(0x77))
+    q = lib.pypool_malloc(4096, 0, ctypes.c_void_p(0x88))
+    assert q != p  # another stream's cached block is not reused
+    lib.pypool_free(q, 4096, 0, ctypes.c_void_p(0x88))
+
+
+def test_c_record_stream(lib: ctypes.CDLL, registry: pypool.Pool) -> None:
+    p = lib.pypool_malloc(4096, 0, None)
+    keep = lib.pypool_malloc(4096, 0, None)
+    lib.pypool_record_stream(p, ctypes.c_void_p(0x99))
+    lib.pypool_free(p, 4096, 0, None)
+    # The event on stream 0x99 is recorded at free; the block waits for the pool to
+    # see it complete.
+    assert block_state(registry, p) == "active_pending_free"
+    assert registry.memory_stats()["active_bytes.all.current"] == 8192
+    lib.pypool_empty_cache()  # processes completed events (the host's are complete)
+    assert block_state(registry, p) == "inactive"
+    assert registry.memory_stats()["active_bytes.all.current"] == 4096
+    lib.pypool_free(keep, 4096, 0, None)
+    lib.pypool_empty_cache()
+    assert registry.segments() == []
+
+
+def test_python_record_stream_then_c_free(lib: ctypes.CDLL, registry: pypool.Pool) -> None:
+    p = lib.pypool_malloc(4096, 0, None)
+    registry.record_stream(p, 0x55)
+    lib.pypool_free(p, 4096, 0, None)
+    assert block_state(registry, p) == "active_pending_free"
+    with pytest.raises(pypool.InvalidPointerError, match="double free"):
+        registry.free(p)
+    registry.empty_cache()
+    assert registry.segments() == []
+
+
+def test_c_set_memory_fraction(lib: ctypes.CDLL, registry: pypool.Pool) -> None:
+    lib.pypool_set_memory_fraction(0.5, 0)
+    assert registry.cap == CAPACITY // 2
+    assert registry._pool.cap == CAPACITY // 2
+    with pytest.raises(pypool.OutOfMemoryError):
+        registry.malloc(600 * MiB)
+    p = registry.malloc(500 * MiB)
+    registry.free(p)
+    lib.pypool_set_memory_fraction(0.0, 0)
+    assert registry.cap is None
+    q = registry.malloc(600 * MiB)
+    registry.free(q)
+    # And the reverse: Python sets, C ABI allocations obey.
+    registry.set_memory_fraction(0.25)
+    assert _core.registry_pool(0).cap == CAPACITY // 4
+
+
+def test_c_malloc_zero(lib: ctypes.CDLL, registry: pypool.Pool) -> None:
+    before = registry.memory_stats()
+    assert lib.pypool_malloc(0, 0, None) is None
+    lib.pypool_free(None, 0, 0, None)
+    assert registry.memory_stats() == before
+
+
+def test_c_free_of_bad_pointer_is_reported_not_raised(lib: ctypes.CDLL, registry: pypool.Pool, capfd: pytest.CaptureFixture[str]) -> None:
+    p = lib.pypool_malloc(4096, 0, None)
+    before = registry.memory_stats()
+    segs = registry.segments()
+    errors = _core.c_api_error_count()
+    lib.pypool_free(p + 512, 4096, 0, None)  # inside a block
+    lib.pypool_free(0x1234000, 4096, 0, None)  # foreign
+    assert _core.c_api_error_count() == errors + 2
+    err = capfd.readouterr().err
+    assert "pypool: free" in err and "foreign pointer" in err
+    assert registry.memory_stats() == before
+    assert registry.segments() == segs
+    lib.pypool_free(p, 4096, 0, None)
+    lib.pypool_free(p, 4096, 0, None)  # double free: reported
+    assert _core.c_api_error_count() == errors + 3
+    assert "double free" in capfd.readouterr().err
+    registry.check_invariants()
+
+
+def test_c_record_stream_of_unknown_pointer_is_reported(lib: ctypes.CDLL, registry: pypool.Pool, capfd: pytest.CaptureFixture[str]) -> None:
+    errors = _core.c_api_error_count()
+    lib.pypool_record_stream(0x1234000, ctypes.c_void_p(1))
+    assert _core.c_api_error_count() == errors + 1
+    assert "record_stream" in capfd.readouterr().err
+
+
+def test_c_second_device(lib: ctypes.CDLL, registry: pypool.Pool) -> None:
+    lib.pypool_init(2)
+    p = lib.pypool_malloc(4096, 1, None)
+    assert _core.registry_devices() == [0, 1]
+    dev1 = pypool.Pool._wrap(_core.registry_pool(1))
+    assert dev1.device == 1
+    assert dev1.memory_allocated() == 4096
+    assert registry.memory_allocated() == 0
+    # record_stream finds the owning device by itself (torch does not pass it).
+    lib.pypool_record_stream(p, ctypes.c_void_p(0x42))
+    lib.pypool_free(p, 4096, 1, None)
+    assert block_state(dev1, p) == "active_pending_free"
+    lib.pypool_empty_cache()  # every device
+    assert dev1.segments() == []
+    with pytest.raises(ValueError, match="device"):
+        _core.registry_pool(64)
+
+
+def test_c_abi_bench_helpers_share_the_state(registry: pypool.Pool) -> None:
+    # The C++-timed loop calls pypool_malloc/pypool_free directly: its pairs must leave
+    # device 0's pool with one cached block and nothing live.
+    _core.bench_c_api_pairs(4096, 1000, 0)
+    st = registry.memory_stats()
+    assert st["allocated_bytes.all.current"] == 0
+    assert st["allocation.all.allocated"] == 1001
+    assert st["num_device_alloc"] == 1

@@ -1,0 +1,350 @@
+"""Out of memory and fault injection: capacity, max_pool_size, fail_allocation_at,
+set_byte_budget; the OOM message; num_ooms / num_alloc_retries; release-and-retry; the
+pool intact and usable afterwards."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import pytest
+
+import pypool
+from pypool import _core
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def assert_usable(pool: pypool.Pool, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    """Invariants hold and a small allocation still works (then is given back)."""
+    pool_ok(pool)
+    before = pool.memory_allocated()
+    p = pool.malloc(512)
+    assert p != 0
+    assert pool.memory_allocated() == before + 512
+    pool.free(p)
+    pool_ok(pool)
+
+
+def test_oom_type(make_pool: Callable[..., pypool.Pool]) -> None:
+    pool = make_pool(capacity="64MiB")
+    with pytest.raises(RuntimeError) as info:
+        pool.malloc(100 * MiB)
+    # torch turns the C ABI's exception into a RuntimeError; from Python the pool must
+    # raise the package's own subclass so callers can catch OOM specifically.
+    assert isinstance(info.value, pypool.OutOfMemoryError), f"raised {type(info.value).__name__}, not pypool.OutOfMemoryError"
+    assert issubclass(pypool.OutOfMemoryError, RuntimeError)
+
+
+def test_capacity_limit(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None], pool_state: Callable[..., Any]) -> None:
+    pool = make_pool(capacity="64MiB")
+    keep = pool.malloc(30 * MiB)
+    before = pool_state(pool)
+    with pytest.raises(pypool.OutOfMemoryError):
+        pool.malloc(40 * MiB)
+    after = pool_state(pool)
+    st = after[0]
+    assert st["num_ooms"] == 1
+    assert st["num_alloc_retries"] == 1
+    # Only the failure counters moved.
+    changed = {k for k in st if st[k] != before[0][k]}
+    assert changed == {"num_ooms", "num_alloc_retries"}
+    assert after[1] == before[1]
+    assert pool.backend.used == 30 * MiB
+    assert_usable(pool, pool_ok)
+    q = pool.malloc(34 * MiB)  # exactly what is left
+    pool.free(q)
+    pool.free(keep)
+
+
+def test_max_pool_size_cap(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(max_pool_size="40MiB")
+    assert pool.cap == 40 * MiB
+    a = pool.malloc(15 * MiB)  # 16 MiB segment
+    b = pool.malloc(15 * MiB)  # 32 MiB reserved
+    with pytest.raises(pypool.OutOfMemoryError, match="cap 40.00 MiB"):
+        pool.malloc(15 * MiB)  # 48 MiB > cap, though the device has 80 GiB
+    assert pool.memory_reserved() == 32 * MiB
+    assert pool.max_memory_reserved() == 32 * MiB
+    st = pool.memory_stats()
+    assert st["num_ooms"] == 1 and st["max_pool_size"] == 40 * MiB
+    assert_usable(pool, pool_ok)
+    assert pool.memory_reserved() == 34 * MiB  # assert_usable left a 2 MiB small segment
+    # A request that fits the cap's remainder with its minimal segment still works: the
+    # preferred 20 MiB segment does not fit, the minimal 6 MiB one does (exactly the cap).
+    c = pool.malloc(5 * MiB)
+    assert pool.memory_reserved() == 40 * MiB
+    for p in (a, b, c):
+        pool.free(p)
+    pool_ok(pool)
+
+
+def test_memory_fraction_cap(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(capacity="100MiB")
+    pool.set_memory_fraction(0.25)
+    assert pool.cap == 25 * MiB
+    assert pool.memory_stats()["max_pool_size"] == 25 * MiB
+    with pytest.raises(pypool.OutOfMemoryError):
+        pool.malloc(26 * MiB)
+    p = pool.malloc(24 * MiB)
+    pool.free(p)
+    pool.set_memory_fraction(0)  # clears
+    assert pool.cap is None
+    assert pool.memory_stats()["max_pool_size"] == -1
+    q = pool.malloc(60 * MiB)
+    pool.free(q)
+    with pytest.raises(ValueError, match="fraction"):
+        pool.set_memory_fraction(1.5)
+    with pytest.raises(TypeError, match="fraction"):
+        pool.set_memory_fraction("half")  # type: ignore[arg-type]
+    pool_ok(pool)
+
+
+def test_oom_message(make_pool: Callable[..., pypool.Pool]) -> None:
+    # One 20 MiB segment in a 20 MiB device, with 4 MiB holes: fragmented.
+    pool = make_pool(capacity="20MiB")
+    x = [pool.malloc(4 * MiB) for _ in range(4)]  # [4][4][4][4][4 free]
+    pool.free(x[0])
+    pool.free(x[2])  # free: 4 + 4 + 4 MiB in three blocks
+    with pytest.raises(pypool.OutOfMemoryError) as info:
+        pool.malloc(8 * MiB + 100)
+    msg = str(info.value)
+    assert "8.00 MiB" in msg  # the request (8 MiB + 100 B)
+    assert re.search(r"rounded to 8\.00 MiB", msg)
+    assert "20.00 MiB reserved" in msg
+    assert "8.00 MiB allocated" in msg
+    assert "12.00 MiB free in pool" in msg
+    assert "largest free block 4.00 MiB" in msg
+    assert "external fragmentation 67%" in msg  # 1 - 4/12
+    assert "large pool" in msg
+    assert "device 0 B free of 20.00 MiB" in msg
+    assert "What to try" in msg and "empty_cache" in msg and "max_pool_size" in msg
+    assert "expandable_segments" in msg
+    for p in (x[1], x[3]):
+        pool.free(p)
+
+
+def test_oom_message_names_the_stream_and_small_pool(make_pool: Callable[..., pypool.Pool]) -> None:
+    pool = make_pool(capacity=512)  # not even the minimal 1 KiB segment fits
+    with pytest.raises(pypool.OutOfMemoryError) as info:
+        pool.malloc(1000, stream=0xABC)
+    msg = str(info.value)
+    assert "1000 B" in msg and "rounded to 1.00 KiB" in msg
+    assert "small pool" in msg and "0xabc" in msg
+    assert "0 B reserved" in msg and "0 B allocated" in msg
+
+
+def test_fail_allocation_at_falls_back_to_minimal_segment(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool()
+    pool.backend.fail_allocation_at(1)
+    # The preferred 20 MiB segment fails; the minimal 6 MiB one is tried next.
+    p = pool.malloc(5 * MiB)
+    st = pool.memory_stats()
+    assert pool.memory_reserved() == 6 * MiB
+    assert st["num_alloc_retries"] == 0 and st["num_ooms"] == 0
+    assert pool.backend.num_failures == 1
+    pool.free(p)
+    pool_ok(pool)
+
+
+def test_fail_allocation_at_retry_path(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool()
+    cached = pool.malloc(1000)
+    pool.free(cached)  # one cached small segment
+    pool.backend.fail_allocation_at(1)
+    # 12 MiB: preferred == minimal segment, so the failure leads to release-and-retry:
+    # the cached segment goes back and the second attempt succeeds.
+    p = pool.malloc(12 * MiB)
+    st = pool.memory_stats()
+    assert st["num_alloc_retries"] == 1
+    assert st["num_ooms"] == 0
+    assert st["num_device_free"] == 1
+    assert [s["segment_type"] for s in pool.segments()] == ["large"]
+    pool.free(p)
+    pool_ok(pool)
+
+
+def test_fail_allocation_at_counts_calls(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool()
+    be = pool.backend
+    be.fail_allocation_at(3)
+    a = pool.malloc(12 * MiB)  # call 1
+    b = pool.malloc(12 * MiB)  # call 2
+    c = pool.malloc(12 * MiB)  # call 3 fails, retry (call 4) succeeds
+    st = pool.memory_stats()
+    assert st["num_alloc_retries"] == 1 and st["num_ooms"] == 0
+    assert be.num_failures == 1
+    assert be.num_allocations == 3
+    be.fail_allocation_at(1)
+    be.fail_allocation_at(0)  # cleared
+    d = pool.malloc(12 * MiB)
+    assert pool.memory_stats()["num_alloc_retries"] == 1
+    for p in (a, b, c, d):
+        pool.free(p)
+    pool_ok(pool)
+
+
+def test_byte_budget(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None], pool_state: Callable[..., Any]) -> None:
+    pool = make_pool()
+    be = pool.backend
+    be.set_byte_budget(24 * MiB)
+    a = pool.malloc(12 * MiB)
+    before = pool_state(pool)
+    with pytest.raises(pypool.OutOfMemoryError, match="14.00 MiB"):
+        pool.malloc(14 * MiB)  # 12 + 14 > 24
+    st = pool.memory_stats()
+    assert st["num_ooms"] == 1 and st["num_alloc_retries"] == 1
+    assert pool.segments() == before[1]
+    assert_usable(pool, pool_ok)
+    # Release-and-retry: free a, then the same request succeeds by returning a's
+    # cached segment first.
+    pool.free(a)
+    b = pool.malloc(14 * MiB)
+    st = pool.memory_stats()
+    assert st["num_alloc_retries"] == 2 and st["num_ooms"] == 1
+    assert pool.memory_reserved() == 14 * MiB
+    assert be.used == 14 * MiB
+    be.set_byte_budget(_core.UNLIMITED)
+    c = pool.malloc(30 * MiB)
+    pool.free(b)
+    pool.free(c)
+    pool_ok(pool)
+
+
+def test_release_and_retry_frees_cached_segments(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(capacity="40MiB")
+    # 8 MiB cached in four small segments on two streams (reclaim_before_grow only
+    # looks at large segments: these go in the retry).
+    smalls = [pool.malloc(1 * MiB, stream=s) for s in (0, 7) for _ in range(4)]
+    for p in smalls:
+        pool.free(p)
+    assert pool.memory_reserved() == 8 * MiB
+    p = pool.malloc(34 * MiB)  # 8 + 34 > 40: release the cache, retry
+    st = pool.memory_stats()
+    assert st["num_alloc_retries"] == 1
+    assert st["num_ooms"] == 0
+    assert st["num_device_free"] == 4
+    assert pool.memory_reserved() == 34 * MiB
+    assert pool.backend.used == 34 * MiB
+    pool.free(p)
+    pool_ok(pool)
+
+
+def test_release_and_retry_without_reclaim(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(capacity="40MiB", reclaim_before_grow=False)
+    a = pool.malloc(15 * MiB)
+    b = pool.malloc(15 * MiB, stream=7)
+    pool.free(a)
+    pool.free(b)  # 32 MiB cached in two large segments on two streams
+    p = pool.malloc(30 * MiB)  # needs both released
+    st = pool.memory_stats()
+    assert st["num_alloc_retries"] == 1
+    assert st["num_ooms"] == 0
+    assert st["num_device_free"] == 2
+    assert pool.memory_reserved() == 30 * MiB
+    pool.free(p)
+    pool_ok(pool)
+
+
+def test_oom_when_cached_blocks_are_not_enough(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(capacity="40MiB")
+    keep = pool.malloc(15 * MiB)
+    spare = pool.malloc(15 * MiB)
+    pool.free(spare)
+    with pytest.raises(pypool.OutOfMemoryError):
+        pool.malloc(30 * MiB)
+    # The failed attempt released the cached segment; the live one is untouched.
+    assert pool.memory_reserved() == 16 * MiB
+    assert pool.memory_allocated() == 16 * MiB  # 15 MiB in a 16 MiB segment: 1 MiB rest not split
+    assert_usable(pool, pool_ok)
+    pool.free(keep)
+
+
+def test_no_false_oom_when_a_fitting_block_is_free(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    # One full 2 MiB small segment on a 2 MiB device, with nine free holes of the same
+    # free-index bin: a 16.5 KiB one freed first, then eight of 16 KiB. A 16.5 KiB request
+    # fits the first hole exactly and must get it, however deep it sits in its bin.
+    pool = make_pool(capacity="2MiB")
+    x = pool.malloc(16896)
+    seps = [pool.malloc(512)]
+    ys = []
+    for _ in range(8):
+        ys.append(pool.malloc(16 * KiB))
+        seps.append(pool.malloc(512))
+    fill = [pool.malloc(1 * MiB), pool.malloc(896000)]
+    assert pool.memory_reserved() == 2 * MiB and len(pool.segments()) == 1
+    assert pool.segments()[0]["blocks"][-1]["state"] == "active_allocated"  # no free tail
+    pool.free(x)
+    for y in ys:
+        pool.free(y)
+    pool_ok(pool)
+    p = pool.malloc(16896)
+    assert p == x
+    pool.free(p)
+    for q in seps + fill:
+        pool.free(q)
+    pool_ok(pool)
+
+
+def test_huge_request_is_oom_not_crash(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(capacity="1GiB")
+    with pytest.raises(pypool.OutOfMemoryError):
+        pool.malloc(512 * GiB)
+    with pytest.raises(pypool.OutOfMemoryError):
+        pool.malloc(_core.MAX_REQUEST)  # the largest accepted request
+    assert pool.memory_stats()["num_ooms"] == 2
+    assert_usable(pool, pool_ok)
+
+
+def test_set_capacity(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(capacity="1GiB")
+    a = pool.malloc(12 * MiB)
+    pool.backend.set_capacity(16 * MiB)
+    with pytest.raises(pypool.OutOfMemoryError):
+        pool.malloc(12 * MiB)
+    pool.backend.set_capacity(1 * GiB)
+    b = pool.malloc(12 * MiB)
+    pool.free(a)
+    pool.free(b)
+    pool_ok(pool)
+
+
+def test_many_ooms_leave_no_trace(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(capacity="32MiB")
+    live = [pool.malloc(3 * MiB) for _ in range(5)]  # one 20 MiB segment, 15 MiB used
+    for i in range(50):
+        with pytest.raises(pypool.OutOfMemoryError):
+            pool.malloc(20 * MiB + i * 512)
+    st = pool.memory_stats()
+    assert st["num_ooms"] == 50 and st["num_alloc_retries"] == 50
+    assert pool.memory_reserved() == 20 * MiB
+    assert pool.backend.used == 20 * MiB
+    assert pool.backend.live_allocations == 1
+    assert_usable(pool, pool_ok)
+    for p in live:
+        pool.free(p)
+    pool_ok(pool)
+
+
+def test_oom_path_waits_for_pending_frees(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    # PyTorch's last resort before OOM (release_cached_blocks) synchronizes the events of
+    # blocks freed after record_stream, frees them and retries. Memory that only waits for
+    # a stream is not "out of memory": the host backend's synchronize_event stands for
+    # that wait.
+    pool = make_pool(capacity="20MiB")
+    be = pool.backend
+    p = pool.malloc(12 * MiB, stream=1)
+    pool.record_stream(p, 2)
+    be.hold_stream(2)
+    pool.free(p)  # pending on stream 2
+    q = pool.malloc(12 * MiB, stream=1)
+    st = pool.memory_stats()
+    assert st["num_ooms"] == 0
+    assert st["num_alloc_retries"] == 1
+    assert st["num_sync_all_streams"] == 1
+    assert be.pending_events == 0
+    pool_ok(pool)
+    pool.free(q)
+    be.release_stream(2)

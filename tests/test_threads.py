@@ -1,0 +1,159 @@
+"""Threads malloc and free through one shared Pool at once (the binding releases the GIL
+around malloc / free / empty_cache), then the pool must be intact with nothing live."""
+
+from __future__ import annotations
+
+import random
+import threading
+from typing import Callable, Dict, List, Tuple
+
+import pytest
+
+import pypool
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+N_THREADS = 4
+OPS = 6000
+
+
+def worker(pool: pypool.Pool, seed: int, stream: int, errors: List[BaseException],
+           start: threading.Barrier, owned: Dict[int, int]) -> None:
+    rng = random.Random(seed)
+    live: List[Tuple[int, int]] = []
+    try:
+        start.wait()
+        for i in range(OPS):
+            if live and (rng.random() < 0.48 or len(live) > 64):
+                ptr, size = live.pop(rng.randrange(len(live)))
+                del owned[ptr]
+                pool.free(ptr)
+            else:
+                size = rng.choice([rng.randint(1, 4 * KiB), rng.randint(1, 1 * MiB), rng.randint(1 * MiB, 12 * MiB)])
+                ptr = pool.malloc(size, stream=stream)
+                # Another thread must never be handed an address that is live here.
+                assert ptr not in owned, f"{ptr:#x} handed out twice"
+                owned[ptr] = seed
+                live.append((ptr, size))
+            if i % 500 == 250:
+                pool.empty_cache()
+        for ptr, _ in live:
+            del owned[ptr]
+            pool.free(ptr)
+    except BaseException as e:  # reported by the main thread
+        errors.append(e)
+
+
+def run_threads(pool: pypool.Pool, shared_stream: bool) -> None:
+    errors: List[BaseException] = []
+    owned: Dict[int, int] = {}  # ptr -> owner; dict ops are atomic under the GIL
+    start = threading.Barrier(N_THREADS)
+    threads = [
+        threading.Thread(target=worker, args=(pool, 100 + t, 0 if shared_stream else t + 1, errors, start, owned))
+        for t in range(N_THREADS)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+        assert not t.is_alive(), "a worker thread hung (deadlock?)"
+    if errors:
+        raise errors[0]
+    assert owned == {}
+
+
+@pytest.mark.parametrize("shared_stream", [True, False], ids=["one-stream", "stream-per-thread"])
+def test_threads_fixed_segments(shared_stream: bool, make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool()
+    run_threads(pool, shared_stream)
+    pool_ok(pool)
+    st = pool.memory_stats()
+    assert st["allocated_bytes.all.current"] == 0
+    assert st["requested_bytes.all.current"] == 0
+    assert st["active_bytes.all.current"] == 0
+    assert st["allocation.all.allocated"] == st["allocation.all.freed"]
+    assert pool.live_blocks() == []
+    pool.empty_cache()
+    pool_ok(pool)
+    assert pool.backend.used == 0
+
+
+def test_threads_expandable(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(expandable_segments=True)
+    run_threads(pool, shared_stream=True)
+    pool_ok(pool)
+    assert pool.memory_allocated() == 0
+    pool.empty_cache()
+    pool_ok(pool)
+    assert pool.backend.used == 0
+    assert pool.segments() == []
+
+
+def test_threads_under_memory_pressure(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    # A tight device: threads hit release-and-retry and OOM while others grow, release
+    # and free; whatever happens, the accounting must close.
+    pool = make_pool(capacity="96MiB")
+    errors: List[BaseException] = []
+    ooms = [0] * N_THREADS
+
+    def pressure(t: int) -> None:
+        rng = random.Random(7 + t)
+        live: List[int] = []
+        try:
+            for _ in range(1500):
+                if live and rng.random() < 0.5:
+                    pool.free(live.pop(rng.randrange(len(live))))
+                else:
+                    try:
+                        live.append(pool.malloc(rng.choice([rng.randint(1, 256 * KiB), rng.randint(1 * MiB, 16 * MiB)]), stream=t % 2))
+                    except pypool.OutOfMemoryError:
+                        ooms[t] += 1
+            for p in live:
+                pool.free(p)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=pressure, args=(t,)) for t in range(N_THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+        assert not t.is_alive()
+    if errors:
+        raise errors[0]
+    pool_ok(pool)
+    st = pool.memory_stats()
+    assert st["allocated_bytes.all.current"] == 0
+    assert st["num_ooms"] == sum(ooms)
+    assert st["reserved_bytes.all.peak"] <= 96 * MiB
+    pool.empty_cache()
+    assert pool.backend.used == 0
+
+
+def test_concurrent_readers(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    # Stats, segments and the invariant walk run while other threads allocate.
+    pool = make_pool()
+    stop = threading.Event()
+    errors: List[BaseException] = []
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                pool.check_invariants()
+                st = pool.memory_stats()
+                assert st["allocated_bytes.all.current"] <= st["reserved_bytes.all.current"]
+                pool.segments()
+        except BaseException as e:
+            errors.append(e)
+
+    r = threading.Thread(target=reader)
+    r.start()
+    try:
+        run_threads(pool, shared_stream=False)
+    finally:
+        stop.set()
+        r.join(timeout=60)
+    if errors:
+        raise errors[0]
+    pool_ok(pool)

@@ -1,0 +1,304 @@
+"""Expandable segments on the host's mmap analogue of CUDA VMM (reserve a virtual range,
+map 2 MiB granules at its end): growth in place, coalescing across mapped chunks,
+shrinking on empty_cache, out of memory, accounting, and less reserved memory than fixed
+segments for a workload of changing sizes."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Dict, List, Tuple
+
+import pytest
+
+import pypool
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+A, I = "active_allocated", "inactive"
+
+
+def expandable(pool: pypool.Pool) -> List[Dict[str, Any]]:
+    return [s for s in pool.segments() if s["is_expandable"]]
+
+
+def blocks(seg: Dict[str, Any]) -> List[Tuple[int, str]]:
+    return [(b["size"], b["state"]) for b in seg["blocks"]]
+
+
+def test_growth_in_place(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(expandable_segments=True)
+    a = pool.malloc(5 * MiB)
+    pool_ok(pool)
+    (seg,) = pool.segments()
+    assert seg["is_expandable"] and seg["segment_type"] == "large"
+    assert seg["total_size"] == 6 * MiB  # three granules
+    assert seg["reserved_va"] == pool.config.expandable_reserve
+    assert seg["address"] == a
+    assert blocks(seg) == [(5 * MiB, A), (1 * MiB, I)]  # any rest >= 512 B is split
+    st = pool.memory_stats()
+    assert st["num_segment_map"] == 1 and st["num_device_alloc"] == 1
+    assert st["reserved_bytes.all.current"] == 6 * MiB
+    assert pool.backend.used == 6 * MiB
+
+    b = pool.malloc(5 * MiB)  # uses the 1 MiB tail + 4 MiB newly mapped after it
+    pool_ok(pool)
+    (seg,) = pool.segments()
+    assert seg["address"] == a and b == a + 5 * MiB
+    assert seg["total_size"] == 10 * MiB
+    assert blocks(seg) == [(5 * MiB, A), (5 * MiB, A)]
+    st = pool.memory_stats()
+    assert st["num_segment_map"] == 2
+    assert st["num_device_alloc"] == 1  # still one segment
+    assert st["segment.all.current"] == 1
+    assert pool.backend.used == 10 * MiB
+
+    c = pool.malloc(30 * MiB)
+    (seg,) = pool.segments()
+    assert c == a + 10 * MiB and seg["total_size"] == 40 * MiB
+    assert pool.memory_stats()["num_segment_map"] == 3
+    for p in (a, b, c):
+        pool.free(p)
+    pool_ok(pool)
+
+
+def test_coalescing_across_mapped_chunks(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(expandable_segments=True)
+    ptrs = [pool.malloc(3 * MiB) for _ in range(4)]  # mapped in four steps, 12 MiB
+    assert pool.memory_stats()["num_segment_map"] == 4
+    (seg,) = pool.segments()
+    assert seg["total_size"] == 12 * MiB
+    pool.free(ptrs[1])
+    pool.free(ptrs[2])  # coalesce with each other across the 6 MiB granule edge
+    pool_ok(pool)
+    (seg,) = pool.segments()
+    assert blocks(seg) == [(3 * MiB, A), (6 * MiB, I), (3 * MiB, A)]
+    pool.free(ptrs[0])
+    pool.free(ptrs[3])
+    pool_ok(pool)
+    (seg,) = pool.segments()
+    assert blocks(seg) == [(12 * MiB, I)]
+    # The whole mapped range serves one request without mapping more.
+    big = pool.malloc(11 * MiB)
+    assert big == ptrs[0]
+    assert pool.memory_stats()["num_segment_map"] == 4
+    assert blocks(pool.segments()[0]) == [(11 * MiB, A), (1 * MiB, I)]
+    pool.free(big)
+    pool_ok(pool)
+
+
+def test_shrink_on_empty_cache(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(expandable_segments=True)
+    a = pool.malloc(5 * MiB)
+    b = pool.malloc(5 * MiB)
+    pool.free(b)
+    pool.empty_cache()  # the free tail from the first granule edge after a is unmapped
+    pool_ok(pool)
+    (seg,) = pool.segments()
+    assert seg["total_size"] == 6 * MiB
+    assert blocks(seg) == [(5 * MiB, A), (1 * MiB, I)]
+    st = pool.memory_stats()
+    assert st["num_segment_unmap"] == 1
+    assert st["reserved_bytes.all.current"] == 6 * MiB
+    assert st["reserved_bytes.all.freed"] == 4 * MiB
+    assert pool.backend.used == 6 * MiB
+    pool.free(a)
+    pool.empty_cache()
+    pool_ok(pool)
+    st = pool.memory_stats()
+    assert pool.segments() == []
+    assert st["num_segment_unmap"] == 2
+    assert st["num_device_free"] == 1
+    assert st["reserved_bytes.all.current"] == 0
+    assert st["segment.all.current"] == 0
+    assert pool.backend.used == 0
+    assert pool.backend.live_allocations == 0
+    # And it grows again from nothing.
+    c = pool.malloc(3 * MiB)
+    assert pool.memory_reserved() == 4 * MiB
+    pool.free(c)
+    pool_ok(pool)
+
+
+def test_free_hole_in_the_middle_is_not_unmapped(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(expandable_segments=True)
+    a = pool.malloc(4 * MiB)
+    b = pool.malloc(4 * MiB)
+    c = pool.malloc(4 * MiB)
+    pool.free(b)
+    pool.empty_cache()
+    pool_ok(pool)
+    assert pool.memory_reserved() == 12 * MiB
+    assert pool.memory_stats()["num_segment_unmap"] == 0
+    pool.free(c)
+    pool.empty_cache()  # now b and c form the free tail
+    pool_ok(pool)
+    assert pool.memory_reserved() == 4 * MiB
+    pool.free(a)
+
+
+def test_release_threshold_keeps_mapped_bytes(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(expandable_segments=True, release_threshold="8MiB")
+    s = pool.malloc(1000)  # a 2 MiB small segment, cached below
+    pool.free(s)
+    a = pool.malloc(20 * MiB)
+    pool.free(a)
+    pool.empty_cache()  # 22 MiB cached: the small segment goes, 8 MiB stay mapped
+    pool_ok(pool)
+    assert [(x["segment_type"], x["total_size"]) for x in pool.segments()] == [("large", 8 * MiB)]
+    assert pool.backend.used == 8 * MiB
+    pool._pool.release_all_cached()  # ignores the threshold
+    assert pool.segments() == []
+    assert pool.backend.used == 0
+    pool_ok(pool)
+
+
+def test_small_requests_use_fixed_segments(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(expandable_segments=True)
+    p = pool.malloc(4096)
+    q = pool.malloc(2 * MiB)
+    segs = {s["segment_type"]: s for s in pool.segments()}
+    assert segs["small"]["is_expandable"] is False and segs["small"]["total_size"] == 2 * MiB
+    assert segs["large"]["is_expandable"] is True and segs["large"]["total_size"] == 2 * MiB
+    pool.free(p)
+    pool.free(q)
+    pool.empty_cache()
+    assert pool.segments() == []
+    pool_ok(pool)
+
+
+def test_one_expandable_segment_per_stream(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(expandable_segments=True)
+    a = pool.malloc(3 * MiB, stream=1)
+    b = pool.malloc(3 * MiB, stream=2)
+    c = pool.malloc(3 * MiB, stream=1)
+    segs = expandable(pool)
+    assert sorted(s["stream"] for s in segs) == [1, 2]
+    by_stream = {s["stream"]: s for s in segs}
+    assert by_stream[1]["total_size"] == 6 * MiB and by_stream[2]["total_size"] == 4 * MiB
+    assert c == a + 3 * MiB
+    for p in (a, b, c):
+        pool.free(p)
+    pool.empty_cache()
+    assert pool.segments() == []
+    pool_ok(pool)
+
+
+def test_out_of_memory(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None], pool_state: Callable[..., Any]) -> None:
+    pool = make_pool(capacity="16MiB", expandable_segments=True)
+    a = pool.malloc(10 * MiB)
+    before = pool_state(pool)
+    with pytest.raises(pypool.OutOfMemoryError):
+        pool.malloc(8 * MiB)  # 10 + 8 > 16: a partial mapping must be undone
+    pool_ok(pool)
+    assert pool.backend.used == 10 * MiB
+    assert pool.segments() == before[1]
+    st = pool.memory_stats()
+    assert st["num_ooms"] == 1
+    assert st["num_segment_map"] == before[0]["num_segment_map"]
+    b = pool.malloc(6 * MiB)  # exactly what is left: grows in place
+    (seg,) = pool.segments()
+    assert seg["total_size"] == 16 * MiB
+    pool.free(a)
+    pool.free(b)
+    c = pool.malloc(16 * MiB)  # the whole coalesced range
+    assert c == a
+    pool.free(c)
+    pool_ok(pool)
+
+
+def test_out_of_memory_with_max_pool_size(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(max_pool_size="32MiB", expandable_segments=True)
+    a = pool.malloc(20 * MiB)
+    with pytest.raises(pypool.OutOfMemoryError):
+        pool.malloc(13 * MiB)
+    b = pool.malloc(12 * MiB)
+    assert pool.memory_reserved() == 32 * MiB
+    pool.free(a)
+    pool.free(b)
+    pool_ok(pool)
+
+
+def test_fault_injection_while_mapping(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(expandable_segments=True)
+    pool.backend.fail_allocation_at(2)  # the second granule of the first growth fails
+    a = pool.malloc(5 * MiB)  # retry maps all three granules again
+    st = pool.memory_stats()
+    assert st["num_alloc_retries"] == 1 and st["num_ooms"] == 0
+    assert pool.backend.used == 6 * MiB
+    assert pool.memory_reserved() == 6 * MiB
+    pool_ok(pool)
+    pool.free(a)
+
+
+def test_release_and_retry_shrinks_then_grows(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(capacity="22MiB", expandable_segments=True)
+    small = [pool.malloc(1000, stream=s) for s in (5, 6)]  # two 2 MiB small segments
+    for p in small:
+        pool.free(p)
+    a = pool.malloc(20 * MiB)  # 4 MiB cached in small segments + 20 > 22: retry releases them
+    assert pool.memory_stats()["num_alloc_retries"] == 1
+    assert pool.memory_reserved() == 20 * MiB
+    pool.free(a)
+    pool_ok(pool)
+
+
+def test_accounting_identities(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    rng = random.Random(5)
+    pool = make_pool(expandable_segments=True, capacity="512MiB")
+    live: List[int] = []
+    for step in range(600):
+        if live and rng.random() < 0.45:
+            pool.free(live.pop(rng.randrange(len(live))))
+        else:
+            size = rng.choice([rng.randint(1, 64 << 10), rng.randint(1 * MiB, 8 * MiB), rng.randint(8 * MiB, 30 * MiB)])
+            try:
+                live.append(pool.malloc(size, stream=rng.choice([0, 3])))
+            except pypool.OutOfMemoryError:
+                pass  # checked precisely in test_oom_faults / test_out_of_memory
+        if step % 60 == 0:
+            pool.empty_cache()
+        if step % 20 == 0:
+            pool_ok(pool)
+            st = pool.memory_stats()
+            maps, unmaps = st["num_segment_map"], st["num_segment_unmap"]
+            assert maps >= unmaps
+            segs = pool.segments()
+            for s in segs:
+                if s["is_expandable"]:
+                    assert s["total_size"] % (2 * MiB) == 0
+                    assert s["total_size"] <= s["reserved_va"]
+            large_reserved = sum(s["total_size"] for s in segs if s["segment_type"] == "large")
+            assert st["reserved_bytes.large_pool.current"] == large_reserved
+    for p in live:
+        pool.free(p)
+    pool.empty_cache()
+    pool_ok(pool)
+    assert pool.backend.used == 0
+    st = pool.memory_stats()
+    assert st["reserved_bytes.all.allocated"] == st["reserved_bytes.all.freed"]
+
+
+PATTERNS = [[7 * MiB, 9 * MiB], [13 * MiB], [7 * MiB, 9 * MiB], [13 * MiB]]
+
+
+def alternating_workload(pool: pypool.Pool, n: int = 30) -> int:
+    """Batches whose block sizes alternate (7 / 9 MiB), then change shape (13 MiB) and
+    back, as varying sequence lengths do; returns the peak of reserved bytes."""
+    for sizes in PATTERNS:
+        ptrs = [pool.malloc(sizes[i % len(sizes)]) for i in range(n)]
+        for p in ptrs:
+            pool.free(p)
+    pool.check_invariants()
+    return pool.max_memory_reserved()
+
+
+def test_expandable_reserves_less_for_alternating_sizes() -> None:
+    live_peak = max(sum(s[i % len(s)] for i in range(30)) for s in PATTERNS)  # 390 MiB
+    grow = alternating_workload(pypool.Pool(capacity="8GiB", expandable_segments=True))
+    fixed = alternating_workload(pypool.Pool(capacity="8GiB"))
+    fixed_no_reclaim = alternating_workload(pypool.Pool(capacity="8GiB", reclaim_before_grow=False))
+    # 20 MiB segments hold 7 + 9 MiB with 4 MiB to spare, 13 MiB blocks get 14 MiB
+    # segments; the expandable segment coalesces into one range that fits each batch.
+    assert grow < fixed and grow < fixed_no_reclaim
+    assert grow <= live_peak + 2 * MiB
