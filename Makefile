@@ -29,6 +29,8 @@ install: $(STAMP)
 bench: $(STAMP)
 	$(PY) -P -m pypool bench --quick --json out/bench.json --html out/bench.html
 	$(PY) -P -m pypool replay --workload transformer --report out/fragmentation
+	@echo; echo "== fragmentation report of the replayed transformer workload at peak reserved =="
+	@cat out/fragmentation/peak.txt
 
 # Tests: pytest (CPU; GPU tests skip without a GPU), the C++ stress driver under
 # ASan+UBSan and TSan, and the benchmark suite run once each as a smoke test.
