@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import subprocess
+import tempfile
 import sys
 
 import pytest
@@ -103,6 +104,6 @@ def test_registry_device_without_pool(capsys):
 def test_python_dash_m_pypool_report(snapshot_file):
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(pypool.__file__)))
     out = subprocess.run([sys.executable, "-m", "pypool", "report", snapshot_file], capture_output=True,
-                         text=True, timeout=120, env=env)
+                         text=True, timeout=120, env=env, cwd=tempfile.gettempdir())
     assert out.returncode == 0, out.stderr
     assert "external fragmentation" in out.stdout

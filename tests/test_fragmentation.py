@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import tempfile
+from pathlib import Path
 import sys
 import textwrap
 
@@ -232,7 +235,9 @@ def test_registry_report_in_a_fresh_process():
         r = fragmentation(0)
         print(json.dumps([r.reserved, r.allocated, r.requested, r.backend, r.source]))
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(Path(pypool.__file__).resolve().parent.parent)),
+                         cwd=tempfile.gettempdir())
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [SMALL_SEG, 3072, 3000, "host", "pool"]
 

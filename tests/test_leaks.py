@@ -23,6 +23,7 @@ from pypool.leaks import (LeakError, LeakReport, LeakWarning, LeakWatch, LeakWat
                           format_stack, track_leaks)
 
 ROOT = Path(__file__).resolve().parent.parent
+PKG_PARENT = str(Path(pypool.__file__).resolve().parent.parent)  # the pypool under test
 MiB = 1 << 20
 
 
@@ -497,7 +498,7 @@ def _run_script(tmp_path: Path, source: str, env_extra: dict) -> subprocess.Comp
     script = tmp_path / "leaky_script.py"
     script.write_text(textwrap.dedent(source))
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PKG_PARENT, env.get("PYTHONPATH", "")]))
     env.update(env_extra)
     return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           env=env, cwd=str(tmp_path), timeout=60)

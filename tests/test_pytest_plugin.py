@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+import pypool
+
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
+PKG_PARENT = str(Path(pypool.__file__).resolve().parent.parent)  # the pypool under test
 
 # The inner tests: a host registry pool 0 made before any test (so that stacks are
 # captured), a helper that stashes allocations in a module-level list (a leak), and an
@@ -66,7 +70,7 @@ def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):  # type: ig
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     monkeypatch.delenv("PYPOOL_LEAK_CHECK", raising=False)
     # pytester runs from its own directory: point the subprocess at this checkout.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [PKG_PARENT, os.environ.get("PYTHONPATH")])))
 
     def go(body: str, *args: str, plugin: bool = True) -> pytest.RunResult:
         source = INNER_HEADER + body
@@ -222,5 +226,5 @@ def test_plugin_import_has_no_side_effects() -> None:
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=str(ROOT))
+                         cwd=tempfile.gettempdir())
     assert out.stdout.split() == ["False", "False", "False"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import subprocess
+import tempfile
+from pathlib import Path
 import sys
 import textwrap
 import time
@@ -251,7 +253,9 @@ def test_registry_history_in_a_fresh_process(tmp_path):
         s = load_snapshot({str(path)!r})
         print([e["action"] for e in s["device_traces"][0]], s["pypool"]["backend"])
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(Path(pypool.__file__).resolve().parent.parent)),
+                         cwd=tempfile.gettempdir())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['segment_alloc', 'alloc'] host"
 

@@ -143,14 +143,8 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
   b = grow_locked(lk, idx, rounded);
   if (b == nullptr) {
     ++m.st.num_alloc_retries;
-    if (!m.pending.empty()) {
-      // Memory that only waits for another stream is not "out of memory": wait for the
-      // events of pending frees (as PyTorch's release_cached_blocks does). Done under the
-      // lock, unlike other blocking calls, so that no other thread releases the events
-      // meanwhile; this is the last resort before failing, never the hot path.
-      for (auto& [ev, blk] : m.pending) backend_->synchronize_event(ev);
-      ++m.st.num_sync_all_streams;
-    }
+    // Memory that only waits for another stream is not "out of memory".
+    sync_pending_locked();
     release_cached_locked(lk, /*respect_threshold=*/false);
     if ((b = idx->find(rounded, ok, /*exhaustive=*/true)) != nullptr)
       m.take_free(idx, b);
@@ -317,13 +311,27 @@ void DevicePool::release_cached_locked(std::unique_lock<SpinMutex>& lk, bool res
   lk.lock();
 }
 
+void DevicePool::sync_pending_locked() {
+  Impl& m = *impl_;
+  if (m.pending.empty()) return;
+  // Wait for the events of blocks freed after record_stream, as PyTorch's
+  // release_cached_blocks does. Done under the lock, unlike other blocking calls, so
+  // that no other thread releases the events meanwhile: this runs only on the way to
+  // out-of-memory and in empty_cache, never on the hot path.
+  for (auto& [ev, blk] : m.pending) backend_->synchronize_event(ev);
+  ++m.st.num_sync_all_streams;
+  m.process_events();
+}
+
 void DevicePool::empty_cache() {
   std::unique_lock<SpinMutex> lk(impl_->mu);
+  sync_pending_locked();
   release_cached_locked(lk, /*respect_threshold=*/true);
 }
 
 void DevicePool::release_all_cached() {
   std::unique_lock<SpinMutex> lk(impl_->mu);
+  sync_pending_locked();
   release_cached_locked(lk, /*respect_threshold=*/false);
 }
 

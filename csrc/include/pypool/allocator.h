@@ -110,9 +110,10 @@ class DevicePool {
   void free(void* p);
   // The block stays out of reuse until work queued on `stream` before its free is done.
   void record_stream(void* p, Stream stream);
-  // Releases cached segments that hold no live block (down to release_threshold).
+  // Waits for pending cross-stream frees, then releases cached segments that hold no
+  // live block (down to release_threshold), like torch.cuda.empty_cache().
   void empty_cache();
-  // Releases everything cached, ignoring release_threshold.
+  // The same, ignoring release_threshold.
   void release_all_cached();
 
   Stats stats() const;
@@ -143,6 +144,7 @@ class DevicePool {
   struct Impl;
 
  private:
+  void sync_pending_locked();
   [[noreturn]] void throw_bad_pointer_locked(const char* op, std::uintptr_t addr) const;
   detail::Block* grow_locked(std::unique_lock<SpinMutex>& lk, detail::FreeIndex* idx,
                              std::size_t rounded);
