@@ -73,7 +73,7 @@ class Pool:
             else:
                 be = _core.make_null_backend(cap)
         self._pool = _core.DevicePool(self.config.to_core(), be, device)
-        self._backend_obj = be
+        self._backend_obj: Optional[_core.Backend] = be
 
     @classmethod
     def _wrap(cls, core_pool: "_core.DevicePool", config: Optional[PoolConfig] = None) -> "Pool":

@@ -441,8 +441,8 @@ def _cpu_cases(s: BenchSettings) -> List[_TimingCase]:
                 "pypool_peak_allocated": st["allocated_bytes.all.peak"]}
 
     for size in PAIR_SIZES:
-        a, ia = _calibrated(lambda n, size=size: _core.bench_c_api_pairs(size, n, 0), s.pair_target_s, s.pair_min_iters)
-        b, ib = _calibrated(lambda n, size=size: _core.bench_glibc_pairs(size, n), s.pair_target_s, s.pair_min_iters)
+        a, ia = _calibrated(lambda n, size=size: _core.bench_c_api_pairs(size, n, 0), s.pair_target_s, s.pair_min_iters)  # type: ignore[misc]  # mypy cannot type default-arg lambdas
+        b, ib = _calibrated(lambda n, size=size: _core.bench_glibc_pairs(size, n), s.pair_target_s, s.pair_min_iters)  # type: ignore[misc]  # mypy cannot type default-arg lambdas
         cases.append(_TimingCase("pairs", f"pair {_short_size(size)}", "ns/pair",
                                  {"size": size, "pypool_iters": ia, "glibc_iters": ib}, a, b,
                                  before=reset_pool))
@@ -454,8 +454,8 @@ def _cpu_cases(s: BenchSettings) -> List[_TimingCase]:
         cases.append(_TimingCase(
             "random", f"random <= {mib} MiB", "ns/op",
             {"max_size": max_size, "ops": ops, "live_max": live, "alloc_probability": 0.73, "seed": 1},
-            lambda m=max_size, l=live, o=ops: _core.bench_c_api_random(m, o, l, 1, 0),
-            lambda m=max_size, l=live, o=ops: _core.bench_glibc_random(m, o, l, 1),
+            lambda m=max_size, l=live, o=ops: _core.bench_c_api_random(m, o, l, 1, 0),  # type: ignore[misc]  # mypy cannot type default-arg lambdas
+            lambda m=max_size, l=live, o=ops: _core.bench_glibc_random(m, o, l, 1),  # type: ignore[misc]  # mypy cannot type default-arg lambdas
             extra=pool_peaks, before=reset_pool))
 
     cases.append(_TimingCase(
@@ -469,7 +469,7 @@ def _cpu_cases(s: BenchSettings) -> List[_TimingCase]:
         cases.append(_TimingCase(
             "scaling", f"4 KiB pair, {n_free} free blocks", "ns/pair",
             {"n_free": n_free, "iters": s.scaling_iters, "size": 4096},
-            lambda n=n_free: _core.bench_free_scaling(n, s.scaling_iters, 4096, 1), None))
+            lambda n=n_free: _core.bench_free_scaling(n, s.scaling_iters, 4096, 1), None))  # type: ignore[misc]  # mypy cannot type default-arg lambdas
     return cases
 
 

@@ -268,8 +268,9 @@ def min_pool_size(trace: Trace, config: ConfigLike = None, capacity: Optional[Si
         # lo fails: below the floor some moment needs more live bytes than the cap.
         floor = trace.peak_live()
         lo = (floor - 1) // g * g if floor > 0 else 0
-        if cfg.initial_pool_size > 0:  # a cap below the initial pool is not a valid config
-            lo = max(lo, (cfg.initial_pool_size - 1) // g * g)
+        initial = int(cfg.initial_pool_size)  # parsed to bytes by PoolConfig
+        if initial > 0:  # a cap below the initial pool is not a valid config
+            lo = max(lo, (initial - 1) // g * g)
         if hi <= g:
             return g
         while hi - lo > g:
