@@ -32,9 +32,10 @@ bench: $(STAMP)
 	@echo; echo "== fragmentation report of the replayed transformer workload at peak reserved =="
 	@cat out/fragmentation/peak.txt
 
-# Tests: pytest (CPU; GPU tests skip without a GPU), the C++ stress driver under
+# Tests: mypy, pytest (CPU; GPU tests skip without a GPU), the C++ stress driver under
 # ASan+UBSan and TSan, and the benchmark suite run once each as a smoke test.
 test: $(STAMP) sanitize chromium
+	$(PY) -m mypy --ignore-missing-imports --follow-imports=silent pypool
 	$(PY) -P -m pytest -q tests
 	$(PY) -P -m pytest -q benchmarks --benchmark-disable
 
