@@ -58,6 +58,8 @@ sanitize:
 	  echo "stress under -fsanitize=$$san"; \
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  TSAN_OPTIONS=halt_on_error=1 $$dir/pypool_stress 5000 || exit 1; \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  TSAN_OPTIONS=halt_on_error=1 $$dir/pypool_fault_paths > $$dir/fault_paths.log || { cat $$dir/fault_paths.log; exit 1; }; \
 	done
 
 clean:

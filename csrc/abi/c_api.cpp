@@ -28,6 +28,8 @@ void* pypool_malloc(size_t size, int device, void* stream) {
     // Any other failure (absurd size, broken device) is still "no memory" for torch,
     // which has no other channel: keep one exception type at the boundary.
     throw pypool::OutOfMemoryError(e.what());
+  } catch (...) {
+    throw pypool::OutOfMemoryError("pypool: unknown error in malloc");
   }
 }
 
@@ -35,7 +37,13 @@ void pypool_free(void* ptr, size_t size, int device, void* stream) {
   (void)size;
   (void)stream;
   try {
-    pypool::Registry::instance().pool(device).free(ptr);
+    // Never make a pool for a free: a device without one cannot own the pointer.
+    pypool::DevicePool* pool = pypool::Registry::instance().existing(device);
+    if (pool == nullptr) {
+      report("free", "pointer freed on a device that has no pypool pool");
+      return;
+    }
+    pool->free(ptr);
   } catch (const std::exception& e) {
     report("free", e.what());
   } catch (...) {
@@ -46,13 +54,17 @@ void pypool_free(void* ptr, size_t size, int device, void* stream) {
 void pypool_init(int device_count) { (void)device_count; }
 
 void pypool_empty_cache(void) {
-  auto& r = pypool::Registry::instance();
-  for (int d : r.devices()) {
-    try {
-      r.pool(d).empty_cache();
-    } catch (const std::exception& e) {
-      report("empty_cache", e.what());
+  try {
+    auto& r = pypool::Registry::instance();
+    for (int d : r.devices()) {
+      try {
+        r.pool(d).empty_cache();
+      } catch (const std::exception& e) {
+        report("empty_cache", e.what());
+      }
     }
+  } catch (...) {
+    report("empty_cache", "unknown error");
   }
 }
 
@@ -61,24 +73,29 @@ void pypool_set_memory_fraction(double fraction, int device) {
     pypool::Registry::instance().pool(device).set_memory_fraction(fraction);
   } catch (const std::exception& e) {
     report("set_memory_fraction", e.what());
+  } catch (...) {
+    report("set_memory_fraction", "unknown error");
   }
 }
 
 void pypool_record_stream(void* ptr, void* stream) {
-  // torch does not pass the device: find the pool that owns the pointer.
-  auto& r = pypool::Registry::instance();
-  for (int d : r.devices()) {
-    try {
-      r.pool(d).record_stream(ptr, reinterpret_cast<pypool::Stream>(stream));
-      return;
-    } catch (const pypool::InvalidPointerError&) {
-      continue;
-    } catch (const std::exception& e) {
-      report("record_stream", e.what());
-      return;
+  try {
+    // torch does not pass the device: find the pool that owns the pointer.
+    auto& r = pypool::Registry::instance();
+    for (int d : r.devices()) {
+      try {
+        r.pool(d).record_stream(ptr, reinterpret_cast<pypool::Stream>(stream));
+        return;
+      } catch (const pypool::InvalidPointerError&) {
+        continue;
+      }
     }
+    report("record_stream", "pointer not allocated by pypool");
+  } catch (const std::exception& e) {
+    report("record_stream", e.what());
+  } catch (...) {
+    report("record_stream", "unknown error");
   }
-  report("record_stream", "pointer not allocated by pypool");
 }
 
 uint64_t pypool_error_count(void) { return g_errors.load(std::memory_order_relaxed); }

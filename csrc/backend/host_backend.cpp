@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -205,8 +206,9 @@ class NullBackend final : public Backend {
   void* do_allocate(std::size_t size) override {
     std::lock_guard<std::mutex> g(mu_);
     if (size > capacity_ - used_) return nullptr;
-    used_ += size;
-    return bump(size);
+    void* p = bump(size);
+    if (p != nullptr) used_ += size;
+    return p;
   }
   void do_deallocate(void*, std::size_t size) override {
     std::lock_guard<std::mutex> g(mu_);
@@ -238,7 +240,9 @@ class NullBackend final : public Backend {
     std::lock_guard<std::mutex> g(mu_);
     used_ -= size;
   }
+  // nullptr once the (2^64-byte) address space would wrap: never hand out an address twice.
   void* bump(std::size_t size) {
+    if (size > UINTPTR_MAX - next_ - kAlign) return nullptr;
     const std::uintptr_t p = next_;
     next_ += (size + kAlign - 1) / kAlign * kAlign;
     return reinterpret_cast<void*>(p);

@@ -109,7 +109,13 @@ StackTable& stack_table() {
 constexpr int kMaxFrames = 48;
 
 std::uint64_t native_context_hook(void*) {
-  if (!Py_IsInitialized()) return 0;
+  // At interpreter shutdown a thread without a Python state must not take the GIL
+  // (CPython would end it with pthread_exit, unwinding through torch's frames).
+#if PY_VERSION_HEX >= 0x030D0000
+  if (!Py_IsInitialized() || Py_IsFinalizing()) return 0;
+#else
+  if (!Py_IsInitialized() || _Py_IsFinalizing()) return 0;
+#endif
   py::gil_scoped_acquire gil;
   PyFrameObject* f = PyThreadState_GetFrame(PyThreadState_Get());  // new reference
   if (f == nullptr) return 0;  // a thread with no Python frames (autograd workers)

@@ -54,6 +54,11 @@ void Config::validate() const {
     bad("growth_step", "must be > 0 with growth='fixed'");
   if (!(garbage_collection_threshold >= 0.0 && garbage_collection_threshold < 1.0))
     bad("garbage_collection_threshold", "must be in [0, 1)");
+  for (auto [name, v] : {std::pair<const char*, std::size_t>{"expandable_reserve", expandable_reserve},
+                         {"initial_pool_size", initial_pool_size},
+                         {"growth_step", growth_step},
+                         {"release_threshold", release_threshold}})
+    if (v > policy::kMaxRequest) bad(name, "must be <= 1 PiB, got " + std::to_string(v));
   if (expandable_segments && expandable_reserve < large_segment_size)
     bad("expandable_reserve", "must be >= large_segment_size");
 }

@@ -134,7 +134,7 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
     // growth: reserved memory then stays flat instead of ratcheting up with every new
     // shape (the bundled variable-length workloads reserve 1.3-2x their live peak
     // without this). Costs a device free (a sync on CUDA) only when the pool would grow.
-    release_cached_locked(lk, /*respect_threshold=*/false, m.want_segment(rounded, kind));
+    release_cached_locked(lk, /*respect_threshold=*/false, m.want_segment(rounded, kind), idx);
     if ((b = idx->find(rounded, ok)) != nullptr) {
       m.take_free(idx, b);
       return m.finish_alloc(b, rounded, size, stream, context, t);
@@ -174,19 +174,26 @@ void DevicePool::free(void* p) {
   std::lock_guard<SpinMutex> g(m.mu);
   Block* b = m.live.find(addr);
   if (b == nullptr || b->state != BlockState::kAllocated) throw_bad_pointer_locked("free", addr);
+  if (b->uses != nullptr && !b->uses->empty()) {
+    // Note [record_stream]: record every event first, so a throwing backend leaves the
+    // pool unchanged (as documented).
+    m.pending.reserve(m.pending.size() + b->uses->size());
+    const std::size_t first = m.pending.size();
+    try {
+      for (Stream s : *b->uses) m.pending.emplace_back(m.be.record_event(s), b);
+    } catch (...) {
+      for (std::size_t i = first; i < m.pending.size(); ++i) m.be.release_event(m.pending[i].first);
+      m.pending.resize(first);
+      throw;
+    }
+    b->pending_events = static_cast<std::uint16_t>(m.pending.size() - first);
+  }
   const PoolKind k = b->seg->index->kind;
   Impl::sub(m.st.allocation, k, 1);
   Impl::sub(m.st.allocated_bytes, k, static_cast<std::int64_t>(b->size));
   Impl::sub(m.st.requested_bytes, k, static_cast<std::int64_t>(b->requested));
   m.trace(TraceAction::kFreeRequested, b->addr, b->requested, b->stream, b->context, b->seq);
-  if (b->uses != nullptr && !b->uses->empty()) {
-    // Note [record_stream]: the block was used on other streams; it returns to the free
-    // list only once events recorded there now have completed (checked on malloc).
-    m.pending.reserve(m.pending.size() + b->uses->size());
-    for (Stream s : *b->uses) {
-      m.pending.emplace_back(m.be.record_event(s), b);
-      ++b->pending_events;
-    }
+  if (b->pending_events > 0) {
     b->state = BlockState::kPendingFree;
     return;
   }
@@ -264,7 +271,7 @@ Block* DevicePool::grow_locked(std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
 }
 
 void DevicePool::release_cached_locked(std::unique_lock<SpinMutex>& lk, bool respect_threshold,
-                                       std::size_t reclaim) {
+                                       std::size_t reclaim, const FreeIndex* only) {
   Impl& m = *impl_;
   if (!m.pending.empty()) m.process_events();
   std::size_t cached = m.free_summary().second;
@@ -272,7 +279,7 @@ void DevicePool::release_cached_locked(std::unique_lock<SpinMutex>& lk, bool res
   for (Segment* s = m.segs; s != nullptr; s = s->next) {
     Block* b = s->first;
     if (s->expandable || b->state != BlockState::kFree || b->next != nullptr) continue;
-    if (reclaim > 0 && s->kind != PoolKind::kLarge) continue;
+    if (reclaim > 0 && (s->kind != PoolKind::kLarge || s->index != only)) continue;
     if (respect_threshold && cached - s->size < cfg_.release_threshold) continue;
     cached -= s->size;
     out.push_back(s);

@@ -221,15 +221,22 @@ struct DevicePool::Impl {
   }
 
   void process_events() {
-    std::size_t keep = 0;
-    for (std::size_t i = 0; i < pending.size(); ++i) {
-      auto [ev, b] = pending[i];
-      if (be.query_event(ev)) {
-        be.release_event(ev);
-        if (--b->pending_events == 0) free_block(b);
-      } else {
-        pending[keep++] = pending[i];
+    std::size_t keep = 0, i = 0;
+    try {
+      for (; i < pending.size(); ++i) {
+        auto [ev, b] = pending[i];
+        if (be.query_event(ev)) {
+          be.release_event(ev);
+          if (--b->pending_events == 0) free_block(b);
+        } else {
+          pending[keep++] = pending[i];
+        }
       }
+    } catch (...) {
+      // [keep, i) holds entries already processed or copied down: drop them, keep the rest.
+      pending.erase(pending.begin() + static_cast<std::ptrdiff_t>(keep),
+                    pending.begin() + static_cast<std::ptrdiff_t>(i));
+      throw;
     }
     pending.resize(keep);
   }

@@ -46,6 +46,12 @@ bool map_range(Backend& be, std::uintptr_t addr, std::size_t n, std::size_t g,
   return true;
 }
 
+void wait_for_stream(Backend& be, Stream s) {
+  const Event ev = be.record_event(s);
+  be.synchronize_event(ev);
+  be.release_event(ev);
+}
+
 }  // namespace
 
 Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
@@ -201,6 +207,10 @@ void vmm_shrink_all(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, std::s
   lk.unlock();
   for (Cut& c : cuts) {
     try {
+      // Unlike cuMemFree, cuMemUnmap/cuMemRelease do not synchronize: kernels queued on
+      // the segment's stream may still use the freed tail, so wait for that stream (other
+      // streams' uses are covered by record_stream events).
+      wait_for_stream(m.be, c.seg->stream);
       for (std::size_t i = 0; i < c.handles.size(); ++i)
         m.be.vmm_unmap(reinterpret_cast<void*>(c.addr + i * g), g, c.handles[i]);
       if (c.whole) m.be.vmm_release_range(reinterpret_cast<void*>(c.seg->addr), c.seg->reserved_va);
@@ -217,6 +227,7 @@ void vmm_shrink_all(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, std::s
 
 void vmm_destroy(Backend& be, Segment* s) {
   const std::size_t g = be.vmm_granularity();
+  wait_for_stream(be, s->stream);
   for (std::size_t i = 0; i < s->chunks->size(); ++i)
     be.vmm_unmap(reinterpret_cast<void*>(s->addr + i * g), g, (*s->chunks)[i]);
   be.vmm_release_range(reinterpret_cast<void*>(s->addr), s->reserved_va);

@@ -151,7 +151,7 @@ class DevicePool {
   // reclaim > 0: release only fully free large segments, largest first, just enough to
   // cover `reclaim` bytes, or none if they cannot (Note [Reclaim before grow]).
   void release_cached_locked(std::unique_lock<SpinMutex>& lk, bool respect_threshold,
-                             std::size_t reclaim = 0);
+                             std::size_t reclaim = 0, const detail::FreeIndex* only = nullptr);
 
   Config cfg_;
   std::shared_ptr<Backend> backend_;
