@@ -97,8 +97,9 @@ class PoolConfig:
         release_threshold: cached bytes ``empty_cache()`` keeps.
         garbage_collection_threshold: 0 = off; else cached segments are released before
             growing once reserved memory would pass this fraction of the cap.
-        reclaim_before_grow: before the large pool grows, give back fully free cached
-            large segments that cannot serve the request when they cover the growth, so
+        reclaim_before_grow: before the large pool grows, give back the same stream's fully
+            free cached large segments that cannot serve the request when they cover the
+            growth, so
             reserved memory tracks the live peak as shapes change (default on; each
             reclaim costs a device free, which synchronizes on CUDA).
     """

@@ -129,8 +129,8 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
     }
   }
   if (cfg_.reclaim_before_grow && kind == PoolKind::kLarge && !cfg_.expandable_segments) {
-    // Note [Reclaim before grow]: cached segments sized for earlier shapes that cannot
-    // serve this request are given back before the pool grows, when they cover the
+    // Note [Reclaim before grow]: this stream's cached segments sized for earlier shapes
+    // that cannot serve this request are given back before the pool grows, when they cover the
     // growth: reserved memory then stays flat instead of ratcheting up with every new
     // shape (the bundled variable-length workloads reserve 1.3-2x their live peak
     // without this). Costs a device free (a sync on CUDA) only when the pool would grow.
