@@ -99,9 +99,8 @@ class PoolConfig:
             growing once reserved memory would pass this fraction of the cap.
         reclaim_before_grow: before the large pool grows, give back the same stream's fully
             free cached large segments that cannot serve the request when they cover the
-            growth, so
-            reserved memory tracks the live peak as shapes change (default on; each
-            reclaim costs a device free, which synchronizes on CUDA).
+            growth, so reserved memory tracks the live peak as shapes change (default on;
+            each reclaim costs a device free, which synchronizes on CUDA).
     """
 
     max_pool_size: Optional[SizeLike] = None
