@@ -10,37 +10,16 @@ only :func:`record_history` creates one, and only once the registry is configure
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Optional
 
 from . import _core
 from ._pool import Pool
+from .memory import _device_index
 
-__all__ = ["default_device", "resolve_pool"]
-
-
-def default_device() -> int:
-    """The device a call without ``device=`` is about: torch's current CUDA device when
-    torch has already initialized CUDA (never initializing it here), else 0."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            if torch.cuda.is_initialized():
-                return int(torch.cuda.current_device())
-        except Exception:  # a broken or partial torch must not break a report
-            pass
-    return 0
+__all__ = ["resolve_pool"]
 
 
-def _check_device(device: Any, name: str = "device") -> int:
-    if isinstance(device, bool) or not isinstance(device, int):
-        raise TypeError(f"{name}: expected an int device index or None, got {type(device).__name__}")
-    if device < 0:
-        raise ValueError(f"{name}: must be >= 0, got {device}")
-    return device
-
-
-def resolve_pool(device: Optional[int], pool: Any, create: bool, what: str) -> "tuple[Optional[Pool], int]":
+def resolve_pool(device: Any, pool: Any, create: bool, what: str) -> "tuple[Optional[Pool], int]":
     """Return ``(pool, device)`` for a call ``what(device=..., pool=...)``.
 
     ``pool`` may be a :class:`Pool` or a native ``_core.DevicePool``. Without one, the
@@ -52,10 +31,10 @@ def resolve_pool(device: Optional[int], pool: Any, create: bool, what: str) -> "
             pool = Pool._wrap(pool)
         if not isinstance(pool, Pool):
             raise TypeError(f"{what}: pool must be a pypool.Pool, got {type(pool).__name__}")
-        if device is not None and _check_device(device) != pool.device:
+        if device is not None and _device_index(device) != pool.device:
             raise ValueError(f"{what}: device={device} does not match pool.device={pool.device}")
         return pool, pool.device
-    d = default_device() if device is None else _check_device(device)
+    d = _device_index(device)  # None: torch's current device once CUDA is up, else 0
     if _core.registry_has_pool(d):
         return Pool._wrap(_core.registry_pool(d)), d
     if not create:

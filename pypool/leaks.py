@@ -49,6 +49,7 @@ from typing import (Any, Callable, Deque, Dict, Iterable, List, Optional, Sequen
 from . import _context, _core
 from ._pool import Pool
 from .config import SizeLike, format_size, parse_size
+from .memory import _device_index
 
 __all__ = [
     "track_leaks",
@@ -443,40 +444,6 @@ def _leaked_blocks(core_pool: Any, start: int, end: Optional[int], now_us: float
 
 
 # ---------------------------------------------------------------------------- which pool
-
-def _default_device() -> int:
-    """The current CUDA device when torch has initialised CUDA, else 0. Never imports
-    torch or initialises CUDA."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            if torch.cuda.is_initialized():
-                return int(torch.cuda.current_device())
-        except Exception:  # a torch without CUDA, or a half-imported one
-            pass
-    return 0
-
-
-def _device_index(device: Any) -> int:
-    if device is None:
-        return _default_device()
-    if isinstance(device, bool):
-        raise TypeError("device: expected an int or a torch.device, got bool")
-    if isinstance(device, int):
-        if device < 0:
-            raise ValueError(f"device: must be >= 0, got {device}")
-        return device
-    if isinstance(device, str):
-        kind, _, num = device.partition(":")
-        if kind == "cuda" and num.isdigit():
-            return int(num)
-        if device == "cuda":
-            return _default_device()
-    elif type(device).__name__ == "device" and hasattr(device, "index"):  # torch.device
-        if getattr(device, "type", "cuda") == "cuda":
-            return _default_device() if device.index is None else int(device.index)
-    raise TypeError(f"device: expected an int, 'cuda:N' or a torch.device, got {device!r}")
-
 
 def _resolve_pool(pool: Optional[PoolLike], device: Any) -> Tuple[Any, int]:
     """(native pool, device index) for ``pool=`` / ``device=``."""

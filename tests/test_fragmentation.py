@@ -219,7 +219,7 @@ def test_registry_report_does_not_create_a_pool():
     r = fragmentation(dev)
     assert r.device == dev and r.segments == 0 and r.reserved == 0
     assert not _core.registry_has_pool(dev)
-    with pytest.raises(ValueError, match="device: must be >= 0"):
+    with pytest.raises(ValueError, match="device: device index must be >= 0"):
         fragmentation(-1)
 
 

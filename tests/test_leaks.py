@@ -295,10 +295,12 @@ def test_pool_and_device_arguments(pool: pypool.Pool) -> None:
         track_leaks(pool=pool, device=0)
     with pytest.raises(TypeError, match="pool: expected a pypool.Pool"):
         track_leaks(pool=object())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="device: must be >= 0"):
+    with pytest.raises(ValueError, match="device: device index must be >= 0"):
         track_leaks(device=-1)
-    with pytest.raises(TypeError, match="device"):
+    with pytest.raises(ValueError, match="device: expected 'cuda'"):
         track_leaks(device="tpu")
+    with pytest.raises(TypeError, match="device"):
+        track_leaks(device=1.5)
     # the native pool is accepted too
     with track_leaks(pool=pool._pool) as tracker:
         p = pool.malloc(10)
