@@ -154,11 +154,12 @@ def dump_snapshot(path: PathLike, device: Optional[int] = None, pool: Optional[P
 
 class _PlainUnpickler(pickle.Unpickler):
     """Refuses every global: snapshot pickles hold only dicts, lists, strings and numbers,
-    and refusing classes makes loading a hostile file unable to run code."""
+    and refusing classes makes loading a hostile file unable to run code. Shared with
+    :mod:`pypool.trace`."""
 
     def find_class(self, module: str, name: str) -> Any:
         raise pickle.UnpicklingError(
-            f"snapshot file refers to {module}.{name}; a memory snapshot holds only plain "
+            f"refusing to load {module}.{name}: a memory snapshot holds only plain "
             "data (dicts, lists, strings, numbers)")
 
 

@@ -51,6 +51,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .snapshot import _PlainUnpickler
+
 __all__ = [
     "Trace",
     "TorchReservedProfile",
@@ -548,17 +550,9 @@ def _pick_device(traces: Sequence[Any], device: Optional[int]) -> int:
     return int(np.argmax(counts))
 
 
-class _NoGlobalsUnpickler(pickle.Unpickler):
-    """Snapshots are plain dicts, lists, strings and numbers: refusing every global keeps
-    a malicious pickle from running code."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a memory snapshot holds only plain data")
-
-
 def _safe_unpickle(data: bytes, where: str) -> Any:
     try:
-        return _NoGlobalsUnpickler(io.BytesIO(data)).load()
+        return _PlainUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as e:
         raise ValueError(f"{where}: not a readable torch memory snapshot: {e}") from None
 

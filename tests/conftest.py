@@ -9,6 +9,8 @@ core tests run after every step: they read the pool only through its public Pyth
 
 from __future__ import annotations
 
+import ctypes
+
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
@@ -72,3 +74,22 @@ def make_pool() -> Iterator[Callable[..., pypool.Pool]]:
     yield make
     for pool in made:
         check_pool(pool)
+
+
+@pytest.fixture(scope="session")
+def lib() -> ctypes.CDLL:
+    """The C ABI torch loads, through ctypes, with torch's signatures."""
+    lib = ctypes.CDLL(pypool.library_path())
+    lib.pypool_malloc.restype = ctypes.c_void_p
+    lib.pypool_malloc.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+    lib.pypool_free.restype = None
+    lib.pypool_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+    lib.pypool_init.restype = None
+    lib.pypool_init.argtypes = [ctypes.c_int]
+    lib.pypool_empty_cache.restype = None
+    lib.pypool_empty_cache.argtypes = []
+    lib.pypool_set_memory_fraction.restype = None
+    lib.pypool_set_memory_fraction.argtypes = [ctypes.c_double, ctypes.c_int]
+    lib.pypool_record_stream.restype = None
+    lib.pypool_record_stream.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    return lib

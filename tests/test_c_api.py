@@ -21,24 +21,6 @@ GiB = 1 << 30
 CAPACITY = 1 * GiB
 
 
-@pytest.fixture(scope="module")
-def lib() -> ctypes.CDLL:
-    lib = ctypes.CDLL(pypool.library_path())
-    lib.pypool_malloc.restype = ctypes.c_void_p
-    lib.pypool_malloc.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
-    lib.pypool_free.restype = None
-    lib.pypool_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
-    lib.pypool_init.restype = None
-    lib.pypool_init.argtypes = [ctypes.c_int]
-    lib.pypool_empty_cache.restype = None
-    lib.pypool_empty_cache.argtypes = []
-    lib.pypool_set_memory_fraction.restype = None
-    lib.pypool_set_memory_fraction.argtypes = [ctypes.c_double, ctypes.c_int]
-    lib.pypool_record_stream.restype = None
-    lib.pypool_record_stream.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    return lib
-
-
 @pytest.fixture
 def registry() -> Iterator[pypool.Pool]:
     """A fresh host registry (1 GiB per device); yields a Pool view of device 0's pool."""

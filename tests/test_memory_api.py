@@ -40,16 +40,6 @@ def host_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     _core.registry_reset()
 
 
-@pytest.fixture(scope="module")
-def lib() -> ctypes.CDLL:
-    lib = ctypes.CDLL(pypool.library_path())
-    lib.pypool_malloc.restype = ctypes.c_void_p
-    lib.pypool_malloc.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
-    lib.pypool_free.restype = None
-    lib.pypool_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
-    return lib
-
-
 # ---------------------------------------------------------------------------- devices
 
 

@@ -51,6 +51,8 @@ void pypool_free(void* ptr, size_t size, int device, void* stream) {
   }
 }
 
+// torch's init hook: nothing to do. Pools are made lazily at a device's first
+// allocation, which keeps CUDA contexts off GPUs this process never uses.
 void pypool_init(int device_count) { (void)device_count; }
 
 void pypool_empty_cache(void) {

@@ -253,8 +253,6 @@ py::dict replay_trace(DevicePool& pool, py::array_t<std::int8_t, py::array::c_st
   std::size_t live = 0, peak_live = 0;
   std::int64_t ooms = 0, bad = 0;
   std::vector<std::int64_t> s_event, s_live, s_alloc, s_reserved;
-  std::size_t peak_reserved_at_sample = 0;
-  (void)peak_reserved_at_sample;
   const auto t0 = Clock::now();
   {
     py::gil_scoped_release nogil;

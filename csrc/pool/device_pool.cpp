@@ -106,50 +106,42 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
   std::unique_lock<SpinMutex> lk(m.mu);
   if (!m.pending.empty()) m.process_events();
   FreeIndex* idx = m.index_for(stream, kind);
-  Block* b = idx->find(rounded, ok);
-  if (b != nullptr) {
-    m.take_free(idx, b);
-    return m.finish_alloc(b, rounded, size, stream, context, t);
-  }
+  auto take = [&](bool exhaustive) {
+    Block* f = idx->find(rounded, ok, exhaustive);
+    if (f != nullptr) m.take_free(idx, f);
+    return f;
+  };
+  Block* b = take(false);
 
-  // Fallback chain (Note [Locking rule] for the lock drops inside):
-  //   exhaustive search -> grow -> wait for pending frees, release cached segments and
-  //   retry (free list, then grow) -> out of memory.
-  if ((b = idx->find(rounded, ok, /*exhaustive=*/true)) != nullptr) {
-    m.take_free(idx, b);
-    return m.finish_alloc(b, rounded, size, stream, context, t);
-  }
-  if (cfg_.garbage_collection_threshold > 0 && m.cap != Config::kUnlimited &&
+  // Fallback chain (Note [Locking rule] for the lock drops inside): exhaustive search ->
+  // garbage collection -> reclaim -> grow -> wait for pending frees, release everything
+  // cached and retry (free list, then grow) -> out of memory.
+  if (b == nullptr) b = take(true);
+  if (b == nullptr && cfg_.garbage_collection_threshold > 0 && m.cap != Config::kUnlimited &&
       double(m.reserved() + policy::segment_size(cfg_, rounded)) >
           cfg_.garbage_collection_threshold * double(m.cap)) {
     release_cached_locked(lk, /*respect_threshold=*/false);
-    if ((b = idx->find(rounded, ok)) != nullptr) {
-      m.take_free(idx, b);
-      return m.finish_alloc(b, rounded, size, stream, context, t);
-    }
+    b = take(false);
   }
-  if (cfg_.reclaim_before_grow && kind == PoolKind::kLarge && !cfg_.expandable_segments) {
+  if (b == nullptr && cfg_.reclaim_before_grow && kind == PoolKind::kLarge &&
+      !cfg_.expandable_segments) {
     // Note [Reclaim before grow]: this stream's cached segments sized for earlier shapes
-    // that cannot serve this request are given back before the pool grows, when they cover the
-    // growth: reserved memory then stays flat instead of ratcheting up with every new
-    // shape (the bundled variable-length workloads reserve 1.3-2x their live peak
-    // without this). Costs a device free (a sync on CUDA) only when the pool would grow.
+    // that cannot serve this request are given back before the pool grows, when they
+    // cover the growth: reserved memory then stays flat instead of ratcheting up with
+    // every new shape (the bundled variable-length workloads reserve 1.3-2x their live
+    // peak without this). Costs a device free (a sync on CUDA) only when the pool would
+    // grow.
     release_cached_locked(lk, /*respect_threshold=*/false, m.want_segment(rounded, kind), idx);
-    if ((b = idx->find(rounded, ok)) != nullptr) {
-      m.take_free(idx, b);
-      return m.finish_alloc(b, rounded, size, stream, context, t);
-    }
+    b = take(false);
   }
-  b = grow_locked(lk, idx, rounded);
+  if (b == nullptr) b = grow_locked(lk, idx, rounded);
   if (b == nullptr) {
     ++m.st.num_alloc_retries;
     // Memory that only waits for another stream is not "out of memory".
     sync_pending_locked();
     release_cached_locked(lk, /*respect_threshold=*/false);
-    if ((b = idx->find(rounded, ok, /*exhaustive=*/true)) != nullptr)
-      m.take_free(idx, b);
-    else
-      b = grow_locked(lk, idx, rounded);
+    b = take(true);
+    if (b == nullptr) b = grow_locked(lk, idx, rounded);
   }
   if (b == nullptr) {
     ++m.st.num_ooms;

@@ -68,7 +68,6 @@ struct Stats {
   PYPOOL_SCALAR_STATS(PYPOOL_DECLARE_SCALAR)
 #undef PYPOOL_DECLARE_SCALAR
   std::int64_t max_pool_size = 0;  // effective cap in bytes (-1 = unlimited)
-  std::int64_t backend_mem_total = 0;
 };
 
 }  // namespace pypool
