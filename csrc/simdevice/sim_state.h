@@ -140,6 +140,12 @@ Status event_synchronize(Event* e);    // completes the stream's work up to the 
 // Milliseconds between two completed events (host clock at completion).
 Status event_elapsed_ms(Event* start, Event* end, float* ms);
 
+// ---- driver entry points (cudaGetDriverEntryPoint[ByVersion], cuGetProcAddress) ----
+// The driver function `name` ("cuMemCreate", no _v2 suffix) as <cuda.h> of
+// `cuda_version` (e.g. 12090) maps it to a versioned symbol (cuCtxPushCurrent ->
+// cuCtxPushCurrent_v2). Unknown names give nullptr. Implemented in driver.cpp.
+void* driver_entry_point(const char* name, unsigned cuda_version);
+
 // ---- counters ----
 // Count one call to `name` (a string literal: the pointer is kept). `syncs`: the call
 // synchronizes the device on real hardware.
