@@ -19,6 +19,7 @@ COMMANDS = {
     "report": "._cli_report",
     "size": "._cli_size",
     "info": "._cli_info",
+    "simdevice": "._cli_simdevice",
 }
 
 

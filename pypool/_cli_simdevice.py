@@ -1,0 +1,49 @@
+"""``python -m pypool simdevice [options] -- CMD ...``: run CMD on the simulated CUDA device."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+
+from . import simdevice
+
+HELP = "run a command on the simulated CUDA device (real PyTorch CUDA build, no GPU needed)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--devices", type=int, default=1, help="number of simulated devices (1..16, default 1)")
+    parser.add_argument("--memory", default="80GiB", help="memory per device (default 80GiB)")
+    parser.add_argument(
+        "--event-delay-us",
+        type=int,
+        default=0,
+        help="work that no test holds completes this long after it is enqueued (default 0)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="name each CUDA function that is not simulated, once")
+    parser.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+
+
+def run(args: argparse.Namespace) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        print("pypool simdevice: no command given (usage: python -m pypool simdevice [options] -- CMD ...)", file=sys.stderr)
+        return 2
+    try:
+        env = simdevice.environ(
+            devices=args.devices, memory=args.memory, event_delay_us=args.event_delay_us, quiet=not args.verbose
+        )
+    except (ValueError, simdevice.SimDeviceError) as e:
+        print(f"pypool simdevice: {e}", file=sys.stderr)
+        return 2
+    exe = shutil.which(cmd[0], path=env.get("PATH"))
+    if exe is None:
+        print(f"pypool simdevice: command not found: {cmd[0]}", file=sys.stderr)
+        return 127
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(exe, cmd, env)  # LD_AUDIT only takes effect in a new process image
+    return 0  # not reached

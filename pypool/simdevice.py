@@ -1,0 +1,251 @@
+"""The simulated CUDA device: run the real PyTorch CUDA build without a GPU.
+
+pypool ships stand-ins for the CUDA runtime (``libcudart.so.13``), the driver
+(``libcuda.so.1``) and NVML (``libnvidia-ml.so.1``) that back device memory with host
+memory (see Note [Simulated device] in ``csrc/simdevice/sim_state.h``). A small
+``LD_AUDIT`` library redirects the dynamic loader's lookups of those three files to the
+stand-ins, whether a library asks for them by name or, as ``torch/__init__.py`` does, by
+full path. The user's torch install is not touched, and nothing on pypool's normal path
+loads any of this.
+
+The audit library must be in place before the process starts, so the simulation is
+chosen per process::
+
+    python -m pypool simdevice --devices 2 --memory 24GiB -- python train.py
+
+or, from Python, ``subprocess.run(cmd, env=pypool.simdevice.environ(devices=2))``.
+Inside such a process :func:`active` is true and :func:`control` holds streams,
+completes work, reads the call counters and sizes the device.
+
+What it proves: everything an allocator sees — capacity and free memory, out-of-memory
+and VMM error codes, which calls synchronize, when an event completes. What it cannot:
+kernel results (kernels are accepted and do nothing, so tensor values are meaningless),
+and real driver latencies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Union
+
+__all__ = [
+    "SimControl",
+    "SimDeviceError",
+    "active",
+    "available",
+    "control",
+    "environ",
+    "lib_dir",
+]
+
+AUDIT_LIB = "libpypool_simaudit.so"
+DRIVER_LIB = "libpypool_simcuda.so"
+_LIBS = (AUDIT_LIB, DRIVER_LIB, "libpypool_simcudart.so", "libpypool_simnvml.so")
+
+
+class SimDeviceError(RuntimeError):
+    """The simulated device is not built into this pypool, or not active here."""
+
+
+def lib_dir() -> Path:
+    """Folder holding the stand-in libraries (``pypool/_simdevice``)."""
+    return Path(__file__).resolve().parent / "_simdevice"
+
+
+def available() -> bool:
+    """True when this build of pypool carries the simulated device."""
+    d = lib_dir()
+    return all((d / name).is_file() for name in _LIBS)
+
+
+def _size(value: Union[int, str]) -> str:
+    if isinstance(value, bool) or (isinstance(value, int) and value <= 0):
+        raise ValueError(f"memory must be a positive size, got {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    from .config import parse_size  # sizes are spelt as everywhere else in pypool
+
+    parsed = parse_size(value, "memory")
+    if parsed <= 0:
+        raise ValueError(f"memory must be a positive size, got {value!r}")
+    return str(parsed)
+
+
+def environ(
+    devices: int = 1,
+    memory: Union[int, str] = "80GiB",
+    event_delay_us: int = 0,
+    quiet: bool = True,
+    base: Optional[Mapping[str, str]] = None,
+) -> Dict[str, str]:
+    """The environment of a child process that runs on the simulated device.
+
+    ``devices`` (1..16) devices of ``memory`` bytes each ("80GiB", "512MiB" or an int);
+    ``event_delay_us``: work on a stream that the test does not hold completes this long
+    after it was enqueued; ``quiet=False`` names each CUDA function that is not simulated
+    on stderr, once. ``base`` defaults to ``os.environ``.
+    """
+    if not available():
+        raise SimDeviceError(
+            f"the simulated device is not built into this pypool (no {AUDIT_LIB} in {lib_dir()}); "
+            "it needs the CUDA toolkit headers at build time"
+        )
+    if isinstance(devices, bool) or not isinstance(devices, int) or not 1 <= devices <= 16:
+        raise ValueError(f"devices must be an int in 1..16, got {devices!r}")
+    if isinstance(event_delay_us, bool) or not isinstance(event_delay_us, int) or event_delay_us < 0:
+        raise ValueError(f"event_delay_us must be an int >= 0, got {event_delay_us!r}")
+    env = dict(os.environ if base is None else base)
+    audit = str(lib_dir() / AUDIT_LIB)
+    others = [p for p in env.get("LD_AUDIT", "").split(":") if p and p != audit]
+    env["LD_AUDIT"] = ":".join([audit, *others])
+    env["PYPOOL_SIM_LIBDIR"] = str(lib_dir())
+    env["PYPOOL_SIM_DEVICES"] = str(devices)
+    env["PYPOOL_SIM_MEMORY"] = _size(memory)
+    env["PYPOOL_SIM_EVENT_DELAY_US"] = str(event_delay_us)
+    env["PYPOOL_SIM_QUIET"] = "1" if quiet else "0"
+    return env
+
+
+def active() -> bool:
+    """True when this process runs on the simulated device (its driver is loaded)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return DRIVER_LIB in f.read()
+    except OSError:
+        return False
+
+
+class SimControl:
+    """The simulated device's control panel (the ``pypoolsim_*`` C functions).
+
+    Streams are raw ``cudaStream_t`` values, e.g. ``torch.cuda.Stream().cuda_stream``;
+    0 means the current device's default stream.
+    """
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._lib = lib
+        u64, i32 = ctypes.c_ulonglong, ctypes.c_int
+        sig = {
+            "pypoolsim_configure": (i32, [i32, u64]),
+            "pypoolsim_set_memory": (i32, [i32, u64]),
+            "pypoolsim_device_count": (i32, []),
+            "pypoolsim_device_total": (u64, [i32]),
+            "pypoolsim_device_used": (u64, [i32]),
+            "pypoolsim_device_peak": (u64, [i32]),
+            "pypoolsim_reset_peak": (i32, [i32]),
+            "pypoolsim_hold_stream": (i32, [u64, i32]),
+            "pypoolsim_complete_stream": (i32, [u64]),
+            "pypoolsim_hold_all": (i32, [i32]),
+            "pypoolsim_pending_work": (i32, [u64]),
+            "pypoolsim_set_event_delay_us": (i32, [ctypes.c_longlong]),
+            "pypoolsim_calls": (u64, [ctypes.c_char_p]),
+            "pypoolsim_sync_calls": (u64, []),
+            "pypoolsim_reset_counters": (None, []),
+            "pypoolsim_counters_text": (u64, [ctypes.c_char_p, u64]),
+            "pypoolsim_fail_next_allocs": (i32, [i32]),
+            "pypoolsim_version": (ctypes.c_char_p, []),
+        }
+        for name, (res, args) in sig.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = res, args
+
+    @staticmethod
+    def _check(rc: int, what: str) -> None:
+        if rc != 0:
+            raise ValueError(f"simulated device: {what} was refused")
+
+    def version(self) -> str:
+        return str(self._lib.pypoolsim_version().decode())
+
+    def device_count(self) -> int:
+        return int(self._lib.pypoolsim_device_count())
+
+    def _dev(self, device: int) -> int:
+        if not 0 <= device < self.device_count():
+            raise ValueError(f"device {device} out of range (the simulation has {self.device_count()})")
+        return device
+
+    def total(self, device: int = 0) -> int:
+        """Capacity of ``device`` in bytes."""
+        return int(self._lib.pypoolsim_device_total(self._dev(device)))
+
+    def used(self, device: int = 0) -> int:
+        """Device memory in use now (every allocator and handle of this process)."""
+        return int(self._lib.pypoolsim_device_used(self._dev(device)))
+
+    def peak(self, device: int = 0) -> int:
+        """Peak of :meth:`used` since the start or :meth:`reset_peak`."""
+        return int(self._lib.pypoolsim_device_peak(self._dev(device)))
+
+    def reset_peak(self, device: int = 0) -> None:
+        self._check(self._lib.pypoolsim_reset_peak(self._dev(device)), "reset_peak")
+
+    def set_memory(self, device: int, nbytes: int) -> None:
+        """Resize ``device``; refused below what is in use."""
+        self._check(self._lib.pypoolsim_set_memory(self._dev(device), nbytes), f"set_memory({device}, {nbytes})")
+
+    def hold_stream(self, stream: int, hold: bool = True) -> None:
+        """While held, work enqueued on ``stream`` (and events recorded there) stays pending."""
+        self._check(self._lib.pypoolsim_hold_stream(stream, int(hold)), f"hold_stream({stream:#x})")
+
+    def complete_stream(self, stream: int) -> None:
+        """Completes the work pending on ``stream`` now (a hold stays in force)."""
+        self._check(self._lib.pypoolsim_complete_stream(stream), f"complete_stream({stream:#x})")
+
+    def hold_all(self, hold: bool = True) -> None:
+        """Hold every stream, including ones created later."""
+        self._check(self._lib.pypoolsim_hold_all(int(hold)), "hold_all")
+
+    def pending_work(self, stream: int) -> int:
+        n = int(self._lib.pypoolsim_pending_work(stream))
+        if n < 0:
+            raise ValueError(f"simulated device: unknown stream {stream:#x}")
+        return n
+
+    def set_event_delay_us(self, us: int) -> None:
+        self._check(self._lib.pypoolsim_set_event_delay_us(us), f"set_event_delay_us({us})")
+
+    def calls(self, name: Optional[str] = None) -> int:
+        """Calls to the CUDA entry point ``name`` (e.g. "cuMemCreate"); None: all calls."""
+        return int(self._lib.pypoolsim_calls(None if name is None else name.encode()))
+
+    def sync_calls(self) -> int:
+        """Calls that synchronize the device on real hardware (cudaFree, cuMemUnmap, ...)."""
+        return int(self._lib.pypoolsim_sync_calls())
+
+    def counters(self) -> Dict[str, int]:
+        """Every entry point called since the last reset, with its count."""
+        n = int(self._lib.pypoolsim_counters_text(None, 0))
+        buf = ctypes.create_string_buffer(n + 4096)
+        self._lib.pypoolsim_counters_text(buf, len(buf))
+        out: Dict[str, int] = {}
+        for line in buf.value.decode().splitlines():
+            name, count, _sync = line.split()
+            out[name] = int(count)
+        return out
+
+    def reset_counters(self) -> None:
+        self._lib.pypoolsim_reset_counters()
+
+    def fail_next_allocs(self, n: int) -> None:
+        """The next ``n`` device allocations fail with out-of-memory."""
+        self._check(self._lib.pypoolsim_fail_next_allocs(n), f"fail_next_allocs({n})")
+
+
+_control: Optional[SimControl] = None
+
+
+def control() -> SimControl:
+    """The control panel of the simulated device this process runs on."""
+    global _control
+    if _control is None:
+        if not active():
+            raise SimDeviceError(
+                "this process does not run on the simulated device: start it with "
+                "`python -m pypool simdevice -- CMD` or with pypool.simdevice.environ()"
+            )
+        # The driver is loaded already; this returns the same handle.
+        _control = SimControl(ctypes.CDLL(str(lib_dir() / DRIVER_LIB)))
+    return _control
