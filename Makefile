@@ -4,9 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pypool-installed
-SOURCES := $(shell find csrc pypool -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.py' -o -name '*.pyi' \)) CMakeLists.txt pyproject.toml
+# The simulated-device suite runs in a second environment with the CUDA build of torch.
+SIM_VENV := .venv-sim
+SIM_PY := $(SIM_VENV)/bin/python
+SIM_STAMP := $(SIM_VENV)/.pypool-installed
+WHEEL_DIR := build/dist
+SOURCES := $(shell find csrc pypool -type f \( -name '*.cpp' -o -name '*.c' -o -name '*.h' -o -name '*.inc' -o -name '*.map' -o -name '*.txt' -o -name '*.py' -o -name '*.pyi' \)) CMakeLists.txt pyproject.toml
 
-.PHONY: all install bench test test-py sanitize chromium clean
+.PHONY: all install bench test test-py test-sim sanitize chromium clean
 
 all: test
 
@@ -18,8 +23,21 @@ $(VENV)/.deps: requirements-dev.txt | $(VENV)/bin/python
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
+# One wheel, installed into both environments (built once).
 $(STAMP): $(VENV)/.deps $(SOURCES)
-	$(PY) -m pip install -q --no-build-isolation --no-deps .
+	rm -rf $(WHEEL_DIR)
+	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w $(WHEEL_DIR) .
+	$(PY) -m pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/pypool-*.whl
+	touch $@
+
+$(SIM_VENV)/.deps: requirements-sim.txt
+	$(PYTHON) -m venv $(SIM_VENV)
+	$(SIM_PY) -m pip install -q --upgrade pip
+	$(SIM_PY) -m pip install -q -r requirements-sim.txt
+	touch $@
+
+$(SIM_STAMP): $(SIM_VENV)/.deps $(STAMP)
+	$(SIM_PY) -m pip install -q --force-reinstall --no-deps $(WHEEL_DIR)/pypool-*.whl
 	touch $@
 
 install: $(STAMP)
@@ -32,12 +50,19 @@ bench: $(STAMP)
 	@echo; echo "== fragmentation report of the replayed transformer workload at peak reserved =="
 	@cat out/fragmentation/peak.txt
 
-# Tests: mypy, pytest (CPU; GPU tests skip without a GPU), the C++ stress driver under
-# ASan+UBSan and TSan, and the benchmark suite run once each as a smoke test.
+# Tests: mypy, pytest (CPU), the C++ stress driver under ASan+UBSan and TSan, the
+# benchmark suite run once each as a smoke test, and the GPU suite on the simulated
+# device against the real PyTorch CUDA build (test-sim).
 test: $(STAMP) sanitize chromium
 	$(PY) -m mypy --ignore-missing-imports --follow-imports=silent pypool
-	$(PY) -P -m pytest -q tests
+	$(PY) -P -m pytest -q tests --ignore=tests/gpu
 	$(PY) -P -m pytest -q benchmarks --benchmark-disable
+	$(MAKE) test-sim
+
+# tests/gpu on two simulated devices; kernel-marked tests skip there (they need real
+# kernels) and run on a real GPU.
+test-sim: $(SIM_STAMP)
+	$(SIM_PY) -P -m pypool simdevice --devices 2 -- $(SIM_PY) -P -m pytest -q tests/gpu
 
 test-py: $(STAMP)
 	$(PY) -P -m pytest -q tests
@@ -63,4 +88,4 @@ sanitize:
 	done
 
 clean:
-	rm -rf build $(VENV) out
+	rm -rf build $(VENV) $(SIM_VENV) out
