@@ -62,7 +62,7 @@ test: $(STAMP) sanitize chromium
 # tests/gpu on two simulated devices; kernel-marked tests skip there (they need real
 # kernels) and run on a real GPU.
 test-sim: $(SIM_STAMP)
-	$(SIM_PY) -P -m pypool simdevice --devices 2 -- $(SIM_PY) -P -m pytest -q tests/gpu
+	PYPOOL_REQUIRE_GPU=1 $(SIM_PY) -P -m pypool simdevice --devices 2 -- $(SIM_PY) -P -m pytest -q -rs tests/gpu
 
 test-py: $(STAMP)
 	$(PY) -P -m pytest -q tests
