@@ -214,3 +214,19 @@ def test_c_abi_bench_helpers_share_the_state(registry: pypool.Pool) -> None:
     assert st["allocated_bytes.all.current"] == 0
     assert st["allocation.all.allocated"] == 1001
     assert st["num_device_alloc"] == 1
+
+
+def test_c_abi_threads_bench(registry: pypool.Pool) -> None:
+    # C++ threads through the C ABI (no GIL): every pair lands in device 0's pool and
+    # nothing stays live; the figures are consistent with each other.
+    r = _core.bench_c_api_threads(4096, 500, 3, 0)
+    assert r["threads"] == 3 and len(r["thread_ns_per_pair"]) == 3
+    assert r["wall_ns"] > 0 and r["ns_per_pair"] == pytest.approx(r["wall_ns"] / 1500)
+    assert max(r["thread_ns_per_pair"]) * 500 <= r["wall_ns"] * 1.0001
+    st = registry.memory_stats()
+    assert st["allocated_bytes.all.current"] == 0
+    assert st["allocation.all.allocated"] == 3 * 501  # one warm-up pair per thread
+    with pytest.raises(ValueError, match="threads"):
+        _core.bench_c_api_threads(4096, 10, 0, 0)
+    with pytest.raises(RuntimeError, match="bench_c_api_threads"):
+        _core.bench_c_api_threads(2 * CAPACITY, 10, 2, 0)  # out of memory in the threads

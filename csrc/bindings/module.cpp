@@ -9,6 +9,10 @@
 #include <unordered_map>
 #include <cstdlib>
 #include <random>
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include "pypool/allocator.h"
 #include "pypool/backends.h"
@@ -228,6 +232,75 @@ double time_random(std::size_t max_size, std::size_t ops, std::size_t live_max,
 }
 
 
+// Contention without the GIL: `threads` C++ threads, released together, each timing
+// `iters` malloc+free pairs of `size` bytes through pypool's C ABI (the calls torch makes)
+// on `device`. Returns the wall time from the first thread's start to the last one's end
+// and each thread's own ns per pair. An exception in a thread (out of memory) stops that
+// thread and is raised here after all have joined.
+py::dict bench_c_api_threads(std::size_t size, std::size_t iters, int threads, int device) {
+  if (threads < 1 || threads > 256) throw std::invalid_argument("threads must be in 1..256");
+  if (size == 0) throw std::invalid_argument("size must be > 0");
+  std::vector<double> per_thread(static_cast<std::size_t>(threads), 0.0);
+  std::vector<Clock::time_point> begin(static_cast<std::size_t>(threads)), end(begin.size());
+  std::vector<std::string> errors(begin.size());
+  {
+    py::gil_scoped_release nogil;
+    std::atomic<int> ready{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> pool;
+    pool.reserve(begin.size());
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        const auto k = static_cast<std::size_t>(t);
+        try {
+          // Warm this thread's path (first call per thread may set a CUDA context) before
+          // the start line.
+          pypool_free(pypool_malloc(size, device, nullptr), 0, device, nullptr);
+        } catch (const std::exception& e) {
+          errors[k] = e.what();
+        }
+        ready.fetch_add(1);
+        while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+        begin[k] = Clock::now();
+        if (errors[k].empty()) {
+          try {
+            for (std::size_t i = 0; i < iters; ++i) {
+              void* p = pypool_malloc(size, device, nullptr);
+              asm volatile("" : : "r"(p) : "memory");
+              pypool_free(p, 0, device, nullptr);
+            }
+          } catch (const std::exception& e) {
+            errors[k] = e.what();
+          }
+        }
+        end[k] = Clock::now();
+      });
+    }
+    while (ready.load() < threads) std::this_thread::yield();
+    go.store(true, std::memory_order_release);
+    for (auto& th : pool) th.join();
+  }
+  for (const auto& e : errors)
+    if (!e.empty()) throw OutOfMemoryError("bench_c_api_threads: " + e);
+  auto first = begin[0], last = end[0];
+  for (std::size_t k = 0; k < begin.size(); ++k) {
+    first = std::min(first, begin[k]);
+    last = std::max(last, end[k]);
+    per_thread[k] = std::chrono::duration<double, std::nano>(end[k] - begin[k]).count() /
+                    double(std::max<std::size_t>(1, iters));
+  }
+  const double wall = std::chrono::duration<double, std::nano>(last - first).count();
+  py::dict d;
+  d["threads"] = threads;
+  d["iters"] = iters;
+  d["size"] = size;
+  d["wall_ns"] = wall;
+  // All pairs of all threads over the wall time: the cost of one pair to the process.
+  d["ns_per_pair"] = wall / double(std::max<std::size_t>(1, iters * static_cast<std::size_t>(threads)));
+  d["thread_ns_per_pair"] = per_thread;
+  return d;
+}
+
 // Replays an allocation trace through a pool: actions[i] is 0 = alloc (ids[i], sizes[i],
 // streams[i]) or 1 = free (ids[i]); ids are dense (0..max_id). Runs without Python in
 // the loop. An alloc that fails with out-of-memory is counted and its free skipped.
@@ -383,7 +456,17 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("used", &HostBackend::used)
       .def_property_readonly("num_allocations", &HostBackend::num_allocations)
       .def_property_readonly("num_failures", &HostBackend::num_failures)
-      .def_property_readonly("live_allocations", &HostBackend::live_allocations);
+      .def_property_readonly("live_allocations", &HostBackend::live_allocations)
+      .def_property_readonly("calls",
+                             [](const HostBackend& b) {
+                               const BackendCalls c = b.calls();
+                               py::dict d;
+#define PYPOOL_PUT_CALLS(name) d[#name] = c.name;
+                               PYPOOL_BACKEND_OPS(PYPOOL_PUT_CALLS)
+#undef PYPOOL_PUT_CALLS
+                               return d;
+                             })
+      .def("reset_calls", &HostBackend::reset_calls);
 
   m.def("make_null_backend", &make_null_backend);
   m.def("make_cuda_backend", &make_cuda_backend);
@@ -506,6 +589,8 @@ PYBIND11_MODULE(_core, m) {
                             [device](void* p) { pypool_free(p, 0, device, nullptr); });
         },
         py::arg("size"), py::arg("iters"), py::arg("device") = 0, GR());
+  m.def("bench_c_api_threads", &bench_c_api_threads, py::arg("size"), py::arg("iters"),
+        py::arg("threads"), py::arg("device") = 0);
   m.def("bench_glibc_pairs",
         [](std::size_t size, std::size_t iters) {
           return time_pairs(size, iters, [](std::size_t s) { return std::malloc(s); },
