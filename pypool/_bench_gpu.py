@@ -36,6 +36,10 @@ Memory figures of every scenario: ``peak_reserved``, ``peak_allocated``,
 memory sitting in free pieces of split blocks; ``None`` where the allocator does not report
 it, as with cudaMallocAsync).
 
+``--device sim`` runs on the simulated CUDA device (the parent starts the child in the
+environment of :func:`pypool.simdevice.environ`); the scenarios only the simulation can
+answer (smallest capacity, device call counts, threads) are in :mod:`pypool._bench_sim`.
+
 ``--device cpu`` runs the scenarios on CPU tensors with torch's CPU allocator and no
 memory figures: it exists so this file's code paths are tested on machines without a GPU.
 """
@@ -209,9 +213,16 @@ class _RmmAllocator(_Allocator):
 
 
 def _check_combination(name: str, device_type: str) -> None:
-    """Refuse what cannot work, before paying for importing torch."""
+    """Refuse what cannot work, before paying for importing torch. ``device_type`` is the
+    child's ``--device`` (``cuda``, ``sim`` or ``cpu``)."""
     if name not in ALLOCATORS:
         raise ValueError(f"--allocator: unknown {name!r} (known: {', '.join(ALLOCATORS)})")
+    if device_type == "sim":
+        from ._bench_sim import SIM_ALLOCATORS, SIM_EXCLUDED
+
+        if name not in SIM_ALLOCATORS:
+            raise ValueError(f"--device sim does not run {name}: {SIM_EXCLUDED.get(name, '')}")
+        return
     if device_type != "cuda" and name != "native":
         raise ValueError("--device cpu runs only --allocator native (it tests the scenario code)")
 
@@ -235,12 +246,13 @@ def _make_allocator(name: str, torch: Any, device: Any) -> _Allocator:
 
 # ---------------------------------------------------------------------------- context
 class _Ctx:
-    def __init__(self, torch: Any, device: Any, alloc: _Allocator, g: Dict[str, Any]) -> None:
+    def __init__(self, torch: Any, device: Any, alloc: _Allocator, g: Dict[str, Any], sim: bool = False) -> None:
         self.torch = torch
         self.device = device
         self.alloc = alloc
         self.g = g
         self.cuda = device.type == "cuda"
+        self.sim = sim  # on the simulated device (pypool.simdevice.control() works)
 
     def sync(self) -> None:
         if self.cuda:
@@ -532,17 +544,32 @@ def _short(row: Dict[str, Any]) -> str:
         return "error: " + str(row["error"]).splitlines()[0][:80]
     if row.get("skipped"):
         return "skipped"
+    if row.get("metric") == "min_capacity":
+        cap = row.get("min_capacity")
+        return "no capacity found" if not cap else \
+            f"min capacity {cap >> 20} MiB ({row.get('min_capacity_over_floor') or 0:.3f}x floor)"
+    if row.get("metric") == "confirm":
+        return "passed" if row.get("ok") else "out of memory"
     key = "step_ms" if row.get("metric") == "step_ms" else "ns"
     med = (row.get(key) or {}).get("median")
     unit = "ms/step" if key == "step_ms" else row.get("metric", "").replace("_per_", "/")
     return f"{med:.1f} {unit}" if med is not None else ""
 
 
+def _scenarios() -> Dict[str, Callable[[_Ctx, str], Dict[str, Any]]]:
+    """Every scenario kind: the GPU ones and the simulated device's (pypool._bench_sim)."""
+    from ._bench_sim import SIM_SCENARIOS
+
+    return {**SCENARIOS, **SIM_SCENARIOS}
+
+
 def run_scenario(ctx: _Ctx, name: str) -> Dict[str, Any]:
-    """One scenario with clean memory before it and the allocator's peaks after it."""
+    """One scenario with clean memory before it and the allocator's peaks after it (or the
+    figures the scenario chose itself: ``memory_override``)."""
     kind, _, param = name.partition(":")
-    if kind not in SCENARIOS:
-        raise ValueError(f"scenario: unknown kind {kind!r} in {name!r} (known: {', '.join(SCENARIOS)})")
+    scenarios = _scenarios()
+    if kind not in scenarios:
+        raise ValueError(f"scenario: unknown kind {kind!r} in {name!r} (known: {', '.join(scenarios)})")
     row: Dict[str, Any] = {"scenario": name, "allocator": ctx.alloc.name}
     t0 = time.perf_counter()
     mem: Dict[str, Optional[int]] = _pick({})
@@ -554,10 +581,11 @@ def run_scenario(ctx: _Ctx, name: str) -> Dict[str, Any]:
         ctx.alloc.empty_cache()
         ctx.alloc.reset_peaks()
         t0 = time.perf_counter()
-        row.update(SCENARIOS[kind](ctx, param))
+        row.update(scenarios[kind](ctx, param))
         gc.collect()
         ctx.sync()
-        mem = ctx.alloc.stats()
+        override = row.pop("memory_override", None)
+        mem = override if override is not None else ctx.alloc.stats()
     except Exception as e:
         row["error"] = f"{type(e).__name__}: {e}"
         gc.collect()
@@ -597,39 +625,60 @@ def child_main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--scenarios", required=True, help="comma-separated kind[:param] list")
     p.add_argument("--settings", default="{}", help="JSON work sizes (pypool.bench._gpu_settings)")
     p.add_argument("--out", required=True, help="where to write the JSON result")
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--device", default="cuda", choices=["cuda", "sim", "cpu"],
+                   help="sim: the simulated CUDA device (the parent sets its environment)")
     args = p.parse_args(argv)
 
+    from ._bench_sim import sim_settings
     from .bench import _gpu_settings
 
     g = dict(_gpu_settings("quick"))
+    g.update(sim_settings("quick"))
     g.update(json.loads(args.settings))
     result: Dict[str, Any] = {"allocator": args.allocator, "scenarios": []}
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
-    unknown = [n for n in names if n.partition(":")[0] not in SCENARIOS]
+    kinds = _scenarios()
+    unknown = [n for n in names if n.partition(":")[0] not in kinds]
     if unknown:
         result["error"] = (f"--scenarios: unknown {', '.join(unknown)} "
-                           f"(kinds: {', '.join(SCENARIOS)}, as kind or kind:param)")
+                           f"(kinds: {', '.join(kinds)}, as kind or kind:param)")
         _write(args.out, result)
         print(result["error"], file=sys.stderr)
         return 2
+    sim = args.device == "sim"
     try:
         _check_combination(args.allocator, args.device)
+        if sim:
+            from . import simdevice
+
+            if not simdevice.active():
+                raise RuntimeError("--device sim: this child does not run on the simulated device "
+                                   "(start it with pypool.simdevice.environ())")
         import torch
 
-        device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
+        interop = [int(n.split(":")[2]) for n in names
+                   if n.split(":")[0] in ("tspairs", "metatspairs") and n.count(":") == 2]
+        if interop:
+            # Before any inter-op work: TorchScript forks run on this pool (Note [torch.empty
+            # from C++ threads] in pypool._bench_sim).
+            torch.set_num_interop_threads(max(interop))
+        device = torch.device("cuda", 0) if args.device in ("cuda", "sim") else torch.device("cpu")
         alloc = _make_allocator(args.allocator, torch, device)
         alloc.setup()  # before anything initializes CUDA
         if device.type == "cuda":
             torch.cuda.set_device(device)
             torch.empty(1, device=device)  # create the context and the allocator's pool
         result["device_info"] = _device_info(torch, device, alloc)
+        if sim:
+            ctl = simdevice.control()
+            result["device_info"].update(simulated=True, sim_version=ctl.version(),
+                                         sim_devices=ctl.device_count())
     except Exception as e:
         result["error"] = f"set-up failed: {type(e).__name__}: {e}"
         _write(args.out, result)
         print(f"{PROGRESS_TAG} failed {args.allocator} {result['error']}", flush=True)
         return 3
-    ctx = _Ctx(torch, device, alloc, g)
+    ctx = _Ctx(torch, device, alloc, g, sim=sim)
     for name in names:
         print(f"{PROGRESS_TAG} start {name}", flush=True)
         row = run_scenario(ctx, name)

@@ -72,6 +72,12 @@ def _header(results: Dict[str, Any]) -> str:
         lines.append(f"GPU: {env.get('gpu')}, driver {env.get('driver') or '?'}")
     elif env.get("device") == "cpu":
         lines.append("GPU: none used (CPU figures only)")
+    elif env.get("device") == "sim":
+        sd = env.get("simulated_device") or {}
+        lines.append(f"device: SIMULATED CUDA device ({sd.get('version') or 'pypool-simdevice'}, "
+                     f"{sd.get('devices', 1)} x {sd.get('memory', '?')} of host memory); no GPU used; "
+                     f"torch CUDA build {env.get('torch_cuda') or '?'}")
+        lines.append("times: host overhead on a simulated device, not GPU time")
     if env.get("git_revision"):
         lines.append(f"source: git {env['git_revision']}")
     if env.get("command"):
@@ -196,6 +202,11 @@ def format_tables(results: Dict[str, Any]) -> str:
     gpu = results.get("gpu")
     if gpu:
         parts.append(gpu_tables(gpu))
+    sim = results.get("sim")
+    if sim:
+        from ._bench_sim import sim_tables
+
+        parts.append(sim_tables(sim))
     cpu = results.get("cpu") or {}
     if cpu.get("timing"):
         parts.append("CPU figures: pypool through its C ABI (host backend) vs glibc malloc/free, "
@@ -273,6 +284,10 @@ def _html_figures(results: Dict[str, Any]) -> List[str]:
         series = ["floor (peak live)"] + sorted({f"pypool {r['config']}" for r in cpu["replay"]})
         figs.append(_svg_bars("Workload replays: peak reserved against the physical floor",
                               list(by_workload.items()), series, "each row scaled to its own maximum"))
+    if results.get("sim"):
+        from ._bench_sim import html_figures
+
+        figs += html_figures(results["sim"])
     gpu = results.get("gpu")
     if gpu:
         allocs, scenarios, cell = _gpu_index(gpu)

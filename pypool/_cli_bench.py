@@ -7,13 +7,16 @@ import argparse
 import os
 import sys
 
-HELP = "benchmark pypool against glibc (CPU) or PyTorch's allocators (GPU)"
+HELP = "benchmark pypool against glibc (CPU) or PyTorch's allocators (GPU, or the simulated device)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=["cuda", "cpu"], default=None,
-                        help="cuda runs the GPU suite (and the CPU one); default: cuda when "
-                             "torch sees a GPU, else cpu")
+    parser.add_argument("--device", choices=["cuda", "cpu", "sim"], default=None,
+                        help="cuda runs the GPU suite (and the CPU one); sim runs the allocators "
+                             "on pypool's simulated CUDA device (needs torch's CUDA build, no GPU; "
+                             "times are host overhead); default: cuda when torch sees a GPU, else cpu")
+    parser.add_argument("--sim-memory", metavar="SIZE", default=None,
+                        help="--device sim: memory of the simulated device (default 80GiB)")
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller runs (10-30 s of CPU suite on 2 cores)")
     parser.add_argument("--repeats", type=int, default=None, metavar="N",
                         help="measurements per case (default: 7 quick, 15 full)")
@@ -22,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--png", metavar="PATH", help="write bar charts as PNG (needs matplotlib)")
     parser.add_argument("--allocators", metavar="LIST", default=None,
                         help="GPU: comma-separated subset of native,native-expandable,"
-                             "cudaMallocAsync,pypool,pypool-expandable,rmm")
+                             "cudaMallocAsync,pypool,pypool-expandable,rmm (sim: the first, "
+                             "second, fourth and fifth)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     # Seconds-long run exercising every path; its figures mean nothing (tests only).
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
@@ -39,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     from . import _bench_report, bench
 
     mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
+    if args.sim_memory is not None and args.device != "sim":
+        print("pypool bench: --sim-memory goes with --device sim", file=sys.stderr)
+        return 2
     allocators = None
     if args.allocators:
         from ._bench_gpu import ALLOCATORS
@@ -51,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         results = bench.run_benchmarks(device=args.device, mode=mode, repeats=args.repeats,
-                                       progress=not args.no_progress, allocators=allocators)
+                                       progress=not args.no_progress, allocators=allocators,
+                                       sim_memory=args.sim_memory)
     except (RuntimeError, ValueError) as e:
         print(f"pypool bench: {e}", file=sys.stderr)
         return 2

@@ -97,6 +97,7 @@ class BenchSettings:
         scaling_n_free, scaling_iters: free-block counts and pairs timed per repeat.
         replay_scale, replay_repeats: size and repetitions of the workload replays.
         gpu: settings of the GPU children (passed to them as JSON).
+        sim: settings of the simulated-device scenarios (:func:`pypool._bench_sim.sim_settings`).
     """
 
     mode: str = "quick"
@@ -113,6 +114,7 @@ class BenchSettings:
     replay_scale: float = 1.0
     replay_repeats: int = 3
     gpu: Dict[str, Any] = field(default_factory=dict)
+    sim: Dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def for_mode(cls, mode: str, repeats: Optional[int] = None) -> "BenchSettings":
@@ -133,6 +135,9 @@ class BenchSettings:
                     replay_repeats=1, gpu=_gpu_settings("smoke"))
         else:
             raise ValueError(f"mode: must be 'full', 'quick' or 'smoke', got {mode!r}")
+        from ._bench_sim import sim_settings
+
+        s = dataclasses.replace(s, sim=sim_settings(mode))
         if repeats is not None:
             if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
                 raise ValueError(f"repeats: must be an int >= 1, got {repeats!r}")
@@ -649,11 +654,14 @@ def _child_command(allocator: str, scenarios: Sequence[str], settings: Dict[str,
 
 
 def _run_child(allocator: str, scenarios: Sequence[str], settings: Dict[str, Any],
-               progress: Optional[Progress], timeout_s: float, device: str) -> Dict[str, Any]:
+               progress: Optional[Progress], timeout_s: float, device: str,
+               base_env: Optional[Dict[str, str]] = None, tag: str = "gpu") -> Dict[str, Any]:
+    """One child (see :mod:`pypool._bench_gpu`); ``base_env`` replaces ``os.environ`` as
+    the child's environment (the simulated device's), ``tag`` starts progress labels."""
     from ._bench_gpu import ALLOCATORS
 
     spec = ALLOCATORS[allocator]
-    env = dict(os.environ)
+    env = dict(os.environ if base_env is None else base_env)
     # The allocator of a child is set by its environment before torch is imported there.
     env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
     env.pop("PYTORCH_ALLOC_CONF", None)
@@ -674,7 +682,7 @@ def _run_child(allocator: str, scenarios: Sequence[str], settings: Dict[str, Any
                             continue
                         parts = line.split(None, 3)
                         if len(parts) >= 3:
-                            label = f"gpu {allocator} {parts[2]}"
+                            label = f"{tag} {allocator} {parts[2]}"
                             if parts[1] == "start":
                                 progress.start(label)
                             elif parts[1] == "done":
@@ -714,7 +722,9 @@ def run_gpu(s: BenchSettings, progress: Optional[Progress] = None,
     children: Dict[str, Any] = {}
     rows: List[Dict[str, Any]] = []
     for name in names:
-        res = _run_child(name, scenarios, s.gpu, progress, timeout, device)
+        # The simulated device's work sizes travel too: the sim scenarios run on CPU
+        # tensors in the tests.
+        res = _run_child(name, scenarios, {**s.gpu, **s.sim}, progress, timeout, device)
         children[name] = {k: v for k, v in res.items() if k != "scenarios"}
         rows.extend(res["scenarios"])
         if progress is not None:
@@ -746,20 +756,25 @@ def default_device() -> str:
 
 def run_benchmarks(device: Optional[str] = None, mode: str = "quick", repeats: Optional[int] = None,
                    progress: bool = True, command: Optional[str] = None,
-                   allocators: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Run the suites for ``device`` (``"cpu"``, ``"cuda"``; default: cuda when torch sees
-    a GPU) and return every figure as one JSON-serializable dict.
+                   allocators: Optional[Sequence[str]] = None,
+                   sim_memory: Optional[str] = None) -> Dict[str, Any]:
+    """Run the suites for ``device`` (``"cpu"``, ``"cuda"``, ``"sim"``; default: cuda when
+    torch sees a GPU) and return every figure as one JSON-serializable dict.
 
     ``device="cuda"`` runs the GPU suite and the CPU suite (the CPU figures of that host
-    are cheap and give context). ``mode`` is ``"quick"``, ``"full"`` or ``"smoke"``.
+    are cheap and give context). ``device="sim"`` runs only the simulated-device suite
+    (:mod:`pypool._bench_sim`; ``sim_memory`` is the simulated device's size, default
+    80GiB). ``mode`` is ``"quick"``, ``"full"`` or ``"smoke"``.
     """
     if device is None:
         device = default_device()
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device: must be 'cpu' or 'cuda', got {device!r}")
+    if device not in ("cpu", "cuda", "sim"):
+        raise ValueError(f"device: must be 'cpu', 'cuda' or 'sim', got {device!r}")
     if device == "cuda" and not _cuda_available():
         raise RuntimeError("device: 'cuda' requested but torch sees no CUDA GPU "
                            "(run with --device cpu for the CPU suite)")
+    if device == "sim":
+        return _run_sim_benchmarks(mode, repeats, progress, command, allocators, sim_memory)
     s = BenchSettings.for_mode(mode, repeats)
     t0 = time.perf_counter()
     env = environment(command, device)
@@ -784,6 +799,40 @@ def run_benchmarks(device: Optional[str] = None, mode: str = "quick", repeats: O
         else:
             results["gpu"] = None
         results["cpu"] = run_cpu(s, bar)
+    finally:
+        bar.close()
+    results["runtime_seconds"] = time.perf_counter() - t0
+    env["load_average_end"] = _load_average()
+    return results
+
+
+def _run_sim_benchmarks(mode: str, repeats: Optional[int], progress: bool, command: Optional[str],
+                        allocators: Optional[Sequence[str]], sim_memory: Optional[str]) -> Dict[str, Any]:
+    """``run_benchmarks(device="sim")``: the simulated-device suite alone."""
+    from . import _bench_sim
+
+    s = BenchSettings.for_mode(mode, repeats)
+    if sim_memory is not None:
+        s = dataclasses.replace(s, sim={**s.sim, "sim_memory": sim_memory})
+    names = list(allocators) if allocators is not None else list(_bench_sim.SIM_ALLOCATORS)
+    for n in names:  # refuse before paying for the probe
+        if n not in _bench_sim.SIM_ALLOCATORS:
+            why = _bench_sim.SIM_EXCLUDED.get(n, "unknown allocator")
+            raise ValueError(f"--allocators: {n} is not run on the simulated device ({why}); "
+                             f"choose from {', '.join(_bench_sim.SIM_ALLOCATORS)}")
+    t0 = time.perf_counter()
+    probe = _bench_sim.check_sim(s.sim["sim_memory"])
+    env = environment(command, "sim")
+    env["simulated_device"] = {"version": probe.get("version"), "name": probe.get("name"),
+                               "memory": s.sim["sim_memory"], "devices": 1}
+    env["torch_cuda"] = probe.get("cuda")
+    env["timing"] = "host overhead on a simulated device (no GPU; not GPU time)"
+    total = len(names) * len(_bench_sim.sim_scenarios({**s.gpu, **s.sim}))
+    bar = Progress(total, enabled=progress)
+    try:
+        results: Dict[str, Any] = {"schema": SCHEMA, "environment": env, "settings": s.to_dict(),
+                                   "gpu": None, "cpu": None}
+        results["sim"] = _bench_sim.run_sim(s, bar, names)
     finally:
         bar.close()
     results["runtime_seconds"] = time.perf_counter() - t0

@@ -270,3 +270,172 @@ def test_text_table_aligns() -> None:
 def test_dumps_is_strict_json() -> None:
     text = bench.dumps({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2}})
     assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": 2}}
+
+
+# ---------------------------------------------------------------------------- simulated device
+def _sim_usable() -> bool:
+    """The simulated device is built in and torch is a CUDA build (the sim smoke test's
+    precondition; the CPU venv has neither)."""
+    from pypool import _bench_sim, simdevice
+
+    return simdevice.available() and _bench_sim._torch_has_cuda_libs() is None
+
+
+def test_cli_sim_unavailable_is_a_one_line_error(tmp_path: Path) -> None:
+    if _sim_usable():
+        pytest.skip("the simulated device works here (test_bench_sim_smoke covers it)")
+    proc = _run_cli(["--device", "sim", "--smoke", "--no-progress"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pypool bench: --device sim: "), proc.stderr
+    assert ("not built into this pypool" in lines[0] or "CUDA build" in lines[0]
+            or "torch is not installed" in lines[0])
+    assert proc.stdout == ""
+
+
+def _cli_args(**kw: Any) -> Any:
+    import argparse
+
+    from pypool import _cli_bench
+
+    p = argparse.ArgumentParser()
+    _cli_bench.add_arguments(p)
+    argv: List[str] = []
+    for k, v in kw.items():
+        argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
+    return p.parse_args(argv)
+
+
+@pytest.mark.parametrize("missing", ["sim", "torch"])
+def test_sim_missing_pieces_give_rc2(missing: str, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from pypool import _bench_sim, _cli_bench, simdevice
+
+    if missing == "sim":
+        monkeypatch.setattr(simdevice, "available", lambda: False)
+        want = "the simulated device is not built into this pypool"
+    else:
+        monkeypatch.setattr(simdevice, "available", lambda: True)
+        monkeypatch.setattr(_bench_sim, "_torch_has_cuda_libs", lambda: "the installed torch is a CPU-only build")
+        want = "CPU-only build"
+    assert _cli_bench.run(_cli_args(device="sim", smoke=True, no_progress=True)) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("pypool bench: --device sim: ") and want in err
+
+
+def test_sim_argument_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    from pypool import _cli_bench
+
+    # Allocators the simulation cannot stand for are refused with the reason, before any probe.
+    for name, why in (("cudaMallocAsync", "driver"), ("rmm", "setting")):
+        assert _cli_bench.run(_cli_args(device="sim", smoke=True, allocators=f"native,{name}")) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{name} is not run on the simulated device" in err and why in err
+    assert _cli_bench.run(_cli_args(device="cpu", smoke=True, sim_memory="1GiB")) == 2
+    assert "--sim-memory goes with --device sim" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="device"):
+        bench.run_benchmarks(device="tpu", mode="smoke")
+
+
+def test_sim_scenarios_on_cpu() -> None:
+    """The simulated device's child scenarios on CPU tensors (no sim, no GPU): every code
+    path but the capacity search and the counters, which need the simulation."""
+    from pypool import _bench_sim
+
+    s = BenchSettings.for_mode("smoke")
+    g = {**s.gpu, **s.sim}
+    names = _bench_sim.sim_scenarios(g)
+    assert names[0] == "minmem:kv_cache" and "tspairs:512:2" in names and "cthreads:512:2" in names
+    out = bench.run_gpu(s, None, allocators=["native"], device="cpu", scenarios=names)
+    rows = {r["scenario"]: r for r in out["scenarios"]}
+    assert list(rows) == names
+    mm = rows["minmem:kv_cache"]
+    assert not mm.get("error") and mm["events"] > 0 and mm["floor"] > 0
+    assert mm["cold"]["ok"] and mm["warm"]["ok"] and mm["min_capacity"] is None
+    assert "not on the simulated device" in mm["min_capacity_note"]
+    for name in names[1:]:
+        r = rows[name]
+        if name.startswith("cthreads"):
+            assert "no C entry point" in r["skipped"]
+            continue
+        assert not r.get("error"), r
+        assert r["ns"]["median"] > 0 and r["threads"] == int(name.split(":")[2])
+        assert r["device"] == ("meta" if name.startswith("meta") else "cpu")
+        assert "GPU time" not in r["timing"]
+    text = _bench_sim.sim_tables(out)
+    assert "HOST OVERHEAD ON A SIMULATED DEVICE" in text and "meta (no allocator)" in text
+    assert "min capacity MiB" in text and "TorchScript fork" in text
+
+
+def test_sim_tables_from_a_result() -> None:
+    """The report of a simulated-device result: capacities, x floor, a disagreeing
+    confirmation, call counts, ratios of pypool to native side by side."""
+    from pypool import _bench_sim
+
+    MiB = 1 << 20
+
+    def pair(sc: str, a: str, ns: float) -> Dict[str, Any]:
+        return {"scenario": sc, "allocator": a, "metric": "ns_per_pair",
+                "ns": {"median": ns, "p99": ns * 1.5}, "thread_ns": {"median": ns * 2, "p99": ns * 3}}
+
+    rows: List[Dict[str, Any]] = []
+    for a, cap, agrees in (("native", 1200 * MiB, True), ("pypool", 1100 * MiB, False)):
+        rows.append({"scenario": "minmem:transformer", "allocator": a, "metric": "min_capacity",
+                     "workload": "transformer", "floor": 1000 * MiB, "peak_reserved": cap + 50 * MiB,
+                     "sim_peak": cap + 50 * MiB, "min_capacity": cap, "min_capacity_over_floor": cap / (1000 * MiB),
+                     "attempts": [[cap, True, None]] * 3, "scale": 0.25,
+                     "calls_cold": {"total": 5000, "sync": 12, "by_name": {"cudaMalloc": 40, "cudaFree": 12, "cudaGetDevice": 4000}},
+                     "calls_warm": {"total": 900, "sync": 0, "by_name": {}},
+                     "confirm": {"agrees": agrees, "at": {"ok": True}, "below": {"ok": agrees is False},
+                                 **({} if agrees else {"disagreement": "fresh child at 1098 MiB: passed"})}})
+        rows.append(pair("tpairs:512:1", a, 2000 if a == "native" else 1500))
+        rows.append(pair("tspairs:512:4", a, 400 if a == "native" else 500))
+    rows.append(pair("metapairs:512:1", "native", 900))
+    rows.append({"scenario": "cthreads:512:4", "allocator": "native", "skipped": "no C entry point"})
+    rows.append(pair("cthreads:512:4", "pypool", 300))
+    sim = {"allocators": ["native", "pypool"], "scenarios": rows, "children": {},
+           "scenarios_run": ["minmem:transformer", "tpairs:512:1", "metapairs:512:1", "tspairs:512:4",
+                             "cthreads:512:4"]}
+    text = _bench_sim.sim_tables(sim)
+    assert "1,200" in text and "1.200" in text and "1.100" in text
+    assert "confirmation disagrees: fresh child at 1098 MiB: passed" in text
+    assert "cudaMalloc 40, cudaFree 12" in text and "5,000" in text
+    line = next(x for x in text.splitlines() if x.startswith("512 B") and "900" in x)
+    assert line.split()[-1] == "0.75"  # pypool/native 1500 / 2000, same table row
+    ts = next(x for x in text.splitlines() if x.startswith("512 B") and x.split()[2] == "4")
+    assert ts.split()[-1] == "1.25"
+    assert "pypool ns/pair" in text
+    page = _bench_report.render_html({"environment": {"device": "sim"}, "settings": {}, "sim": sim})
+    assert "smallest capacity without OOM" in page and "http" not in page
+
+
+def test_bench_sim_smoke(tmp_path: Path) -> None:
+    """End to end on the simulated device (skips where torch lacks CUDA or the sim is not
+    built): two allocators, the capacity search confirmed in fresh children."""
+    if not _sim_usable():
+        pytest.skip("needs the simulated device built into pypool and torch's CUDA build")
+    out = tmp_path / "sim.json"
+    proc = _run_cli(["--device", "sim", "--smoke", "--allocators", "native,pypool", "--no-progress",
+                     "--json", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text(encoding="utf-8"))
+    env = res["environment"]
+    assert env["device"] == "sim" and env["simulated_device"]["version"]
+    assert "host overhead on a simulated device" in env["timing"]
+    sim = res["sim"]
+    assert sim["allocators"] == ["native", "pypool"]
+    for name, child in sim["children"].items():
+        assert child["returncode"] == 0, child
+        assert child["device_info"]["simulated"] is True
+    rows = {(r["scenario"], r["allocator"]): r for r in sim["scenarios"]}
+    for a in ("native", "pypool"):
+        mm = rows[("minmem:kv_cache", a)]
+        assert not mm.get("error"), mm
+        assert mm["min_capacity"] >= mm["floor"] and mm["min_capacity"] % (2 << 20) == 0
+        assert mm["sim_peak"] >= mm["min_capacity"] - (2 << 20)
+        assert mm["calls_cold"]["total"] > 0 and mm["confirm"]["agrees"] is True, mm["confirm"]
+        tp = rows[("tpairs:512:1", a)]
+        assert tp["ns"]["median"] > 0 and tp["timing"] == "host overhead on a simulated device"
+    assert rows[("cthreads:512:2", "pypool")]["ns"]["median"] > 0
+    assert "HOST OVERHEAD ON A SIMULATED DEVICE" in proc.stdout and "SIMULATED CUDA device" in proc.stdout
