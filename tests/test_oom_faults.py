@@ -348,3 +348,140 @@ def test_oom_path_waits_for_pending_frees(make_pool: Callable[..., pypool.Pool],
     pool_ok(pool)
     pool.free(q)
     be.release_stream(2)
+
+
+# ---------------------------------------------------------------- Note [Device pre-check]
+# A request the device cannot hold is refused from the backend's mem_info, without
+# allocating (or, with expandable segments, mapping granule by granule) until the device
+# runs dry. Before the pre-check, 200 GiB on an 80 GiB device made 81,922 vmm_map and
+# 81,920 vmm_unmap calls with expandable segments.
+
+MODES = pytest.mark.parametrize("expandable", [False, True], ids=["default", "expandable"])
+GROWTH_CALLS = ("allocate", "vmm_map", "vmm_reserve")
+
+
+def test_backend_call_counters(make_pool: Callable[..., pypool.Pool]) -> None:
+    pool = make_pool(expandable_segments=True)
+    be = pool.backend
+    assert set(be.calls) == {"allocate", "deallocate", "record_event", "query_event", "synchronize_event",
+                             "release_event", "mem_info", "vmm_reserve", "vmm_release_range", "vmm_map",
+                             "vmm_unmap"}
+    be.reset_calls()
+    assert sum(be.calls.values()) == 0
+    p = pool.malloc(5 * MiB)  # one reserve, three 2 MiB granules
+    q = pool.malloc(1000)  # a small segment
+    calls = be.calls
+    assert calls["vmm_reserve"] == 1 and calls["vmm_map"] == 3 and calls["allocate"] == 1
+    pool.free(p)
+    pool.free(q)
+    be.reset_calls()
+    pool.empty_cache()
+    calls = be.calls
+    assert calls["deallocate"] == 1 and calls["vmm_unmap"] == 3 and calls["vmm_release_range"] == 1
+    assert calls["record_event"] == calls["synchronize_event"] == calls["release_event"] == 1
+    be.mem_info()
+    assert be.calls["mem_info"] == calls["mem_info"] + 1
+
+
+@MODES
+def test_request_beyond_the_device_is_refused_at_once(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None], pool_state: Callable[..., Any], expandable: bool) -> None:
+    pool = make_pool(capacity="80GiB", expandable_segments=expandable)
+    be = pool.backend
+    keep = pool.malloc(30 * MiB)
+    cached = pool.malloc(12 * MiB, stream=7)
+    pool.free(cached)
+    before = pool_state(pool)
+    be.reset_calls()
+    with pytest.raises(pypool.OutOfMemoryError) as info:
+        pool.malloc(200 * GiB)
+    calls = {k: v for k, v in be.calls.items() if v}
+    assert sum(calls.values()) <= 10, calls
+    assert not any(calls.get(k) for k in GROWTH_CALLS), calls
+    # No release either: nothing the pool caches could make room for it.
+    assert calls == {"mem_info": 1}, calls
+    st = pool.memory_stats()
+    assert st["num_ooms"] == 1 and st["num_alloc_retries"] == 0
+    assert pool.segments() == before[1]
+    assert be.used == pool.memory_reserved() == 42 * MiB
+    msg = str(info.value)
+    assert "tried to allocate 200.00 GiB (rounded to 200.00 GiB, large pool, stream 0x0)" in msg
+    assert "42.00 MiB reserved, 30.00 MiB allocated, 12.00 MiB free in pool" in msg
+    assert "device 79.96 GiB free of 80.00 GiB" in msg  # 80 GiB - 42 MiB
+    assert "larger than the whole device" in msg
+    assert "What to try" in msg and "empty_cache" in msg
+    assert_usable(pool, pool_ok)
+    pool.free(keep)
+
+
+@MODES
+def test_request_beyond_what_is_free_is_refused_fast(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None], pool_state: Callable[..., Any], expandable: bool) -> None:
+    # 1 GiB device, 768 MiB held by live blocks: 640 MiB fits the device, not what is free.
+    pool = make_pool(capacity="1GiB", expandable_segments=expandable)
+    be = pool.backend
+    live = [pool.malloc(256 * MiB, stream=s) for s in (0, 7, 9)]
+    before = pool_state(pool)
+    be.reset_calls()
+    with pytest.raises(pypool.OutOfMemoryError) as info:
+        pool.malloc(640 * MiB)
+    calls = {k: v for k, v in be.calls.items() if v}
+    assert sum(calls.values()) <= 10, calls
+    assert not any(calls.get(k) for k in GROWTH_CALLS), calls
+    assert be.num_failures == 0  # no backend allocation was even tried
+    st = pool.memory_stats()
+    # The release-and-retry ran (it found nothing to release) and asked the device again.
+    assert st["num_ooms"] == 1 and st["num_alloc_retries"] == 1
+    assert calls["mem_info"] == 2
+    assert pool.segments() == before[1]
+    assert be.used == 768 * MiB
+    msg = str(info.value)
+    assert "tried to allocate 640.00 MiB" in msg and "768.00 MiB reserved" in msg
+    assert "device 256.00 MiB free of 1.00 GiB" in msg
+    assert "larger than the whole device" not in msg
+    assert "What to try" in msg
+    assert_usable(pool, pool_ok)
+    for p in live:
+        pool.free(p)
+    pool_ok(pool)
+
+
+@MODES
+def test_request_beyond_what_is_free_succeeds_once_the_cache_is_released(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None], expandable: bool) -> None:
+    # 256 MiB live, 512 MiB cached on another stream: 640 MiB does not fit what the device
+    # has free (256 MiB) until the cache goes back. The pre-check must not refuse it.
+    pool = make_pool(capacity="1GiB", expandable_segments=expandable)
+    be = pool.backend
+    keep = pool.malloc(256 * MiB)
+    cached = pool.malloc(512 * MiB, stream=7)
+    pool.free(cached)
+    assert pool.memory_reserved() == be.used == 768 * MiB
+    be.reset_calls()
+    p = pool.malloc(640 * MiB)
+    st = pool.memory_stats()
+    assert st["num_ooms"] == 0 and st["num_alloc_retries"] == 1
+    assert be.num_failures == 0  # the doomed first attempt was skipped, not tried
+    calls = be.calls
+    if expandable:
+        assert calls["vmm_unmap"] == 256 and calls["vmm_map"] == 320  # 2 MiB granules
+    else:
+        assert calls["deallocate"] == 1 and calls["allocate"] == 1
+    assert pool.memory_reserved() == be.used == 896 * MiB
+    pool_ok(pool)
+    pool.free(p)
+    pool.free(keep)
+    pool_ok(pool)
+
+
+@MODES
+def test_oom_trace_entry_has_the_device_free_bytes(make_pool: Callable[..., pypool.Pool], expandable: bool) -> None:
+    pool = make_pool(capacity="1GiB", expandable_segments=expandable)
+    pool._pool.set_history(True, 16)
+    keep = pool.malloc(256 * MiB)
+    be = pool.backend
+    be.reset_calls()
+    for size in (2 * GiB, 900 * MiB):  # beyond the device; beyond what it has free
+        with pytest.raises(pypool.OutOfMemoryError):
+            pool.malloc(size)
+    assert be.calls["mem_info"] == 3  # the OOM path reuses the pre-check's answer
+    ooms = [e for e in pool._pool.history() if e["action"] == "oom"]
+    assert [(e["addr"], e["size"]) for e in ooms] == [(768 * MiB, 2 * GiB), (768 * MiB, 900 * MiB)]
+    pool.free(keep)

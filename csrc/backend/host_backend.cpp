@@ -45,6 +45,7 @@ bool HostBackend::admit_locked(std::size_t size) {
 }
 
 void* HostBackend::do_allocate(std::size_t size) {
+  count(Op::allocate);
   {
     std::lock_guard<std::mutex> g(mu_);
     if (!admit_locked(size)) return nullptr;
@@ -64,6 +65,7 @@ void* HostBackend::do_allocate(std::size_t size) {
 }
 
 void HostBackend::do_deallocate(void* p, std::size_t size) {
+  count(Op::deallocate);
   std::lock_guard<std::mutex> g(mu_);
   auto it = live_.find(reinterpret_cast<std::uintptr_t>(p));
   if (it == live_.end() || it->second != size)
@@ -74,6 +76,7 @@ void HostBackend::do_deallocate(void* p, std::size_t size) {
 }
 
 Event HostBackend::do_record_event(Stream stream) {
+  count(Op::record_event);
   std::lock_guard<std::mutex> g(mu_);
   const Event e = next_event_++;
   events_.emplace(e, std::make_pair(stream, held_.count(stream) == 0));
@@ -81,6 +84,7 @@ Event HostBackend::do_record_event(Stream stream) {
 }
 
 bool HostBackend::do_query_event(Event e) {
+  count(Op::query_event);
   std::lock_guard<std::mutex> g(mu_);
   auto it = events_.find(e);
   if (it == events_.end()) throw BackendError("host backend: query of an unknown event");
@@ -88,6 +92,7 @@ bool HostBackend::do_query_event(Event e) {
 }
 
 void HostBackend::do_synchronize_event(Event e) {
+  count(Op::synchronize_event);
   // Waiting on the host means the "kernels" before the event finish now.
   std::lock_guard<std::mutex> g(mu_);
   auto it = events_.find(e);
@@ -96,20 +101,29 @@ void HostBackend::do_synchronize_event(Event e) {
 }
 
 void HostBackend::do_release_event(Event e) {
+  count(Op::release_event);
   std::lock_guard<std::mutex> g(mu_);
   events_.erase(e);
 }
 
 MemInfo HostBackend::do_mem_info() {
+  count(Op::mem_info);
   std::lock_guard<std::mutex> g(mu_);
   return MemInfo{opts_.capacity - std::min(used_, opts_.capacity), opts_.capacity};
 }
 
-void* HostBackend::do_vmm_reserve(std::size_t size) { return os_map(size, PROT_NONE); }
+void* HostBackend::do_vmm_reserve(std::size_t size) {
+  count(Op::vmm_reserve);
+  return os_map(size, PROT_NONE);
+}
 
-void HostBackend::do_vmm_release_range(void* base, std::size_t size) { ::munmap(base, size); }
+void HostBackend::do_vmm_release_range(void* base, std::size_t size) {
+  count(Op::vmm_release_range);
+  ::munmap(base, size);
+}
 
 PhysHandle HostBackend::do_vmm_map(void* addr, std::size_t size) {
+  count(Op::vmm_map);
   std::lock_guard<std::mutex> g(mu_);
   if (!admit_locked(size)) return 0;
   // Map fresh pages in place of the PROT_NONE reservation (the analogue of cuMemCreate +
@@ -129,6 +143,7 @@ PhysHandle HostBackend::do_vmm_map(void* addr, std::size_t size) {
 }
 
 void HostBackend::do_vmm_unmap(void* addr, std::size_t size, PhysHandle h) {
+  count(Op::vmm_unmap);
   std::lock_guard<std::mutex> g(mu_);
   auto it = phys_.find(h);
   if (it == phys_.end() || it->second != size)
@@ -189,6 +204,17 @@ std::uint64_t HostBackend::num_failures() const {
 std::size_t HostBackend::live_allocations() const {
   std::lock_guard<std::mutex> g(mu_);
   return live_.size() + phys_.size();
+}
+BackendCalls HostBackend::calls() const {
+  BackendCalls c;
+#define PYPOOL_READ_CALLS(name) \
+  c.name = op_calls_[static_cast<int>(Op::name)].load(std::memory_order_relaxed);
+  PYPOOL_BACKEND_OPS(PYPOOL_READ_CALLS)
+#undef PYPOOL_READ_CALLS
+  return c;
+}
+void HostBackend::reset_calls() {
+  for (auto& n : op_calls_) n.store(0, std::memory_order_relaxed);
 }
 
 // ------------------------------------------------------------------ null backend

@@ -134,27 +134,23 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
     release_cached_locked(lk, /*respect_threshold=*/false, m.want_segment(rounded, kind), idx);
     b = take(false);
   }
-  if (b == nullptr) b = grow_locked(lk, idx, rounded);
-  if (b == nullptr) {
+  DeviceRoom room;
+  if (b == nullptr) b = grow_locked(lk, idx, rounded, room);
+  // A growth beyond the whole device is refused without the retry: releasing the cache
+  // cannot help it (Note [Device pre-check]).
+  if (b == nullptr && !room.never) {
     ++m.st.num_alloc_retries;
     // Memory that only waits for another stream is not "out of memory".
     sync_pending_locked();
     release_cached_locked(lk, /*respect_threshold=*/false);
     b = take(true);
-    if (b == nullptr) b = grow_locked(lk, idx, rounded);
+    if (b == nullptr) b = grow_locked(lk, idx, rounded, room);
   }
   if (b == nullptr) {
     ++m.st.num_ooms;
-    if (m.history_on) {
-      // torch's snapshots put the device's free bytes in an oom entry's address field.
-      std::size_t device_free = 0;
-      try {
-        device_free = backend_->mem_info().free;
-      } catch (...) {
-      }
-      m.trace(TraceAction::kOom, device_free, size, stream, context);
-    }
-    throw OutOfMemoryError(m.oom_message(size, rounded, stream));
+    // torch's snapshots put the device's free bytes in an oom entry's address field.
+    m.trace(TraceAction::kOom, room.mem.free, size, stream, context);
+    throw OutOfMemoryError(m.oom_message(size, rounded, stream, room));
   }
   return m.finish_alloc(b, rounded, size, stream, context, t);
 }
@@ -231,18 +227,25 @@ void DevicePool::throw_bad_pointer_locked(const char* op, std::uintptr_t addr) c
 }
 
 Block* DevicePool::grow_locked(std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
-                               std::size_t rounded) {
+                               std::size_t rounded, DeviceRoom& room) {
   Impl& m = *impl_;
   if (cfg_.expandable_segments && idx->kind == PoolKind::kLarge)
-    return detail::vmm_grow(m, lk, idx, rounded);
+    return detail::vmm_grow(m, lk, idx, rounded, room);
+  lk.unlock();
+  room = DeviceRoom::ask(m.be);  // Note [Device pre-check]
+  lk.lock();
   const std::size_t want = m.want_segment(rounded, idx->kind);
   const std::size_t minimal = policy::min_segment_size(cfg_, rounded);
+  if (room.beyond_total(minimal)) {
+    room.never = true;
+    return nullptr;
+  }
   // The preferred size first; if the cap or the device refuses it, the smallest segment
   // that still holds the request.
   const std::size_t tries[2] = {want, minimal};
   for (int i = 0; i < (want == minimal ? 1 : 2); ++i) {
     const std::size_t n = tries[i];
-    if (!m.fits_cap(n)) continue;
+    if (!m.fits_cap(n) || !room.fits_free(n)) continue;
     m.inflight += n;
     void* p = nullptr;
     lk.unlock();

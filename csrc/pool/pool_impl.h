@@ -53,9 +53,46 @@ inline std::string hex(std::uintptr_t p) {
 
 inline int kind_index(PoolKind k) { return 1 + static_cast<int>(k); }
 
+// Note [Device pre-check]: before the pool grows it asks the backend how much memory the
+// device has (mem_info: cuMemGetInfo on CUDA, the capacity on the host backend) and skips
+// a backend allocation that cannot succeed. Without it a request larger than the device
+// cost one failing cuMemAlloc per try in default mode, and with expandable segments a
+// cuMemCreate + cuMemMap per 2 MiB granule until the device ran dry, then as many
+// unmaps, twice over the fallback chain (82k calls for 200 GiB on an 80 GiB device).
+// mem_info is a snapshot of a device other processes share, so it only ever skips work:
+//   * growth > total: no release can help; malloc reports out of memory at once, without
+//     emptying the cache (`never`);
+//   * growth > free: this attempt is skipped, which leads malloc to its release-and-retry
+//     step; the retry asks again after the cache is released, so memory the pool gave
+//     back (or another process freed meanwhile) is seen, and only a growth that still
+//     exceeds what the device has free is refused there.
+// A snapshot that is stale the other way (memory appears just after it) is the same
+// race as an allocation failing just before the memory appears. mem_info is called with
+// the pool lock released (Note [Locking rule]); a backend that cannot tell (throws, or
+// reports a total of 0) is not pre-checked, and the backend call decides as before.
+// The OOM message reports the snapshot of the last attempt instead of asking again.
+struct DeviceRoom {
+  MemInfo mem;         // {0, 0}: unknown
+  bool never = false;  // set by a growth that needs more than the whole device
+
+  static DeviceRoom ask(Backend& be) noexcept {
+    DeviceRoom r;
+    try {
+      r.mem = be.mem_info();
+    } catch (...) {
+      r.mem = MemInfo{};
+    }
+    return r;
+  }
+  bool known() const noexcept { return mem.total > 0; }
+  bool beyond_total(std::size_t n) const noexcept { return known() && n > mem.total; }
+  bool fits_free(std::size_t n) const noexcept { return !known() || n <= mem.free; }
+};
+
 }  // namespace detail
 
 using detail::Block;
+using detail::DeviceRoom;
 using detail::FreeIndex;
 using detail::Segment;
 using detail::hex;
@@ -304,13 +341,11 @@ struct DevicePool::Impl {
     return {largest, total};
   }
 
-  std::string oom_message(std::size_t size, std::size_t rounded, Stream stream) {
+  // `room`: what the device said at the last growth attempt (Note [Device pre-check]).
+  std::string oom_message(std::size_t size, std::size_t rounded, Stream stream,
+                          const DeviceRoom& room) {
     auto [largest, free_bytes] = free_summary();
-    MemInfo mi{};
-    try {
-      mi = be.mem_info();
-    } catch (...) {
-    }
+    const MemInfo mi = room.mem;
     const double ext = free_bytes == 0 ? 0.0 : 1.0 - double(largest) / double(free_bytes);
     std::ostringstream o;
     o << "pypool: out of memory on device " << device << " (" << be.name() << "): tried to allocate "
@@ -321,6 +356,7 @@ struct DevicePool::Impl {
       << " free in pool (largest free block " << human(largest) << ", external fragmentation "
       << static_cast<int>(ext * 100.0 + 0.5) << "%); cap " << human(cap) << "; device "
       << human(mi.free) << " free of " << human(mi.total) << ". "
+      << (room.never ? "The request is larger than the whole device: it cannot succeed there. " : "")
       << "What to try: free tensors you no longer need, then pypool.empty_cache() (or "
          "torch.cuda.empty_cache()); raise max_pool_size (PYPOOL_CONF=max_pool_size:...) or the "
          "memory fraction if the cap is the limit; with high fragmentation set "
@@ -332,8 +368,9 @@ struct DevicePool::Impl {
 
 namespace detail {
 // Note [VMM segments] is in vmm.cpp.
+// Sets `room` to what the device said (Note [Device pre-check]).
 Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
-                std::size_t rounded);
+                std::size_t rounded, DeviceRoom& room);
 void vmm_shrink_all(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, std::size_t keep);
 void vmm_destroy(Backend& be, Segment* s);
 }  // namespace detail

@@ -55,10 +55,13 @@ void wait_for_stream(Backend& be, Stream s) {
 }  // namespace
 
 Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
-                std::size_t rounded) {
+                std::size_t rounded, DeviceRoom& room) {
   const std::size_t g = m.be.vmm_granularity();
   lk.unlock();
   std::lock_guard<std::mutex> vg(m.vmm_mu);
+  // Asked before `need` is computed below, so a growth is never judged on pool state
+  // older than the snapshot (Note [Device pre-check]).
+  room = DeviceRoom::ask(m.be);
   lk.lock();
   auto fits = [&](std::size_t s) { return s >= rounded; };
   // Another thread may have grown the segment while we waited for vmm_mu.
@@ -71,9 +74,13 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
   const std::size_t tail_free = (last != nullptr && last->state == BlockState::kFree) ? last->size : 0;
   const std::size_t need = policy::round_up(rounded - std::min(tail_free, rounded), g);
   const std::size_t va = s != nullptr ? s->reserved_va : policy::round_up(m.cfg.expandable_reserve, g);
+  if (room.beyond_total(need)) {
+    room.never = true;
+    return nullptr;
+  }
   if (s != nullptr && s->size + need > s->reserved_va) return nullptr;
   if (s == nullptr && need > va) return nullptr;
-  if (!m.fits_cap(need)) return nullptr;
+  if (!m.fits_cap(need) || !room.fits_free(need)) return nullptr;
 
   m.inflight += need;
   lk.unlock();

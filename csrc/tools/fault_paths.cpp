@@ -1,6 +1,7 @@
 // Pool state after a backend call throws (record_event / query_event), as the CUDA
 // backend does on a sticky device error: the pool must stay consistent and never free a
-// block early. Built with PYPOOL_BUILD_TOOLS; run by 'make sanitize'.
+// block early; a mem_info that throws or cannot tell only turns off the pre-check.
+// Built with PYPOOL_BUILD_TOOLS; run by 'make sanitize'.
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -22,9 +23,14 @@ class FlakyBackend final : public Backend {
   Event throw_query_of = 0; // query_event of this event throws once
   std::unordered_set<Event> released;
   int double_release = 0;
+  int mem_info_mode = 0;    // 1: mem_info throws; 2: it reports {0, 0} (cannot tell)
+  int allocate_calls = 0;
 
  private:
-  void* do_allocate(std::size_t n) override { return h->allocate(n); }
+  void* do_allocate(std::size_t n) override {
+    ++allocate_calls;
+    return h->allocate(n);
+  }
   void do_deallocate(void* p, std::size_t n) override { h->deallocate(p, n); }
   Event do_record_event(Stream s) override {
     if (throw_record_at > 0 && --throw_record_at == 0) throw BackendError("cuEventRecord: CUDA_ERROR_LAUNCH_FAILED");
@@ -42,7 +48,11 @@ class FlakyBackend final : public Backend {
     if (!released.insert(e).second) ++double_release;
     h->release_event(e);
   }
-  MemInfo do_mem_info() override { return h->mem_info(); }
+  MemInfo do_mem_info() override {
+    if (mem_info_mode == 1) throw BackendError("cuMemGetInfo: CUDA_ERROR_UNKNOWN");
+    if (mem_info_mode == 2) return MemInfo{};
+    return h->mem_info();
+  }
   const char* do_name() const noexcept override { return "flaky"; }
 };
 
@@ -136,7 +146,33 @@ static void test_process_events_premature_free() {
   EXPECT(c_still_pending, "c stays pending while its stream-4 event is not complete");
 }
 
+// Note [Device pre-check]: when mem_info throws or reports nothing, the pool grows and
+// fails exactly as without the pre-check: the backend call decides.
+static void test_mem_info_cannot_tell() {
+  for (int mode : {1, 2}) {
+    std::printf("malloc(): mem_info %s\n", mode == 1 ? "throws" : "reports {0, 0}");
+    auto be = std::make_shared<FlakyBackend>();  // an 80 GiB host device
+    be->mem_info_mode = mode;
+    DevicePool pool(Config{}, be);
+    void* p = nullptr;
+    try { p = pool.malloc(std::size_t(5) << 20, 0); } catch (const std::exception& e) { std::printf("  malloc threw: %s\n", e.what()); }
+    EXPECT(p != nullptr, "a request that fits is served");
+    be->allocate_calls = 0;
+    std::string msg;
+    try { (void)pool.malloc(std::size_t(200) << 30, 0); } catch (const OutOfMemoryError& e) { msg = e.what(); }
+    EXPECT(!msg.empty(), "200 GiB on 80 GiB is out of memory");
+    EXPECT(be->allocate_calls == 2, "the backend was asked (once per attempt), not the snapshot");
+    EXPECT(msg.find("device 0 B free of 0 B") != std::string::npos, "the message says the device could not tell");
+    EXPECT(pool.stats().num_alloc_retries == 1, "the release-and-retry ran");
+    pool.free(p);
+    std::string why;
+    const bool ok = invariants_ok(pool, &why);
+    EXPECT(ok, ("invariants hold" + (ok ? std::string() : (": " + why))).c_str());
+  }
+}
+
 int main() {
+  test_mem_info_cannot_tell();
   test_process_events_premature_free();
   test_free_record_event_throws();
   test_process_events_query_throws();

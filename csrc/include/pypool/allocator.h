@@ -3,7 +3,7 @@
 // Note [Locking rule]: every public method of DevicePool takes mutex_ once and never
 // calls another public method; private methods (suffix _locked or documented "lock
 // held") assume it is held. Backend calls that may block (allocate / deallocate / event
-// synchronize) are made with the lock RELEASED: growth reserves its bytes against the
+// synchronize / mem_info) are made with the lock RELEASED: growth reserves its bytes against the
 // cap under the lock (inflight_), drops the lock for the backend call, and retakes it to
 // insert the segment; release detaches segments under the lock and frees them after.
 // Event record/query never block and are made under the lock.
@@ -29,6 +29,7 @@ namespace pypool {
 namespace detail {
 struct Block;
 class FreeIndex;
+struct DeviceRoom;
 }  // namespace detail
 
 // Thrown when a request cannot be met after release-and-retry. The message is the full
@@ -146,8 +147,10 @@ class DevicePool {
  private:
   void sync_pending_locked();
   [[noreturn]] void throw_bad_pointer_locked(const char* op, std::uintptr_t addr) const;
+  // nullptr when the cap or the device refuses; `room` says what the device had
+  // (Note [Device pre-check]).
   detail::Block* grow_locked(std::unique_lock<SpinMutex>& lk, detail::FreeIndex* idx,
-                             std::size_t rounded);
+                             std::size_t rounded, detail::DeviceRoom& room);
   // reclaim > 0: release only fully free large segments, largest first, just enough to
   // cover `reclaim` bytes, or none if they cannot (Note [Reclaim before grow]).
   void release_cached_locked(std::unique_lock<SpinMutex>& lk, bool respect_threshold,

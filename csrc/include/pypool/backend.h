@@ -33,6 +33,22 @@ struct MemInfo {
 // Physical-memory handle for virtual-memory (expandable) segments.
 using PhysHandle = std::uintptr_t;
 
+// The operations of a Backend, X(name), in the order declared below. Backends that
+// count their calls (HostBackend::calls) expand this list, so a new operation is counted
+// as soon as it is listed here.
+#define PYPOOL_BACKEND_OPS(X) \
+  X(allocate)                 \
+  X(deallocate)               \
+  X(record_event)             \
+  X(query_event)              \
+  X(synchronize_event)        \
+  X(release_event)            \
+  X(mem_info)                 \
+  X(vmm_reserve)              \
+  X(vmm_release_range)        \
+  X(vmm_map)                  \
+  X(vmm_unmap)
+
 class Backend {
  public:
   virtual ~Backend() = default;

@@ -3,6 +3,8 @@
 // events, and an mmap analogue of CUDA's virtual memory management.
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -13,6 +15,14 @@
 #include "pypool/backends.h"
 
 namespace pypool {
+
+// Calls made to a HostBackend, one counter per Backend operation (PYPOOL_BACKEND_OPS),
+// failed calls included: what a test needs to bound the work a pool does.
+struct BackendCalls {
+#define PYPOOL_DECLARE_CALLS(name) std::uint64_t name = 0;
+  PYPOOL_BACKEND_OPS(PYPOOL_DECLARE_CALLS)
+#undef PYPOOL_DECLARE_CALLS
+};
 
 class HostBackend final : public Backend {
  public:
@@ -38,6 +48,8 @@ class HostBackend final : public Backend {
   std::uint64_t num_allocations() const;  // successful allocate + vmm_map calls
   std::uint64_t num_failures() const;
   std::size_t live_allocations() const;
+  BackendCalls calls() const;
+  void reset_calls();
 
  private:
   void* do_allocate(std::size_t size) override;
@@ -57,6 +69,14 @@ class HostBackend final : public Backend {
 
   bool admit_locked(std::size_t size);  // capacity + fault checks
 
+  enum class Op : int {
+#define PYPOOL_OP_ENUM(name) name,
+    PYPOOL_BACKEND_OPS(PYPOOL_OP_ENUM)
+#undef PYPOOL_OP_ENUM
+    kCount
+  };
+  void count(Op op) noexcept { op_calls_[static_cast<int>(op)].fetch_add(1, std::memory_order_relaxed); }
+
   static constexpr std::size_t kGranularity = std::size_t(2) << 20;
   mutable std::mutex mu_;
   HostBackendOptions opts_;
@@ -73,6 +93,8 @@ class HostBackend final : public Backend {
   std::unordered_map<Event, std::pair<Stream, bool>> events_;
   std::unordered_set<Stream> held_;
   Event next_event_ = 1;
+  // Relaxed atomics: counted on entry, before mu_, by operations that take no lock too.
+  std::array<std::atomic<std::uint64_t>, static_cast<int>(Op::kCount)> op_calls_{};
 };
 
 }  // namespace pypool
