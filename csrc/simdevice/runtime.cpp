@@ -465,7 +465,9 @@ std::atomic<std::uint32_t> g_peer[kMaxDevices];
 std::atomic<unsigned> g_device_flags[kMaxDevices];
 
 // The default memory pool of each device (cudaDeviceGetDefaultMemPool). cudaMallocAsync
-// takes memory straight from the device, so nothing is ever cached: reserved == used.
+// takes memory straight from the device and nothing is cached: "used" is what was
+// requested, "reserved" what the device charged for it (whole granules, as sim::mem_alloc
+// charges), so torch's cudaMallocAsync backend reports what the device lost.
 struct MemPool {
   std::atomic<int> reuse_follow_event{1};
   std::atomic<int> reuse_opportunistic{1};
@@ -473,6 +475,7 @@ struct MemPool {
   std::atomic<std::uint64_t> release_threshold{0};
   std::atomic<std::uint64_t> used{0};
   std::atomic<std::uint64_t> used_high{0};
+  std::atomic<std::uint64_t> reserved{0};
   std::atomic<std::uint64_t> reserved_high{0};
 };
 MemPool g_pools[kMaxDevices];
@@ -486,17 +489,22 @@ inline MemPool* pool_of(cudaMemPool_t h) noexcept {
   return p;
 }
 
+void raise_to(std::atomic<std::uint64_t>& high, std::uint64_t now) noexcept {
+  std::uint64_t h = high.load();
+  while (now > h && !high.compare_exchange_weak(h, now)) {}
+}
+
 void pool_account(int dev, std::size_t size, bool alloc) noexcept {
   if (dev < 0 || dev >= kMaxDevices) return;
   MemPool& p = g_pools[dev];
+  const std::uint64_t g = sim::granularity();
+  const std::uint64_t charged = (size + g - 1) / g * g;
   if (alloc) {
-    const std::uint64_t now = p.used.fetch_add(size) + size;
-    std::uint64_t high = p.used_high.load();
-    while (now > high && !p.used_high.compare_exchange_weak(high, now)) {}
-    high = p.reserved_high.load();
-    while (now > high && !p.reserved_high.compare_exchange_weak(high, now)) {}
+    raise_to(p.used_high, p.used.fetch_add(size) + size);
+    raise_to(p.reserved_high, p.reserved.fetch_add(charged) + charged);
   } else {
     p.used.fetch_sub(size);
+    p.reserved.fetch_sub(charged);
   }
 }
 
@@ -1877,8 +1885,11 @@ PYPOOL_SIM_EXPORT cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t memPool, enu
     case cudaMemPoolAttrUsedMemHigh: {
       // Only a reset (to 0) is legal; it restarts the watermark at the current usage.
       if (*static_cast<std::uint64_t*>(value) != 0) return done(cudaErrorInvalidValue);
-      auto& high = attr == cudaMemPoolAttrUsedMemHigh ? p->used_high : p->reserved_high;
-      high.store(p->used.load());
+      if (attr == cudaMemPoolAttrUsedMemHigh) {
+        p->used_high.store(p->used.load());
+      } else {
+        p->reserved_high.store(p->reserved.load());
+      }
       return cudaSuccess;
     }
     default:
@@ -1904,6 +1915,8 @@ PYPOOL_SIM_EXPORT cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t memPool, enu
       *static_cast<std::uint64_t*>(value) = p->release_threshold.load();
       return cudaSuccess;
     case cudaMemPoolAttrReservedMemCurrent:
+      *static_cast<std::uint64_t*>(value) = p->reserved.load();
+      return cudaSuccess;
     case cudaMemPoolAttrUsedMemCurrent:
       *static_cast<std::uint64_t*>(value) = p->used.load();
       return cudaSuccess;

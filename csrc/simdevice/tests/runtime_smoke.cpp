@@ -387,6 +387,9 @@ void test_streams_and_events() {
   std::uint64_t used = 0;
   CHECK_RC(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used), cudaSuccess);
   CHECK(used == 3 * kMiB);
+  std::uint64_t reserved = 0;
+  CHECK_RC(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved), cudaSuccess);
+  CHECK(reserved == 4 * kMiB);  // whole 2 MiB granules, as the device charged
   CHECK_RC(cudaFreeAsync(a, s), cudaSuccess);
   CHECK_RC(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used), cudaSuccess);
   CHECK(used == 0);
