@@ -44,6 +44,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "device_facts.h"
 #include "sim_state.h"
 
 // The registration/launch entry points nvcc's generated host code calls. The toolkit
@@ -125,50 +126,53 @@ inline sim::Status stream_device(cudaStream_t s, int* dev) noexcept {
 
 // ---------------------------------------------------------------------------------------
 // The simulated device's properties: an H100-like device (Note [Simulated device]: only
-// the capacity matters to an allocator; the rest is what torch's init reads).
+// the capacity matters to an allocator; the rest is what torch's init reads). The shared
+// figures come from device_facts.h, so the driver, NVML and this runtime describe the
+// same device (torch matches its NVML device by the PCI location of cudaDeviceProp).
 // ---------------------------------------------------------------------------------------
 
-constexpr const char* kDeviceName = "pypool simulated device";
-constexpr int kMajor = 9, kMinor = 0;
-constexpr int kSmCount = 132;
-constexpr int kWarpSize = 32;
-constexpr int kMaxThreadsPerBlock = 1024;
+namespace facts = sim::facts;
+constexpr const char* kDeviceName = facts::kName;
+constexpr int kMajor = facts::kCcMajor, kMinor = facts::kCcMinor;
+constexpr int kSmCount = facts::kSmCount;
+constexpr int kWarpSize = facts::kWarpSize;
+constexpr int kMaxThreadsPerBlock = facts::kMaxThreadsPerBlock;
 constexpr int kMaxBlockDim[3] = {1024, 1024, 64};
 constexpr int kMaxGridDim[3] = {2147483647, 65535, 65535};
-constexpr int kSharedPerBlock = 48 * 1024;
-constexpr int kSharedPerBlockOptin = 227 * 1024;
-constexpr int kSharedPerSm = 228 * 1024;
-constexpr int kReservedSharedPerBlock = 1024;
-constexpr int kRegsPerBlock = 65536;
-constexpr int kRegsPerSm = 65536;
-constexpr int kMaxThreadsPerSm = 2048;
-constexpr int kMaxBlocksPerSm = 32;
-constexpr int kL2Size = 50 * 1024 * 1024;
-constexpr int kPersistingL2Max = 30 * 1024 * 1024;
+constexpr int kSharedPerBlock = facts::kSharedPerBlock;
+constexpr int kSharedPerBlockOptin = facts::kSharedPerBlockOptin;
+constexpr int kSharedPerSm = facts::kSharedPerSm;
+constexpr int kReservedSharedPerBlock = facts::kReservedSharedPerBlock;
+constexpr int kRegsPerBlock = facts::kRegsPerBlock;
+constexpr int kRegsPerSm = facts::kRegsPerSm;
+constexpr int kMaxThreadsPerSm = facts::kMaxThreadsPerSm;
+constexpr int kMaxBlocksPerSm = facts::kMaxBlocksPerSm;
+constexpr int kL2Size = facts::kL2Bytes;
+constexpr int kPersistingL2Max = facts::kPersistingL2Max;
 constexpr int kAccessPolicyMaxWindow = 134213632;
-constexpr int kBusWidth = 5120;
-constexpr int kClockKHz = 1980000;
-constexpr int kMemClockKHz = 2619000;
+constexpr int kBusWidth = facts::kMemBusWidth;
+constexpr int kClockKHz = facts::kClockKhz;
+constexpr int kMemClockKHz = facts::kMemClockKhz;
 constexpr int kTotalConstMem = 65536;
 constexpr int kMaxPitch = 2147483647;
 constexpr int kTextureAlignment = 512;
 constexpr int kTexturePitchAlignment = 32;
 constexpr int kSurfaceAlignment = 512;
-constexpr int kAsyncEngines = 2;
-constexpr unsigned kGpuPciDeviceId = 0x233010deu;     // H100 SXM5 (device 0x2330, NVIDIA)
-constexpr unsigned kGpuPciSubsystemId = 0x16c110deu;
+constexpr int kAsyncEngines = facts::kAsyncEngines;
+// cudaDeviceProp::gpuPciDeviceID: 16-bit device id over 16-bit vendor id.
+constexpr unsigned kGpuPciDeviceId = (facts::kPciDeviceId << 16) | facts::kPciVendor;
+constexpr unsigned kGpuPciSubsystemId = facts::kPciSubsystemId;
 constexpr int kDriverVersion = 13000;
 constexpr int kRuntimeVersion = 13000;
-constexpr int kLeastPriority = 0, kGreatestPriority = -5;
+constexpr int kLeastPriority = facts::kLeastStreamPriority;
+constexpr int kGreatestPriority = facts::kGreatestStreamPriority;
 
-inline int pci_bus_id(int dev) noexcept { return dev + 1; }
+inline int pci_bus_id(int dev) noexcept { return static_cast<int>(facts::pci_bus(dev)); }
+inline int pci_domain_id(int dev) noexcept { return static_cast<int>(facts::pci_domain(dev)); }
+inline int pci_device_id(int dev) noexcept { return static_cast<int>(facts::pci_device(dev)); }
 
-// 16 bytes, unique per device, stable across runs: "pypool-sim" + zeros + ordinal.
 void device_uuid(int dev, char out[16]) noexcept {
-  static const char prefix[10] = {'p', 'y', 'p', 'o', 'o', 'l', '-', 's', 'i', 'm'};
-  std::memset(out, 0, 16);
-  std::memcpy(out, prefix, sizeof prefix);
-  out[15] = static_cast<char>(dev);
+  facts::uuid(dev, reinterpret_cast<unsigned char*>(out));
 }
 
 void fill_props(cudaDeviceProp* p, int dev) noexcept {
@@ -219,8 +223,8 @@ void fill_props(cudaDeviceProp* p, int dev) noexcept {
   p->concurrentKernels = 1;
   p->ECCEnabled = 1;
   p->pciBusID = pci_bus_id(dev);
-  p->pciDeviceID = 0;
-  p->pciDomainID = 0;
+  p->pciDeviceID = pci_device_id(dev);
+  p->pciDomainID = pci_domain_id(dev);
   p->tccDriver = 0;
   p->asyncEngineCount = kAsyncEngines;
   p->unifiedAddressing = 1;
@@ -306,7 +310,7 @@ int device_attribute(cudaDeviceAttr attr, int dev) noexcept {
     case cudaDevAttrConcurrentKernels: return 1;
     case cudaDevAttrEccEnabled: return 1;
     case cudaDevAttrPciBusId: return pci_bus_id(dev);
-    case cudaDevAttrPciDeviceId: return 0;
+    case cudaDevAttrPciDeviceId: return pci_device_id(dev);
     case cudaDevAttrTccDriver: return 0;
     case cudaDevAttrMemoryClockRate: return kMemClockKHz;
     case cudaDevAttrGlobalMemoryBusWidth: return kBusWidth;
@@ -321,7 +325,7 @@ int device_attribute(cudaDeviceAttr attr, int dev) noexcept {
     case cudaDevAttrMaxTexture3DWidthAlt:
     case cudaDevAttrMaxTexture3DHeightAlt: return 8192;
     case cudaDevAttrMaxTexture3DDepthAlt: return 32768;
-    case cudaDevAttrPciDomainId: return 0;
+    case cudaDevAttrPciDomainId: return pci_domain_id(dev);
     case cudaDevAttrTexturePitchAlignment: return kTexturePitchAlignment;
     case cudaDevAttrMaxTextureCubemapWidth:
     case cudaDevAttrMaxTextureCubemapLayeredWidth: return 32768;
@@ -970,7 +974,8 @@ PYPOOL_SIM_EXPORT cudaError_t cudaDeviceGetPCIBusId(char* pciBusId, int len, int
   sim::count_call("cudaDeviceGetPCIBusId", false);
   if (pciBusId == nullptr || len <= 0) return done(cudaErrorInvalidValue);
   if (!valid_device(device)) return done(cudaErrorInvalidDevice);
-  std::snprintf(pciBusId, static_cast<std::size_t>(len), "0000:%02x:00.0", pci_bus_id(device));
+  std::snprintf(pciBusId, static_cast<std::size_t>(len), "%04x:%02x:%02x.0", pci_domain_id(device),
+                pci_bus_id(device), pci_device_id(device));
   return cudaSuccess;
 }
 
