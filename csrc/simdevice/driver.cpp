@@ -11,8 +11,11 @@
 // exported name is a weak "not supported" stub (stubs_cuda.c, symbols/cuda.inc).
 //
 // Conventions:
-//  * Every entry point counts itself under its unversioned name (sim::count_call);
-//    cuMemFree, cuMemUnmap and the *Synchronize calls count as synchronizing.
+//  * Every entry point counts itself under its exported name (sim::count_call), the
+//    versioned one where there is one ("cuMemAlloc_v2": what torch and pypool call); an
+//    older ABI name that shares a definition (cuCtxPushCurrent) counts as the current
+//    one. cuMemFree, cuMemUnmap, blocking copies and the *Synchronize calls count as
+//    synchronizing.
 //  * Contexts: one primary context per device, a dummy object whose address encodes
 //    the device. The current context of a thread is the primary context of
 //    sim::current_device() (what cudaSetDevice sets), so driver and runtime agree;
@@ -329,7 +332,7 @@ void* driver_entry_point(const char* name, unsigned cuda_version) {
 
 SIM_API CUresult cuGetProcAddress_v2(const char* symbol, void** pfn, int cudaVersion, cuuint64_t flags,
                                      CUdriverProcAddressQueryResult* symbolStatus) {
-  sim::count_call("cuGetProcAddress", false);
+  sim::count_call("cuGetProcAddress_v2", false);
   if (symbol == nullptr || pfn == nullptr) return CUDA_ERROR_INVALID_VALUE;
   const bool per_thread = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0;
   Lookup r = resolve(symbol, cudaVersion, per_thread, pfn);
@@ -379,7 +382,7 @@ SIM_API CUresult cuDeviceGetName(char* name, int len, CUdevice dev) {
 }
 
 SIM_API CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice dev) {
-  sim::count_call("cuDeviceTotalMem", false);
+  sim::count_call("cuDeviceTotalMem_v2", false);
   if (bytes == nullptr) return CUDA_ERROR_INVALID_VALUE;
   if (!valid_dev(dev)) return CUDA_ERROR_INVALID_DEVICE;
   *bytes = static_cast<size_t>(sim::device_total(dev));
@@ -387,7 +390,7 @@ SIM_API CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice dev) {
 }
 
 SIM_API CUresult cuDeviceGetUuid_v2(CUuuid* uuid, CUdevice dev) {
-  sim::count_call("cuDeviceGetUuid", false);
+  sim::count_call("cuDeviceGetUuid_v2", false);
   if (uuid == nullptr) return CUDA_ERROR_INVALID_VALUE;
   if (!valid_dev(dev)) return CUDA_ERROR_INVALID_DEVICE;
   sim::facts::uuid(dev, reinterpret_cast<unsigned char*>(uuid->bytes));
@@ -650,7 +653,7 @@ SIM_API CUresult cuDevicePrimaryCtxRetain(CUcontext* pctx, CUdevice dev) {
 }
 
 SIM_API CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
-  sim::count_call("cuDevicePrimaryCtxRelease", false);
+  sim::count_call("cuDevicePrimaryCtxRelease_v2", false);
   return valid_dev(dev) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
 }
 PYPOOLSIM_ALIAS(cuDevicePrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2)
@@ -658,13 +661,13 @@ PYPOOLSIM_ALIAS(cuDevicePrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2)
 // The simulation cannot take a device's memory back from the allocators that hold it,
 // so a reset leaves memory as it is.
 SIM_API CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
-  sim::count_call("cuDevicePrimaryCtxReset", false);
+  sim::count_call("cuDevicePrimaryCtxReset_v2", false);
   return valid_dev(dev) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
 }
 PYPOOLSIM_ALIAS(cuDevicePrimaryCtxReset, cuDevicePrimaryCtxReset_v2)
 
 SIM_API CUresult cuDevicePrimaryCtxSetFlags_v2(CUdevice dev, unsigned int flags) {
-  sim::count_call("cuDevicePrimaryCtxSetFlags", false);
+  sim::count_call("cuDevicePrimaryCtxSetFlags_v2", false);
   if (!valid_dev(dev)) return CUDA_ERROR_INVALID_DEVICE;
   g_primary_flags[dev].store(flags);
   return CUDA_SUCCESS;
@@ -700,7 +703,7 @@ SIM_API CUresult cuCtxSetCurrent(CUcontext ctx) {
 }
 
 SIM_API CUresult cuCtxPushCurrent_v2(CUcontext ctx) {
-  sim::count_call("cuCtxPushCurrent", false);
+  sim::count_call("cuCtxPushCurrent_v2", false);
   const int dev = dev_of(ctx);
   if (dev < 0) return ctx == nullptr ? CUDA_ERROR_INVALID_VALUE : CUDA_ERROR_INVALID_CONTEXT;
   tl_ctx_stack.push_back(sim::current_device());
@@ -709,7 +712,7 @@ SIM_API CUresult cuCtxPushCurrent_v2(CUcontext ctx) {
 PYPOOLSIM_ALIAS(cuCtxPushCurrent, cuCtxPushCurrent_v2)
 
 SIM_API CUresult cuCtxPopCurrent_v2(CUcontext* pctx) {
-  sim::count_call("cuCtxPopCurrent", false);
+  sim::count_call("cuCtxPopCurrent_v2", false);
   if (pctx) *pctx = current_ctx();
   if (!tl_ctx_stack.empty()) {
     const int prev = tl_ctx_stack.back();
@@ -735,7 +738,7 @@ CUresult ctx_create(CUcontext* pctx, CUdevice dev) {
 
 SIM_API CUresult cuCtxCreate_v4(CUcontext* pctx, CUctxCreateParams* ctxCreateParams, unsigned int flags,
                                 CUdevice dev) {
-  sim::count_call("cuCtxCreate", false);
+  sim::count_call("cuCtxCreate_v4", false);
   (void)ctxCreateParams;
   (void)flags;
   return ctx_create(pctx, dev);
@@ -744,7 +747,7 @@ SIM_API CUresult cuCtxCreate_v4(CUcontext* pctx, CUctxCreateParams* ctxCreatePar
 extern "C" __attribute__((visibility("default"))) CUresult pypoolsim_cuCtxCreate_v2(CUcontext* pctx, unsigned int flags,
                                                                                   CUdevice dev) __asm__("cuCtxCreate_v2");
 CUresult pypoolsim_cuCtxCreate_v2(CUcontext* pctx, unsigned int flags, CUdevice dev) {
-  sim::count_call("cuCtxCreate", false);
+  sim::count_call("cuCtxCreate_v2", false);
   (void)flags;
   return ctx_create(pctx, dev);
 }
@@ -754,13 +757,13 @@ extern "C" __attribute__((visibility("default"))) CUresult pypoolsim_cuCtxCreate
     CUdevice dev) __asm__("cuCtxCreate_v3");
 CUresult pypoolsim_cuCtxCreate_v3(CUcontext* pctx, CUexecAffinityParam* paramsArray, int numParams, unsigned int flags,
                                   CUdevice dev) {
-  sim::count_call("cuCtxCreate", false);
+  sim::count_call("cuCtxCreate_v3", false);
   (void)paramsArray, (void)numParams, (void)flags;
   return ctx_create(pctx, dev);
 }
 
 SIM_API CUresult cuCtxDestroy_v2(CUcontext ctx) {
-  sim::count_call("cuCtxDestroy", false);
+  sim::count_call("cuCtxDestroy_v2", false);
   const int dev = dev_of(ctx);
   if (dev < 0) return CUDA_ERROR_INVALID_CONTEXT;
   if (dev == sim::current_device() && !tl_ctx_stack.empty()) {
@@ -780,7 +783,7 @@ SIM_API CUresult cuCtxGetDevice(CUdevice* device) {
 }
 
 SIM_API CUresult cuCtxGetDevice_v2(CUdevice* device, CUcontext ctx) {
-  sim::count_call("cuCtxGetDevice", false);
+  sim::count_call("cuCtxGetDevice_v2", false);
   if (device == nullptr) return CUDA_ERROR_INVALID_VALUE;
   const int dev = ctx == nullptr ? sim::current_device() : dev_of(ctx);
   if (dev < 0) return CUDA_ERROR_INVALID_CONTEXT;
@@ -794,7 +797,7 @@ SIM_API CUresult cuCtxSynchronize(void) {
 }
 
 SIM_API CUresult cuCtxSynchronize_v2(CUcontext ctx) {
-  sim::count_call("cuCtxSynchronize", true);
+  sim::count_call("cuCtxSynchronize_v2", true);
   const int dev = ctx == nullptr ? sim::current_device() : dev_of(ctx);
   if (dev < 0) return CUDA_ERROR_INVALID_CONTEXT;
   return to_cu(sim::device_synchronize(dev));
@@ -898,7 +901,7 @@ SIM_API CUresult cuCtxDisablePeerAccess(CUcontext peerContext) {
 // =====================================================================================
 
 SIM_API CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
-  sim::count_call("cuMemGetInfo", false);
+  sim::count_call("cuMemGetInfo_v2", false);
   if (free == nullptr || total == nullptr) return CUDA_ERROR_INVALID_VALUE;
   const int dev = sim::current_device();
   const std::uint64_t t = sim::device_total(dev), u = sim::device_used(dev);
@@ -908,7 +911,7 @@ SIM_API CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
 }
 
 SIM_API CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytesize) {
-  sim::count_call("cuMemAlloc", false);
+  sim::count_call("cuMemAlloc_v2", false);
   if (dptr == nullptr || bytesize == 0) return CUDA_ERROR_INVALID_VALUE;
   void* p = nullptr;
   CUresult r = to_cu(sim::mem_alloc(sim::current_device(), bytesize, &p));
@@ -918,7 +921,7 @@ SIM_API CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytesize) {
 
 // Freeing device memory waits for the device on a GPU: pending work completes first.
 SIM_API CUresult cuMemFree_v2(CUdeviceptr dptr) {
-  sim::count_call("cuMemFree", true);
+  sim::count_call("cuMemFree_v2", true);
   int dev = 0;
   if (dptr != 0 && sim::find_device_pointer(reinterpret_cast<void*>(dptr), &dev, nullptr, nullptr))
     sim::device_synchronize(dev);
@@ -946,7 +949,7 @@ SIM_API CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream) {
 }
 
 SIM_API CUresult cuMemAllocHost_v2(void** pp, size_t bytesize) {
-  sim::count_call("cuMemAllocHost", false);
+  sim::count_call("cuMemAllocHost_v2", false);
   if (pp == nullptr || bytesize == 0) return CUDA_ERROR_INVALID_VALUE;
   return to_cu(sim::host_alloc(bytesize, pp));
 }
@@ -963,14 +966,14 @@ SIM_API CUresult cuMemFreeHost(void* p) {
 }
 
 SIM_API CUresult cuMemHostGetDevicePointer_v2(CUdeviceptr* pdptr, void* p, unsigned int Flags) {
-  sim::count_call("cuMemHostGetDevicePointer", false);
+  sim::count_call("cuMemHostGetDevicePointer_v2", false);
   if (pdptr == nullptr || p == nullptr || Flags != 0) return CUDA_ERROR_INVALID_VALUE;
   *pdptr = reinterpret_cast<CUdeviceptr>(p);  // unified addressing: the same address
   return CUDA_SUCCESS;
 }
 
 SIM_API CUresult cuMemHostRegister_v2(void* p, size_t bytesize, unsigned int Flags) {
-  sim::count_call("cuMemHostRegister", false);
+  sim::count_call("cuMemHostRegister_v2", false);
   (void)Flags;
   return p != nullptr && bytesize != 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
@@ -982,7 +985,7 @@ SIM_API CUresult cuMemHostUnregister(void* p) {
 }
 
 SIM_API CUresult cuMemGetAddressRange_v2(CUdeviceptr* pbase, size_t* psize, CUdeviceptr dptr) {
-  sim::count_call("cuMemGetAddressRange", false);
+  sim::count_call("cuMemGetAddressRange_v2", false);
   void* base = nullptr;
   std::size_t size = 0;
   if (!sim::find_device_pointer(reinterpret_cast<void*>(dptr), nullptr, &base, &size)) return CUDA_ERROR_NOT_FOUND;
@@ -1107,56 +1110,56 @@ SIM_API CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t ByteCoun
 }
 
 SIM_API CUresult cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void* srcHost, size_t ByteCount) {
-  sim::count_call("cuMemcpyHtoD", true);
+  sim::count_call("cuMemcpyHtoD_v2", true);
   if (srcHost == nullptr && ByteCount != 0) return CUDA_ERROR_INVALID_VALUE;
   if (CUresult r = check_dev(dstDevice, ByteCount); r != CUDA_SUCCESS) return r;
   return blocking();
 }
 
 SIM_API CUresult cuMemcpyDtoH_v2(void* dstHost, CUdeviceptr srcDevice, size_t ByteCount) {
-  sim::count_call("cuMemcpyDtoH", true);
+  sim::count_call("cuMemcpyDtoH_v2", true);
   if (dstHost == nullptr && ByteCount != 0) return CUDA_ERROR_INVALID_VALUE;
   if (CUresult r = check_dev(srcDevice, ByteCount); r != CUDA_SUCCESS) return r;
   return blocking();
 }
 
 SIM_API CUresult cuMemcpyDtoD_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount) {
-  sim::count_call("cuMemcpyDtoD", false);  // device-to-device copies are asynchronous
+  sim::count_call("cuMemcpyDtoD_v2", false);  // device-to-device copies are asynchronous
   if (CUresult r = check_dev(dstDevice, ByteCount); r != CUDA_SUCCESS) return r;
   if (CUresult r = check_dev(srcDevice, ByteCount); r != CUDA_SUCCESS) return r;
   return enqueue(nullptr);
 }
 
 SIM_API CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dstDevice, const void* srcHost, size_t ByteCount, CUstream hStream) {
-  sim::count_call("cuMemcpyHtoDAsync", false);
+  sim::count_call("cuMemcpyHtoDAsync_v2", false);
   if (srcHost == nullptr && ByteCount != 0) return CUDA_ERROR_INVALID_VALUE;
   if (CUresult r = check_dev(dstDevice, ByteCount); r != CUDA_SUCCESS) return r;
   return enqueue(hStream);
 }
 
 SIM_API CUresult cuMemcpyDtoHAsync_v2(void* dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream) {
-  sim::count_call("cuMemcpyDtoHAsync", false);
+  sim::count_call("cuMemcpyDtoHAsync_v2", false);
   if (dstHost == nullptr && ByteCount != 0) return CUDA_ERROR_INVALID_VALUE;
   if (CUresult r = check_dev(srcDevice, ByteCount); r != CUDA_SUCCESS) return r;
   return enqueue(hStream);
 }
 
 SIM_API CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream) {
-  sim::count_call("cuMemcpyDtoDAsync", false);
+  sim::count_call("cuMemcpyDtoDAsync_v2", false);
   if (CUresult r = check_dev(dstDevice, ByteCount); r != CUDA_SUCCESS) return r;
   if (CUresult r = check_dev(srcDevice, ByteCount); r != CUDA_SUCCESS) return r;
   return enqueue(hStream);
 }
 
 SIM_API CUresult cuMemsetD8_v2(CUdeviceptr dstDevice, unsigned char uc, size_t N) {
-  sim::count_call("cuMemsetD8", false);
+  sim::count_call("cuMemsetD8_v2", false);
   (void)uc;
   if (CUresult r = check_dev(dstDevice, N); r != CUDA_SUCCESS) return r;
   return enqueue(nullptr);
 }
 
 SIM_API CUresult cuMemsetD32_v2(CUdeviceptr dstDevice, unsigned int ui, size_t N) {
-  sim::count_call("cuMemsetD32", false);
+  sim::count_call("cuMemsetD32_v2", false);
   (void)ui;
   if (N > SIZE_MAX / 4 || (dstDevice & 3) != 0) return CUDA_ERROR_INVALID_VALUE;
   if (CUresult r = check_dev(dstDevice, N * 4); r != CUDA_SUCCESS) return r;
@@ -1416,7 +1419,7 @@ SIM_API CUresult cuStreamCreateWithPriority(CUstream* phStream, unsigned int fla
 }
 
 SIM_API CUresult cuStreamDestroy_v2(CUstream hStream) {
-  sim::count_call("cuStreamDestroy", false);
+  sim::count_call("cuStreamDestroy_v2", false);
   return to_cu(sim::stream_destroy(S(hStream)));
 }
 PYPOOLSIM_ALIAS(cuStreamDestroy, cuStreamDestroy_v2)
@@ -1468,7 +1471,7 @@ SIM_API CUresult cuStreamGetCtx(CUstream hStream, CUcontext* pctx) {
 }
 
 SIM_API CUresult cuStreamGetCtx_v2(CUstream hStream, CUcontext* pCtx, CUgreenCtx* pGreenCtx) {
-  sim::count_call("cuStreamGetCtx", false);
+  sim::count_call("cuStreamGetCtx_v2", false);
   if (pCtx == nullptr && pGreenCtx == nullptr) return CUDA_ERROR_INVALID_VALUE;
   int dev = 0;
   CUresult r = to_cu(sim::stream_info(S(hStream), &dev, nullptr, nullptr));
@@ -1502,7 +1505,7 @@ SIM_API CUresult cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStat
                                            cuuint64_t* id_out, CUgraph* graph_out,
                                            const CUgraphNode** dependencies_out, const CUgraphEdgeData** edgeData_out,
                                            size_t* numDependencies_out) {
-  sim::count_call("cuStreamGetCaptureInfo", false);
+  sim::count_call("cuStreamGetCaptureInfo_v3", false);
   (void)id_out, (void)graph_out, (void)dependencies_out, (void)edgeData_out, (void)numDependencies_out;
   if (captureStatus_out == nullptr) return CUDA_ERROR_INVALID_VALUE;
   if (CUresult r = to_cu(sim::stream_info(S(hStream), nullptr, nullptr, nullptr)); r != CUDA_SUCCESS) return r;
@@ -1519,7 +1522,7 @@ SIM_API CUresult cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStat
 }
 
 SIM_API CUresult cuStreamWriteValue32_v2(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags) {
-  sim::count_call("cuStreamWriteValue32", false);
+  sim::count_call("cuStreamWriteValue32_v2", false);
   (void)value;
   (void)flags;
   if ((addr & 3) != 0 || !device_range(addr, 4)) return CUDA_ERROR_INVALID_VALUE;
@@ -1528,7 +1531,7 @@ SIM_API CUresult cuStreamWriteValue32_v2(CUstream stream, CUdeviceptr addr, cuui
 PYPOOLSIM_ALIAS(cuStreamWriteValue32, cuStreamWriteValue32_v2)
 
 SIM_API CUresult cuStreamWaitValue32_v2(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags) {
-  sim::count_call("cuStreamWaitValue32", false);
+  sim::count_call("cuStreamWaitValue32_v2", false);
   (void)value;
   (void)flags;
   if ((addr & 3) != 0 || !device_range(addr, 4)) return CUDA_ERROR_INVALID_VALUE;
@@ -1568,13 +1571,13 @@ SIM_API CUresult cuEventSynchronize(CUevent hEvent) {
 }
 
 SIM_API CUresult cuEventDestroy_v2(CUevent hEvent) {
-  sim::count_call("cuEventDestroy", false);
+  sim::count_call("cuEventDestroy_v2", false);
   return to_cu(sim::event_destroy(E(hEvent)));
 }
 PYPOOLSIM_ALIAS(cuEventDestroy, cuEventDestroy_v2)
 
 SIM_API CUresult cuEventElapsedTime_v2(float* pMilliseconds, CUevent hStart, CUevent hEnd) {
-  sim::count_call("cuEventElapsedTime", false);
+  sim::count_call("cuEventElapsedTime_v2", false);
   if (pMilliseconds == nullptr) return CUDA_ERROR_INVALID_VALUE;
   return to_cu(sim::event_elapsed_ms(E(hStart), E(hEnd), pMilliseconds));
 }
@@ -1628,8 +1631,8 @@ SIM_API CUresult cuModuleUnload(CUmodule hmod) {
   return M(hmod) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
 }
 
-SIM_API CUresult cuModuleGetFunction(CUfunction* hfunc, CUmodule hmod, const char* name) {
-  sim::count_call("cuModuleGetFunction", false);
+namespace {
+CUresult module_function(CUfunction* hfunc, CUmodule hmod, const char* name) {
   if (hfunc == nullptr || name == nullptr) return CUDA_ERROR_INVALID_VALUE;
   SimModule* m = M(hmod);
   if (m == nullptr) return CUDA_ERROR_INVALID_HANDLE;
@@ -1639,9 +1642,15 @@ SIM_API CUresult cuModuleGetFunction(CUfunction* hfunc, CUmodule hmod, const cha
   *hfunc = reinterpret_cast<CUfunction>(f);
   return CUDA_SUCCESS;
 }
+}  // namespace
+
+SIM_API CUresult cuModuleGetFunction(CUfunction* hfunc, CUmodule hmod, const char* name) {
+  sim::count_call("cuModuleGetFunction", false);
+  return module_function(hfunc, hmod, name);
+}
 
 SIM_API CUresult cuModuleGetGlobal_v2(CUdeviceptr* dptr, size_t* bytes, CUmodule hmod, const char* name) {
-  sim::count_call("cuModuleGetGlobal", false);
+  sim::count_call("cuModuleGetGlobal_v2", false);
   (void)dptr, (void)bytes;
   if (name == nullptr) return CUDA_ERROR_INVALID_VALUE;
   return M(hmod) ? CUDA_ERROR_NOT_FOUND : CUDA_ERROR_INVALID_HANDLE;
@@ -1683,7 +1692,7 @@ SIM_API CUresult cuLibraryGetKernel(CUkernel* pKernel, CUlibrary library, const 
   sim::count_call("cuLibraryGetKernel", false);
   if (pKernel == nullptr) return CUDA_ERROR_INVALID_VALUE;
   CUfunction f = nullptr;
-  CUresult r = cuModuleGetFunction(&f, reinterpret_cast<CUmodule>(library), name);
+  CUresult r = module_function(&f, reinterpret_cast<CUmodule>(library), name);
   if (r == CUDA_SUCCESS) *pKernel = reinterpret_cast<CUkernel>(f);
   return r;
 }
@@ -1771,10 +1780,8 @@ SIM_API CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gridDimX, 
   return launch(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream);
 }
 
-SIM_API CUresult cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* numBlocks, CUfunction func, int blockSize,
-                                                                      size_t dynamicSMemSize, unsigned int flags) {
-  sim::count_call("cuOccupancyMaxActiveBlocksPerMultiprocessor", false);
-  (void)flags;
+namespace {
+CUresult occupancy(int* numBlocks, CUfunction func, int blockSize, size_t dynamicSMemSize) {
   if (numBlocks == nullptr || blockSize <= 0) return CUDA_ERROR_INVALID_VALUE;
   if (!ok_func(func)) return CUDA_ERROR_INVALID_HANDLE;
   if (blockSize > sim::facts::kMaxThreadsPerBlock) {
@@ -1787,10 +1794,19 @@ SIM_API CUresult cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* numBl
   *numBlocks = std::min({by_threads, by_smem, sim::facts::kMaxBlocksPerSm});
   return CUDA_SUCCESS;
 }
+}  // namespace
+
+SIM_API CUresult cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* numBlocks, CUfunction func, int blockSize,
+                                                                      size_t dynamicSMemSize, unsigned int flags) {
+  sim::count_call("cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags", false);
+  (void)flags;
+  return occupancy(numBlocks, func, blockSize, dynamicSMemSize);
+}
 
 SIM_API CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int* numBlocks, CUfunction func, int blockSize,
                                                              size_t dynamicSMemSize) {
-  return cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(numBlocks, func, blockSize, dynamicSMemSize, 0);
+  sim::count_call("cuOccupancyMaxActiveBlocksPerMultiprocessor", false);
+  return occupancy(numBlocks, func, blockSize, dynamicSMemSize);
 }
 
 SIM_API CUresult cuOccupancyMaxPotentialBlockSize(int* minGridSize, int* blockSize, CUfunction func,
@@ -1811,7 +1827,7 @@ SIM_API CUresult cuOccupancyMaxPotentialBlockSize(int* minGridSize, int* blockSi
 
 SIM_API CUresult cuLinkCreate_v2(unsigned int numOptions, CUjit_option* options, void** optionValues,
                                  CUlinkState* stateOut) {
-  sim::count_call("cuLinkCreate", false);
+  sim::count_call("cuLinkCreate_v2", false);
   (void)numOptions, (void)options, (void)optionValues;
   if (stateOut == nullptr) return CUDA_ERROR_INVALID_VALUE;
   *stateOut = reinterpret_cast<CUlinkState>(new SimLink());
@@ -1821,7 +1837,7 @@ PYPOOLSIM_ALIAS(cuLinkCreate, cuLinkCreate_v2)
 
 SIM_API CUresult cuLinkAddData_v2(CUlinkState state, CUjitInputType type, void* data, size_t size, const char* name,
                                   unsigned int numOptions, CUjit_option* options, void** optionValues) {
-  sim::count_call("cuLinkAddData", false);
+  sim::count_call("cuLinkAddData_v2", false);
   (void)type, (void)name, (void)numOptions, (void)options, (void)optionValues;
   if (state == nullptr || data == nullptr || size == 0) return CUDA_ERROR_INVALID_VALUE;
   return CUDA_SUCCESS;
@@ -1830,7 +1846,7 @@ PYPOOLSIM_ALIAS(cuLinkAddData, cuLinkAddData_v2)
 
 SIM_API CUresult cuLinkAddFile_v2(CUlinkState state, CUjitInputType type, const char* path, unsigned int numOptions,
                                   CUjit_option* options, void** optionValues) {
-  sim::count_call("cuLinkAddFile", false);
+  sim::count_call("cuLinkAddFile_v2", false);
   (void)type, (void)numOptions, (void)options, (void)optionValues;
   if (state == nullptr || path == nullptr) return CUDA_ERROR_INVALID_VALUE;
   return CUDA_SUCCESS;

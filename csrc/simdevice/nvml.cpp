@@ -6,7 +6,8 @@
 // layouts of cuda-bindings' cynvml.pxd (the NVML 13 headers). Names follow NVML's ABI:
 // the plain names (nvmlInit, nvmlDeviceGetCount, ...) are the oldest ABI versions that
 // libnvidia-ml keeps exporting; nvml.h maps programs to the _v2/_v3 ones. Everything not
-// defined here is a weak "not supported" stub (stubs_nvml.c, symbols/nvml.inc).
+// defined here is a weak "not supported" stub (stubs_nvml.c, symbols/nvml.inc). Calls
+// count under the current ABI name (nvmlInit_v2), whichever name was called.
 //
 // What torch does with NVML, and what it gets here:
 //  * c10/cuda/PeerToPeerAccess.cpp (get_fabric_access, reached by expandable segments
@@ -183,7 +184,7 @@ NVML_API nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
 }
 
 NVML_API nvmlReturn_t nvmlInit_v2(void) {
-  sim::count_call("nvmlInit", false);
+  sim::count_call("nvmlInit_v2", false);
   std::lock_guard<std::mutex> g(g_mu);
   ++g_init_count;
   return NVML_SUCCESS;
@@ -249,7 +250,7 @@ NVML_API nvmlReturn_t nvmlSystemGetNVMLVersion(char* version, unsigned int lengt
 
 // Works without nvmlInit, as the real one does (it asks the CUDA driver).
 NVML_API nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int* cudaDriverVersion) {
-  sim::count_call("nvmlSystemGetCudaDriverVersion", false);
+  sim::count_call("nvmlSystemGetCudaDriverVersion_v2", false);
   if (cudaDriverVersion == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
   *cudaDriverVersion = kCudaDriverVersion;
   return NVML_SUCCESS;
@@ -264,7 +265,7 @@ NVML_API nvmlReturn_t nvmlSystemGetCudaDriverVersion(int* cudaDriverVersion) {
 // =====================================================================================
 
 NVML_API nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int* deviceCount) {
-  sim::count_call("nvmlDeviceGetCount", false);
+  sim::count_call("nvmlDeviceGetCount_v2", false);
   if (!initialized()) return NVML_ERROR_UNINITIALIZED;
   if (deviceCount == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
   *deviceCount = static_cast<unsigned>(sim::device_count());
@@ -274,7 +275,7 @@ NVML_API nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int* deviceCount) {
 NVML_API nvmlReturn_t nvmlDeviceGetCount(unsigned int* deviceCount) { return nvmlDeviceGetCount_v2(deviceCount); }
 
 NVML_API nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t* device) {
-  sim::count_call("nvmlDeviceGetHandleByIndex", false);
+  sim::count_call("nvmlDeviceGetHandleByIndex_v2", false);
   if (!initialized()) return NVML_ERROR_UNINITIALIZED;
   if (device == nullptr || index >= static_cast<unsigned>(sim::device_count())) return NVML_ERROR_INVALID_ARGUMENT;
   *device = handle_of(static_cast<int>(index));
@@ -287,7 +288,7 @@ NVML_API nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned int index, nvmlDevice_
 
 // Accepts "domain:bus:device.function" (any width, either case) and "bus:device.function".
 NVML_API nvmlReturn_t nvmlDeviceGetHandleByPciBusId_v2(const char* pciBusId, nvmlDevice_t* device) {
-  sim::count_call("nvmlDeviceGetHandleByPciBusId", false);
+  sim::count_call("nvmlDeviceGetHandleByPciBusId_v2", false);
   if (!initialized()) return NVML_ERROR_UNINITIALIZED;
   if (pciBusId == nullptr || device == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
   unsigned domain = 0, bus = 0, dev = 0, function = 0;
@@ -359,7 +360,7 @@ NVML_API nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char* name, unsigne
 }
 
 NVML_API nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t* pci) {
-  sim::count_call("nvmlDeviceGetPciInfo", false);
+  sim::count_call("nvmlDeviceGetPciInfo_v3", false);
   int dev = 0;
   if (nvmlReturn_t r = check(device, &dev); r != NVML_SUCCESS) return r;
   if (pci == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
@@ -413,7 +414,7 @@ NVML_API nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t*
 }
 
 NVML_API nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t* memory) {
-  sim::count_call("nvmlDeviceGetMemoryInfo", false);
+  sim::count_call("nvmlDeviceGetMemoryInfo_v2", false);
   int dev = 0;
   if (nvmlReturn_t r = check(device, &dev); r != NVML_SUCCESS) return r;
   if (memory == nullptr) return NVML_ERROR_INVALID_ARGUMENT;
@@ -495,7 +496,7 @@ NVML_API nvmlReturn_t nvmlDeviceGetNvLinkRemoteDeviceType(nvmlDevice_t device, u
 }
 
 NVML_API nvmlReturn_t nvmlDeviceGetNvLinkRemotePciInfo_v2(nvmlDevice_t device, unsigned int link, nvmlPciInfo_t* pci) {
-  sim::count_call("nvmlDeviceGetNvLinkRemotePciInfo", false);
+  sim::count_call("nvmlDeviceGetNvLinkRemotePciInfo_v2", false);
   (void)link;
   return no_nvlink(device, pci);
 }
