@@ -1,0 +1,251 @@
+"""The simulated CUDA device's driver, NVML and audit libraries, through their C ABI.
+
+No torch and no GPU: each scenario runs in a child Python that loads the stand-ins from
+pypool/_simdevice with ctypes (a child, so that no libcuda.so.1 stays loaded in the test
+process). The torch-level checks live in tests/gpu (``make test-sim``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Dict, Optional
+
+import pytest
+
+from pypool import simdevice
+
+pytestmark = pytest.mark.skipif(not simdevice.available(), reason="pypool built without the simulated device")
+
+SYMBOLS = Path(__file__).resolve().parents[1] / "csrc" / "simdevice" / "symbols"
+
+PRELUDE = """
+import ctypes as C, sys
+LIB = sys.argv[1]
+cu = C.CDLL(LIB + "/libpypool_simcuda.so")
+u64, sz = C.c_ulonglong, C.c_size_t
+
+class Loc(C.Structure):
+    _fields_ = [("type", C.c_int), ("id", C.c_int)]
+
+class AllocFlags(C.Structure):
+    _fields_ = [("compressionType", C.c_ubyte), ("gpuDirectRDMACapable", C.c_ubyte),
+                ("usage", C.c_ushort), ("reserved", C.c_ubyte * 4)]
+
+class Prop(C.Structure):  # CUmemAllocationProp
+    _fields_ = [("type", C.c_int), ("requestedHandleTypes", C.c_int), ("location", Loc),
+                ("win32HandleMetaData", C.c_void_p), ("allocFlags", AllocFlags)]
+
+class Access(C.Structure):  # CUmemAccessDesc
+    _fields_ = [("location", Loc), ("flags", C.c_int)]
+
+def prop(dev=0, handle_types=1):
+    p = Prop()
+    p.type, p.location.type, p.location.id, p.requestedHandleTypes = 1, 1, dev, handle_types
+    return p
+
+def used(dev=0):
+    cu.pypoolsim_device_used.restype = u64
+    return cu.pypoolsim_device_used(dev)
+"""
+
+
+def run(body: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    child_env = dict(os.environ)
+    child_env.update({"PYPOOL_SIM_MEMORY": "1GiB", "PYPOOL_SIM_DEVICES": "2", "PYPOOL_SIM_QUIET": "1"})
+    child_env.update(env or {})
+    script = PRELUDE + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", script, str(simdevice.lib_dir())], env=child_env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def ok(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 0, f"child failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def test_vmm_misuse_returns_the_driver_error_codes() -> None:
+    ok(run("""
+        INVALID_VALUE, OOM, NOT_SUPPORTED = 1, 2, 801
+        g = sz()
+        assert cu.cuMemGetAllocationGranularity(C.byref(g), C.byref(prop()), 1) == 0
+        G = g.value
+        va = u64()
+        assert cu.cuMemAddressReserve(C.byref(va), sz(G + 1), sz(0), u64(0), u64(0)) == INVALID_VALUE
+        assert cu.cuMemAddressReserve(C.byref(va), sz(8 * G), sz(0), u64(0), u64(0)) == 0
+        h = u64()
+        assert cu.cuMemCreate(C.byref(h), sz(G + 1), C.byref(prop()), u64(0)) == INVALID_VALUE
+        assert cu.cuMemCreate(C.byref(h), sz(2 << 30), C.byref(prop()), u64(0)) == OOM
+        assert cu.cuMemCreate(C.byref(h), sz(G), C.byref(prop(handle_types=8)), u64(0)) == NOT_SUPPORTED
+        assert used() == 0  # failed creates hold nothing
+        assert cu.cuMemCreate(C.byref(h), sz(2 * G), C.byref(prop()), u64(0)) == 0
+        assert used() == 2 * G
+        assert cu.cuMemMap(u64(va.value + 7 * G), sz(2 * G), sz(0), h, u64(0)) == INVALID_VALUE  # past the end
+        assert cu.cuMemMap(u64(va.value), sz(G), sz(1), h, u64(0)) == INVALID_VALUE  # unaligned offset
+        assert cu.cuMemMap(u64(va.value), sz(2 * G), sz(0), h, u64(0)) == 0
+        assert cu.cuMemMap(u64(va.value + G), sz(G), sz(0), h, u64(0)) == INVALID_VALUE  # over a mapping
+        a = Access(); a.location.type, a.location.id, a.flags = 1, 0, 3
+        assert cu.cuMemSetAccess(u64(va.value + 2 * G), sz(G), C.byref(a), sz(1)) == INVALID_VALUE
+        assert cu.cuMemSetAccess(u64(va.value), sz(2 * G), C.byref(a), sz(1)) == 0
+        C.memset(va.value, 1, 2 * G)  # accessible once access is set
+        assert cu.cuMemAddressFree(u64(va.value), sz(8 * G)) == INVALID_VALUE  # still mapped
+        assert cu.cuMemRelease(h) == 0
+        assert used() == 2 * G  # released but mapped: still held
+        assert cu.cuMemUnmap(u64(va.value + 2 * G), sz(G)) == INVALID_VALUE  # not mapped
+        assert cu.cuMemUnmap(u64(va.value), sz(2 * G)) == 0
+        assert used() == 0
+        assert cu.cuMemRelease(h) == INVALID_VALUE  # twice
+        assert cu.cuMemAddressFree(u64(va.value), sz(8 * G)) == 0
+        cu.pypoolsim_calls.restype = u64
+        assert cu.pypoolsim_calls(b"cuMemCreate") == 4 and cu.pypoolsim_calls(b"cuMemUnmap") == 2
+        cu.pypoolsim_sync_calls.restype = u64
+        assert cu.pypoolsim_sync_calls() == 2  # the unmaps
+    """))
+
+
+def test_plain_memory_and_info_are_truthful() -> None:
+    ok(run("""
+        p = u64()
+        assert cu.cuMemAlloc_v2(C.byref(p), sz(3 << 20)) == 0
+        free, total = sz(), sz()
+        assert cu.cuMemGetInfo_v2(C.byref(free), C.byref(total)) == 0
+        assert total.value == 1 << 30 and total.value - free.value == 4 << 20  # 2 MiB pages
+        base, size = u64(), sz()
+        assert cu.cuMemGetAddressRange_v2(C.byref(base), C.byref(size), u64(p.value + 5)) == 0
+        assert (base.value, size.value) == (p.value, 3 << 20)
+        assert cu.cuMemAlloc_v2(C.byref(p), sz(1 << 30)) == 2  # out of memory
+        assert cu.cuMemGetAddressRange_v2(C.byref(base), C.byref(size), u64(12345)) == 500  # not found
+        d = C.c_int()
+        assert cu.cuCtxGetDevice(C.byref(d)) == 0 and d.value == 0
+        ctx = C.c_void_p()
+        assert cu.cuDevicePrimaryCtxRetain(C.byref(ctx), 1) == 0
+        assert cu.cuCtxPushCurrent_v2(ctx) == 0
+        assert cu.cuCtxGetDevice(C.byref(d)) == 0 and d.value == 1
+        assert cu.cuCtxPopCurrent_v2(C.byref(ctx)) == 0
+        assert cu.cuCtxGetDevice(C.byref(d)) == 0 and d.value == 0
+    """))
+
+
+def test_entry_points_bind_the_variant_of_the_requested_version() -> None:
+    out = ok(run("""
+        ep = cu._ZN3sim18driver_entry_pointEPKcj
+        ep.restype, ep.argtypes = C.c_void_p, [C.c_char_p, C.c_uint]
+        addr = lambda n: C.cast(getattr(cu, n), C.c_void_p).value
+        for name, version, symbol in [
+            ("cuMemGetAddressRange", 12000, "cuMemGetAddressRange_v2"),
+            ("cuMemGetAddressRange", 3000, "cuMemGetAddressRange"),
+            ("cuCtxPushCurrent", 12080, "cuCtxPushCurrent_v2"),
+            ("cuStreamWriteValue32", 12000, "cuStreamWriteValue32_v2"),
+            ("cuCtxCreate", 11000, "cuCtxCreate_v2"),
+            ("cuCtxCreate", 13000, "cuCtxCreate_v4"),
+            ("cuCtxGetDevice", 12080, "cuCtxGetDevice"),
+            ("cuCtxGetDevice", 13000, "cuCtxGetDevice_v2"),
+            ("cuGraphInstantiate", 12000, "cuGraphInstantiateWithFlags"),
+            ("cuMemCreate", 12000, "cuMemCreate"),
+        ]:
+            assert ep(name.encode(), version) == addr(symbol), (name, version, symbol)
+        assert ep(b"cuNoSuchFunction", 13000) is None
+        assert ep(b"cuMemCreate", 10000) is None  # older than the function
+        fn, status = C.c_void_p(), C.c_int()
+        assert cu.cuGetProcAddress_v2(b"cuMemMap", C.byref(fn), 12000, u64(0), C.byref(status)) == 0
+        assert fn.value == addr("cuMemMap") and status.value == 0
+        assert cu.cuGetProcAddress_v2(b"cuNoSuch", C.byref(fn), 12000, u64(0), C.byref(status)) == 500
+        assert status.value == 1  # CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND
+        s = C.c_char_p()
+        assert cu.cuGetErrorString(2, C.byref(s)) == 0 and s.value == b"out of memory"
+        assert cu.cuGetErrorName(801, C.byref(s)) == 0 and s.value == b"CUDA_ERROR_NOT_SUPPORTED"
+        print("done")
+    """))
+    assert "done" in out
+
+
+def test_every_real_export_is_present() -> None:
+    names = {lib: re.findall(r"^X\((\w+)\)$", (SYMBOLS / inc).read_text(), re.M)
+             for lib, inc in (("simcuda", "cuda.inc"), ("simcudart", "cudart.inc"), ("simnvml", "nvml.inc"))}
+    assert len(names["simcudart"]) > 400 and len(names["simcuda"]) > 600 and len(names["simnvml"]) > 300
+    body = "import json\nnames = json.loads(sys.argv[2])\nmissing = []\n"
+    body += "for lib, ns in names.items():\n    h = C.CDLL(LIB + f'/libpypool_{lib}.so')\n"
+    body += "    missing += [n for n in ns if not hasattr(h, n)]\nprint(missing)\nassert not missing\n"
+    child_env = dict(os.environ, PYPOOL_SIM_QUIET="1")
+    r = subprocess.run([sys.executable, "-c", PRELUDE + body, str(simdevice.lib_dir()), json.dumps(names)],
+                       env=child_env, capture_output=True, text=True, timeout=120)
+    ok(r)
+
+
+def test_stubs_say_not_supported_and_name_themselves_once() -> None:
+    body = """
+        assert cu.cuGraphCreate(None, 0) == 801
+        assert cu.cuGraphCreate(None, 0) == 801
+        nv = C.CDLL(LIB + "/libpypool_simnvml.so")
+        assert nv.nvmlDeviceGetFanSpeed(None, None) == 3
+        cu.pypoolsim_calls.restype = u64
+        assert cu.pypoolsim_calls(b"cuGraphCreate") == 2
+    """
+    r = run(body, env={"PYPOOL_SIM_QUIET": "0"})
+    ok(r)
+    assert r.stderr.count("cuGraphCreate is not simulated") == 1, r.stderr
+    assert "nvmlDeviceGetFanSpeed is not simulated" in r.stderr
+    quiet = run(body)
+    ok(quiet)
+    assert "not simulated" not in quiet.stderr
+
+
+def test_nvml_finds_the_device_the_runtime_describes() -> None:
+    ok(run("""
+        rt = C.CDLL(LIB + "/libpypool_simcudart.so")
+        nv = C.CDLL(LIB + "/libpypool_simnvml.so")
+        assert nv.nvmlDeviceGetCount_v2(C.byref(C.c_uint())) == 1  # before nvmlInit
+        assert nv.nvmlInit_v2() == 0
+        for dev in (0, 1):
+            bus = C.c_int()
+            assert rt.cudaDeviceGetAttribute(C.byref(bus), 33, dev) == 0  # cudaDevAttrPciBusId
+            # torch formats cudaDeviceProp's ids with NVML_DEVICE_PCI_BUS_ID_FMT
+            h = C.c_void_p()
+            assert nv.nvmlDeviceGetHandleByPciBusId_v2(b"%08X:%02X:%02X.0" % (0, bus.value, 0), C.byref(h)) == 0
+            idx = C.c_uint()
+            assert nv.nvmlDeviceGetIndex(h, C.byref(idx)) == 0 and idx.value == dev
+            uuid = C.create_string_buffer(96)
+            assert nv.nvmlDeviceGetUUID(h, uuid, 96) == 0
+            assert nv.nvmlDeviceGetHandleByUUID(uuid.value, C.byref(h)) == 0
+        class Mem(C.Structure):
+            _fields_ = [("total", u64), ("free", u64), ("used", u64)]
+        p = u64()
+        assert cu.cuMemAlloc_v2(C.byref(p), sz(1 << 20)) == 0
+        m = Mem()
+        assert nv.nvmlDeviceGetHandleByIndex_v2(0, C.byref(h)) == 0
+        assert nv.nvmlDeviceGetMemoryInfo(h, C.byref(m)) == 0
+        assert (m.total, m.used, m.free) == (1 << 30, 2 << 20, (1 << 30) - (2 << 20))
+        class Fabric(C.Structure):  # nvmlGpuFabricInfo_v2_t
+            _fields_ = [("version", C.c_uint), ("clusterUuid", C.c_ubyte * 16), ("status", C.c_int),
+                        ("cliqueId", C.c_uint), ("state", C.c_ubyte), ("healthMask", C.c_uint)]
+        f = Fabric(); f.version = C.sizeof(Fabric) | (2 << 24); f.state = 9
+        assert nv.nvmlDeviceGetGpuFabricInfoV(h, C.byref(f)) == 0 and f.state == 0  # NOT_SUPPORTED
+        assert nv.nvmlDeviceGetNvLinkRemoteDeviceType(h, 0, C.byref(C.c_int())) == 3
+        procs = C.c_uint(8)
+        assert nv.nvmlDeviceGetComputeRunningProcesses(h, C.byref(procs), None) == 0 and procs.value == 0
+    """))
+
+
+def test_audit_redirects_by_name_and_by_full_path() -> None:
+    lib = simdevice.lib_dir()
+    script = textwrap.dedent("""
+        import ctypes
+        ctypes.CDLL("libcudart.so.13")
+        ctypes.CDLL("/nonexistent/nvidia/cu13/lib/libcuda.so.1")  # by path, as torch preloads
+        nv = ctypes.CDLL("libnvidia-ml.so.1")
+        print(nv.nvmlInit_v2())
+        maps = open("/proc/self/maps").read()
+        for name in ("libpypool_simcudart.so", "libpypool_simcuda.so", "libpypool_simnvml.so"):
+            assert name in maps, name
+        print("redirected")
+    """)
+    env = dict(os.environ, LD_AUDIT=str(lib / "libpypool_simaudit.so"), PYPOOL_SIM_LIBDIR=str(lib),
+               PYPOOL_SIM_QUIET="1")
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0", "redirected"]
