@@ -406,8 +406,9 @@ int device_attribute(cudaDeviceAttr attr, int dev) noexcept {
 // ---------------------------------------------------------------------------------------
 
 // Pinned host memory (cudaHostAlloc) and registered ranges (cudaHostRegister), for
-// cudaPointerGetAttributes and the register/unregister errors. sim tracks host_alloc but
-// offers no lookup, hence this map (see the report: sim::find_host_pointer).
+// cudaPointerGetAttributes and the register/unregister errors. sim_state.h can allocate
+// pinned memory but not look it up, hence this map; memory the driver's cuMemHostAlloc
+// hands out is therefore not known here.
 struct HostRange {
   std::size_t size;
   int device;       // current device at allocation (cudaPointerAttributes::device)
