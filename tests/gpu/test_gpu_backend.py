@@ -153,6 +153,7 @@ assert reserved <= 1.25 * peak_live + 4 * MiB, (reserved, peak_live)
 assert pypool.memory_stats()["num_segment_map"] >= 1
 torch.cuda.empty_cache()
 assert pypool.memory_stats()["num_segment_unmap"] >= 1
-print("CHILD OK", reserved, peak_live)
+print("reserved", reserved, "peak live", peak_live)
+print("CHILD OK")
 """)
     assert "CHILD OK" in out
