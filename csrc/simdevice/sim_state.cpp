@@ -697,6 +697,8 @@ Status event_elapsed_ms(Event* start, Event* end, float* ms) {
   if (start == nullptr || end == nullptr || start->magic != kEventMagic || end->magic != kEventMagic)
     return Status::invalid_handle;
   if (start->stream == nullptr || end->stream == nullptr) return Status::invalid_handle;
+  // cudaEventDisableTiming (2) / CU_EVENT_DISABLE_TIMING (2): no timestamps to compare.
+  if ((start->flags & 2u) != 0 || (end->flags & 2u) != 0) return Status::invalid_handle;
   advance(start->stream);
   advance(end->stream);
   if (start->stream->completed < start->seq || end->stream->completed < end->seq) return Status::not_ready;

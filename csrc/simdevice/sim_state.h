@@ -137,7 +137,8 @@ Status event_destroy(Event* e);
 Status event_record(Event* e, Stream* s);
 Status event_query(Event* e);          // ok or not_ready (never-recorded events are ok)
 Status event_synchronize(Event* e);    // completes the stream's work up to the event
-// Milliseconds between two completed events (host clock at completion).
+// Milliseconds between two completed events (host clock when recorded: kernels take no
+// time here). invalid_handle for events created with timing disabled, as on a GPU.
 Status event_elapsed_ms(Event* start, Event* end, float* ms);
 
 // ---- driver entry points (cudaGetDriverEntryPoint[ByVersion], cuGetProcAddress) ----
@@ -148,7 +149,9 @@ void* driver_entry_point(const char* name, unsigned cuda_version);
 
 // ---- counters ----
 // Count one call to `name` (a string literal: the pointer is kept). `syncs`: the call
-// synchronizes the device on real hardware.
+// synchronizes the device on real hardware. The flag is fixed per name literal by its
+// first call, so a call that syncs only sometimes (cudaFree(nullptr) does not) must use
+// a name of its own for the non-syncing case.
 void count_call(const char* name, bool syncs);
 
 }  // namespace sim
