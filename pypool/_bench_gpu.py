@@ -648,12 +648,6 @@ def child_main(argv: Optional[List[str]] = None) -> int:
     sim = args.device == "sim"
     try:
         _check_combination(args.allocator, args.device)
-        if sim:
-            from . import simdevice
-
-            if not simdevice.active():
-                raise RuntimeError("--device sim: this child does not run on the simulated device "
-                                   "(start it with pypool.simdevice.environ())")
         import torch
 
         interop = [int(n.split(":")[2]) for n in names
@@ -670,6 +664,12 @@ def child_main(argv: Optional[List[str]] = None) -> int:
             torch.empty(1, device=device)  # create the context and the allocator's pool
         result["device_info"] = _device_info(torch, device, alloc)
         if sim:
+            from . import simdevice
+
+            # The simulated driver is loaded once CUDA is initialized (above).
+            if not simdevice.active():
+                raise RuntimeError("--device sim: this child does not run on the simulated device "
+                                   "(start it with pypool.simdevice.environ())")
             ctl = simdevice.control()
             result["device_info"].update(simulated=True, sim_version=ctl.version(),
                                          sim_devices=ctl.device_count())

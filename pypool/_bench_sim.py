@@ -66,11 +66,12 @@ MiB = 1 << 20
 def sim_settings(mode: str) -> Dict[str, Any]:
     """Work sizes of the simulated-device scenarios (the ``sim`` part of the settings).
 
-    ``full`` is sized to finish in about ten minutes on a 2-core machine.
+    ``full`` is sized to finish in about ten minutes on a 2-core machine (the workloads at
+    half their length: their peaks and size mix are those of the full traces).
     """
     if mode == "full":
         return dict(sim_memory="80GiB", sim_workloads=["transformer", "growing_batch", "kv_cache", "random"],
-                    sim_trace_scale=0.25, sim_pair_sizes=[512, 1 << 20, 64 << 20], sim_pair_threads=[1, 4],
+                    sim_trace_scale=0.5, sim_pair_sizes=[512, 1 << 20, 64 << 20], sim_pair_threads=[1, 4],
                     sim_pair_ops=500, sim_pair_batches=31, sim_warmup_batches=3,
                     sim_ts_ops=2000, sim_ts_batches=15, sim_c_threads=[1, 2, 4], sim_c_iters=20000,
                     sim_c_repeats=7, sim_confirm=True)
@@ -280,8 +281,10 @@ def _ts_pairs(ctx: Any, param: str, meta: bool) -> Dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         par = _ts_functions(torch)
-        for _ in range(2):  # the profiling executor optimizes on the second call
-            par(threads, max(1, n // 10), size, dev)
+        # The profiling executor records shapes on the first calls and optimizes after;
+        # every (function, thread count) pair is warmed at full length.
+        for _ in range(3):
+            par(threads, n, size, dev)
         per: List[float] = []
         for _ in range(batches):
             t0 = clock()
@@ -445,7 +448,9 @@ def sc_minmem(ctx: Any, param: str) -> Dict[str, Any]:
         return row
     # 3. Bisection on the device's capacity, in STEP units: fail(lo - 1) holds because
     # less than floor + base cannot hold the live bytes; pass(hi) is checked.
+    # attempts: [capacity, passed, first OOM event, device calls, of which sync]
     attempts: List[List[Any]] = []
+    passed_calls: Dict[int, Dict[str, Any]] = {}
     t_search = time.perf_counter()
 
     def attempt(units: int) -> bool:
@@ -455,13 +460,17 @@ def sc_minmem(ctx: Any, param: str) -> Dict[str, Any]:
             raise RuntimeError(f"device memory in use is {used} bytes between attempts, not the "
                                f"baseline {base}: something outlived the replay")
         cap = units * STEP
+        calls: Dict[str, Any] = {}
         ctl.set_memory(0, cap)
         try:
-            r = rep.run()
+            ctl.reset_counters()
+            r = rep.run(before_sync=lambda: calls.update(_counts()))
         finally:
             _teardown(ctx)
             ctl.set_memory(0, total0)
-        attempts.append([cap, r["ok"], r["oom_at_event"]])
+        attempts.append([cap, r["ok"], r["oom_at_event"], calls.get("total"), calls.get("sync")])
+        if r["ok"]:
+            passed_calls[cap] = calls
         return bool(r["ok"])
 
     lo = -(-(rep.floor + base) // STEP)
@@ -482,6 +491,8 @@ def sc_minmem(ctx: Any, param: str) -> Dict[str, Any]:
             lo = mid + 1
     cap = hi * STEP
     row["min_capacity"] = cap
+    # The device calls of the passing replay at that capacity: what memory pressure costs.
+    row["calls_at_min"] = passed_calls.get(cap)
     row["min_capacity_over_floor"] = cap / rep.floor if rep.floor else None
     row["attempts"] = attempts
     row["search_s"] = time.perf_counter() - t_search
@@ -709,7 +720,7 @@ def _short_size(n: int) -> str:
     return s(n)
 
 
-def _top_calls(c: Optional[Dict[str, Any]], k: int = 4) -> str:
+def _top_calls(c: Optional[Dict[str, Any]], k: int = 3) -> str:
     if not c or not c.get("by_name"):
         return "-"
     interesting = {n: v for n, v in c["by_name"].items()
@@ -753,12 +764,14 @@ def calls_table(sim: Dict[str, Any]) -> str:
             r = cell.get((sc, a))
             if r is None or r.get("error"):
                 continue
-            cc, cw = r.get("calls_cold") or {}, r.get("calls_warm") or {}
+            cc, cw, cm = r.get("calls_cold") or {}, r.get("calls_warm") or {}, r.get("calls_at_min") or {}
             rows.append([sc[7:], a, f"{cc.get('total', 0):,}", f"{cc.get('sync', 0):,}",
-                         f"{cw.get('total', 0):,}", f"{cw.get('sync', 0):,}", _top_calls(cc)])
-    return text_table(["workload", "allocator", "calls cold", "sync", "calls warm", "sync",
-                       "memory calls, cold pass"], rows,
-                      right=[False, False, True, True, True, True, False])
+                         f"{cw.get('total', 0):,}", f"{cw.get('sync', 0):,}",
+                         f"{cm['total']:,}" if cm else "-", f"{cm['sync']:,}" if cm else "-",
+                         _top_calls(cc), _top_calls(cm)])
+    return text_table(["workload", "allocator", "cold", "sync", "warm", "sync", "at min cap", "sync",
+                       "memory calls, cold pass", "memory calls at min capacity"], rows,
+                      right=[False, False, True, True, True, True, True, True, False, False])
 
 
 def _pairs_table(sim: Dict[str, Any], kind: str, meta_kind: Optional[str], key: str = "ns") -> str:
@@ -826,9 +839,12 @@ def sim_tables(sim: Dict[str, Any]) -> str:
                   f"the child; confirmed = a fresh child passes at that capacity and runs out of "
                   f"memory 2 MiB below")
     parts.append("\n".join(textwrap.wrap(floor_note, 100)) + "\n" + memory_table(sim))
-    parts.append("Device calls during one replay (CUDA runtime + driver entry points counted by the "
-                 "simulation): cold = from an empty cache, warm = second pass; sync = calls that "
-                 "synchronize a real device\n" + calls_table(sim))
+    calls_note = ("Device calls during one replay (every CUDA runtime and driver entry point, counted by "
+                  "the simulation; most are torch's cudaGetDevice and context queries): cold = from an "
+                  "empty cache on the whole device, warm = the second pass, at min cap = the passing "
+                  "replay at the smallest capacity (from an empty cache); sync = calls that synchronize "
+                  "a real device (cudaFree, cuMemUnmap, ...)")
+    parts.append("\n".join(textwrap.wrap(calls_note, 100)) + "\n" + calls_table(sim))
     parts.append("Host overhead on a simulated device: ns per torch.empty(n, uint8, 'cuda') + del from "
                  "Python threads, median (p99) over batches; ns per pair = batch wall time / all pairs "
                  "of all threads (the GIL serializes the threads)\n"
