@@ -255,7 +255,9 @@ assert pm.memory_stats(0)["num_ooms"] == 1
 more = torch.ones(512 * MiB, dtype=torch.uint8, device="cuda")
 assert pm.memory_allocated(0) >= 768 * MiB
 if kernels():
-    assert int(more.sum()) == 512 * MiB
+    # Not more.sum(): summing uint8 into int64 makes an int64 copy of the whole input
+    # first (torch's make_reduction casts), 4 GiB here, which the 1 GiB cap refuses.
+    assert int(more[-4096:].sum()) == 4096
 pm.get_pool(0).check_invariants()
 print("CHILD OK")
 """)
