@@ -23,7 +23,9 @@ What is measured (Note [Simulated bench figures]):
 * **Device calls** during a replay (``control().counters()``), from an empty cache (cold)
   and again with the cache warm, with the calls that synchronize a real device counted
   separately (``control().sync_calls()``).
-* **Host overhead on a simulated device**, never GPU time: ns per ``torch.empty`` + ``del``
+* **Host overhead on a simulated device**, never GPU time (the timing children run
+  ``sim_rounds`` times per allocator, in alternating order, and the batches of all rounds
+  are pooled): ns per ``torch.empty`` + ``del``
   pair from 1 and 4 Python threads (the GIL serializes them), from C++ inter-op threads
   through TorchScript's ``fork`` (no GIL: torch's own C++ path into whichever allocator is
   installed), and pypool's C ABI (``pypool_malloc``/``pypool_free``) from 1, 2 and 4 C++
@@ -48,8 +50,8 @@ import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["SIM_ALLOCATORS", "SIM_SCENARIOS", "STEP", "sim_settings", "sim_scenarios", "run_sim",
-           "check_sim", "sim_tables"]
+__all__ = ["SIM_ALLOCATORS", "SIM_SCENARIOS", "STEP", "sim_settings", "sim_scenarios", "memory_scenarios",
+           "timing_scenarios", "run_sim", "check_sim", "sim_tables"]
 
 #: Allocators compared on the simulated device (see the module docstring for the others).
 SIM_ALLOCATORS: Tuple[str, ...] = ("native", "native-expandable", "pypool", "pypool-expandable")
@@ -66,30 +68,41 @@ MiB = 1 << 20
 def sim_settings(mode: str) -> Dict[str, Any]:
     """Work sizes of the simulated-device scenarios (the ``sim`` part of the settings).
 
-    ``full`` is sized to finish in about ten minutes on a 2-core machine (the workloads at
-    half their length: their peaks and size mix are those of the full traces).
+    ``full`` is sized to finish in about ten minutes on a 2-core machine. ``sim_rounds``:
+    the timing children run that many times per allocator, interleaved (see
+    :func:`run_sim`).
     """
     if mode == "full":
         return dict(sim_memory="80GiB", sim_workloads=["transformer", "growing_batch", "kv_cache", "random"],
-                    sim_trace_scale=0.5, sim_pair_sizes=[512, 1 << 20, 64 << 20], sim_pair_threads=[1, 4],
-                    sim_pair_ops=500, sim_pair_batches=31, sim_warmup_batches=3,
-                    sim_ts_ops=2000, sim_ts_batches=15, sim_c_threads=[1, 2, 4], sim_c_iters=20000,
-                    sim_c_repeats=7, sim_confirm=True)
+                    sim_trace_scale=1.0, sim_pair_sizes=[512, 1 << 20, 64 << 20], sim_pair_threads=[1, 4],
+                    sim_pair_ops=2000, sim_pair_batches=21, sim_warmup_batches=2,
+                    sim_ts_ops=4000, sim_ts_batches=15, sim_c_threads=[1, 2, 4], sim_c_iters=300_000,
+                    sim_c_repeats=7, sim_rounds=3, sim_confirm=True)
     if mode == "quick":
         return dict(sim_memory="80GiB", sim_workloads=["transformer", "growing_batch", "kv_cache"],
                     sim_trace_scale=0.1, sim_pair_sizes=[512, 1 << 20, 64 << 20], sim_pair_threads=[1, 4],
-                    sim_pair_ops=300, sim_pair_batches=15, sim_warmup_batches=2,
-                    sim_ts_ops=1000, sim_ts_batches=7, sim_c_threads=[1, 2, 4], sim_c_iters=10000,
-                    sim_c_repeats=5, sim_confirm=True)
+                    sim_pair_ops=1000, sim_pair_batches=11, sim_warmup_batches=2,
+                    sim_ts_ops=2000, sim_ts_batches=7, sim_c_threads=[1, 2, 4], sim_c_iters=100_000,
+                    sim_c_repeats=5, sim_rounds=2, sim_confirm=True)
     return dict(sim_memory="80GiB", sim_workloads=["kv_cache"], sim_trace_scale=0.02,
                 sim_pair_sizes=[512], sim_pair_threads=[1, 2], sim_pair_ops=20, sim_pair_batches=3,
                 sim_warmup_batches=1, sim_ts_ops=20, sim_ts_batches=2, sim_c_threads=[1, 2],
-                sim_c_iters=200, sim_c_repeats=2, sim_confirm=True)
+                sim_c_iters=200, sim_c_repeats=2, sim_rounds=1, sim_confirm=True)
 
 
 def sim_scenarios(g: Dict[str, Any]) -> List[str]:
-    """Scenario names of a simulated-device child (``kind:param...``), in report order."""
-    names = [f"minmem:{w}" for w in g["sim_workloads"]]
+    """Scenario names of the simulated-device suite (``kind:param...``), in report order."""
+    return memory_scenarios(g) + timing_scenarios(g)
+
+
+def memory_scenarios(g: Dict[str, Any]) -> List[str]:
+    """The workloads' memory scenarios (deterministic: run once per allocator)."""
+    return [f"minmem:{w}" for w in g["sim_workloads"]]
+
+
+def timing_scenarios(g: Dict[str, Any]) -> List[str]:
+    """The host-overhead scenarios (run ``sim_rounds`` times per allocator)."""
+    names: List[str] = []
     for size in g["sim_pair_sizes"]:
         for t in g["sim_pair_threads"]:
             names.append(f"tpairs:{size}:{t}")
@@ -151,7 +164,9 @@ def _timed_calls(ctx: Any, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
     ctl.reset_counters()
     row = fn()
     c = _counts()
-    row["device_calls"] = {"total": c["total"], "sync": c["sync"]}
+    pairs = row.get("pairs_done") or 0
+    row["device_calls"] = {"total": c["total"], "sync": c["sync"],
+                           "per_pair": c["total"] / pairs if pairs else None}
     return row
 
 
@@ -220,7 +235,8 @@ def _py_pairs(ctx: Any, param: str, meta: bool) -> Dict[str, Any]:
         if errors:
             raise RuntimeError(errors[0])
     return {"metric": "ns_per_pair", "size": size, "threads": threads, "device": str(dev),
-            "ns": _summary(walls), "thread_ns": _summary(lat), "batch_ops": n, "timing": _timing(ctx, meta)}
+            "ns": _summary(walls), "thread_ns": _summary(lat), "ns_values": walls, "thread_ns_values": lat,
+            "batch_ops": n, "pairs_done": (warm + batches) * n * threads, "timing": _timing(ctx, meta)}
 
 
 def sc_tpairs(ctx: Any, param: str) -> Dict[str, Any]:
@@ -293,7 +309,7 @@ def _ts_pairs(ctx: Any, param: str, meta: bool) -> Dict[str, Any]:
             if got != n * threads * size:
                 raise RuntimeError(f"TorchScript loop returned {got}, expected {n * threads * size}")
     return {"metric": "ns_per_pair", "size": size, "threads": threads, "device": str(dev),
-            "ns": _summary(per), "batch_ops": n,
+            "ns": _summary(per), "ns_values": per, "batch_ops": n, "pairs_done": (3 + batches) * n * threads,
             "interop_threads": int(torch.get_num_interop_threads()), "timing": _timing(ctx, meta)}
 
 
@@ -324,9 +340,10 @@ def sc_cthreads(ctx: Any, param: str) -> Dict[str, Any]:
             r = _core.bench_c_api_threads(size, int(g["sim_c_iters"]), threads, dev)
             walls.append(float(r["ns_per_pair"]))
             per.append(sum(r["thread_ns_per_pair"]) / len(r["thread_ns_per_pair"]))
+        reps, iters = int(g["sim_c_repeats"]), int(g["sim_c_iters"])
         return {"metric": "ns_per_pair", "size": size, "threads": threads, "ns": _summary(walls),
-                "thread_ns": _summary(per), "iters": int(g["sim_c_iters"]),
-                "timing": _timing(ctx, False)}
+                "thread_ns": _summary(per), "ns_values": walls, "thread_ns_values": per, "iters": iters,
+                "pairs_done": reps * (iters + 1) * threads, "timing": _timing(ctx, False)}
 
     return _timed_calls(ctx, run)
 
@@ -596,6 +613,30 @@ def _confirm(name: str, workload: str, cap: int, g: Dict[str, Any], timeout_s: f
     return {"capacity": cap, "ok": None, "error": str(err)[:500]}
 
 
+def _merge_rounds(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One row from a scenario's rows of several timing rounds: the batches of every round
+    pooled (median and p99 over all of them), each round's median kept."""
+    from .bench import summarize
+
+    good = [r for r in rows if not r.get("error") and not r.get("skipped")]
+    if not good:
+        return dict(rows[0], rounds=len(rows))
+    out = dict(good[0])
+    for key in ("ns", "thread_ns"):
+        vals = [v for r in good for v in (r.get(key + "_values") or [])]
+        if vals:
+            out[key] = summarize(vals, keep_values=False).to_dict(with_values=False)
+            out[key + "_values"] = vals
+    out["round_medians"] = [(r.get("ns") or {}).get("median") for r in good]
+    out["rounds"] = len(rows)
+    if len(good) < len(rows):
+        out["round_errors"] = [r.get("error") for r in rows if r.get("error")]
+    calls = [r.get("device_calls") for r in good if r.get("device_calls")]
+    if calls:
+        out["device_calls"] = calls[0]
+    return out
+
+
 def run_sim(s: Any, progress: Any = None, allocators: Optional[Sequence[str]] = None,
             memory: Optional[str] = None) -> Dict[str, Any]:
     """The simulated-device suite: one child per allocator, then the confirmations."""
@@ -614,20 +655,43 @@ def run_sim(s: Any, progress: Any = None, allocators: Optional[Sequence[str]] = 
             why = SIM_EXCLUDED.get(n, "unknown allocator")
             raise ValueError(f"--allocators: {n} is not run on the simulated device ({why}); "
                              f"choose from {', '.join(SIM_ALLOCATORS)}")
-    scenarios = sim_scenarios(g)
+    mem_sc, time_sc = memory_scenarios(g), timing_scenarios(g)
+    scenarios = mem_sc + time_sc
+    rounds = max(1, int(g.get("sim_rounds", 1)))
     timeout = {"full": 1800.0, "quick": 900.0}.get(s.mode, 300.0)
     env = simdevice.environ(memory=g["sim_memory"])
     children: Dict[str, Any] = {}
     rows: List[Dict[str, Any]] = []
+    timing_rows: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
+    if progress is not None:
+        progress.add_total(len(names) * len(time_sc) * (rounds - 1))
     t0 = time.perf_counter()
-    for name in names:
-        res = _run_child(name, scenarios, g, progress, timeout, "sim", base_env=env, tag="sim")
-        children[name] = {k: v for k, v in res.items() if k != "scenarios"}
-        rows.extend(res["scenarios"])
+
+    def child(name: str, sc: List[str], key: str) -> List[Dict[str, Any]]:
+        res = _run_child(name, sc, g, progress, timeout, "sim", base_env=env, tag="sim")
+        children[key] = {k: v for k, v in res.items() if k != "scenarios"}
         if progress is not None:
             reached = sum(1 for r in res["scenarios"] if r.get("allocator") == name)
-            for sc in scenarios[reached:]:
-                progress.finish(f"sim {name} {sc}", "skipped: " + str(res.get("error", ""))[:80])
+            for x in sc[reached:]:
+                progress.finish(f"sim {name} {x}", "skipped: " + str(res.get("error", ""))[:80])
+        got: List[Dict[str, Any]] = res["scenarios"]
+        return got
+
+    # Memory first (deterministic, one child per allocator), then the timing children
+    # round by round, the allocators in alternating order (Note [Medians over repeats]
+    # in pypool.bench: a burst of outside load then hits every allocator alike).
+    for name in names:
+        if mem_sc:
+            rows.extend(child(name, mem_sc, name))
+    for k in range(rounds):
+        for name in (names if k % 2 == 0 else names[::-1]):
+            key = name if not mem_sc and k == 0 else f"{name} timing round {k + 1}"
+            for r in child(name, time_sc, key):
+                timing_rows.setdefault((r["scenario"], r["allocator"]), []).append(r)
+    for sc in time_sc:
+        for name in names:
+            if (sc, name) in timing_rows:
+                rows.append(_merge_rounds(timing_rows[(sc, name)]))
     timed_s = time.perf_counter() - t0
     # Confirmations: fresh children at the capacity found (must pass) and one step below
     # (must fail). Nothing is timed here, so two run at once.
@@ -672,7 +736,7 @@ def run_sim(s: Any, progress: Any = None, allocators: Optional[Sequence[str]] = 
                                 + ("passed" if below.get("ok") else f"error {below.get('error')}"))
                 c["disagreement"] = "; ".join(bits)
     return {"allocators": names, "scenarios_run": scenarios, "children": children, "scenarios": rows,
-            "memory": g["sim_memory"], "timed_seconds": timed_s,
+            "memory": g["sim_memory"], "rounds": rounds, "timed_seconds": timed_s,
             "confirm_seconds": time.perf_counter() - t1, "confirm_runs": len(jobs)}
 
 
@@ -798,6 +862,25 @@ def _pairs_table(sim: Dict[str, Any], kind: str, meta_kind: Optional[str], key: 
     return text_table(headers, rows, right=[False] + [True] * (len(headers) - 1))
 
 
+def calls_per_pair_table(sim: Dict[str, Any]) -> str:
+    """Device calls per allocation + free pair in steady state (one thread)."""
+    from ._bench_report import text_table
+
+    allocs, cell = _index(sim)
+    rows = []
+    for kind, label in (("tpairs", "torch.empty from Python"), ("tspairs", "torch.empty from TorchScript"),
+                        ("cthreads", "pypool C ABI")):
+        for sc in [x for x in sim.get("scenarios_run", []) if x.split(":")[0] == kind and x.endswith(":1")]:
+            line = [label, _short_size(int(sc.split(":")[1]))]
+            for a in allocs:
+                r = cell.get((sc, a))
+                dc = (r or {}).get("device_calls") or {}
+                pp = dc.get("per_pair")
+                line.append("-" if pp is None else f"{pp:.2f}" + (f" ({dc['sync']} sync)" if dc.get("sync") else ""))
+            rows.append(line)
+    return text_table(["path", "size"] + allocs, rows, right=[False, True] + [True] * len(allocs))
+
+
 def cthreads_table(sim: Dict[str, Any]) -> str:
     from ._bench_report import text_table
 
@@ -856,6 +939,8 @@ def sim_tables(sim: Dict[str, Any]) -> str:
     parts.append("Host overhead on a simulated device: pypool's C ABI (pypool_malloc + pypool_free) "
                  "from C++ threads released together; ns/pair = wall / all pairs, per thread = "
                  "each thread's own time per pair (median over repeats)\n" + cthreads_table(sim))
+    parts.append("Device calls per allocation + free pair, one thread, cache warm (CUDA entry points "
+                 "counted by the simulation; part of the host overhead above)\n" + calls_per_pair_table(sim))
     notes = []
     allocs, cell = _index(sim)
     for name, child in sim.get("children", {}).items():
@@ -873,7 +958,8 @@ def sim_tables(sim: Dict[str, Any]) -> str:
         parts.append("Simulated-device errors and disagreements:\n" + "\n".join(notes))
     t = sim.get("timed_seconds")
     if t is not None:
-        parts.append(f"simulated-device suite: {t:.0f} s in the allocator children, "
+        parts.append(f"simulated-device suite: timing in {sim.get('rounds', 1)} interleaved round(s) of one "
+                     f"child per allocator (batches of all rounds pooled); {t:.0f} s in the allocator children, "
                      f"{sim.get('confirm_seconds', 0):.0f} s for {sim.get('confirm_runs', 0)} confirmation runs")
     return "\n\n".join(parts)
 

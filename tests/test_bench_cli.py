@@ -3,6 +3,7 @@ GPU child's scenario code on CPU tensors, and the pieces the report is built fro
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -439,3 +440,59 @@ def test_bench_sim_smoke(tmp_path: Path) -> None:
         assert tp["ns"]["median"] > 0 and tp["timing"] == "host overhead on a simulated device"
     assert rows[("cthreads:512:2", "pypool")]["ns"]["median"] > 0
     assert "HOST OVERHEAD ON A SIMULATED DEVICE" in proc.stdout and "SIMULATED CUDA device" in proc.stdout
+
+
+def test_run_sim_orchestration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent side of --device sim with stand-in children: memory children once,
+    timing children in interleaved rounds with their batches pooled, confirmations at the
+    capacity found and 2 MiB below, a disagreeing confirmation reported."""
+    from pypool import _bench_sim, simdevice
+
+    MiB = 1 << 20
+    calls: List[Any] = []
+
+    def fake_child(name: str, scenarios: List[str], settings: Dict[str, Any], progress: Any,
+                   timeout_s: float, device: str, base_env: Any = None, tag: str = "gpu") -> Dict[str, Any]:
+        assert device == "sim" and base_env["PYPOOL_SIM_MEMORY"]
+        cap = int(base_env["PYPOOL_SIM_MEMORY"])
+        calls.append((name, tuple(scenarios), cap))
+        rows: List[Dict[str, Any]] = []
+        for sc in scenarios:
+            kind = sc.split(":")[0]
+            if kind == "minmem":
+                rows.append({"scenario": sc, "allocator": name, "workload": sc[7:], "floor": 90 * MiB,
+                             "min_capacity": 100 * MiB, "min_capacity_over_floor": 100 / 90})
+            elif kind == "confirm":
+                # pypool "passes" 2 MiB below its answer too: a disagreement to report.
+                ok = cap >= 100 * MiB or name == "pypool"
+                rows.append({"scenario": sc, "allocator": name, "ok": ok, "oom_at_event": None if ok else 7})
+            elif kind == "cthreads" and not name.startswith("pypool"):
+                rows.append({"scenario": sc, "allocator": name, "skipped": "no C entry point"})
+            else:
+                k = sum(1 for c in calls if c[0] == name and len(c[1]) > 1)
+                rows.append({"scenario": sc, "allocator": name, "metric": "ns_per_pair",
+                             "ns": {"median": 10.0 * k}, "ns_values": [10.0 * k] * 3,
+                             "device_calls": {"total": 5, "sync": 0, "per_pair": 0.5}})
+        return {"allocator": name, "scenarios": rows, "returncode": 0}
+
+    monkeypatch.setattr(simdevice, "available", lambda: True)
+    monkeypatch.setattr(bench, "_run_child", fake_child)
+    s = BenchSettings.for_mode("smoke")
+    s = dataclasses.replace(s, sim={**s.sim, "sim_rounds": 3})
+    out = _bench_sim.run_sim(s, None, ["native", "pypool"])
+    timing = [c for c in calls if len(c[1]) > 1]
+    assert [c[0] for c in timing] == ["native", "pypool", "pypool", "native", "native", "pypool"]
+    assert [c[0] for c in calls[:2]] == ["native", "pypool"] and calls[0][1] == ("minmem:kv_cache",)
+    confirms = sorted((c[0], c[2]) for c in calls if c[1][0].startswith("confirm:"))
+    assert confirms == [("native", 98 * MiB), ("native", 100 * MiB), ("pypool", 98 * MiB), ("pypool", 100 * MiB)]
+    rows = {(r["scenario"], r["allocator"]): r for r in out["scenarios"]}
+    tp = rows[("tpairs:512:1", "native")]
+    assert tp["rounds"] == 3 and tp["round_medians"] == [10.0, 20.0, 30.0]
+    assert len(tp["ns_values"]) == 9 and tp["ns"]["median"] == 20.0
+    assert rows[("cthreads:512:1", "native")]["skipped"]
+    assert rows[("minmem:kv_cache", "native")]["confirm"]["agrees"] is True
+    bad = rows[("minmem:kv_cache", "pypool")]["confirm"]
+    assert bad["agrees"] is False and "at 98 MiB: passed" in bad["disagreement"]
+    text = _bench_sim.sim_tables(out)
+    assert "confirmation disagrees" in text and "3 interleaved round(s)" in text
+    assert "0.50" in text  # device calls per pair
