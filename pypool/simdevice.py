@@ -1,11 +1,13 @@
 """The simulated CUDA device: run the real PyTorch CUDA build without a GPU.
 
 pypool ships stand-ins for the CUDA runtime (``libcudart.so.13``), the driver
-(``libcuda.so.1``) and NVML (``libnvidia-ml.so.1``) that back device memory with host
-memory (see Note [Simulated device] in ``csrc/simdevice/sim_state.h``). A small
-``LD_AUDIT`` library redirects the dynamic loader's lookups of those three files to the
-stand-ins, whether a library asks for them by name or, as ``torch/__init__.py`` does, by
-full path. The user's torch install is not touched, and nothing on pypool's normal path
+(``libcuda.so.1``), NVML (``libnvidia-ml.so.1``), cuBLAS (``libcublas.so.13``) and
+cuBLASLt (``libcublasLt.so.13``) that back device memory with host memory (see Note
+[Simulated device] in ``csrc/simdevice/sim_state.h``). A small ``LD_AUDIT`` library
+redirects the dynamic loader's lookups of those files to the stand-ins, whether a library
+asks for them by name or, as ``torch/__init__.py`` does, by full path. cuDNN is not
+simulated: set ``torch.backends.cudnn.enabled = False`` (convolutions then take torch's
+own im2col + cuBLAS path). The user's torch install is not touched, and nothing on pypool's normal path
 loads any of this.
 
 The audit library must be in place before the process starts, so the simulation is
@@ -19,8 +21,8 @@ completes work, reads the call counters and sizes the device.
 
 What it proves: everything an allocator sees — capacity and free memory, out-of-memory
 and VMM error codes, which calls synchronize, when an event completes. What it cannot:
-kernel results (kernels are accepted and do nothing, so tensor values are meaningless),
-and real driver latencies.
+kernel results (kernels and cuBLAS calls are accepted and do nothing, so tensor values are
+meaningless), and real driver latencies.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ __all__ = [
 
 AUDIT_LIB = "libpypool_simaudit.so"
 DRIVER_LIB = "libpypool_simcuda.so"
-_LIBS = (AUDIT_LIB, DRIVER_LIB, "libpypool_simcudart.so", "libpypool_simnvml.so")
+_LIBS = (AUDIT_LIB, DRIVER_LIB, "libpypool_simcudart.so", "libpypool_simnvml.so", "libpypool_simcublas.so",
+         "libpypool_simcublasLt.so")
 
 
 class SimDeviceError(RuntimeError):

@@ -25,10 +25,25 @@ They are committed, so a build needs neither this script nor its inputs:
                              plus the older unversioned/_vN-1 names that libnvidia-ml
                              keeps exporting for old binaries (torch asks for
                              nvmlDeviceGetComputeRunningProcesses, for example)
+  symbols/cublas.inc         every function libcublas.so.13 exports (nm -D --defined-only
+                             on the real library), each either
+                               W(name): a BLAS routine that takes the handle first and
+                                        only computes: the stand-in enqueues one unit of
+                                        work on the handle's stream (no math), or
+                               X(name): anything else (handle management, the legacy
+                                        handle-less API, cublasXt, the batched LAPACK-like
+                                        routines whose `info` outputs would be junk): a
+                                        "not supported" stub unless cublas.cpp defines it
+  symbols/cublasLt.inc       X(name): every function libcublasLt.so.13 exports
 
 Usage (defaults fit this machine's CUDA 13 toolkit and the CUDA torch venv):
 
-  python tools/simdevice_symbols.py [--cuda /usr/local/cuda] [--bindings DIR] [--check]
+  python tools/simdevice_symbols.py [--cuda /usr/local/cuda] [--bindings DIR]
+                                    [--cublas-lib DIR] [--check]
+
+--cublas-lib is the folder holding the real libcublas.so.13 and libcublasLt.so.13 (the
+toolkit's lib64, or the nvidia-cublas wheel's nvidia/cu13/lib or nvidia/cublas/lib; the
+default looks in the toolkit, then in the CUDA torch venv).
 
 --check compares with the committed files instead of writing them (exit 1 on a
 difference). Needs a C preprocessor (cc -E) and nm.
@@ -56,6 +71,16 @@ HEADER = (
 def default_bindings() -> str:
     hits = sorted(glob.glob("/tmp/venv-cuda/lib/python3*/site-packages/cuda/bindings"))
     return hits[-1] if hits else ""
+
+
+def default_cublas_lib(cuda: Path) -> str:
+    candidates = [str(cuda / "lib64")]
+    candidates += sorted(glob.glob("/tmp/venv-cuda/lib/python3*/site-packages/nvidia/cu13/lib"))
+    candidates += sorted(glob.glob("/tmp/venv-cuda/lib/python3*/site-packages/nvidia/cublas/lib"))
+    for c in candidates:
+        if (Path(c) / "libcublas.so.13").exists() and (Path(c) / "libcublasLt.so.13").exists():
+            return c
+    return ""
 
 
 def run(cmd: List[str], stdin: str = "") -> str:
@@ -167,6 +192,40 @@ def nvml_names(bindings: str) -> List[str]:
     return sorted(names | older)
 
 
+# ---- cuBLAS and cuBLASLt ----
+
+def exported_functions(lib: Path) -> List[str]:
+    """Functions a shared library exports (nm -D --defined-only; version suffixes dropped)."""
+    out = run(["nm", "-D", "--defined-only", str(lib)])
+    names = set()
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in ("T", "W"):
+            names.add(parts[2].split("@")[0])
+    return sorted(names)
+
+
+# Exports that are not "handle first, then compute": handle and mode management, the
+# legacy handle-less API (cublas.h), host<->device copies, logging, cublasXt.
+CUBLAS_NOT_WORK = re.compile(
+    r"^cublas(Xt|Create|Destroy|Get|Set|Init|Shutdown|Alloc|Free|Logger|Xerbla)")
+# Batched LAPACK-like routines report per-matrix results in `info` arrays that callers
+# read back (torch raises on a nonzero one): junk there would be worse than "not
+# supported".
+CUBLAS_LAPACK = re.compile(r"(getrf|getri|getrs|geqrf|gels|matinv)Batched(_64)?$")
+
+
+def cublas_rows(names: List[str]) -> List[Tuple[str, str]]:
+    exported = set(names)
+    rows = []
+    for n in names:
+        base = n[:-3] if n.endswith("_64") else n
+        legacy = base + "_v2" in exported  # cublasSgemm (no handle) next to cublasSgemm_v2
+        work = not (legacy or CUBLAS_NOT_WORK.match(n) or CUBLAS_LAPACK.search(n))
+        rows.append(("W" if work else "X", n))
+    return rows
+
+
 def render_x(names: List[str], source: str, what: str) -> str:
     return HEADER.format(source=source, what=what) + "".join(f"X({n})\n" for n in names)
 
@@ -175,13 +234,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cuda", default=os.environ.get("CUDA_HOME", "/usr/local/cuda"))
     ap.add_argument("--bindings", default=default_bindings(), help="cuda-bindings package dir (cuda/bindings)")
+    ap.add_argument("--cublas-lib", default=None,
+                    help="folder with the real libcublas.so.13 and libcublasLt.so.13")
     ap.add_argument("--check", action="store_true", help="compare with the committed lists; write nothing")
     args = ap.parse_args()
     cuda = Path(args.cuda)
     if not args.bindings:
         sys.exit("simdevice_symbols: cuda-bindings not found; pass --bindings .../site-packages/cuda/bindings")
 
+    cublas_lib = Path(args.cublas_lib if args.cublas_lib is not None else default_cublas_lib(cuda))
+    if not (cublas_lib / "libcublas.so.13").exists() or not (cublas_lib / "libcublasLt.so.13").exists():
+        sys.exit(f"simdevice_symbols: no libcublas.so.13/libcublasLt.so.13 in '{cublas_lib}'; pass --cublas-lib DIR")
+
     cuda_syms = driver_names(cuda, args.bindings)
+    cublas = cublas_rows(exported_functions(cublas_lib / "libcublas.so.13"))
     files = {
         "cudart.inc": render_x(cudart_names(cuda), "nm -D libcudart.so.13",
                                "X(name): every function the CUDA 13 runtime exports."),
@@ -195,6 +261,12 @@ def main() -> int:
         + "".join(f"R({n})\n" for n in driver_errors(cuda)),
         "nvml.inc": render_x(nvml_names(args.bindings), "cynvml.pxd",
                              "X(name): every NVML function, with the older ABI names."),
+        "cublas.inc": HEADER.format(
+            source="nm -D libcublas.so.13",
+            what="W(name): handle-first BLAS routine (enqueue on the handle's stream); X(name): anything else.")
+        + "".join(f"{k}({n})\n" for k, n in cublas),
+        "cublasLt.inc": render_x(exported_functions(cublas_lib / "libcublasLt.so.13"), "nm -D libcublasLt.so.13",
+                                 "X(name): every function the cuBLASLt 13 library exports."),
     }
     stale = []
     for name, text in files.items():

@@ -5,17 +5,18 @@
  * LD_LIBRARY_PATH nor LD_PRELOAD can put the stand-ins in front of the real CUDA
  * libraries. The dynamic loader asks an audit library about every file it is about to
  * look for (la_objsearch with LA_SER_ORIG, before any search), by name or by path; this
- * one answers with the stand-in for the three simulated libraries:
+ * one answers with the stand-in for the five simulated libraries:
  *
  *   libcudart.so.13    -> libpypool_simcudart.so
  *   libcuda.so.1       -> libpypool_simcuda.so      (and libcuda.so)
  *   libnvidia-ml.so.1  -> libpypool_simnvml.so      (and libnvidia-ml.so)
+ *   libcublas.so.13    -> libpypool_simcublas.so
+ *   libcublasLt.so.13  -> libpypool_simcublasLt.so
  *
  * The stand-ins are found in $PYPOOL_SIM_LIBDIR, else beside this library. A name is
- * redirected only if its stand-in file exists there, so libcublas.so.13 and
- * libcublasLt.so.13 are redirected as soon as stand-ins for them
- * (libpypool_simcublas.so, libpypool_simcublasLt.so) are installed next to the others,
- * and left alone until then.
+ * redirected only if its stand-in file exists there (and a warning names a missing one).
+ * cuDNN is not simulated: run torch with torch.backends.cudnn.enabled = False (cuDNN
+ * would need the driver's cuGetExportTable).
  *
  * Plain C with no allocation: it runs inside the dynamic loader, in a link-map
  * namespace of its own. */
@@ -42,9 +43,8 @@ static struct redirect redirects[] = {
     {"libcuda.so", "libpypool_simcuda.so", 1, "", 0},
     {"libnvidia-ml.so.1", "libpypool_simnvml.so", 1, "", 0},
     {"libnvidia-ml.so", "libpypool_simnvml.so", 1, "", 0},
-    /* Not simulated yet: redirected only once these stand-ins exist. */
-    {"libcublas.so.13", "libpypool_simcublas.so", 0, "", 0},
-    {"libcublasLt.so.13", "libpypool_simcublasLt.so", 0, "", 0},
+    {"libcublas.so.13", "libpypool_simcublas.so", 1, "", 0},
+    {"libcublasLt.so.13", "libpypool_simcublasLt.so", 1, "", 0},
 };
 
 static char libdir[4096];
