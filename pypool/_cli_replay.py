@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 from .config import PoolConfig, format_size, parse_size
 from .replay import DEFAULT_CAPACITY, ReplayResult, default_capacity, replay
 from .trace import Trace
-from .workloads import WORKLOADS, generate
+from .workloads import ALL_WORKLOADS, generate
 
 HELP = "replay an allocation trace (file, torch snapshot or bundled workload) and report memory use"
 
@@ -28,10 +28,11 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("trace", nargs="?", metavar="TRACE",
                         help="a pypool trace file (.trace, .trace.gz) or a torch memory snapshot "
                              "pickle (torch.cuda.memory._dump_snapshot)")
-    parser.add_argument("--workload", choices=sorted(WORKLOADS), metavar="NAME",
-                        help=f"a bundled workload instead of a file: {', '.join(WORKLOADS)}")
-    parser.add_argument("--seed", type=int, default=0, help="workload seed (default 0)")
-    parser.add_argument("--scale", type=float, default=1.0, help="workload length multiplier (default 1.0)")
+    parser.add_argument("--workload", choices=sorted(ALL_WORKLOADS), metavar="NAME",
+                        help=f"a bundled workload instead of a file: {', '.join(ALL_WORKLOADS)}")
+    parser.add_argument("--seed", type=int, default=0, help="workload seed (default 0; recorded_* ignore it)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="workload length multiplier (default 1.0; recorded_*: a fraction in (0, 1])")
     parser.add_argument("--device", type=int, default=None,
                         help="device of a torch snapshot (default: the busiest)")
     parser.add_argument("--capacity", default=None,
@@ -57,13 +58,13 @@ def load_trace(args: argparse.Namespace) -> Trace:
     """The trace named by ``TRACE`` or ``--workload`` (exactly one)."""
     if bool(args.trace) == bool(args.workload):
         raise CliError("give a TRACE file or --workload NAME (one of them; bundled workloads: "
-                       + ", ".join(WORKLOADS) + ")")
+                       + ", ".join(ALL_WORKLOADS) + ")")
     if args.workload:
         if not args.scale > 0:
             raise CliError(f"--scale: must be > 0, got {args.scale}")
         try:
             return generate(args.workload, seed=args.seed, scale=args.scale)
-        except ValueError as e:
+        except (ValueError, FileNotFoundError) as e:
             raise CliError(str(e)) from None
     if not os.path.exists(args.trace):
         raise CliError(f"{args.trace}: no such file")

@@ -320,7 +320,8 @@ _REPLAY_KEYS = ("capacity", "backend", "sample_every", "at_peak")
 
 def replay_workload(name: str, config: ConfigLike = None, *, seed: int = 0, scale: float = 1.0,
                     **kw: Any) -> ReplayResult:
-    """Generate a bundled workload (:data:`pypool.workloads.WORKLOADS`) and replay it.
+    """Generate (or load) a bundled workload (:data:`pypool.workloads.ALL_WORKLOADS`) and
+    replay it.
 
     Keyword arguments ``capacity``, ``backend``, ``sample_every`` and ``at_peak`` go to
     :func:`replay`; any others are the generator's parameters.

@@ -1,7 +1,9 @@
-"""Bundled allocation workloads: seeded generators of realistic GPU allocation traces.
+"""Bundled allocation workloads: seeded generators of realistic GPU allocation traces,
+and allocation sequences recorded from real models.
 
-``WORKLOADS[name](seed=0, scale=1.0, **params) -> Trace``. The same arguments always
-give the same trace. ``scale`` multiplies the length (steps, requests, events), not the
+``WORKLOADS[name](seed=0, scale=1.0, **params) -> Trace`` are the synthetic generators;
+``RECORDED_WORKLOADS`` the recordings (below); ``ALL_WORKLOADS`` both, and
+:func:`generate` takes any of their names. The same arguments always give the same trace. ``scale`` multiplies the length (steps, requests, events), not the
 tensor sizes, so a small scale keeps the size mix of the full workload; at 1.0 each
 trace has 170 k to 640 k events and is generated in well under a second.
 
@@ -21,19 +23,42 @@ trace has 170 k to 640 k events and is generated in well under a second.
 * ``random``: RMM's ``random_allocations`` benchmark: each event allocates with
   probability 0.73 (a size uniform in [1, max_size]) or frees a random live allocation;
   an allocation that would take live bytes beyond ``max_usage`` frees instead.
+
+Recorded workloads (``RECORDED_WORKLOADS``): what PyTorch's own caching allocator was
+asked for while small real models ran a few tens of steps on pypool's simulated CUDA
+device, recorded with ``torch.cuda.memory._record_memory_history`` and shipped as
+stripped torch snapshots in ``pypool/workloads_data/<name>.pickle.gz``
+(``tools/record_sim_workloads.py`` says how they were made and how to redo them; the
+trace's ``meta["recording"]`` says what ran). Kernels do not run on the simulated device,
+but no shape in these loops depends on a value, so this is the allocation sequence
+PyTorch makes on a GPU (with cuDNN off: convolutions use PyTorch's im2col path).
+
+* ``recorded_gpt_train``: an 82 M-parameter GPT trained with AdamW under bf16 autocast,
+  batch 8, a new sequence length (64..1024) every step, 20 steps.
+* ``recorded_cnn_growing_batch``: a ResNet-18-style CNN (64x64 images) trained with SGD
+  under bf16 autocast, the batch growing from 16 to 192 over 24 steps.
+* ``recorded_gpt_decode``: inference with a 186 M-parameter GPT in bf16: 4 batches of
+  requests, each a prefill and 24-48 decoding steps with per-layer KV caches grown by
+  ``torch.cat`` every token.
+
+A recording has one length: ``scale`` in (0, 1] keeps that fraction of its events (a
+prefix; allocations still live at the cut are simply never freed), and ``seed`` is
+accepted for symmetry with the generators and ignored.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import numpy as np
 
-from .trace import ALLOC, FREE, Trace
+from .trace import ALLOC, FREE, Trace, load_torch_snapshot
 
-__all__ = ["WORKLOADS", "generate", "transformer", "growing_batch", "kv_cache", "random_workload"]
+__all__ = ["WORKLOADS", "RECORDED_WORKLOADS", "ALL_WORKLOADS", "generate", "transformer", "growing_batch",
+           "kv_cache", "random_workload", "recorded", "recorded_path"]
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -440,6 +465,54 @@ def random_workload(seed: int = 0, scale: float = 1.0, *, events: int = 500_000,
     return b.trace("random", meta)
 
 
+# ============================================================================ recorded
+
+_DATA_DIR = Path(__file__).resolve().parent / "workloads_data"
+_RECORDED_NAMES = ("recorded_gpt_train", "recorded_cnn_growing_batch", "recorded_gpt_decode")
+
+
+def recorded_path(name: str) -> Path:
+    """The file of the recorded workload ``name`` (``pypool/workloads_data``)."""
+    if name not in _RECORDED_NAMES:
+        raise ValueError(f"recorded workload: unknown {name!r} (bundled: {', '.join(_RECORDED_NAMES)})")
+    return _DATA_DIR / f"{name}.pickle.gz"
+
+
+def recorded(name: str, seed: int = 0, scale: float = 1.0) -> Trace:
+    """The recorded workload ``name`` as a :class:`Trace` (see the module docstring).
+
+    ``scale`` in (0, 1] keeps that fraction of the events (a prefix); ``seed`` is ignored.
+    ``meta["recording"]`` describes the run (model, steps, shapes, torch version,
+    PyTorch's own peak allocated/reserved bytes); ``meta["torch"]`` is PyTorch's reserved
+    profile (:func:`pypool.trace.torch_reserved_profile`).
+    """
+    _check_common(seed, scale)
+    if scale > 1:
+        raise ValueError(f"scale: a recorded workload has one length; expected a scale in (0, 1], got {scale!r}")
+    path = recorded_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"recorded workload {name!r}: {path} is missing from this pypool install "
+                                "(package data pypool/workloads_data)")
+    snap = load_torch_snapshot(path)
+    trace = Trace.from_torch_snapshot(snap, device=0, name=name)
+    trace.meta["recorded"] = name
+    trace.meta["recording"] = snap.get("pypool_recording", {})
+    if scale < 1:
+        n = max(1, int(round(len(trace) * scale)))
+        trace = trace[:n]
+        trace.meta["scale"] = scale
+    return trace
+
+
+def _recorded_loader(name: str) -> Callable[..., Trace]:
+    def load(seed: int = 0, scale: float = 1.0) -> Trace:
+        return recorded(name, seed=seed, scale=scale)
+
+    load.__name__ = name
+    load.__doc__ = f"The recorded workload {name!r} (see :func:`recorded`)."
+    return load
+
+
 WORKLOADS: Dict[str, Callable[..., Trace]] = {
     "transformer": transformer,
     "growing_batch": growing_batch,
@@ -447,12 +520,16 @@ WORKLOADS: Dict[str, Callable[..., Trace]] = {
     "random": random_workload,
 }
 
+RECORDED_WORKLOADS: Dict[str, Callable[..., Trace]] = {name: _recorded_loader(name) for name in _RECORDED_NAMES}
+
+ALL_WORKLOADS: Dict[str, Callable[..., Trace]] = {**WORKLOADS, **RECORDED_WORKLOADS}
+
 
 def generate(name: str, seed: int = 0, scale: float = 1.0, **params: Any) -> Trace:
-    """``WORKLOADS[name](seed=seed, scale=scale, **params)`` with a clear error for an
-    unknown name."""
+    """``ALL_WORKLOADS[name](seed=seed, scale=scale, **params)`` with a clear error for an
+    unknown name (recorded workloads take no other parameters)."""
     try:
-        gen = WORKLOADS[name]
+        gen = ALL_WORKLOADS[name]
     except KeyError:
-        raise ValueError(f"workload: unknown {name!r} (bundled: {', '.join(WORKLOADS)})") from None
+        raise ValueError(f"workload: unknown {name!r} (bundled: {', '.join(ALL_WORKLOADS)})") from None
     return gen(seed=seed, scale=scale, **params)
