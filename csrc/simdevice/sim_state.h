@@ -1,10 +1,12 @@
 // The simulated CUDA device's state: devices, device memory, virtual memory, streams,
-// events and call counters. Shared by the three stand-in libraries:
+// events and call counters. Shared by the stand-in libraries:
 //
 //   libpypool_simcuda.so  (SONAME libcuda.so.1)        owns this state, the driver API and
 //                                                      the pypoolsim_* control API
 //   libpypool_simcudart.so (SONAME libcudart.so.13)     the runtime API, links the above
 //   libpypool_simnvml.so  (SONAME libnvidia-ml.so.1)   NVML, links the above
+//   libpypool_simcublas.so (SONAME libcublas.so.13)     cuBLAS: BLAS calls are work on the
+//   libpypool_simcublasLt.so (SONAME libcublasLt.so.13) handle's/given stream, link the above
 //
 // Nothing here touches a GPU: device memory is host memory (mmap MAP_NORESERVE), streams
 // are counters and events complete when the test says so. See Note [Simulated device].
@@ -39,6 +41,9 @@ namespace sim {
 //    the stream's sequence number; it is complete once the stream has completed that
 //    far. Synchronizing a stream, an event or the device completes what is pending
 //    (on a GPU it would wait for it), and counts as a synchronizing call.
+//  * cuBLAS and cuBLASLt: a gemm (or any BLAS routine) is one unit of work on its stream,
+//    like a kernel launch; no math is done. cuDNN is not simulated (torch runs with
+//    torch.backends.cudnn.enabled = False and takes its own convolution path).
 //  * Counters: every entry point counts its calls by name, and the calls that
 //    synchronize the device on real hardware (cudaFree, cuMemFree, cuMemUnmap, the
 //    *Synchronize calls, blocking memcpy) are also counted as "sync".
