@@ -80,43 +80,70 @@ DevicePool::~DevicePool() {
   }
 }
 
+namespace {
+
+[[noreturn]] __attribute__((noinline, cold)) void throw_too_large(std::size_t size) {
+  throw std::invalid_argument("pypool: malloc size " + std::to_string(size) +
+                              " bytes is beyond any device (limit 1 PiB)");
+}
+
+// Context id and time of an allocation while history or context capture is on.
+struct Annotation {
+  std::uint64_t context = 0;
+  double time_us = 0;
+};
+__attribute__((noinline)) Annotation annotate(DevicePool::Impl& m) {
+  Annotation a;
+  a.time_us = now_us();
+  ContextHook hook;
+  void* user;
+  {
+    std::lock_guard<SpinMutex> g(m.mu);
+    hook = m.capture_context ? m.hook : nullptr;
+    user = m.hook_user;
+  }
+  if (hook != nullptr) a.context = hook(user);
+  return a;
+}
+
+}  // namespace
+
 void* DevicePool::malloc(std::size_t size, Stream stream) {
   if (size == 0) return nullptr;
-  if (size > policy::kMaxRequest)
-    throw std::invalid_argument("pypool: malloc size " + std::to_string(size) +
-                                " bytes is beyond any device (limit 1 PiB)");
+  if (size > policy::kMaxRequest) throw_too_large(size);
   Impl& m = *impl_;
-  std::uint64_t context = 0;
-  double t = 0;
-  if (m.annotate.load(std::memory_order_relaxed)) {
-    t = now_us();
-    ContextHook hook;
-    void* user;
-    {
-      std::lock_guard<SpinMutex> g(m.mu);
-      hook = m.capture_context ? m.hook : nullptr;
-      user = m.hook_user;
-    }
-    if (hook != nullptr) context = hook(user);
-  }
+  const Annotation an = m.annotate.load(std::memory_order_relaxed) ? annotate(m) : Annotation{};
   const std::size_t rounded = policy::round_size(cfg_, size);
   const PoolKind kind = policy::pool_for(cfg_, rounded);
-  auto ok = [&](std::size_t s) { return policy::can_use(cfg_, s, rounded); };
 
   std::unique_lock<SpinMutex> lk(m.mu);
   if (!m.pending.empty()) m.process_events();
   FreeIndex* idx = m.index_for(stream, kind);
+  Block* b = idx->find(rounded, [&](std::size_t s) { return policy::can_use(cfg_, s, rounded); });
+  if (b != nullptr)
+    m.take_free(idx, b);
+  else
+    b = fallback_locked(lk, idx, size, rounded, stream, an.context);
+  return m.finish_alloc(b, rounded, size, stream, an.context, an.time_us);
+}
+
+// Inlined into its one caller; a function of its own for reading.
+__attribute__((always_inline)) inline Block* DevicePool::fallback_locked(
+    std::unique_lock<SpinMutex>& lk, FreeIndex* idx, std::size_t size, std::size_t rounded,
+    Stream stream, std::uint64_t context) {
+  Impl& m = *impl_;
+  const PoolKind kind = idx->kind;
+  auto ok = [&](std::size_t s) { return policy::can_use(cfg_, s, rounded); };
   auto take = [&](bool exhaustive) {
     Block* f = idx->find(rounded, ok, exhaustive);
     if (f != nullptr) m.take_free(idx, f);
     return f;
   };
-  Block* b = take(false);
 
   // Fallback chain (Note [Locking rule] for the lock drops inside): exhaustive search ->
   // garbage collection -> reclaim -> grow -> wait for pending frees, release everything
   // cached and retry (free list, then grow) -> out of memory.
-  if (b == nullptr) b = take(true);
+  Block* b = take(true);
   if (b == nullptr && cfg_.garbage_collection_threshold > 0 && m.cap != Config::kUnlimited &&
       double(m.reserved() + policy::segment_size(cfg_, rounded)) >
           cfg_.garbage_collection_threshold * double(m.cap)) {
@@ -134,8 +161,9 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
     release_cached_locked(lk, /*respect_threshold=*/false, m.want_segment(rounded, kind), idx);
     b = take(false);
   }
+  if (b != nullptr) return b;
   DeviceRoom room;
-  if (b == nullptr) b = grow_locked(lk, idx, rounded, room);
+  b = grow_locked(lk, idx, rounded, room);
   // A growth beyond the whole device is refused without the retry: releasing the cache
   // cannot help it (Note [Device pre-check]).
   if (b == nullptr && !room.never) {
@@ -152,7 +180,7 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
     m.trace(TraceAction::kOom, room.mem.free, size, stream, context);
     throw OutOfMemoryError(m.oom_message(size, rounded, stream, room));
   }
-  return m.finish_alloc(b, rounded, size, stream, context, t);
+  return b;
 }
 
 void DevicePool::free(void* p) {
@@ -160,7 +188,8 @@ void DevicePool::free(void* p) {
   Impl& m = *impl_;
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
   std::lock_guard<SpinMutex> g(m.mu);
-  Block* b = m.live.find(addr);
+  detail::PtrMap::Entry* e = m.live.lookup(addr);
+  Block* b = e != nullptr ? e->block : nullptr;
   if (b == nullptr || b->state != BlockState::kAllocated) throw_bad_pointer_locked("free", addr);
   if (b->uses != nullptr && !b->uses->empty()) {
     // Note [record_stream]: record every event first, so a throwing backend leaves the
@@ -185,7 +214,8 @@ void DevicePool::free(void* p) {
     b->state = BlockState::kPendingFree;
     return;
   }
-  m.free_block(b);
+  m.live.erase(e);  // the entry found above: one probe per free (Note [Pointer map])
+  m.return_block(b);
 }
 
 void DevicePool::record_stream(void* p, Stream stream) {
@@ -339,25 +369,23 @@ void DevicePool::release_all_cached() {
 
 Stats DevicePool::stats() const {
   std::lock_guard<SpinMutex> g(impl_->mu);
-  Stats s = impl_->st;
+  Stats s = impl_->st.snapshot();
   s.max_pool_size = impl_->cap == Config::kUnlimited ? -1 : static_cast<std::int64_t>(impl_->cap);
   return s;
 }
 
 void DevicePool::reset_peak_stats() {
   std::lock_guard<SpinMutex> g(impl_->mu);
-  Stats& s = impl_->st;
-#define PYPOOL_RESET_PEAK(name) \
-  for (Stat & x : s.name) x.reset_peak();
+  PoolStats& s = impl_->st;
+#define PYPOOL_RESET_PEAK(name) s.name.reset_peak();
   PYPOOL_ARRAY_STATS(PYPOOL_RESET_PEAK)
 #undef PYPOOL_RESET_PEAK
 }
 
 void DevicePool::reset_accumulated_stats() {
   std::lock_guard<SpinMutex> g(impl_->mu);
-  Stats& s = impl_->st;
-#define PYPOOL_RESET_ACC(name) \
-  for (Stat & x : s.name) x.reset_accumulated();
+  PoolStats& s = impl_->st;
+#define PYPOOL_RESET_ACC(name) s.name.reset_accumulated();
   PYPOOL_ARRAY_STATS(PYPOOL_RESET_ACC)
 #undef PYPOOL_RESET_ACC
 #define PYPOOL_RESET_SCALAR(name) s.name = 0;
@@ -468,6 +496,13 @@ void DevicePool::check_invariants() const {
   std::lock_guard<SpinMutex> g(impl_->mu);
   const Impl& m = *impl_;
   auto fail = [](const std::string& why) { throw InvariantError("pypool invariant violated: " + why); };
+  // Recomputed from a walk into torch's [all, small, large] arrays, independently of the
+  // per-kind bookkeeping (Note [Stats by kind]), and compared with its snapshot.
+  auto add = [](StatArray& a, PoolKind k, std::int64_t n) {
+    a[0].add(n);
+    a[kind_index(k)].add(n);
+  };
+  const Stats st = m.st.snapshot();
   Stats calc;
   std::size_t free_blocks = 0, live_blocks = 0;
   for (const Segment* s = m.segs; s != nullptr; s = s->next) {
@@ -477,8 +512,8 @@ void DevicePool::check_invariants() const {
     if (s->index == nullptr || s->index->stream != s->stream || s->index->kind != s->kind)
       fail("segment " + hex(s->addr) + " has the wrong free index");
     const PoolKind k = s->kind;
-    Impl::add(calc.segment, k, 1);
-    Impl::add(calc.reserved_bytes, k, static_cast<std::int64_t>(s->size));
+    add(calc.segment, k, 1);
+    add(calc.reserved_bytes, k, static_cast<std::int64_t>(s->size));
     std::uintptr_t at = s->addr;
     for (const Block* b = s->first; b != nullptr; b = b->next) {
       const std::string where = "block " + hex(b->addr) + " in segment " + hex(s->addr);
@@ -497,22 +532,22 @@ void DevicePool::check_invariants() const {
         if (b->bin != FreeIndex::bin_of(b->size) || !s->index->contains(b))
           fail(where + ": free block not findable in its free index");
         if (b->is_split()) {
-          Impl::add(calc.inactive_split, k, 1);
-          Impl::add(calc.inactive_split_bytes, k, bs);
+          add(calc.inactive_split, k, 1);
+          add(calc.inactive_split_bytes, k, bs);
         }
       } else {
         ++live_blocks;
         if (m.live.find(b->addr) != b) fail(where + ": live block missing from the live map");
         if (b->state == BlockState::kAllocated) {
           if (b->requested == 0 || b->requested > b->size) fail(where + ": bad requested size");
-          Impl::add(calc.allocation, k, 1);
-          Impl::add(calc.allocated_bytes, k, bs);
-          Impl::add(calc.requested_bytes, k, static_cast<std::int64_t>(b->requested));
+          add(calc.allocation, k, 1);
+          add(calc.allocated_bytes, k, bs);
+          add(calc.requested_bytes, k, static_cast<std::int64_t>(b->requested));
         } else if (b->pending_events == 0) {
           fail(where + ": pending-free block with no pending event");
         }
-        Impl::add(calc.active, k, 1);
-        Impl::add(calc.active_bytes, k, bs);
+        add(calc.active, k, 1);
+        add(calc.active_bytes, k, bs);
       }
     }
     if (at != s->addr + s->size) fail("segment " + hex(s->addr) + ": blocks do not add up to its size");
@@ -527,18 +562,18 @@ void DevicePool::check_invariants() const {
       if (b->state != BlockState::kFree) fail("a non-free block sits in a free index");
       if (b->seg->index != idx.get()) fail("a free block sits in another stream's index");
     });
-    if (n != idx->count || bytes != idx->bytes) fail("free index counters disagree with its bins");
+    if (bytes != idx->bytes) fail("free index byte count disagrees with its bins");
     indexed += n;
   }
   if (indexed != free_blocks) fail("free blocks in segments and in free indexes differ");
   if (m.live.size() != live_blocks) fail("live map holds blocks that are in no segment");
   for (int i = 0; i < 3; ++i) {
-#define PYPOOL_CHECK_STAT(name)                                                              \
-  if (calc.name[i].current != m.st.name[i].current)                                         \
-    fail(std::string("stat " #name "[") + std::to_string(i) + "] is " +                      \
-         std::to_string(m.st.name[i].current) + ", a walk gives " +                           \
-         std::to_string(calc.name[i].current));                                               \
-  if (m.st.name[i].peak < m.st.name[i].current || m.st.name[i].current < 0)                 \
+#define PYPOOL_CHECK_STAT(name)                                                           \
+  if (calc.name[i].current != st.name[i].current)                                         \
+    fail(std::string("stat " #name "[") + std::to_string(i) + "] is " +                   \
+         std::to_string(st.name[i].current) + ", a walk gives " +                         \
+         std::to_string(calc.name[i].current));                                           \
+  if (st.name[i].peak < st.name[i].current || st.name[i].current < 0)                     \
     fail(std::string("stat " #name " peak/current out of order"));
     PYPOOL_ARRAY_STATS(PYPOOL_CHECK_STAT)
 #undef PYPOOL_CHECK_STAT

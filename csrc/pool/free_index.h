@@ -29,13 +29,16 @@ class FreeIndex {
   FreeIndex(const FreeIndex&) = delete;
   FreeIndex& operator=(const FreeIndex&) = delete;
 
-  // Bin of a block of `size` (size >= 1).
+  // Bin of a block of `size`: (fl - kSlBits + 1) * kSlCount + sl for fl = floor(log2 size)
+  // and sl the next kSlBits bits. size >> (fl - kSlBits) is those bits with the leading
+  // one on top, i.e. kSlCount + sl, which saves a mask and a multiply on the hot path.
+  // Pre: size >= kSlCount, which every block and request is (min_block_size >= 16,
+  // Config::validate); bins below kSlCount stay empty.
   static std::uint32_t bin_of(std::size_t size) noexcept {
-    if (size < kSlCount) return static_cast<std::uint32_t>(size);  // fl 0: linear
-    const int fl = 63 - __builtin_clzll(size);
-    const int sl = static_cast<int>((size >> (fl - kSlBits)) & (kSlCount - 1));
-    return static_cast<std::uint32_t>((fl - kSlBits + 1) * kSlCount + sl);
+    const int shift = 63 - __builtin_clzll(size) - kSlBits;
+    return static_cast<std::uint32_t>((shift << kSlBits) + static_cast<int>(size >> shift));
   }
+  static_assert(kSlCount <= 16, "bin_of's precondition relies on min_block_size >= 16");
 
   void insert(Block* b) noexcept {
     const std::uint32_t i = bin_of(b->size);
@@ -46,7 +49,6 @@ class FreeIndex {
     heads_[i] = b;
     sl_map_[i / kSlCount] |= 1u << (i % kSlCount);
     fl_map_ |= std::uint64_t(1) << (i / kSlCount);
-    ++count;
     bytes += b->size;
   }
 
@@ -63,7 +65,6 @@ class FreeIndex {
       sl_map_[i / kSlCount] &= ~(1u << (i % kSlCount));
       if (sl_map_[i / kSlCount] == 0) fl_map_ &= ~(std::uint64_t(1) << (i / kSlCount));
     }
-    --count;
     bytes -= b->size;
   }
 
@@ -136,8 +137,7 @@ class FreeIndex {
   const Stream stream;
   const PoolKind kind;
   Segment* vmm_seg = nullptr;  // this index's expandable segment, if any
-  std::size_t count = 0;
-  std::size_t bytes = 0;
+  std::size_t bytes = 0;  // total size of the free blocks in the index
 
  private:
   // First non-empty bin with index >= from, or -1.

@@ -53,6 +53,64 @@ inline std::string hex(std::uintptr_t p) {
 
 inline int kind_index(PoolKind k) { return 1 + static_cast<int>(k); }
 
+// Note [Stats by kind]: every array stat changes for one pool kind at a time, and "all"
+// is the sum of the two kinds, so the pool keeps each stat per kind only, plus the peak
+// of their sum (a peak of a sum is not a sum of peaks). An increase updates one Stat and
+// compares the sum with that peak; a decrease updates one Stat instead of two. "all"'s
+// current, freed and base are sums, so its allocated() is too. Snapshots (Stats, with
+// torch's [all, small, large] arrays) are made when the stats are read.
+struct KindStat {
+  Stat kind[kNumPoolKinds];
+  std::int64_t all_peak = 0;
+
+  void add(PoolKind k, std::int64_t n) noexcept {
+    Stat& s = kind[static_cast<int>(k)];
+    s.add(n);
+    const std::int64_t all = kind[0].current + kind[1].current;
+    if (all > all_peak) all_peak = all;
+  }
+  void sub(PoolKind k, std::int64_t n) noexcept { kind[static_cast<int>(k)].sub(n); }
+  std::int64_t current() const noexcept { return kind[0].current + kind[1].current; }
+  void reset_peak() noexcept {
+    for (Stat& s : kind) s.reset_peak();
+    all_peak = current();
+  }
+  void reset_accumulated() noexcept {
+    for (Stat& s : kind) s.reset_accumulated();
+  }
+  StatArray snapshot() const noexcept {
+    StatArray a;
+    for (int i = 0; i < kNumPoolKinds; ++i) {
+      a[kind_index(static_cast<PoolKind>(i))] = kind[i];
+      a[0].current += kind[i].current;
+      a[0].freed += kind[i].freed;
+      a[0].base += kind[i].base;
+    }
+    a[0].peak = all_peak;
+    return a;
+  }
+};
+
+struct PoolStats {
+#define PYPOOL_DECLARE_KIND_STAT(name) KindStat name;
+  PYPOOL_ARRAY_STATS(PYPOOL_DECLARE_KIND_STAT)
+#undef PYPOOL_DECLARE_KIND_STAT
+#define PYPOOL_DECLARE_SCALAR(name) std::int64_t name = 0;
+  PYPOOL_SCALAR_STATS(PYPOOL_DECLARE_SCALAR)
+#undef PYPOOL_DECLARE_SCALAR
+
+  Stats snapshot() const noexcept {
+    Stats s;
+#define PYPOOL_SNAPSHOT_ARRAY(name) s.name = name.snapshot();
+    PYPOOL_ARRAY_STATS(PYPOOL_SNAPSHOT_ARRAY)
+#undef PYPOOL_SNAPSHOT_ARRAY
+#define PYPOOL_SNAPSHOT_SCALAR(name) s.name = name;
+    PYPOOL_SCALAR_STATS(PYPOOL_SNAPSHOT_SCALAR)
+#undef PYPOOL_SNAPSHOT_SCALAR
+    return s;
+  }
+};
+
 // Note [Device pre-check]: before the pool grows it asks the backend how much memory the
 // device has (mem_info: cuMemGetInfo on CUDA, the capacity on the host backend) and skips
 // a backend allocation that cannot succeed. Without it a request larger than the device
@@ -94,6 +152,7 @@ struct DeviceRoom {
 using detail::Block;
 using detail::DeviceRoom;
 using detail::FreeIndex;
+using detail::PoolStats;
 using detail::Segment;
 using detail::hex;
 using detail::human;
@@ -113,7 +172,7 @@ struct DevicePool::Impl {
   std::vector<std::unique_ptr<FreeIndex>> indexes;
   FreeIndex* last_index[kNumPoolKinds] = {nullptr, nullptr};
   Segment* segs = nullptr;  // intrusive list of all segments
-  Stats st;
+  PoolStats st;  // Note [Stats by kind]
   std::size_t inflight = 0;  // bytes being obtained from the backend, lock dropped
   double fraction = 0.0;
   std::size_t cap = Config::kUnlimited;
@@ -139,18 +198,15 @@ struct DevicePool::Impl {
   bool capture_context = false;
 
   // ---------------------------------------------------------------- helpers (lock held)
-  static void add(StatArray& a, PoolKind k, std::int64_t n) {
-    a[0].add(n);
-    a[kind_index(k)].add(n);
-  }
-  static void sub(StatArray& a, PoolKind k, std::int64_t n) {
-    a[0].sub(n);
-    a[kind_index(k)].sub(n);
-  }
+  static void add(detail::KindStat& a, PoolKind k, std::int64_t n) { a.add(k, n); }
+  static void sub(detail::KindStat& a, PoolKind k, std::int64_t n) { a.sub(k, n); }
 
   void trace(TraceAction a, std::uintptr_t addr, std::size_t size, Stream s,
              std::uint64_t context = 0, std::uint64_t sq = 0) {
-    if (!history_on) return;
+    if (__builtin_expect(history_on, 0)) record(a, addr, size, s, context, sq);
+  }
+  __attribute__((noinline)) void record(TraceAction a, std::uintptr_t addr, std::size_t size,
+                                        Stream s, std::uint64_t context, std::uint64_t sq) {
     ring[ring_next] = TraceEntry{a, addr, size, s, now_us(), context, sq};
     ring_next = (ring_next + 1) % ring.size();
     if (ring_count < ring.size()) ++ring_count;
@@ -158,7 +214,10 @@ struct DevicePool::Impl {
 
   FreeIndex* index_for(Stream s, PoolKind k) {
     FreeIndex* hit = last_index[static_cast<int>(k)];
-    if (hit != nullptr && hit->stream == s) return hit;
+    if (__builtin_expect(hit != nullptr && hit->stream == s, 1)) return hit;
+    return find_index(s, k);
+  }
+  __attribute__((noinline)) FreeIndex* find_index(Stream s, PoolKind k) {
     for (auto& idx : indexes) {
       if (idx->stream == s && idx->kind == k) {
         last_index[static_cast<int>(k)] = idx.get();
@@ -170,23 +229,26 @@ struct DevicePool::Impl {
     return indexes.back().get();
   }
 
-  void put_free(FreeIndex* idx, Block* b) {
+  // `split`: whether b is part of a split segment (b->is_split()), when the caller knows.
+  void put_free(FreeIndex* idx, Block* b) { put_free(idx, b, b->is_split()); }
+  void put_free(FreeIndex* idx, Block* b, bool split) {
     b->state = BlockState::kFree;
     idx->insert(b);
-    if (b->is_split()) {
+    if (split) {
       add(st.inactive_split, idx->kind, 1);
       add(st.inactive_split_bytes, idx->kind, static_cast<std::int64_t>(b->size));
     }
   }
-  void take_free(FreeIndex* idx, Block* b) {
+  void take_free(FreeIndex* idx, Block* b) { take_free(idx, b, b->is_split()); }
+  void take_free(FreeIndex* idx, Block* b, bool split) {
     idx->remove(b);
-    if (b->is_split()) {
+    if (split) {
       sub(st.inactive_split, idx->kind, 1);
       sub(st.inactive_split_bytes, idx->kind, static_cast<std::int64_t>(b->size));
     }
   }
 
-  std::size_t reserved() const { return static_cast<std::size_t>(st.reserved_bytes[0].current); }
+  std::size_t reserved() const { return static_cast<std::size_t>(st.reserved_bytes.current()); }
 
   // Serves `size` (rounded) from free block b (already taken out of its index).
   void* finish_alloc(Block* b, std::size_t rounded, std::size_t size, Stream stream,
@@ -204,7 +266,7 @@ struct DevicePool::Impl {
       if (b->next != nullptr) b->next->prev = r;
       b->next = r;
       b->size = rounded;
-      put_free(idx, r);
+      put_free(idx, r, /*split=*/true);
     }
     b->state = BlockState::kAllocated;
     b->requested = size;
@@ -227,6 +289,10 @@ struct DevicePool::Impl {
   // Returns an allocated or pending-free block to its free index, coalescing.
   void free_block(Block* b) {
     live.erase(b->addr);
+    return_block(b);
+  }
+  // free_block for a block already out of the live map.
+  __attribute__((always_inline)) void return_block(Block* b) {
     FreeIndex* idx = b->seg->index;
     const PoolKind k = idx->kind;
     sub(st.active, k, 1);
@@ -239,7 +305,7 @@ struct DevicePool::Impl {
     b->uses = nullptr;
     if (b->prev != nullptr && b->prev->state == BlockState::kFree) {
       Block* p = b->prev;
-      take_free(idx, p);
+      take_free(idx, p, /*split=*/true);  // it has a neighbour: b
       p->size += b->size;
       p->next = b->next;
       if (b->next != nullptr) b->next->prev = p;
@@ -248,7 +314,7 @@ struct DevicePool::Impl {
     }
     if (b->next != nullptr && b->next->state == BlockState::kFree) {
       Block* n = b->next;
-      take_free(idx, n);
+      take_free(idx, n, /*split=*/true);  // it has a neighbour: b
       b->size += n->size;
       b->next = n->next;
       if (n->next != nullptr) n->next->prev = b;
@@ -352,7 +418,7 @@ struct DevicePool::Impl {
       << human(size) << " (rounded to " << human(rounded) << ", "
       << (policy::pool_for(cfg, rounded) == PoolKind::kSmall ? "small" : "large")
       << " pool, stream " << hex(stream) << "). Pool: " << human(reserved()) << " reserved, "
-      << human(std::size_t(st.allocated_bytes[0].current)) << " allocated, " << human(free_bytes)
+      << human(std::size_t(st.allocated_bytes.current())) << " allocated, " << human(free_bytes)
       << " free in pool (largest free block " << human(largest) << ", external fragmentation "
       << static_cast<int>(ext * 100.0 + 0.5) << "%); cap " << human(cap) << "; device "
       << human(mi.free) << " free of " << human(mi.total) << ". "

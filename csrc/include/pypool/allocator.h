@@ -146,6 +146,11 @@ class DevicePool {
 
  private:
   void sync_pending_locked();
+  // malloc after the bounded search missed: the fallback chain. Returns a block taken out
+  // of its free index, or throws OutOfMemoryError.
+  detail::Block* fallback_locked(std::unique_lock<SpinMutex>& lk, detail::FreeIndex* idx,
+                                 std::size_t size, std::size_t rounded, Stream stream,
+                                 std::uint64_t context);
   [[noreturn]] void throw_bad_pointer_locked(const char* op, std::uintptr_t addr) const;
   // nullptr when the cap or the device refuses; `room` says what the device had
   // (Note [Device pre-check]).

@@ -1,6 +1,7 @@
 // Statistics, with PyTorch's keys (torch.cuda.memory_stats()).
 //
-// Note [Stats X-macro]: every array stat is declared once below; the struct, the dict
+// Note [Stats X-macro]: every array stat is declared once below; the struct, the pool's
+// own per-kind bookkeeping (Note [Stats by kind] in csrc/pool/pool_impl.h), the dict
 // conversion and the invariant checker's recomputation all expand the same list, so a
 // new stat cannot be half-added.
 #pragma once
