@@ -9,7 +9,7 @@ SIM_VENV := .venv-sim
 SIM_PY := $(SIM_VENV)/bin/python
 SIM_STAMP := $(SIM_VENV)/.pypool-installed
 WHEEL_DIR := build/dist
-SOURCES := $(shell find csrc pypool -type f \( -name '*.cpp' -o -name '*.c' -o -name '*.h' -o -name '*.inc' -o -name '*.map' -o -name '*.txt' -o -name '*.py' -o -name '*.pyi' \)) CMakeLists.txt pyproject.toml
+SOURCES := $(shell find csrc pypool -type f \( -name '*.cpp' -o -name '*.c' -o -name '*.h' -o -name '*.inc' -o -name '*.map' -o -name '*.txt' -o -name '*.py' -o -name '*.pyi' -o -name '*.pickle.gz' \)) CMakeLists.txt pyproject.toml
 
 .PHONY: all install bench test test-py test-sim sanitize chromium clean
 
