@@ -68,13 +68,14 @@ MiB = 1 << 20
 def sim_settings(mode: str) -> Dict[str, Any]:
     """Work sizes of the simulated-device scenarios (the ``sim`` part of the settings).
 
-    ``full`` is sized to finish in about ten minutes on a 2-core machine. ``sim_rounds``:
+    ``full`` is sized to finish in about ten minutes on a busy 2-core machine (the
+    workloads at half length: same size mix, about the same peaks). ``sim_rounds``:
     the timing children run that many times per allocator, interleaved (see
     :func:`run_sim`).
     """
     if mode == "full":
         return dict(sim_memory="80GiB", sim_workloads=["transformer", "growing_batch", "kv_cache", "random"],
-                    sim_trace_scale=1.0, sim_pair_sizes=[512, 1 << 20, 64 << 20], sim_pair_threads=[1, 4],
+                    sim_trace_scale=0.5, sim_pair_sizes=[512, 1 << 20, 64 << 20], sim_pair_threads=[1, 4],
                     sim_pair_ops=2000, sim_pair_batches=21, sim_warmup_batches=2,
                     sim_ts_ops=4000, sim_ts_batches=15, sim_c_threads=[1, 2, 4], sim_c_iters=300_000,
                     sim_c_repeats=7, sim_rounds=3, sim_confirm=True)
@@ -177,29 +178,33 @@ def _py_pairs(ctx: Any, param: str, meta: bool) -> Dict[str, Any]:
     dev = _device_of(ctx, meta)
     empty, u8 = torch.empty, torch.uint8
     n, batches, warm = int(g["sim_pair_ops"]), int(g["sim_pair_batches"]), int(g["sim_warmup_batches"])
-    clock = time.perf_counter_ns
+    clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
 
-    def loop() -> Tuple[int, int]:
+    def loop() -> Tuple[int, int, int]:
+        c0 = cpu_clock()
         t0 = clock()
         for _ in range(n):
             x = empty(size, dtype=u8, device=dev)
             del x
-        return t0, clock()
+        t1 = clock()
+        return t0, t1, cpu_clock() - c0
 
     walls: List[float] = []
     lat: List[float] = []
+    cpus: List[float] = []
     if threads == 1:
         for b in range(warm + batches):
-            t0, t1 = loop()
+            t0, t1, c = loop()
             if b >= warm:
                 walls.append((t1 - t0) / n)
                 lat.append((t1 - t0) / n)
+                cpus.append(c / n)
     else:
         # Persistent workers released together per batch; a batch's wall time runs from
         # the first worker's start to the last one's end.
         start = threading.Barrier(threads + 1)
         done = threading.Barrier(threads + 1)
-        spans: List[Tuple[int, int]] = [(0, 0)] * threads
+        spans: List[Tuple[int, int, int]] = [(0, 0, 0)] * threads
         stop = [False]
         errors: List[str] = []
 
@@ -212,7 +217,7 @@ def _py_pairs(ctx: Any, param: str, meta: bool) -> Dict[str, Any]:
                     spans[k] = loop()
                 except Exception as e:  # reported, not lost in the thread
                     errors.append(f"{type(e).__name__}: {e}")
-                    spans[k] = (clock(), clock())
+                    spans[k] = (clock(), clock(), 0)
                 done.wait()
 
         workers = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(threads)]
@@ -227,6 +232,7 @@ def _py_pairs(ctx: Any, param: str, meta: bool) -> Dict[str, Any]:
                     last = max(s[1] for s in spans)
                     walls.append((last - first) / (n * threads))
                     lat.append(sum(s[1] - s[0] for s in spans) / (n * threads))
+                    cpus.append(sum(s[2] for s in spans) / (n * threads))
         finally:
             stop[0] = True
             start.wait()
@@ -235,8 +241,8 @@ def _py_pairs(ctx: Any, param: str, meta: bool) -> Dict[str, Any]:
         if errors:
             raise RuntimeError(errors[0])
     return {"metric": "ns_per_pair", "size": size, "threads": threads, "device": str(dev),
-            "ns": _summary(walls), "thread_ns": _summary(lat), "ns_values": walls, "thread_ns_values": lat,
-            "batch_ops": n, "pairs_done": (warm + batches) * n * threads, "timing": _timing(ctx, meta)}
+            "ns": _summary(walls), "thread_ns": _summary(lat), "cpu_ns": _summary(cpus), "ns_values": walls,
+            "thread_ns_values": lat, "cpu_ns_values": cpus, "batch_ops": n, "pairs_done": (warm + batches) * n * threads, "timing": _timing(ctx, meta)}
 
 
 def sc_tpairs(ctx: Any, param: str) -> Dict[str, Any]:
@@ -302,14 +308,17 @@ def _ts_pairs(ctx: Any, param: str, meta: bool) -> Dict[str, Any]:
         for _ in range(3):
             par(threads, n, size, dev)
         per: List[float] = []
+        cpus: List[float] = []
         for _ in range(batches):
+            c0 = time.process_time_ns()  # every thread of the process: the inter-op ones work
             t0 = clock()
             got = par(threads, n, size, dev)
             per.append((clock() - t0) / (n * threads))
+            cpus.append((time.process_time_ns() - c0) / (n * threads))
             if got != n * threads * size:
                 raise RuntimeError(f"TorchScript loop returned {got}, expected {n * threads * size}")
     return {"metric": "ns_per_pair", "size": size, "threads": threads, "device": str(dev),
-            "ns": _summary(per), "ns_values": per, "batch_ops": n, "pairs_done": (3 + batches) * n * threads,
+            "ns": _summary(per), "ns_values": per, "cpu_ns": _summary(cpus), "cpu_ns_values": cpus, "batch_ops": n, "pairs_done": (3 + batches) * n * threads,
             "interop_threads": int(torch.get_num_interop_threads()), "timing": _timing(ctx, meta)}
 
 
@@ -336,13 +345,17 @@ def sc_cthreads(ctx: Any, param: str) -> Dict[str, Any]:
     def run() -> Dict[str, Any]:
         walls: List[float] = []
         per: List[float] = []
+        cpus: List[float] = []
         for _ in range(int(g["sim_c_repeats"])):
+            c0 = time.process_time_ns()
             r = _core.bench_c_api_threads(size, int(g["sim_c_iters"]), threads, dev)
+            cpus.append((time.process_time_ns() - c0) / (int(g["sim_c_iters"]) * threads))
             walls.append(float(r["ns_per_pair"]))
             per.append(sum(r["thread_ns_per_pair"]) / len(r["thread_ns_per_pair"]))
         reps, iters = int(g["sim_c_repeats"]), int(g["sim_c_iters"])
         return {"metric": "ns_per_pair", "size": size, "threads": threads, "ns": _summary(walls),
-                "thread_ns": _summary(per), "ns_values": walls, "thread_ns_values": per, "iters": iters,
+                "thread_ns": _summary(per), "cpu_ns": _summary(cpus), "ns_values": walls, "thread_ns_values": per,
+                "cpu_ns_values": cpus, "iters": iters,
                 "pairs_done": reps * (iters + 1) * threads, "timing": _timing(ctx, False)}
 
     return _timed_calls(ctx, run)
@@ -622,7 +635,7 @@ def _merge_rounds(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     if not good:
         return dict(rows[0], rounds=len(rows))
     out = dict(good[0])
-    for key in ("ns", "thread_ns"):
+    for key in ("ns", "thread_ns", "cpu_ns"):
         vals = [v for r in good for v in (r.get(key + "_values") or [])]
         if vals:
             out[key] = summarize(vals, keep_values=False).to_dict(with_values=False)
@@ -771,6 +784,18 @@ def _ratio(a: Optional[float], b: Optional[float]) -> str:
     return f"{a / b:.2f}" if (a is not None and b) else "-"
 
 
+def _cell_wc(r: Optional[Dict[str, Any]]) -> str:
+    """``wall / cpu`` medians of a timing row."""
+    if r is None or r.get("error") or r.get("skipped"):
+        return _cell_ns(r)
+    w, c = _ns(r, "ns"), _ns(r, "cpu_ns")
+    return ("-" if w is None else f"{w:,.0f}") + " / " + ("-" if c is None else f"{c:,.0f}")
+
+
+def _ratio_wc(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]]) -> str:
+    return f"{_ratio(_ns(a, 'ns'), _ns(b, 'ns'))} / {_ratio(_ns(a, 'cpu_ns'), _ns(b, 'cpu_ns'))}"
+
+
 def _index(sim: Dict[str, Any]) -> Tuple[List[str], Dict[Tuple[str, str], Dict[str, Any]]]:
     cell: Dict[Tuple[str, str], Dict[str, Any]] = {}
     for r in sim.get("scenarios", []):
@@ -838,7 +863,7 @@ def calls_table(sim: Dict[str, Any]) -> str:
                       right=[False, False, True, True, True, True, True, True, False, False])
 
 
-def _pairs_table(sim: Dict[str, Any], kind: str, meta_kind: Optional[str], key: str = "ns") -> str:
+def _pairs_table(sim: Dict[str, Any], kind: str, meta_kind: Optional[str]) -> str:
     from ._bench_report import text_table
 
     allocs, cell = _index(sim)
@@ -855,9 +880,9 @@ def _pairs_table(sim: Dict[str, Any], kind: str, meta_kind: Optional[str], key: 
         if meta_kind:
             mr = next((cell[(f"{meta_kind}:{size}:{t}", a)] for a in allocs
                        if (f"{meta_kind}:{size}:{t}", a) in cell), None)
-            line.append(_cell_ns(mr, key))
-        line += [_cell_ns(cell.get((sc, a)), key) for a in allocs]
-        line += [_ratio(_ns(cell.get((sc, x[1])), key), _ns(cell.get((sc, x[2])), key)) for x in ratios]
+            line.append(_cell_wc(mr))
+        line += [_cell_wc(cell.get((sc, a))) for a in allocs]
+        line += [_ratio_wc(cell.get((sc, x[1])), cell.get((sc, x[2]))) for x in ratios]
         rows.append(line)
     return text_table(headers, rows, right=[False] + [True] * (len(headers) - 1))
 
@@ -892,11 +917,12 @@ def cthreads_table(sim: Dict[str, Any]) -> str:
         _, size, t = sc.split(":")
         line = [_short_size(int(size)), t]
         for a in pa:
-            line += [_cell_ns(cell.get((sc, a))), _cell_ns(cell.get((sc, a)), "thread_ns")]
+            r = cell.get((sc, a))
+            line += [_cell_wc(r), "-" if _ns(r, "thread_ns") is None else f"{_ns(r, 'thread_ns'):,.0f}"]
         rows.append(line)
     headers = ["size", "threads"]
     for a in pa:
-        headers += [f"{a} ns/pair", "per thread"]
+        headers += [f"{a} wall / cpu", "per thread"]
     return text_table(headers, rows, right=[False] + [True] * (len(headers) - 1))
 
 
@@ -928,17 +954,22 @@ def sim_tables(sim: Dict[str, Any]) -> str:
                   "replay at the smallest capacity (from an empty cache); sync = calls that synchronize "
                   "a real device (cudaFree, cuMemUnmap, ...)")
     parts.append("\n".join(textwrap.wrap(calls_note, 100)) + "\n" + calls_table(sim))
-    parts.append("Host overhead on a simulated device: ns per torch.empty(n, uint8, 'cuda') + del from "
-                 "Python threads, median (p99) over batches; ns per pair = batch wall time / all pairs "
-                 "of all threads (the GIL serializes the threads)\n"
-                 + _pairs_table(sim, "tpairs", "metapairs"))
-    parts.append("Host overhead on a simulated device: the same pair from C++ inter-op threads "
-                 "(TorchScript fork, no GIL; torch's allocator has no C entry point to drive "
-                 "without a torch extension), ns per pair = wall / all pairs\n"
-                 + _pairs_table(sim, "tspairs", "metatspairs"))
-    parts.append("Host overhead on a simulated device: pypool's C ABI (pypool_malloc + pypool_free) "
-                 "from C++ threads released together; ns/pair = wall / all pairs, per thread = "
-                 "each thread's own time per pair (median over repeats)\n" + cthreads_table(sim))
+    def wrap(text: str) -> str:
+        return "\n".join(textwrap.wrap(text, 100))
+
+    parts.append(wrap("Host overhead on a simulated device: ns per torch.empty(n, uint8, 'cuda') + del "
+                      "from Python threads (the GIL serializes them). Each cell: wall / CPU, medians over "
+                      "batches (p99 in the JSON); wall = batch wall time / all pairs of all threads, CPU "
+                      "= the threads' CPU time / all pairs (robust to other load on the machine); "
+                      "ratios likewise") + "\n" + _pairs_table(sim, "tpairs", "metapairs"))
+    parts.append(wrap("Host overhead on a simulated device: the same pair from C++ inter-op threads "
+                      "(TorchScript fork, no GIL; torch's allocator has no C entry point to drive without "
+                      "a torch extension). wall / CPU per pair, CPU = the whole process's CPU time / all "
+                      "pairs") + "\n" + _pairs_table(sim, "tspairs", "metatspairs"))
+    parts.append(wrap("Host overhead on a simulated device: pypool's C ABI (pypool_malloc + pypool_free) "
+                      "from C++ threads released together. wall / CPU per pair over all threads' pairs "
+                      "(medians over repeats); per thread = each thread's own wall time per pair")
+                 + "\n" + cthreads_table(sim))
     parts.append("Device calls per allocation + free pair, one thread, cache warm (CUDA entry points "
                  "counted by the simulation; part of the host overhead above)\n" + calls_per_pair_table(sim))
     notes = []

@@ -378,7 +378,8 @@ def test_sim_tables_from_a_result() -> None:
 
     def pair(sc: str, a: str, ns: float) -> Dict[str, Any]:
         return {"scenario": sc, "allocator": a, "metric": "ns_per_pair",
-                "ns": {"median": ns, "p99": ns * 1.5}, "thread_ns": {"median": ns * 2, "p99": ns * 3}}
+                "ns": {"median": ns, "p99": ns * 1.5}, "thread_ns": {"median": ns * 2, "p99": ns * 3},
+                "cpu_ns": {"median": ns / 2, "p99": ns}}
 
     rows: List[Dict[str, Any]] = []
     for a, cap, agrees in (("native", 1200 * MiB, True), ("pypool", 1100 * MiB, False)):
@@ -402,11 +403,12 @@ def test_sim_tables_from_a_result() -> None:
     assert "1,200" in text and "1.200" in text and "1.100" in text
     assert "confirmation disagrees: fresh child at 1098 MiB: passed" in text
     assert "cudaMalloc 40, cudaFree 12" in text and "5,000" in text
-    line = next(x for x in text.splitlines() if x.startswith("512 B") and "900" in x)
-    assert line.split()[-1] == "0.75"  # pypool/native 1500 / 2000, same table row
+    # wall / CPU cells, then pypool/native for both, in the same row
+    line = next(x for x in text.splitlines() if x.startswith("512 B") and "900 / 450" in x)
+    assert line.split()[-3:] == ["0.75", "/", "0.75"] and "2,000 / 1,000" in line
     ts = next(x for x in text.splitlines() if x.startswith("512 B") and x.split()[2] == "4")
-    assert ts.split()[-1] == "1.25"
-    assert "pypool ns/pair" in text
+    assert ts.split()[-3:] == ["1.25", "/", "1.25"]
+    assert "pypool wall / cpu" in text and "300 / 150" in text
     page = _bench_report.render_html({"environment": {"device": "sim"}, "settings": {}, "sim": sim})
     assert "smallest capacity without OOM" in page and "http" not in page
 
