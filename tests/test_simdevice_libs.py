@@ -249,3 +249,161 @@ def test_audit_redirects_by_name_and_by_full_path() -> None:
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["0", "redirected"]
+
+
+def test_vmm_unmap_takes_whole_mappings_and_map_offset_must_be_zero() -> None:
+    # cuda.h: cuMemMap's offset "currently must be zero"; cuMemUnmap's range "must be the
+    # entire contiguous address range that was mapped to" (one mapping or several whole
+    # ones), never part of one. A reservation is aligned to the granularity at least.
+    ok(run("""
+        INVALID_VALUE = 1
+        G = 2 << 20
+        va = u64()
+        assert cu.cuMemAddressReserve(C.byref(va), sz(8 * G), sz(0), u64(0), u64(0)) == 0
+        h1, h2 = u64(), u64()
+        assert cu.cuMemCreate(C.byref(h1), sz(4 * G), C.byref(prop()), u64(0)) == 0
+        assert cu.cuMemCreate(C.byref(h2), sz(2 * G), C.byref(prop()), u64(0)) == 0
+        assert cu.cuMemMap(u64(va.value), sz(2 * G), sz(2 * G), h1, u64(0)) == INVALID_VALUE  # offset
+        assert cu.cuMemMap(u64(va.value), sz(4 * G), sz(0), h1, u64(0)) == 0
+        assert cu.cuMemMap(u64(va.value + 4 * G), sz(2 * G), sz(0), h2, u64(0)) == 0
+        base, size = u64(), sz()
+        assert cu.cuMemGetAddressRange_v2(C.byref(base), C.byref(size), u64(va.value + 5 * G)) == 0
+        assert (base.value, size.value) == (va.value + 4 * G, 2 * G)  # the mapping of h2
+        assert cu.cuMemUnmap(u64(va.value), sz(2 * G)) == INVALID_VALUE  # first half of h1's
+        assert cu.cuMemUnmap(u64(va.value + 2 * G), sz(2 * G)) == INVALID_VALUE  # second half
+        assert cu.cuMemUnmap(u64(va.value + 2 * G), sz(4 * G)) == INVALID_VALUE  # half + whole
+        assert cu.cuMemRelease(h1) == 0 and cu.cuMemRelease(h2) == 0
+        assert used() == 6 * G  # nothing was unmapped by the refused calls
+        assert cu.cuMemUnmap(u64(va.value), sz(6 * G)) == 0  # two whole mappings at once
+        assert used() == 0
+        assert cu.cuMemAddressFree(u64(va.value), sz(8 * G)) == 0
+        for align in (0, 4096, 64 << 10):
+            assert cu.cuMemAddressReserve(C.byref(va), sz(2 * G), sz(align), u64(0), u64(0)) == 0
+            assert va.value % G == 0, (align, hex(va.value))
+            assert cu.cuMemAddressFree(u64(va.value), sz(2 * G)) == 0
+    """))
+
+
+def test_stream_waits_for_every_event_it_was_told_to() -> None:
+    # Two cudaStreamWaitEvent calls before the next work: that work waits for both (the
+    # simulation once kept only the last). A wait alone makes the stream busy, and
+    # synchronizing the stream completes the awaited work.
+    ok(run("""
+        rt = C.CDLL(LIB + "/libpypool_simcudart.so")
+        NOT_READY = 600
+        vp = C.c_void_p
+        def stream():
+            s = vp(); assert rt.cudaStreamCreate(C.byref(s)) == 0; return s
+        def event():
+            e = vp(); assert rt.cudaEventCreate(C.byref(e)) == 0; return e
+        s1, s2, s3, s4 = stream(), stream(), stream(), stream()
+        e1, e2, e3 = event(), event(), event()
+        for s in (s1, s2):
+            assert cu.pypoolsim_hold_stream(u64(s.value), 1) == 0
+        assert rt.cudaEventRecord(e1, s1) == 0 and rt.cudaEventRecord(e2, s2) == 0
+        for first, second in ((e2, e1), (e1, e2)):
+            assert rt.cudaStreamWaitEvent(s3, first, 0) == 0 and rt.cudaStreamWaitEvent(s3, second, 0) == 0
+        assert rt.cudaEventRecord(e3, s3) == 0
+        assert cu.pypoolsim_hold_stream(u64(s1.value), 0) == 0  # e1 completes, e2 does not
+        assert rt.cudaEventQuery(e1) == 0 and rt.cudaEventQuery(e2) == NOT_READY
+        assert rt.cudaEventQuery(e3) == NOT_READY  # s3 still waits for e2
+        assert rt.cudaStreamWaitEvent(s4, e2, 0) == 0
+        assert rt.cudaStreamQuery(s4) == NOT_READY  # busy with the wait alone
+        assert rt.cudaStreamSynchronize(s4) == 0
+        assert rt.cudaEventQuery(e2) == 0 and rt.cudaEventQuery(e3) == 0
+        assert rt.cudaStreamQuery(s3) == 0 and rt.cudaStreamQuery(s4) == 0
+    """))
+
+
+def test_control_api_refuses_what_it_cannot_use() -> None:
+    # A stream the simulation does not know is refused (-1), not dereferenced: these
+    # crashed the process. So are a device of 0 bytes and a delay whose nanoseconds
+    # overflow.
+    ok(run("""
+        rt = C.CDLL(LIB + "/libpypool_simcudart.so")
+        for bad in (0x1234, 2**64 - 1, 12345 << 20):
+            assert cu.pypoolsim_pending_work(u64(bad)) == -1
+            assert cu.pypoolsim_hold_stream(u64(bad), 1) == -1
+            assert cu.pypoolsim_complete_stream(u64(bad)) == -1
+        s = C.c_void_p()
+        assert rt.cudaStreamCreate(C.byref(s)) == 0
+        assert cu.pypoolsim_pending_work(u64(s.value)) == 0 and cu.pypoolsim_pending_work(u64(0)) == 0
+        assert rt.cudaStreamDestroy(s) == 0
+        assert cu.pypoolsim_pending_work(u64(s.value)) == -1  # destroyed
+        assert cu.pypoolsim_set_memory(0, u64(0)) == -1
+        assert cu.pypoolsim_set_memory(0, u64(2 << 30)) == 0
+        cu.pypoolsim_set_event_delay_us.argtypes = [C.c_longlong]
+        assert cu.pypoolsim_set_event_delay_us(2**62) == -1
+        assert cu.pypoolsim_set_event_delay_us(-1) == -1
+        assert cu.pypoolsim_set_event_delay_us(0) == 0
+    """))
+
+
+@pytest.mark.parametrize("memory, total", [
+    ("40GB", 40 * 1000**3), ("40G", 40 << 30), ("40GiB", 40 << 30), ("512 MiB", 512 << 20), ("3000", 3000),
+    ("nan", 80 << 30), ("inf", 80 << 30), (str(2**70), 80 << 30), ("1Ki", 80 << 30), ("-1", 80 << 30),
+])
+def test_memory_sizes_are_read_as_pypool_reads_them(memory: str, total: int) -> None:
+    # PYPOOL_SIM_MEMORY takes pypool's units (GB = 1000**3, as `--memory 40GB`); what is
+    # not a size (NaN, past 2**64, ...) falls back to 80 GiB and says so, never wraps.
+    r = run("""
+        cu.pypoolsim_device_total.restype = u64
+        print(cu.pypoolsim_device_total(0))
+    """, env={"PYPOOL_SIM_MEMORY": memory})
+    assert int(ok(r)) == total
+    assert ("is not a size" in r.stderr) == (total == 80 << 30), r.stderr
+
+
+def test_counters_are_exact_across_threads_reads_and_resets() -> None:
+    # Threads claim counter slots while another thread reads every table, and a reset
+    # sets every thread's count to 0, those of threads that exited included.
+    ok(run("""
+        import threading
+        rt = C.CDLL(LIB + "/libpypool_simcudart.so")
+        cu.pypoolsim_calls.restype = cu.pypoolsim_sync_calls.restype = u64
+        cu.pypoolsim_counters_text.restype = u64
+        stop = threading.Event()
+        def read():
+            buf = C.create_string_buffer(1 << 16)
+            while not stop.is_set():
+                cu.pypoolsim_counters_text(buf, u64(len(buf)))
+                cu.pypoolsim_sync_calls()
+        def work():
+            d, p = C.c_int(), C.c_void_p()
+            for _ in range(500):
+                rt.cudaGetDevice(C.byref(d))
+                assert rt.cudaMalloc(C.byref(p), sz(1 << 20)) == 0 and rt.cudaFree(p) == 0
+        reader = threading.Thread(target=read)
+        reader.start()
+        workers = [threading.Thread(target=work) for _ in range(8)]
+        for t in workers: t.start()
+        for t in workers: t.join()
+        stop.set(); reader.join()
+        assert cu.pypoolsim_calls(b"cudaGetDevice") == 8 * 500
+        assert cu.pypoolsim_calls(b"cudaFree") == 8 * 500 and cu.pypoolsim_sync_calls() == 8 * 500
+        cu.pypoolsim_reset_counters()
+        assert cu.pypoolsim_calls(None) == 0 and cu.pypoolsim_sync_calls() == 0
+        d = C.c_int()
+        rt.cudaGetDevice(C.byref(d))
+        t = threading.Thread(target=lambda: rt.cudaGetDevice(C.byref(C.c_int())))
+        t.start(); t.join()
+        assert cu.pypoolsim_calls(b"cudaGetDevice") == 2 and cu.pypoolsim_calls(None) == 2
+    """))
+
+
+def test_freeing_pinned_memory_counts_as_synchronizing_in_both_apis() -> None:
+    # cudaFreeHost and cuMemFreeHost (and the unregisters) synchronize on a GPU; freeing
+    # null does nothing and is counted apart, in both APIs.
+    ok(run("""
+        rt = C.CDLL(LIB + "/libpypool_simcudart.so")
+        cu.pypoolsim_sync_calls.restype = u64
+        p = C.c_void_p()
+        assert cu.cuMemHostAlloc(C.byref(p), sz(4096), 0) == 0
+        assert cu.cuMemFreeHost(p) == 0
+        assert cu.pypoolsim_sync_calls() == 1
+        assert cu.cuMemFree_v2(u64(0)) == 0 and cu.cuMemFreeHost(None) == 0 and rt.cudaFree(None) == 0
+        assert cu.pypoolsim_sync_calls() == 1
+        buf = C.create_string_buffer(8192)
+        assert cu.cuMemHostRegister_v2(buf, sz(8192), 0) == 0 and cu.cuMemHostUnregister(buf) == 0
+        assert cu.pypoolsim_sync_calls() == 2
+    """))

@@ -920,10 +920,16 @@ SIM_API CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytesize) {
 }
 
 // Freeing device memory waits for the device on a GPU: pending work completes first.
+// Freeing 0 does nothing, so it is counted under a name of its own (a counter keeps the
+// sync flag of its first call), as cudaFree(nullptr) is.
 SIM_API CUresult cuMemFree_v2(CUdeviceptr dptr) {
+  if (dptr == 0) {
+    sim::count_call("cuMemFree_v2(0)", false);
+    return CUDA_SUCCESS;
+  }
   sim::count_call("cuMemFree_v2", true);
   int dev = 0;
-  if (dptr != 0 && sim::find_device_pointer(reinterpret_cast<void*>(dptr), &dev, nullptr, nullptr))
+  if (sim::find_device_pointer(reinterpret_cast<void*>(dptr), &dev, nullptr, nullptr))
     sim::device_synchronize(dev);
   return to_cu(sim::mem_free(reinterpret_cast<void*>(dptr)));
 }
@@ -960,9 +966,16 @@ SIM_API CUresult cuMemHostAlloc(void** pp, size_t bytesize, unsigned int Flags) 
   return to_cu(sim::host_alloc(bytesize, pp));
 }
 
+// Freeing pinned memory synchronizes on a GPU, as cudaFreeHost does (NULL: counted apart).
 SIM_API CUresult cuMemFreeHost(void* p) {
-  sim::count_call("cuMemFreeHost", false);
-  return to_cu(sim::host_free(p));
+  if (p == nullptr) {
+    sim::count_call("cuMemFreeHost(NULL)", false);
+    return to_cu(sim::host_free(p));
+  }
+  sim::count_call("cuMemFreeHost", true);
+  const CUresult r = to_cu(sim::host_free(p));
+  if (r == CUDA_SUCCESS) sim::device_synchronize(sim::current_device());
+  return r;
 }
 
 SIM_API CUresult cuMemHostGetDevicePointer_v2(CUdeviceptr* pdptr, void* p, unsigned int Flags) {
@@ -979,8 +992,9 @@ SIM_API CUresult cuMemHostRegister_v2(void* p, size_t bytesize, unsigned int Fla
 }
 PYPOOLSIM_ALIAS(cuMemHostRegister, cuMemHostRegister_v2)
 
+// Synchronizing on a GPU, as cudaHostUnregister is.
 SIM_API CUresult cuMemHostUnregister(void* p) {
-  sim::count_call("cuMemHostUnregister", false);
+  sim::count_call("cuMemHostUnregister", true);
   return p != nullptr ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 

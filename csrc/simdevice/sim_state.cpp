@@ -38,24 +38,39 @@ std::uint64_t now_ns() {
       .count();
 }
 
-// "80GiB", "512MiB", "1.5G", "1073741824" -> bytes; 0 on a parse error.
+// "80GiB", "512MiB", "1.5G", "40GB", "1073741824" -> bytes; 0 on a parse error. The
+// units are pypool's (pypool.config.parse_size): KiB/MiB/GiB/TiB and bare K/M/G/T are
+// powers of 1024, KB/MB/GB/TB powers of 1000, so PYPOOL_SIM_MEMORY=40GB means what
+// `--memory 40GB` means.
 std::uint64_t parse_bytes(const char* s) {
   if (s == nullptr || *s == 0) return 0;
   char* end = nullptr;
   double v = std::strtod(s, &end);
-  if (end == s || v < 0) return 0;
+  if (end == s || !(v >= 0)) return 0;  // also NaN
   while (*end == ' ') ++end;
-  double mult = 1;
+  int power = 0;
   switch (*end) {
-    case 'k': case 'K': mult = 1024.0; ++end; break;
-    case 'm': case 'M': mult = 1024.0 * 1024; ++end; break;
-    case 'g': case 'G': mult = 1024.0 * 1024 * 1024; ++end; break;
-    case 't': case 'T': mult = 1024.0 * 1024 * 1024 * 1024; ++end; break;
+    case 'k': case 'K': power = 1; ++end; break;
+    case 'm': case 'M': power = 2; ++end; break;
+    case 'g': case 'G': power = 3; ++end; break;
+    case 't': case 'T': power = 4; ++end; break;
     default: break;
   }
-  if (*end == 'i') ++end;
-  if (*end == 'B' || *end == 'b') ++end;
+  double base = 1024.0;
+  if (power > 0 && (*end == 'i' || *end == 'I')) {
+    ++end;
+    if (*end != 'B' && *end != 'b') return 0;  // "Ki" alone is not a unit
+    ++end;
+  } else if (*end == 'B' || *end == 'b') {
+    ++end;
+    base = 1000.0;  // KB, MB, ... (a bare "B" has power 0: bytes)
+  }
+  while (*end == ' ') ++end;
   if (*end != 0) return 0;
+  double mult = 1;
+  for (int i = 0; i < power; ++i) mult *= base;
+  // 2^64 and past (and infinity) do not fit: a parse error, not a wrapped size.
+  if (!(v * mult < 18446744073709551616.0)) return 0;
   return static_cast<std::uint64_t>(v * mult);
 }
 
@@ -80,9 +95,6 @@ struct Stream {
   std::uint64_t submitted = 0;
   std::uint64_t completed = 0;
   std::deque<Item> pending;
-  // A cudaStreamWaitEvent not yet attached to work: the next item waits for it.
-  Stream* gate = nullptr;
-  std::uint64_t gate_seq = 0;
 };
 
 struct Event {
@@ -96,14 +108,14 @@ struct Event {
 namespace {
 
 struct Device {
-  std::uint64_t total = 0;
+  std::atomic<std::uint64_t> total{0};  // pypoolsim_set_memory may change it at any time
   std::atomic<std::uint64_t> used{0};
   std::atomic<std::uint64_t> peak{0};
   Stream default_stream;
 };
 
 struct Config {
-  int count = 1;
+  std::atomic<int> count{1};
   Device devices[kMaxDevices];
   std::uint64_t granularity = 2u << 20;
   bool quiet = false;
@@ -115,7 +127,7 @@ struct Config {
   Config() {
     if (const char* s = std::getenv("PYPOOL_SIM_DEVICES")) {
       int n = std::atoi(s);
-      if (n >= 1 && n <= kMaxDevices) count = n;
+      if (n >= 1 && n <= kMaxDevices) count.store(n);
       else std::fprintf(stderr, "pypool-simdevice: PYPOOL_SIM_DEVICES=%s is not 1..%d; using 1\n", s, kMaxDevices);
     }
     std::uint64_t mem = 80ull << 30;
@@ -136,9 +148,16 @@ struct Config {
       if (const char* s = std::getenv(key.c_str())) {
         std::uint64_t v = parse_bytes(s);
         if (v > 0) devices[i].total = v;
+        else std::fprintf(stderr, "pypool-simdevice: %s=%s is not a size; ignored\n", key.c_str(), s);
       }
     }
-    if (const char* s = std::getenv("PYPOOL_SIM_EVENT_DELAY_US")) delay_ns = std::atoll(s) * 1000;
+    if (const char* s = std::getenv("PYPOOL_SIM_EVENT_DELAY_US")) {
+      char* end = nullptr;
+      const long long us = std::strtoll(s, &end, 10);
+      if (end != s && *end == 0 && us >= 0 && us <= INT64_MAX / 1000) delay_ns = us * 1000;
+      else std::fprintf(stderr, "pypool-simdevice: PYPOOL_SIM_EVENT_DELAY_US=%s is not 0..%lld; using 0\n", s,
+                        static_cast<long long>(INT64_MAX / 1000));
+    }
     if (const char* s = std::getenv("PYPOOL_SIM_QUIET")) quiet = std::strcmp(s, "1") == 0;
     if (const char* s = std::getenv("PYPOOL_SIM_TRACE")) trace = std::strcmp(s, "1") == 0;
   }
@@ -162,8 +181,9 @@ bool take_capacity(int dev, std::uint64_t bytes) {
   }
   Device& d = c.devices[dev];
   std::uint64_t cur = d.used.load();
+  const std::uint64_t total = d.total.load();
   do {
-    if (bytes > d.total || cur > d.total - bytes) return false;
+    if (bytes > total || cur > total - bytes) return false;
   } while (!d.used.compare_exchange_weak(cur, cur + bytes));
   std::uint64_t now = cur + bytes, pk = d.peak.load();
   while (now > pk && !d.peak.compare_exchange_weak(pk, now)) {
@@ -192,6 +212,7 @@ struct PhysHandle {
 struct Reservation {
   std::size_t size;
   std::vector<std::uint64_t> pages;  // handle mapped at each granule, 0 = none
+  std::vector<std::uint8_t> starts;  // 1 where a cuMemMap's range begins
 };
 
 std::mutex mem_mu;
@@ -224,7 +245,7 @@ std::mutex st_mu;
 std::vector<Stream*> all_streams;  // never freed: events may outlive their stream
 bool hold_all_flag = false;
 
-bool valid_dev(int dev) { return dev >= 0 && dev < cfg().count; }
+bool valid_dev(int dev) { return dev >= 0 && dev < cfg().count.load(std::memory_order_relaxed); }
 
 Stream* resolve(Stream* s) {
   auto v = reinterpret_cast<std::uintptr_t>(s);
@@ -268,12 +289,14 @@ void force(Stream* s, std::uint64_t seq, int depth = 0) {
   }
 }
 
-std::uint64_t enqueue_locked(Stream* s) {
+// Enqueues one item on `s`. `dep`/`dep_seq`: the item completes only after dep has
+// completed that far (a cudaStreamWaitEvent). `timed`: the item takes the configured
+// event delay (work does; a wait takes no time of its own). st_mu held.
+std::uint64_t enqueue_locked(Stream* s, Stream* dep = nullptr, std::uint64_t dep_seq = 0, bool timed = true) {
   Config& c = cfg();
   std::uint64_t seq = ++s->submitted;
-  std::int64_t delay = c.delay_ns.load(std::memory_order_relaxed);
-  Item it{seq, delay > 0 ? now_ns() + static_cast<std::uint64_t>(delay) : 0, s->gate, s->gate_seq};
-  s->gate = nullptr;
+  std::int64_t delay = timed ? c.delay_ns.load(std::memory_order_relaxed) : 0;
+  Item it{seq, delay > 0 ? now_ns() + static_cast<std::uint64_t>(delay) : 0, dep, dep_seq};
   bool immediate = it.deadline_ns == 0 && !s->held && !hold_all_flag && s->pending.empty() && dep_done(it);
   if (immediate) {
     s->completed = seq;
@@ -288,11 +311,20 @@ std::uint64_t enqueue_locked(Stream* s) {
 // tensor allocation, and the simulation's host overhead is measured, so a call count is
 // a relaxed store to a table owned by the calling thread (no shared cache line, no
 // lock). Readers sum the tables of every thread that ever counted.
+//
+// A slot is claimed by its owner thread alone: syncs first, then name with a release
+// store, so a reader that sees the name (acquire) sees the flag. Only the owner writes
+// `n`; a reset does not touch it but moves `base` up to it, so a reset racing with a
+// count loses neither (a store of 0 could be overwritten by the owner's n + 1).
 
 struct Counter {
-  const char* name;  // string literal from the caller
-  bool syncs;
-  std::atomic<std::uint64_t> n{0};
+  std::atomic<const char*> name{nullptr};  // string literal from the caller
+  std::atomic<bool> syncs{false};
+  std::atomic<std::uint64_t> n{0};     // calls since the thread started (owner writes)
+  std::atomic<std::uint64_t> base{0};  // n at the last reset (reset writes, under tables_mu)
+  std::uint64_t value() const {
+    return n.load(std::memory_order_relaxed) - base.load(std::memory_order_relaxed);
+  }
 };
 constexpr int kTableSize = 1024;  // > the number of entry points, power of two
 struct CounterTable {
@@ -320,7 +352,7 @@ void for_each_counter(F f) {
   std::lock_guard<std::mutex> g(tables_mu);
   for (CounterTable* t : tables()) {
     for (Counter& c : t->slots) {
-      const char* name = reinterpret_cast<const char* volatile&>(c.name);
+      const char* name = c.name.load(std::memory_order_acquire);
       if (name != nullptr) f(c, name);
     }
   }
@@ -330,8 +362,8 @@ void for_each_counter(F f) {
 
 // ---- configuration ----
 
-int device_count() { return cfg().count; }
-std::uint64_t device_total(int dev) { return valid_dev(dev) ? cfg().devices[dev].total : 0; }
+int device_count() { return cfg().count.load(std::memory_order_relaxed); }
+std::uint64_t device_total(int dev) { return valid_dev(dev) ? cfg().devices[dev].total.load() : 0; }
 std::uint64_t device_used(int dev) { return valid_dev(dev) ? cfg().devices[dev].used.load() : 0; }
 std::uint64_t granularity() { return cfg().granularity; }
 bool quiet() { return cfg().quiet; }
@@ -415,10 +447,11 @@ bool find_device_pointer(const void* p, int* dev, void** base, std::size_t* size
   const std::size_t page = (v - r->first) / g_;
   const std::uint64_t h = r->second.pages[page];
   if (h == 0) return false;
-  // The mapped range around p: consecutive granules of the same handle.
+  // The mapping (one cuMemMap's range) around p.
+  const Reservation& res = r->second;
   std::size_t lo = page, hi = page + 1;
-  while (lo > 0 && r->second.pages[lo - 1] == h) --lo;
-  while (hi < r->second.pages.size() && r->second.pages[hi] == h) ++hi;
+  while (lo > 0 && !res.starts[lo]) --lo;
+  while (hi < res.pages.size() && res.pages[hi] != 0 && !res.starts[hi]) ++hi;
   if (dev) *dev = handles.count(h) ? handles[h].dev : 0;
   if (base) *base = reinterpret_cast<void*>(r->first + lo * g_);
   if (size) *size = (hi - lo) * g_;
@@ -432,8 +465,10 @@ Status vmm_reserve(std::size_t size, std::size_t alignment, void* addr_hint, voi
   *out = nullptr;
   const std::uint64_t g_ = granularity();
   if (size == 0 || size % g_ != 0) return Status::invalid_value;
-  if (alignment == 0) alignment = g_;
   if ((alignment & (alignment - 1)) != 0) return Status::invalid_value;
+  // The driver's reservations are aligned to the granularity at least (anything less
+  // could never be mapped): a smaller alignment, 0 included, means the granularity.
+  if (alignment < g_) alignment = g_;
   const std::size_t len = size + alignment;
   if (len < size) return Status::out_of_memory;
   void* raw = mmap(addr_hint, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -444,7 +479,7 @@ Status vmm_reserve(std::size_t size, std::size_t alignment, void* addr_hint, voi
   const std::uintptr_t end = base + size, rend = r + len;
   if (rend > end) munmap(reinterpret_cast<void*>(end), rend - end);
   std::lock_guard<std::mutex> g(mem_mu);
-  reservations[base] = Reservation{size, std::vector<std::uint64_t>(size / g_, 0)};
+  reservations[base] = Reservation{size, std::vector<std::uint64_t>(size / g_, 0), std::vector<std::uint8_t>(size / g_, 0)};
   *out = reinterpret_cast<void*>(base);
   return Status::ok;
 }
@@ -499,8 +534,8 @@ Status vmm_map(void* p, std::size_t size, std::size_t offset, std::uint64_t hand
   std::lock_guard<std::mutex> g(mem_mu);
   auto h = handles.find(handle);
   if (h == handles.end() || h->second.refs <= 0) return Status::invalid_handle;
-  if (offset % granularity() != 0 || offset > h->second.size || size > h->second.size - offset)
-    return Status::invalid_value;
+  // cuda.h: "offset ... currently must be zero".
+  if (offset != 0 || size > h->second.size) return Status::invalid_value;
   std::map<std::uintptr_t, Reservation>::iterator r;
   std::size_t first = 0;
   if (Status s = locate(p, size, &r, &first); s != Status::ok) return s;
@@ -511,6 +546,7 @@ Status vmm_map(void* p, std::size_t size, std::size_t offset, std::uint64_t hand
   if (mmap(p, size, PROT_NONE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0) == MAP_FAILED)
     return Status::out_of_memory;
   for (std::size_t i = 0; i < n; ++i) r->second.pages[first + i] = handle;
+  r->second.starts[first] = 1;
   h->second.mapped_pages += n;
   return Status::ok;
 }
@@ -521,8 +557,15 @@ Status vmm_unmap(void* p, std::size_t size) {
   std::size_t first = 0;
   if (Status s = locate(p, size, &r, &first); s != Status::ok) return s;
   const std::size_t n = size / granularity();
+  Reservation& res = r->second;
   for (std::size_t i = 0; i < n; ++i)
-    if (r->second.pages[first + i] == 0) return Status::not_mapped;
+    if (res.pages[first + i] == 0) return Status::not_mapped;
+  // cuda.h: "The range must be the entire contiguous address range that was mapped to":
+  // whole mappings (one or several, as the driver accepts), never part of one.
+  const std::size_t end = first + n;
+  if (!res.starts[first] || (end < res.pages.size() && res.pages[end] != 0 && !res.starts[end]))
+    return Status::invalid_value;
+  std::fill(res.starts.begin() + first, res.starts.begin() + end, 0);
   // Back to reserved-only: the pages (and the host memory behind them) are dropped.
   mmap(p, size, PROT_NONE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   for (std::size_t i = 0; i < n; ++i) {
@@ -637,8 +680,10 @@ Status stream_wait_event(Stream* s, Event* e) {
   if (e->stream == nullptr || e->stream == s) return Status::ok;
   advance(e->stream);
   if (e->stream->completed >= e->seq) return Status::ok;
-  s->gate = e->stream;
-  s->gate_seq = e->seq;
+  // The wait is an item of its own, as on a GPU: every wait holds back what follows
+  // (not only the last one), the stream reads as busy until the event completes, and
+  // synchronizing the stream completes the event's work too.
+  enqueue_locked(s, e->stream, e->seq, false);
   return Status::ok;
 }
 
@@ -713,15 +758,15 @@ void count_call(const char* name, bool syncs) {
   std::size_t i = (reinterpret_cast<std::uintptr_t>(name) >> 3) & (kTableSize - 1);
   for (int probe = 0; probe < kTableSize; ++probe, i = (i + 1) & (kTableSize - 1)) {
     Counter& c = t->slots[i];
-    if (c.name == name) {
+    const char* cn = c.name.load(std::memory_order_relaxed);  // only this thread writes it
+    if (cn == name) {
       c.n.store(c.n.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
       break;
     }
-    if (c.name == nullptr) {
-      c.syncs = syncs;
-      c.n.store(1, std::memory_order_relaxed);
-      std::atomic_thread_fence(std::memory_order_release);
-      reinterpret_cast<const char* volatile&>(c.name) = name;
+    if (cn == nullptr) {
+      c.syncs.store(syncs, std::memory_order_relaxed);
+      c.n.store(c.n.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      c.name.store(name, std::memory_order_release);
       break;
     }
   }
@@ -739,15 +784,16 @@ extern "C" {
 SIM_EXPORT int pypoolsim_configure(int devices, unsigned long long bytes_per_device) {
   Config& c = cfg();
   if (c.any_alloc.load() || devices < 1 || devices > kMaxDevices || bytes_per_device == 0) return -1;
-  c.count = devices;
-  for (auto& d : c.devices) d.total = bytes_per_device;
+  c.count.store(devices);
+  for (auto& d : c.devices) d.total.store(bytes_per_device);
   return 0;
 }
 
 SIM_EXPORT int pypoolsim_set_memory(int dev, unsigned long long bytes) {
-  // Shrinking below what is in use is refused: the device cannot take memory back.
-  if (!valid_dev(dev) || bytes < device_used(dev)) return -1;
-  cfg().devices[dev].total = bytes;
+  // Shrinking below what is in use is refused: the device cannot take memory back. A
+  // device of 0 bytes is refused as PYPOOL_SIM_MEMORY and pypoolsim_configure refuse it.
+  if (!valid_dev(dev) || bytes == 0 || bytes < device_used(dev)) return -1;
+  cfg().devices[dev].total.store(bytes);
   return 0;
 }
 
@@ -763,9 +809,16 @@ SIM_EXPORT int pypoolsim_reset_peak(int dev) {
   return 0;
 }
 
+// A stream the control API was handed, or null. Unlike the CUDA entry points (where a
+// bad handle is the caller's undefined behaviour, as on a GPU), the value comes from a
+// test and is checked against the streams that exist before it is dereferenced: an
+// unknown or destroyed stream is refused, not a crash. st_mu held.
 static Stream* control_stream(unsigned long long stream) {
   Stream* s = resolve(reinterpret_cast<Stream*>(static_cast<std::uintptr_t>(stream)));
-  return ok_stream(s) ? s : nullptr;
+  bool known = false;
+  for (int d = 0; d < kMaxDevices && !known; ++d) known = s == &cfg().devices[d].default_stream;
+  if (!known) known = std::find(all_streams.begin(), all_streams.end(), s) != all_streams.end();
+  return known && ok_stream(s) ? s : nullptr;
 }
 
 SIM_EXPORT int pypoolsim_hold_stream(unsigned long long stream, int hold) {
@@ -800,7 +853,8 @@ SIM_EXPORT int pypoolsim_pending_work(unsigned long long stream) {
 }
 
 SIM_EXPORT int pypoolsim_set_event_delay_us(long long us) {
-  if (us < 0) return -1;
+  // Past this the delay in nanoseconds would overflow (and come out negative: none).
+  if (us < 0 || us > INT64_MAX / 1000) return -1;
   cfg().delay_ns.store(us * 1000);
   return 0;
 }
@@ -808,7 +862,7 @@ SIM_EXPORT int pypoolsim_set_event_delay_us(long long us) {
 SIM_EXPORT unsigned long long pypoolsim_calls(const char* name) {
   std::uint64_t n = 0;
   for_each_counter([&](Counter& c, const char* cn) {
-    if (name == nullptr || std::strcmp(name, cn) == 0) n += c.n.load(std::memory_order_relaxed);
+    if (name == nullptr || std::strcmp(name, cn) == 0) n += c.value();
   });
   return n;
 }
@@ -816,21 +870,21 @@ SIM_EXPORT unsigned long long pypoolsim_calls(const char* name) {
 SIM_EXPORT unsigned long long pypoolsim_sync_calls(void) {
   std::uint64_t n = 0;
   for_each_counter([&](Counter& c, const char*) {
-    if (c.syncs) n += c.n.load(std::memory_order_relaxed);
+    if (c.syncs.load(std::memory_order_relaxed)) n += c.value();
   });
   return n;
 }
 
 SIM_EXPORT void pypoolsim_reset_counters(void) {
-  for_each_counter([](Counter& c, const char*) { c.n.store(0, std::memory_order_relaxed); });
+  for_each_counter([](Counter& c, const char*) { c.base.store(c.n.load(std::memory_order_relaxed), std::memory_order_relaxed); });
 }
 
 SIM_EXPORT unsigned long long pypoolsim_counters_text(char* buf, unsigned long long len) {
   std::map<std::string, std::pair<std::uint64_t, bool>> merged;
   for_each_counter([&](Counter& c, const char* cn) {
     auto& m = merged[cn];
-    m.first += c.n.load(std::memory_order_relaxed);
-    m.second = m.second || c.syncs;
+    m.first += c.value();
+    m.second = m.second || c.syncs.load(std::memory_order_relaxed);
   });
   std::string out;
   for (auto& [name, v] : merged) {

@@ -45,8 +45,11 @@ namespace sim {
 //    like a kernel launch; no math is done. cuDNN is not simulated (torch runs with
 //    torch.backends.cudnn.enabled = False and takes its own convolution path).
 //  * Counters: every entry point counts its calls by name, and the calls that
-//    synchronize the device on real hardware (cudaFree, cuMemFree, cuMemUnmap, the
-//    *Synchronize calls, blocking memcpy) are also counted as "sync".
+//    synchronize the device on real hardware (cudaFree, cuMemFree, cudaFreeHost,
+//    cuMemFreeHost, cuMemUnmap, the *Synchronize calls, blocking memcpy) are also
+//    counted as "sync". cuMemUnmap is counted (cuda.h marks it synchronous) but completes
+//    nothing: it does not wait in every case on a GPU (PyTorch waits for the stream
+//    itself before unmapping), so an allocator must not rely on it here either.
 
 enum class Status : int {
   ok = 0,
@@ -96,7 +99,8 @@ bool find_device_pointer(const void* p, int* dev, void** base, std::size_t* size
 
 // ---- virtual memory management (cuMem* VMM) ----
 // Reserve `size` (multiple of granularity) bytes of address space; no memory.
-// `addr_hint` may be null. `alignment` 0 = granularity.
+// `addr_hint` may be null. `alignment`: a power of two (or 0); the reservation is
+// aligned to it and to the granularity at least.
 Status vmm_reserve(std::size_t size, std::size_t alignment, void* addr_hint, void** out);
 // Free a reservation; in_use if any part is still mapped; invalid_value if `p`/`size`
 // is not exactly a reservation.
@@ -107,10 +111,12 @@ Status vmm_create(int dev, std::size_t size, std::uint64_t* handle);
 // Release: the memory returns to the device once the handle is released *and* unmapped
 // everywhere (as on a GPU).
 Status vmm_release(std::uint64_t handle);
-// Map `size` bytes of `handle` starting at `offset` at `p`: p, size, offset multiples of
-// granularity; the range inside one reservation; not mapped yet (already_mapped).
+// Map the first `size` bytes of `handle` at `p`: p and size multiples of granularity;
+// `offset` 0 (cuda.h: "currently must be zero"); the range inside one reservation; not
+// mapped yet (already_mapped).
 Status vmm_map(void* p, std::size_t size, std::size_t offset, std::uint64_t handle);
-// Unmap: the whole range must be mapped (not_mapped otherwise). Synchronizing.
+// Unmap: the range must be mapped (not_mapped otherwise) and consist of whole mappings,
+// one or several; part of a mapping is invalid_value, as cuMemUnmap documents.
 Status vmm_unmap(void* p, std::size_t size);
 // Make a mapped range readable/writable (cuMemSetAccess). not_mapped if any part is not.
 Status vmm_set_access(void* p, std::size_t size, int dev);
@@ -133,7 +139,8 @@ Status stream_enqueue(Stream* s);
 Status stream_query(Stream* s);        // ok or not_ready
 Status stream_synchronize(Stream* s);  // completes all pending work on s
 // `s` waits for `e` (cudaStreamWaitEvent): work enqueued on s later completes only
-// after e has. Simulated as: s's next work is held until e is complete.
+// after e has. Simulated as on a GPU: a wait on an incomplete event is an item of its own
+// on s (s is busy until e completes; every wait counts, not only the last).
 Status stream_wait_event(Stream* s, Event* e);
 Status device_synchronize(int dev);    // completes all pending work on every stream of dev
 

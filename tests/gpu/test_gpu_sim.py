@@ -195,3 +195,40 @@ text = _memory_viz.segsum(pickle.load(open(path, "rb")))
 assert "segment" in text.lower()
 print("CHILD OK")
 """)
+
+
+def test_a_stream_waits_for_every_stream_it_waits_on(run_child: RunChild) -> None:
+    # torch's wait_stream is cudaEventRecord + cudaStreamWaitEvent: after two of them,
+    # work on the waiting stream completes only once both streams have (the simulation
+    # once kept only the last wait), and the waiting stream reads as busy until then.
+    _need_sim()
+    run_child(PRELUDE + """
+import torch
+ctl = simdevice.control()
+s1, s2, s3 = torch.cuda.Stream(), torch.cuda.Stream(), torch.cuda.Stream()
+x = torch.empty(MiB, dtype=torch.uint8, device="cuda")
+for s in (s1, s2):
+    ctl.hold_stream(s.cuda_stream)
+    with torch.cuda.stream(s):
+        x.add_(1)
+s3.wait_stream(s2)
+s3.wait_stream(s1)
+with torch.cuda.stream(s3):
+    x.add_(1)
+done = s3.record_event()
+ctl.hold_stream(s1.cuda_stream, False)  # s1's work completes; s2's does not
+assert s1.query() and not s2.query()
+assert not done.query() and not s3.query()
+ctl.hold_stream(s2.cuda_stream, False)
+assert done.query() and s3.query()
+# A wait alone keeps a stream busy, and synchronizing it completes what it waits for.
+ctl.hold_stream(s1.cuda_stream)
+with torch.cuda.stream(s1):
+    x.add_(1)
+s2.wait_stream(s1)
+assert not s2.query()
+s2.synchronize()
+assert s1.query() and s2.query()
+ctl.hold_stream(s1.cuda_stream, False)
+print("CHILD OK")
+""")
