@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 AUDIT_LIB = "libpypool_simaudit.so"
+# The largest event delay the device takes (its nanoseconds fit an int64).
+_MAX_US = (2**63 - 1) // 1000
 DRIVER_LIB = "libpypool_simcuda.so"
 _LIBS = (AUDIT_LIB, DRIVER_LIB, "libpypool_simcudart.so", "libpypool_simnvml.so", "libpypool_simcublas.so",
          "libpypool_simcublasLt.so")
@@ -63,17 +65,32 @@ def available() -> bool:
     return all((d / name).is_file() for name in _LIBS)
 
 
+_U64 = 1 << 64
+
+
 def _size(value: Union[int, str]) -> str:
     if isinstance(value, bool) or (isinstance(value, int) and value <= 0):
         raise ValueError(f"memory must be a positive size, got {value!r}")
     if isinstance(value, int):
-        return str(value)
-    from .config import parse_size  # sizes are spelt as everywhere else in pypool
+        parsed = value
+    else:
+        from .config import parse_size  # sizes are spelt as everywhere else in pypool
 
-    parsed = parse_size(value, "memory")
+        parsed = parse_size(value, "memory")
     if parsed <= 0:
         raise ValueError(f"memory must be a positive size, got {value!r}")
+    if parsed >= _U64:  # the device would fall back to its default size
+        raise ValueError(f"memory must be below 2**64 bytes, got {value!r}")
     return str(parsed)
+
+
+def _int(value: object, what: str, lo: int, hi: int) -> int:
+    """``value`` as an int in lo..hi (bool refused), or a TypeError/ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{what} must be in {lo}..{hi}, got {value}")
+    return value
 
 
 def environ(
@@ -88,7 +105,10 @@ def environ(
     ``devices`` (1..16) devices of ``memory`` bytes each ("80GiB", "512MiB" or an int);
     ``event_delay_us``: work on a stream that the test does not hold completes this long
     after it was enqueued; ``quiet=False`` names each CUDA function that is not simulated
-    on stderr, once. ``base`` defaults to ``os.environ``.
+    on stderr, once. ``base`` (a mapping of str to str) defaults to ``os.environ``; the
+    per-device sizes ``PYPOOL_SIM_MEMORY_<i>`` it may carry (from a parent that runs on
+    the simulated device) are dropped, so every device has ``memory`` bytes (resize one
+    from inside with :meth:`SimControl.set_memory`).
     """
     if not available():
         raise SimDeviceError(
@@ -97,9 +117,18 @@ def environ(
         )
     if isinstance(devices, bool) or not isinstance(devices, int) or not 1 <= devices <= 16:
         raise ValueError(f"devices must be an int in 1..16, got {devices!r}")
-    if isinstance(event_delay_us, bool) or not isinstance(event_delay_us, int) or event_delay_us < 0:
-        raise ValueError(f"event_delay_us must be an int >= 0, got {event_delay_us!r}")
+    if isinstance(event_delay_us, bool) or not isinstance(event_delay_us, int) or not 0 <= event_delay_us <= _MAX_US:
+        raise ValueError(f"event_delay_us must be an int in 0..{_MAX_US}, got {event_delay_us!r}")
+    if not isinstance(quiet, bool):
+        raise TypeError(f"quiet must be a bool, got {type(quiet).__name__}")
+    if base is not None and not isinstance(base, Mapping):
+        raise TypeError(f"base must be a mapping of str to str, got {type(base).__name__}")
     env = dict(os.environ if base is None else base)
+    bad = [k for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"base must map str to str; {bad[0]!r} does not")
+    for key in [k for k in env if k.startswith("PYPOOL_SIM_MEMORY_")]:
+        del env[key]
     audit = str(lib_dir() / AUDIT_LIB)
     others = [p for p in env.get("LD_AUDIT", "").split(":") if p and p != audit]
     env["LD_AUDIT"] = ":".join([audit, *others])
@@ -166,9 +195,16 @@ class SimControl:
         return int(self._lib.pypoolsim_device_count())
 
     def _dev(self, device: int) -> int:
+        if isinstance(device, bool) or not isinstance(device, int):
+            raise TypeError(f"device must be an int, got {type(device).__name__}")
         if not 0 <= device < self.device_count():
             raise ValueError(f"device {device} out of range (the simulation has {self.device_count()})")
         return device
+
+    @staticmethod
+    def _stream(stream: int) -> int:
+        """A raw ``cudaStream_t`` as an int (the device refuses ones it does not know)."""
+        return _int(stream, "stream", 0, _U64 - 1)
 
     def total(self, device: int = 0) -> int:
         """Capacity of ``device`` in bytes."""
@@ -187,31 +223,37 @@ class SimControl:
 
     def set_memory(self, device: int, nbytes: int) -> None:
         """Resize ``device``; refused below what is in use."""
+        nbytes = _int(nbytes, "nbytes", 1, _U64 - 1)
         self._check(self._lib.pypoolsim_set_memory(self._dev(device), nbytes), f"set_memory({device}, {nbytes})")
 
     def hold_stream(self, stream: int, hold: bool = True) -> None:
         """While held, work enqueued on ``stream`` (and events recorded there) stays pending."""
-        self._check(self._lib.pypoolsim_hold_stream(stream, int(hold)), f"hold_stream({stream:#x})")
+        rc = self._lib.pypoolsim_hold_stream(self._stream(stream), int(hold))
+        self._check(rc, f"hold_stream({stream:#x}) (no such stream, or destroyed)")
 
     def complete_stream(self, stream: int) -> None:
         """Completes the work pending on ``stream`` now (a hold stays in force)."""
-        self._check(self._lib.pypoolsim_complete_stream(stream), f"complete_stream({stream:#x})")
+        rc = self._lib.pypoolsim_complete_stream(self._stream(stream))
+        self._check(rc, f"complete_stream({stream:#x}) (no such stream, or destroyed)")
 
     def hold_all(self, hold: bool = True) -> None:
         """Hold every stream, including ones created later."""
         self._check(self._lib.pypoolsim_hold_all(int(hold)), "hold_all")
 
     def pending_work(self, stream: int) -> int:
-        n = int(self._lib.pypoolsim_pending_work(stream))
+        n = int(self._lib.pypoolsim_pending_work(self._stream(stream)))
         if n < 0:
-            raise ValueError(f"simulated device: unknown stream {stream:#x}")
+            raise ValueError(f"simulated device: unknown stream {stream:#x} (no such stream, or destroyed)")
         return n
 
     def set_event_delay_us(self, us: int) -> None:
+        us = _int(us, "us", 0, _MAX_US)
         self._check(self._lib.pypoolsim_set_event_delay_us(us), f"set_event_delay_us({us})")
 
     def calls(self, name: Optional[str] = None) -> int:
         """Calls to the CUDA entry point ``name`` (e.g. "cuMemCreate"); None: all calls."""
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {type(name).__name__}")
         return int(self._lib.pypoolsim_calls(None if name is None else name.encode()))
 
     def sync_calls(self) -> int:
@@ -233,7 +275,8 @@ class SimControl:
         self._lib.pypoolsim_reset_counters()
 
     def fail_next_allocs(self, n: int) -> None:
-        """The next ``n`` device allocations fail with out-of-memory."""
+        """The next ``n`` device allocations fail with out-of-memory (0 clears)."""
+        n = _int(n, "n", 0, 2**31 - 1)
         self._check(self._lib.pypoolsim_fail_next_allocs(n), f"fail_next_allocs({n})")
 
 
