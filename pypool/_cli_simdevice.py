@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import sys
@@ -41,9 +42,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
     exe = shutil.which(cmd[0], path=env.get("PATH"))
     if exe is None:
+        # As a shell says it: 126 for a file that is there but cannot run, 127 for none.
+        if os.sep in cmd[0] and os.path.exists(cmd[0]):
+            what = "is a directory" if os.path.isdir(cmd[0]) else "is not executable"
+            print(f"pypool simdevice: cannot run {cmd[0]}: {what}", file=sys.stderr)
+            return 126
         print(f"pypool simdevice: command not found: {cmd[0]}", file=sys.stderr)
         return 127
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(exe, cmd, env)  # LD_AUDIT only takes effect in a new process image
+    try:
+        os.execve(exe, cmd, env)  # LD_AUDIT only takes effect in a new process image
+    except OSError as e:  # e.g. a script without "#!" (ENOEXEC), or a missing interpreter
+        why = e.strerror or str(e)
+        if e.errno == errno.ENOENT:  # the file is there (which() found it): its "#!" is not
+            why = "its interpreter (the #! line) was not found"
+        print(f"pypool simdevice: cannot run {cmd[0]}: {why}", file=sys.stderr)
+        return 126
     return 0  # not reached

@@ -22,6 +22,58 @@ from pypool import simdevice
 pytestmark = pytest.mark.skipif(not simdevice.available(), reason="pypool built without the simulated device")
 
 
+def cli(*args: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-P", "-m", "pypool", "simdevice", *args], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def one_line(r: subprocess.CompletedProcess, rc: int, text: str) -> None:
+    assert r.returncode == rc, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert "Traceback" not in r.stderr and text in lines[-1], r.stderr
+
+
+@pytest.mark.parametrize("args, text", [
+    ([], "no command given"),
+    (["--"], "no command given"),
+    (["--devices", "0", "--", "true"], "devices must be an int in 1..16, got 0"),
+    (["--devices", "17", "--", "true"], "devices must be an int in 1..16, got 17"),
+    (["--devices", "abc", "--", "true"], "argument --devices: invalid int value: 'abc'"),
+    (["--memory", "-1", "--", "true"], "memory: cannot parse size '-1'"),
+    (["--memory", "abc", "--", "true"], "memory: cannot parse size 'abc'"),
+    (["--memory", "0", "--", "true"], "memory must be a positive size"),
+    (["--memory", "20EiB", "--", "true"], "memory"),
+    (["--memory", str(2**64), "--", "true"], "memory must be below 2**64 bytes"),
+    (["--event-delay-us", "-5", "--", "true"], "event_delay_us must be an int in 0.."),
+])
+def test_cli_bad_options_are_one_line(args: List[str], text: str) -> None:
+    one_line(cli(*args), 2, text)
+
+
+def test_cli_commands_that_cannot_run_are_one_line(tmp_path: Path) -> None:
+    # Exit status as a shell gives it: 127 for no such command, 126 for one that is there
+    # but cannot run (not executable, a directory, no "#!" line, a missing interpreter);
+    # these once ended in os.execve's traceback.
+    one_line(cli("--", "no-such-command-pypool"), 127, "command not found: no-such-command-pypool")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("hello\n")
+    one_line(cli("--", str(plain)), 126, "is not executable")
+    one_line(cli("--", str(tmp_path)), 126, "is a directory")
+    for name, body, text in (("noshebang.sh", "echo hi\n", "Exec format error"),
+                             ("badinterp.sh", "#!/nonexistent/interpreter\n", "interpreter (the #! line) was not found")):
+        script = tmp_path / name
+        script.write_text(body)
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+        one_line(cli("--", str(script)), 126, text)
+
+
+def test_cli_runs_the_command_in_the_simulation_environment() -> None:
+    r = cli("--devices", "3", "--memory", "40GB", "--", sys.executable, "-c",
+            "import os; print(os.environ['PYPOOL_SIM_DEVICES'], os.environ['PYPOOL_SIM_MEMORY'])")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["3", str(40 * 1000**3)]
+
+
 @pytest.mark.parametrize("kwargs, exc, text", [
     (dict(devices="2"), ValueError, "devices must be an int in 1..16"),
     (dict(devices=True), ValueError, "devices must be an int in 1..16"),
