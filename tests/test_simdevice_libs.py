@@ -407,3 +407,23 @@ def test_freeing_pinned_memory_counts_as_synchronizing_in_both_apis() -> None:
         assert cu.cuMemHostRegister_v2(buf, sz(8192), 0) == 0 and cu.cuMemHostUnregister(buf) == 0
         assert cu.pypoolsim_sync_calls() == 2
     """))
+
+
+def test_runtime_features_it_lacks_name_themselves_once() -> None:
+    # Graph capture, graphs and IPC return cudaErrorNotSupported like the generated stubs,
+    # and name themselves as the stubs do (they were silent: `--verbose` never said which
+    # call torch's "operation not supported" came from).
+    body = """
+        rt = C.CDLL(LIB + "/libpypool_simcudart.so")
+        for _ in range(2):
+            assert rt.cudaStreamBeginCapture(None, 0) == 801
+            assert rt.cudaGraphLaunch(None, None) == 801
+        assert rt.cudaGetLastError() == 801
+    """
+    r = run(body, env={"PYPOOL_SIM_QUIET": "0"})
+    ok(r)
+    for fn in ("cudaStreamBeginCapture", "cudaGraphLaunch"):
+        assert r.stderr.count(f"{fn} is not simulated") == 1, r.stderr
+    quiet = run(body)
+    ok(quiet)
+    assert "not simulated" not in quiet.stderr

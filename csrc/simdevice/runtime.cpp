@@ -40,6 +40,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -849,8 +850,24 @@ const char* error_string(cudaError_t e) noexcept {
   }
 }
 
-// A graph/capture/IPC feature the simulation does not have.
-inline cudaError_t not_simulated() noexcept { return done(cudaErrorNotSupported); }
+// A graph/capture/IPC feature the simulation does not have. Like the generated stubs
+// (stubs.h), `fn` names itself on stderr once unless PYPOOL_SIM_QUIET=1, so that
+// `python -m pypool simdevice --verbose` says which call torch's "operation not
+// supported" came from.
+cudaError_t not_simulated(const char* fn) noexcept {
+  static std::mutex mu;
+  static std::set<std::string>* warned = new std::set<std::string>;  // leaked, as State
+  if (!sim::quiet()) {
+    try {
+      std::lock_guard<std::mutex> g(mu);
+      if (warned->insert(fn).second)
+        std::fprintf(stderr, "pypool-simdevice: %s is not simulated; it returns 'not supported' (%d)\n", fn,
+                     static_cast<int>(cudaErrorNotSupported));
+    } catch (...) {
+    }
+  }
+  return done(cudaErrorNotSupported);
+}
 
 }  // namespace
 
@@ -1635,7 +1652,7 @@ PYPOOL_SIM_EXPORT cudaError_t cudaThreadExchangeStreamCaptureMode(enum cudaStrea
 PYPOOL_SIM_EXPORT cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode mode) {
   sim::count_call("cudaStreamBeginCapture", false);
   (void)stream; (void)mode;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaStreamBeginCaptureToGraph(cudaStream_t stream, cudaGraph_t graph,
@@ -1645,14 +1662,14 @@ PYPOOL_SIM_EXPORT cudaError_t cudaStreamBeginCaptureToGraph(cudaStream_t stream,
   sim::count_call("cudaStreamBeginCaptureToGraph", false);
   (void)stream; (void)graph; (void)dependencies; (void)dependencyData; (void)numDependencies;
   (void)mode;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* pGraph) {
   sim::count_call("cudaStreamEndCapture", false);
   (void)stream;
   if (pGraph != nullptr) *pGraph = nullptr;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 // No stream is ever capturing, which is the real runtime's "illegal state" for this call.
@@ -1671,7 +1688,7 @@ PYPOOL_SIM_EXPORT cudaError_t cudaGraphAddNode(cudaGraphNode_t* pGraphNode, cuda
   sim::count_call("cudaGraphAddNode", false);
   (void)pGraphNode; (void)graph; (void)pDependencies; (void)dependencyData;
   (void)numDependencies; (void)nodeParams;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaGraphConditionalHandleCreate(cudaGraphConditionalHandle* pHandle_out,
@@ -1679,65 +1696,65 @@ PYPOOL_SIM_EXPORT cudaError_t cudaGraphConditionalHandleCreate(cudaGraphConditio
                                              unsigned int flags) {
   sim::count_call("cudaGraphConditionalHandleCreate", false);
   (void)pHandle_out; (void)graph; (void)defaultLaunchValue; (void)flags;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
   sim::count_call("cudaGraphDestroy", false);
   (void)graph;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaGraphExecDestroy(cudaGraphExec_t graphExec) {
   sim::count_call("cudaGraphExecDestroy", false);
   (void)graphExec;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t* nodes, size_t* numNodes) {
   sim::count_call("cudaGraphGetNodes", false);
   (void)graph; (void)nodes; (void)numNodes;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t* pGraphExec, cudaGraph_t graph,
                                           unsigned long long flags) {
   sim::count_call("cudaGraphInstantiateWithFlags", false);
   (void)pGraphExec; (void)graph; (void)flags;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaGraphLaunch(cudaGraphExec_t graphExec, cudaStream_t stream) {
   sim::count_call("cudaGraphLaunch", false);
   (void)graphExec; (void)stream;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaGraphNodeGetDependencies(cudaGraphNode_t node, cudaGraphNode_t* pDependencies,
                                          cudaGraphEdgeData* edgeData, size_t* pNumDependencies) {
   sim::count_call("cudaGraphNodeGetDependencies", false);
   (void)node; (void)pDependencies; (void)edgeData; (void)pNumDependencies;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaGraphRetainUserObject(cudaGraph_t graph, cudaUserObject_t object,
                                       unsigned int count, unsigned int flags) {
   sim::count_call("cudaGraphRetainUserObject", false);
   (void)graph; (void)object; (void)count; (void)flags;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaUserObjectCreate(cudaUserObject_t* object_out, void* ptr, cudaHostFn_t destroy,
                                  unsigned int initialRefcount, unsigned int flags) {
   sim::count_call("cudaUserObjectCreate", false);
   (void)object_out; (void)ptr; (void)destroy; (void)initialRefcount; (void)flags;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaUserObjectRelease(cudaUserObject_t object, unsigned int count) {
   sim::count_call("cudaUserObjectRelease", false);
   (void)object; (void)count;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 // Graph memory: no graphs, so no graph memory. Reading the counters is harmless (all 0),
@@ -1831,33 +1848,33 @@ PYPOOL_SIM_EXPORT cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start,
 PYPOOL_SIM_EXPORT cudaError_t cudaIpcGetMemHandle(cudaIpcMemHandle_t* handle, void* devPtr) {
   sim::count_call("cudaIpcGetMemHandle", false);
   (void)handle; (void)devPtr;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaIpcOpenMemHandle(void** devPtr, cudaIpcMemHandle_t handle, unsigned int flags) {
   sim::count_call("cudaIpcOpenMemHandle", false);
   (void)handle; (void)flags;
   if (devPtr != nullptr) *devPtr = nullptr;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaIpcCloseMemHandle(void* devPtr) {
   sim::count_call("cudaIpcCloseMemHandle", false);
   (void)devPtr;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaIpcGetEventHandle(cudaIpcEventHandle_t* handle, cudaEvent_t event) {
   sim::count_call("cudaIpcGetEventHandle", false);
   (void)handle; (void)event;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 PYPOOL_SIM_EXPORT cudaError_t cudaIpcOpenEventHandle(cudaEvent_t* event, cudaIpcEventHandle_t handle) {
   sim::count_call("cudaIpcOpenEventHandle", false);
   (void)handle;
   if (event != nullptr) *event = nullptr;
-  return not_simulated();
+  return not_simulated(__func__);
 }
 
 // ---- memory pools: the default pool of each device, backing cudaMallocAsync ----------
