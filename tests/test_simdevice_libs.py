@@ -406,6 +406,18 @@ def test_freeing_pinned_memory_counts_as_synchronizing_in_both_apis() -> None:
         buf = C.create_string_buffer(8192)
         assert cu.cuMemHostRegister_v2(buf, sz(8192), 0) == 0 and cu.cuMemHostUnregister(buf) == 0
         assert cu.pypoolsim_sync_calls() == 2
+        # Counted as synchronizing, and they do: held work on the device completes.
+        s, d = C.c_void_p(), C.c_void_p()
+        assert rt.cudaStreamCreate(C.byref(s)) == 0 and cu.pypoolsim_hold_stream(u64(s.value), 1) == 0
+        assert rt.cudaMalloc(C.byref(d), sz(4096)) == 0
+        for free in (lambda: cu.cuMemFreeHost(p), lambda: cu.cuMemHostUnregister(buf)):
+            assert cu.cuMemHostAlloc(C.byref(p), sz(4096), 0) == 0 and cu.cuMemHostRegister_v2(buf, sz(8192), 0) == 0
+            assert rt.cudaMemsetAsync(d, 0, sz(16), s) == 0
+            assert cu.pypoolsim_pending_work(u64(s.value)) == 1
+            assert free() == 0
+            assert cu.pypoolsim_pending_work(u64(s.value)) == 0
+            cu.cuMemFreeHost(p)
+            cu.cuMemHostUnregister(buf)
     """))
 
 

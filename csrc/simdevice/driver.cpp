@@ -995,7 +995,9 @@ PYPOOLSIM_ALIAS(cuMemHostRegister, cuMemHostRegister_v2)
 // Synchronizing on a GPU, as cudaHostUnregister is.
 SIM_API CUresult cuMemHostUnregister(void* p) {
   sim::count_call("cuMemHostUnregister", true);
-  return p != nullptr ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+  if (p == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  sim::device_synchronize(sim::current_device());  // it waits, so pending work completes
+  return CUDA_SUCCESS;
 }
 
 SIM_API CUresult cuMemGetAddressRange_v2(CUdeviceptr* pbase, size_t* psize, CUdeviceptr dptr) {
