@@ -439,3 +439,29 @@ def test_runtime_features_it_lacks_name_themselves_once() -> None:
     quiet = run(body)
     ok(quiet)
     assert "not simulated" not in quiet.stderr
+
+
+def test_threads_that_come_and_go_do_not_pile_up_counter_tables() -> None:
+    # Each thread that counts a call gets a table of counters (32 KiB); a table once
+    # stayed for good after its thread ended, so a program that starts threads all the
+    # time grew by 32 KiB per thread. An ended thread's table now goes to the next new
+    # thread; its counts still count.
+    ok(run("""
+        import threading
+        rt = C.CDLL(LIB + "/libpypool_simcudart.so")
+        cu.pypoolsim_calls.restype = u64
+        def rss():
+            return int(open("/proc/self/statm").read().split()[1]) * 4096
+        def one():
+            rt.cudaGetDevice(C.byref(C.c_int()))
+        def burst(n):
+            for _ in range(n):
+                t = threading.Thread(target=one)
+                t.start(); t.join()
+        burst(50)
+        before = rss()
+        burst(3000)
+        grown = rss() - before
+        assert grown < 24 << 20, grown  # 3000 tables would be 94 MiB
+        assert cu.pypoolsim_calls(b"cudaGetDevice") == 3050
+    """))

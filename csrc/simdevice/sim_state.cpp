@@ -7,6 +7,7 @@
 // device_used() and cudaMemGetInfo never take a lock.
 #include "sim_state.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -338,11 +339,38 @@ std::vector<CounterTable*>& tables() {
 }
 thread_local CounterTable* tl_table = nullptr;
 
+// A table outlives its thread (its counts still count) and is handed to the next new
+// thread, which goes on counting into it: totals are sums by name, so nothing changes
+// for readers, and a program that starts and ends threads all the time holds as many
+// tables as it ever had threads at once (not one per thread it ever started, 32 KiB
+// each). The hand-over goes through tables_mu, so each table has one writer at a time.
+// A pthread key's destructor does it (it runs at thread exit, after C++ thread_local
+// destructors, and again if one of those counted a call).
+std::vector<CounterTable*>& idle_tables() {
+  static auto* t = new std::vector<CounterTable*>();
+  return *t;
+}
+pthread_key_t table_key;
+void retire_table(void* t) {
+  tl_table = nullptr;
+  std::lock_guard<std::mutex> g(tables_mu);
+  idle_tables().push_back(static_cast<CounterTable*>(t));
+}
+bool table_key_made = [] { return pthread_key_create(&table_key, retire_table) == 0; }();
+
 CounterTable* my_table() {
   if (tl_table == nullptr) {
-    tl_table = new CounterTable();  // kept after the thread exits: its counts still count
-    std::lock_guard<std::mutex> g(tables_mu);
-    tables().push_back(tl_table);
+    {
+      std::lock_guard<std::mutex> g(tables_mu);
+      if (!idle_tables().empty()) {
+        tl_table = idle_tables().back();
+        idle_tables().pop_back();
+      } else {
+        tl_table = new CounterTable();
+        tables().push_back(tl_table);
+      }
+    }
+    if (table_key_made) pthread_setspecific(table_key, tl_table);
   }
   return tl_table;
 }
