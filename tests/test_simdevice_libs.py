@@ -354,6 +354,13 @@ def test_memory_sizes_are_read_as_pypool_reads_them(memory: str, total: int) -> 
     assert ("is not a size" in r.stderr) == (total == 80 << 30), r.stderr
 
 
+@pytest.mark.parametrize("devices, count", [("2", 2), ("16", 16), ("2abc", 1), ("0", 1), ("17", 1), ("", 1)])
+def test_device_count_is_read_strictly(devices: str, count: int) -> None:
+    r = run("print(cu.pypoolsim_device_count())", env={"PYPOOL_SIM_DEVICES": devices})
+    assert int(ok(r)) == count
+    assert ("is not 1..16" in r.stderr) == (devices not in ("2", "16")), r.stderr
+
+
 def test_counters_are_exact_across_threads_reads_and_resets() -> None:
     # Threads claim counter slots while another thread reads every table, and a reset
     # sets every thread's count to 0, those of threads that exited included.

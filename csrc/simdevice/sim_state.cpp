@@ -127,8 +127,9 @@ struct Config {
 
   Config() {
     if (const char* s = std::getenv("PYPOOL_SIM_DEVICES")) {
-      int n = std::atoi(s);
-      if (n >= 1 && n <= kMaxDevices) count.store(n);
+      char* end = nullptr;
+      const long n = std::strtol(s, &end, 10);  // "2abc" is not 2
+      if (end != s && *end == 0 && n >= 1 && n <= kMaxDevices) count.store(static_cast<int>(n));
       else std::fprintf(stderr, "pypool-simdevice: PYPOOL_SIM_DEVICES=%s is not 1..%d; using 1\n", s, kMaxDevices);
     }
     std::uint64_t mem = 80ull << 30;
