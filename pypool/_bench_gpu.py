@@ -651,7 +651,7 @@ def child_main(argv: Optional[List[str]] = None) -> int:
         import torch
 
         interop = [int(n.split(":")[2]) for n in names
-                   if n.split(":")[0] in ("tspairs", "metatspairs") and n.count(":") == 2]
+                   if n.split(":")[0] == "tspairs" and n.count(":") == 2]
         if interop:
             # Before any inter-op work: TorchScript forks run on this pool (Note [torch.empty
             # from C++ threads] in pypool._bench_sim).

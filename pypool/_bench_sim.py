@@ -29,7 +29,8 @@ What is measured (Note [Simulated bench figures]):
   pair from 1 and 4 Python threads (the GIL serializes them), from C++ inter-op threads
   through TorchScript's ``fork`` (no GIL: torch's own C++ path into whichever allocator is
   installed), and pypool's C ABI (``pypool_malloc``/``pypool_free``) from 1, 2 and 4 C++
-  threads. The ``meta`` device gives torch's floor with no allocator at all.
+  threads. Every torch.empty batch alternates with the same batch on the ``meta`` device
+  (torch's floor: no allocator, no CUDA), and the CPU time above it is reported beside.
 
 Allocators: PyTorch native, native with ``expandable_segments:True``, pypool and pypool
 with expandable segments. ``backend:cudaMallocAsync`` is left out: its caching pool lives
@@ -107,11 +108,9 @@ def timing_scenarios(g: Dict[str, Any]) -> List[str]:
     for size in g["sim_pair_sizes"]:
         for t in g["sim_pair_threads"]:
             names.append(f"tpairs:{size}:{t}")
-            names.append(f"metapairs:{size}:{t}")
     for size in g["sim_pair_sizes"]:
         for t in g["sim_c_threads"]:
             names.append(f"tspairs:{size}:{t}")
-            names.append(f"metatspairs:{size}:{t}")
     for size in g["sim_pair_sizes"]:
         for t in g["sim_c_threads"]:
             names.append(f"cthreads:{size}:{t}")
@@ -144,17 +143,11 @@ def _ints(param: str, n: int) -> List[int]:
     return [int(p) for p in parts]
 
 
-def _timing(ctx: Any, meta: bool) -> str:
+def _timing(ctx: Any) -> str:
     """What a time measures (every row says it: these are never GPU times)."""
-    if meta:
-        return "host time, meta device (no allocator)"
     if getattr(ctx, "sim", False):
         return "host overhead on a simulated device"
     return "host time on a GPU machine" if ctx.cuda else "host time, CPU tensors (test mode)"
-
-
-def _device_of(ctx: Any, meta: bool) -> Any:
-    return ctx.torch.device("meta") if meta else ctx.device
 
 
 def _timed_calls(ctx: Any, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
@@ -171,40 +164,67 @@ def _timed_calls(ctx: Any, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
     return row
 
 
-def _py_pairs(ctx: Any, param: str, meta: bool) -> Dict[str, Any]:
-    """ns per ``torch.empty(size, uint8)`` + ``del`` from ``threads`` Python threads."""
+def _interleaved(run: Callable[[Any], Tuple[float, float]], dev: Any, meta: Any, batches: int,
+                 warm: int) -> Dict[str, Any]:
+    """Batches on the device and on ``meta`` alternately (A B B A ...), so that the machine's
+    speed of the moment (a shared 2-core VM drifts by 2x) hits both alike; ``run(device)``
+    gives one batch's (wall, cpu) ns per pair. ``over_meta`` is each batch's CPU time above
+    its neighbouring meta batch: what the allocator and the CUDA path add to torch's floor."""
+    out: Dict[str, List[float]] = {"ns": [], "cpu_ns": [], "meta_ns": [], "meta_cpu_ns": [], "over_meta_cpu_ns": []}
+    for b in range(warm + batches):
+        order = (dev, meta) if b % 2 == 0 else (meta, dev)
+        got = {id(d): run(d) for d in order}
+        if b < warm:
+            continue
+        w, c = got[id(dev)]
+        mw, mc = got[id(meta)]
+        out["ns"].append(w)
+        out["cpu_ns"].append(c)
+        out["meta_ns"].append(mw)
+        out["meta_cpu_ns"].append(mc)
+        out["over_meta_cpu_ns"].append(c - mc)
+    row: Dict[str, Any] = {}
+    for k, v in out.items():
+        row[k] = _summary(v)
+        row[k + "_values"] = v
+    return row
+
+
+def _py_pairs(ctx: Any, param: str) -> Dict[str, Any]:
+    """ns per ``torch.empty(size, uint8)`` + ``del`` from ``threads`` Python threads, on the
+    device and on ``meta`` (no allocator) in alternating batches."""
     size, threads = _ints(param, 2)
     torch, g = ctx.torch, ctx.g
-    dev = _device_of(ctx, meta)
+    dev, meta = ctx.device, torch.device("meta")
     empty, u8 = torch.empty, torch.uint8
     n, batches, warm = int(g["sim_pair_ops"]), int(g["sim_pair_batches"]), int(g["sim_warmup_batches"])
     clock, cpu_clock = time.perf_counter_ns, time.thread_time_ns
 
-    def loop() -> Tuple[int, int, int]:
+    def loop(d: Any) -> Tuple[int, int, int]:
         c0 = cpu_clock()
         t0 = clock()
         for _ in range(n):
-            x = empty(size, dtype=u8, device=dev)
+            x = empty(size, dtype=u8, device=d)
             del x
         t1 = clock()
         return t0, t1, cpu_clock() - c0
 
-    walls: List[float] = []
     lat: List[float] = []
-    cpus: List[float] = []
     if threads == 1:
-        for b in range(warm + batches):
-            t0, t1, c = loop()
-            if b >= warm:
-                walls.append((t1 - t0) / n)
+        def run(d: Any) -> Tuple[float, float]:
+            t0, t1, c = loop(d)
+            if d is dev:
                 lat.append((t1 - t0) / n)
-                cpus.append(c / n)
+            return (t1 - t0) / n, c / n
+
+        row = _interleaved(run, dev, meta, batches, warm)
     else:
         # Persistent workers released together per batch; a batch's wall time runs from
-        # the first worker's start to the last one's end.
+        # the first worker's start to the last one's end, its CPU time is the workers' sum.
         start = threading.Barrier(threads + 1)
         done = threading.Barrier(threads + 1)
         spans: List[Tuple[int, int, int]] = [(0, 0, 0)] * threads
+        cur: List[Any] = [dev]
         stop = [False]
         errors: List[str] = []
 
@@ -214,25 +234,27 @@ def _py_pairs(ctx: Any, param: str, meta: bool) -> Dict[str, Any]:
                 if stop[0]:
                     return
                 try:
-                    spans[k] = loop()
+                    spans[k] = loop(cur[0])
                 except Exception as e:  # reported, not lost in the thread
                     errors.append(f"{type(e).__name__}: {e}")
                     spans[k] = (clock(), clock(), 0)
                 done.wait()
 
+        def run(d: Any) -> Tuple[float, float]:
+            cur[0] = d
+            start.wait()
+            done.wait()
+            first = min(x[0] for x in spans)
+            last = max(x[1] for x in spans)
+            if d is dev:
+                lat.append(sum(x[1] - x[0] for x in spans) / (n * threads))
+            return (last - first) / (n * threads), sum(x[2] for x in spans) / (n * threads)
+
         workers = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(threads)]
         for w in workers:
             w.start()
         try:
-            for b in range(warm + batches):
-                start.wait()
-                done.wait()
-                if b >= warm:
-                    first = min(s[0] for s in spans)
-                    last = max(s[1] for s in spans)
-                    walls.append((last - first) / (n * threads))
-                    lat.append(sum(s[1] - s[0] for s in spans) / (n * threads))
-                    cpus.append(sum(s[2] for s in spans) / (n * threads))
+            row = _interleaved(run, dev, meta, batches, warm)
         finally:
             stop[0] = True
             start.wait()
@@ -240,17 +262,15 @@ def _py_pairs(ctx: Any, param: str, meta: bool) -> Dict[str, Any]:
                 w.join()
         if errors:
             raise RuntimeError(errors[0])
-    return {"metric": "ns_per_pair", "size": size, "threads": threads, "device": str(dev),
-            "ns": _summary(walls), "thread_ns": _summary(lat), "cpu_ns": _summary(cpus), "ns_values": walls,
-            "thread_ns_values": lat, "cpu_ns_values": cpus, "batch_ops": n, "pairs_done": (warm + batches) * n * threads, "timing": _timing(ctx, meta)}
+    lat = lat[-batches:]
+    row.update({"metric": "ns_per_pair", "size": size, "threads": threads, "device": str(dev),
+                "thread_ns": _summary(lat), "thread_ns_values": lat, "batch_ops": n,
+                "pairs_done": (warm + batches) * n * threads, "timing": _timing(ctx)})
+    return row
 
 
 def sc_tpairs(ctx: Any, param: str) -> Dict[str, Any]:
-    return _timed_calls(ctx, lambda: _py_pairs(ctx, param, meta=False))
-
-
-def sc_metapairs(ctx: Any, param: str) -> Dict[str, Any]:
-    return _py_pairs(ctx, param, meta=True)
+    return _timed_calls(ctx, lambda: _py_pairs(ctx, param))
 
 
 _TS: Dict[str, Any] = {}
@@ -294,40 +314,37 @@ def _ts_functions(torch: Any) -> Any:
     return _TS["par"]
 
 
-def _ts_pairs(ctx: Any, param: str, meta: bool) -> Dict[str, Any]:
+def _ts_pairs(ctx: Any, param: str) -> Dict[str, Any]:
     size, threads = _ints(param, 2)
     torch, g = ctx.torch, ctx.g
-    dev = _device_of(ctx, meta)
+    dev, meta = ctx.device, torch.device("meta")
     n, batches = int(g["sim_ts_ops"]), int(g["sim_ts_batches"])
     clock = time.perf_counter_ns
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         par = _ts_functions(torch)
-        # The profiling executor records shapes on the first calls and optimizes after;
-        # every (function, thread count) pair is warmed at full length.
-        for _ in range(3):
-            par(threads, n, size, dev)
-        per: List[float] = []
-        cpus: List[float] = []
-        for _ in range(batches):
+
+        def run(d: Any) -> Tuple[float, float]:
             c0 = time.process_time_ns()  # every thread of the process: the inter-op ones work
             t0 = clock()
-            got = par(threads, n, size, dev)
-            per.append((clock() - t0) / (n * threads))
-            cpus.append((time.process_time_ns() - c0) / (n * threads))
+            got = par(threads, n, size, d)
+            w = (clock() - t0) / (n * threads)
+            c = (time.process_time_ns() - c0) / (n * threads)
             if got != n * threads * size:
                 raise RuntimeError(f"TorchScript loop returned {got}, expected {n * threads * size}")
-    return {"metric": "ns_per_pair", "size": size, "threads": threads, "device": str(dev),
-            "ns": _summary(per), "ns_values": per, "cpu_ns": _summary(cpus), "cpu_ns_values": cpus, "batch_ops": n, "pairs_done": (3 + batches) * n * threads,
-            "interop_threads": int(torch.get_num_interop_threads()), "timing": _timing(ctx, meta)}
+            return w, c
+
+        # The profiling executor records shapes on the first calls and optimizes after:
+        # three warm-up batches per device at full length.
+        row = _interleaved(run, dev, meta, batches, 3)
+    row.update({"metric": "ns_per_pair", "size": size, "threads": threads, "device": str(dev), "batch_ops": n,
+                "pairs_done": (3 + batches) * n * threads,
+                "interop_threads": int(torch.get_num_interop_threads()), "timing": _timing(ctx)})
+    return row
 
 
 def sc_tspairs(ctx: Any, param: str) -> Dict[str, Any]:
-    return _timed_calls(ctx, lambda: _ts_pairs(ctx, param, meta=False))
-
-
-def sc_metatspairs(ctx: Any, param: str) -> Dict[str, Any]:
-    return _ts_pairs(ctx, param, meta=True)
+    return _timed_calls(ctx, lambda: _ts_pairs(ctx, param))
 
 
 def sc_cthreads(ctx: Any, param: str) -> Dict[str, Any]:
@@ -356,7 +373,7 @@ def sc_cthreads(ctx: Any, param: str) -> Dict[str, Any]:
         return {"metric": "ns_per_pair", "size": size, "threads": threads, "ns": _summary(walls),
                 "thread_ns": _summary(per), "cpu_ns": _summary(cpus), "ns_values": walls, "thread_ns_values": per,
                 "cpu_ns_values": cpus, "iters": iters,
-                "pairs_done": reps * (iters + 1) * threads, "timing": _timing(ctx, False)}
+                "pairs_done": reps * (iters + 1) * threads, "timing": _timing(ctx)}
 
     return _timed_calls(ctx, run)
 
@@ -543,9 +560,7 @@ def sc_confirm(ctx: Any, param: str) -> Dict[str, Any]:
 
 SIM_SCENARIOS: Dict[str, Callable[[Any, str], Dict[str, Any]]] = {
     "tpairs": sc_tpairs,
-    "metapairs": sc_metapairs,
     "tspairs": sc_tspairs,
-    "metatspairs": sc_metatspairs,
     "cthreads": sc_cthreads,
     "minmem": sc_minmem,
     "confirm": sc_confirm,
@@ -635,7 +650,7 @@ def _merge_rounds(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     if not good:
         return dict(rows[0], rounds=len(rows))
     out = dict(good[0])
-    for key in ("ns", "thread_ns", "cpu_ns"):
+    for key in ("ns", "thread_ns", "cpu_ns", "meta_ns", "meta_cpu_ns", "over_meta_cpu_ns"):
         vals = [v for r in good for v in (r.get(key + "_values") or [])]
         if vals:
             out[key] = summarize(vals, keep_values=False).to_dict(with_values=False)
@@ -863,12 +878,12 @@ def calls_table(sim: Dict[str, Any]) -> str:
                       right=[False, False, True, True, True, True, True, True, False, False])
 
 
-def _pairs_table(sim: Dict[str, Any], kind: str, meta_kind: Optional[str]) -> str:
+def _pairs_table(sim: Dict[str, Any], kind: str) -> str:
     from ._bench_report import text_table
 
     allocs, cell = _index(sim)
     scen = [s for s in sim.get("scenarios_run", []) if s.split(":")[0] == kind]
-    headers = ["size", "threads"] + (["meta (no allocator)"] if meta_kind else []) + allocs
+    headers = ["size", "threads", "meta (no allocator)"] + allocs
     ratios = [("pypool/native", "pypool", "native"),
               ("pypool-exp/native-exp", "pypool-expandable", "native-expandable")]
     ratios = [x for x in ratios if x[1] in allocs and x[2] in allocs]
@@ -877,12 +892,16 @@ def _pairs_table(sim: Dict[str, Any], kind: str, meta_kind: Optional[str]) -> st
     for sc in scen:
         _, size, t = sc.split(":")
         line = [_short_size(int(size)), t]
-        if meta_kind:
-            mr = next((cell[(f"{meta_kind}:{size}:{t}", a)] for a in allocs
-                       if (f"{meta_kind}:{size}:{t}", a) in cell), None)
-            line.append(_cell_wc(mr))
-        line += [_cell_wc(cell.get((sc, a))) for a in allocs]
-        line += [_ratio_wc(cell.get((sc, x[1])), cell.get((sc, x[2]))) for x in ratios]
+        metas = sorted(v for a in allocs for v in [_ns(cell.get((sc, a)), "meta_cpu_ns")] if v is not None)
+        line.append(f"{metas[len(metas) // 2]:,.0f}" if metas else "-")
+        for a in allocs:
+            r = cell.get((sc, a))
+            over = _ns(r, "over_meta_cpu_ns")
+            line.append(_cell_wc(r) + ("" if over is None else f" / {over:+,.0f}"))
+        for _, a, b in ratios:
+            ra, rb = cell.get((sc, a)), cell.get((sc, b))
+            line.append(f"{_ratio(_ns(ra, 'cpu_ns'), _ns(rb, 'cpu_ns'))} / "
+                        f"{_ratio(_ns(ra, 'over_meta_cpu_ns'), _ns(rb, 'over_meta_cpu_ns'))}")
         rows.append(line)
     return text_table(headers, rows, right=[False] + [True] * (len(headers) - 1))
 
@@ -958,14 +977,17 @@ def sim_tables(sim: Dict[str, Any]) -> str:
         return "\n".join(textwrap.wrap(text, 100))
 
     parts.append(wrap("Host overhead on a simulated device: ns per torch.empty(n, uint8, 'cuda') + del "
-                      "from Python threads (the GIL serializes them). Each cell: wall / CPU, medians over "
-                      "batches (p99 in the JSON); wall = batch wall time / all pairs of all threads, CPU "
-                      "= the threads' CPU time / all pairs (robust to other load on the machine); "
-                      "ratios likewise") + "\n" + _pairs_table(sim, "tpairs", "metapairs"))
-    parts.append(wrap("Host overhead on a simulated device: the same pair from C++ inter-op threads "
-                      "(TorchScript fork, no GIL; torch's allocator has no C entry point to drive without "
-                      "a torch extension). wall / CPU per pair, CPU = the whole process's CPU time / all "
-                      "pairs") + "\n" + _pairs_table(sim, "tspairs", "metatspairs"))
+                      "from Python threads (the GIL serializes them), in batches alternating with the "
+                      "same loop on torch's meta device (no allocator, no CUDA). Each cell: wall / CPU / "
+                      "CPU above meta, medians over batches (p99 in the JSON). wall = batch wall time / "
+                      "all pairs of all threads; CPU = the threads' CPU time / all pairs (other load on "
+                      "the machine shows less); above meta = each batch's CPU time minus its "
+                      "neighbouring meta batch's: what the allocator and torch's CUDA path add. Ratios: "
+                      "CPU / above meta") + "\n" + _pairs_table(sim, "tpairs"))
+    parts.append(wrap("Host overhead on a simulated device: the same pairs from C++ inter-op threads "
+                      "(TorchScript fork, no GIL: torch's allocator has no C entry point to drive without "
+                      "a torch extension); CPU = the whole process's CPU time / all pairs; cells and "
+                      "ratios as above") + "\n" + _pairs_table(sim, "tspairs"))
     parts.append(wrap("Host overhead on a simulated device: pypool's C ABI (pypool_malloc + pypool_free) "
                       "from C++ threads released together. wall / CPU per pair over all threads' pairs "
                       "(medians over repeats); per thread = each thread's own wall time per pair")
@@ -1026,12 +1048,12 @@ def html_figures(sim: Dict[str, Any]) -> List[str]:
         _, size, t = sc.split(":")
         bars = []
         for a in allocs:
-            v = _ns(cell.get((sc, a)))
+            v = _ns(cell.get((sc, a)), "cpu_ns")
             if v is not None:
-                bars.append((a, v, f"{v:,.0f} ns"))
+                bars.append((a, v, f"{v:,.0f} ns CPU"))
         if bars:
             tg.append((f"{_short_size(int(size))}, {t} thread(s)", bars))
     if tg:
-        figs.append(_svg_bars("Host overhead on a simulated device: ns per torch.empty+del (not GPU time)",
+        figs.append(_svg_bars("Host overhead on a simulated device: CPU ns per torch.empty+del (not GPU time)",
                               tg, allocs, "each row scaled to its own maximum"))
     return figs

@@ -348,6 +348,7 @@ def test_sim_scenarios_on_cpu() -> None:
     g = {**s.gpu, **s.sim}
     names = _bench_sim.sim_scenarios(g)
     assert names[0] == "minmem:kv_cache" and "tspairs:512:2" in names and "cthreads:512:2" in names
+    assert not [n for n in names if "meta" in n]  # meta batches run inside tpairs/tspairs
     out = bench.run_gpu(s, None, allocators=["native"], device="cpu", scenarios=names)
     rows = {r["scenario"]: r for r in out["scenarios"]}
     assert list(rows) == names
@@ -361,9 +362,11 @@ def test_sim_scenarios_on_cpu() -> None:
             assert "no C entry point" in r["skipped"]
             continue
         assert not r.get("error"), r
-        assert r["ns"]["median"] > 0 and r["threads"] == int(name.split(":")[2])
-        assert r["device"] == ("meta" if name.startswith("meta") else "cpu")
-        assert "GPU time" not in r["timing"]
+        assert r["ns"]["median"] > 0 and r["cpu_ns"]["median"] > 0 and r["threads"] == int(name.split(":")[2])
+        assert r["device"] == "cpu" and "GPU time" not in r["timing"]
+        assert r["meta_cpu_ns"]["n"] == r["cpu_ns"]["n"] == len(r["over_meta_cpu_ns_values"])
+        assert r["over_meta_cpu_ns_values"] == pytest.approx(
+            [c - m for c, m in zip(r["cpu_ns_values"], r["meta_cpu_ns_values"])])
     text = _bench_sim.sim_tables(out)
     assert "HOST OVERHEAD ON A SIMULATED DEVICE" in text and "meta (no allocator)" in text
     assert "min capacity MiB" in text and "TorchScript fork" in text
@@ -379,7 +382,8 @@ def test_sim_tables_from_a_result() -> None:
     def pair(sc: str, a: str, ns: float) -> Dict[str, Any]:
         return {"scenario": sc, "allocator": a, "metric": "ns_per_pair",
                 "ns": {"median": ns, "p99": ns * 1.5}, "thread_ns": {"median": ns * 2, "p99": ns * 3},
-                "cpu_ns": {"median": ns / 2, "p99": ns}}
+                "cpu_ns": {"median": ns / 2, "p99": ns}, "meta_cpu_ns": {"median": 100.0},
+                "over_meta_cpu_ns": {"median": ns / 2 - 100}}
 
     rows: List[Dict[str, Any]] = []
     for a, cap, agrees in (("native", 1200 * MiB, True), ("pypool", 1100 * MiB, False)):
@@ -393,21 +397,20 @@ def test_sim_tables_from_a_result() -> None:
                                  **({} if agrees else {"disagreement": "fresh child at 1098 MiB: passed"})}})
         rows.append(pair("tpairs:512:1", a, 2000 if a == "native" else 1500))
         rows.append(pair("tspairs:512:4", a, 400 if a == "native" else 500))
-    rows.append(pair("metapairs:512:1", "native", 900))
     rows.append({"scenario": "cthreads:512:4", "allocator": "native", "skipped": "no C entry point"})
     rows.append(pair("cthreads:512:4", "pypool", 300))
     sim = {"allocators": ["native", "pypool"], "scenarios": rows, "children": {},
-           "scenarios_run": ["minmem:transformer", "tpairs:512:1", "metapairs:512:1", "tspairs:512:4",
-                             "cthreads:512:4"]}
+           "scenarios_run": ["minmem:transformer", "tpairs:512:1", "tspairs:512:4", "cthreads:512:4"]}
     text = _bench_sim.sim_tables(sim)
     assert "1,200" in text and "1.200" in text and "1.100" in text
     assert "confirmation disagrees: fresh child at 1098 MiB: passed" in text
     assert "cudaMalloc 40, cudaFree 12" in text and "5,000" in text
-    # wall / CPU cells, then pypool/native for both, in the same row
-    line = next(x for x in text.splitlines() if x.startswith("512 B") and "900 / 450" in x)
-    assert line.split()[-3:] == ["0.75", "/", "0.75"] and "2,000 / 1,000" in line
+    # wall / CPU / CPU above meta cells; pypool/native of CPU and of above-meta, same row
+    line = next(x for x in text.splitlines() if x.startswith("512 B") and x.split()[2] == "1")
+    assert "2,000 / 1,000 / +900" in line and "1,500 / 750 / +650" in line and line.split()[3] == "100"
+    assert line.split()[-3:] == ["0.75", "/", "0.72"]
     ts = next(x for x in text.splitlines() if x.startswith("512 B") and x.split()[2] == "4")
-    assert ts.split()[-3:] == ["1.25", "/", "1.25"]
+    assert ts.split()[-3:] == ["1.25", "/", "1.50"]
     assert "pypool wall / cpu" in text and "300 / 150" in text
     page = _bench_report.render_html({"environment": {"device": "sim"}, "settings": {}, "sim": sim})
     assert "smallest capacity without OOM" in page and "http" not in page
