@@ -66,6 +66,12 @@ STEP = 2 << 20
 MiB = 1 << 20
 
 
+#: Workloads of the memory scenarios: the real models recorded on the simulated device (GPT
+#: training, a CNN with a growing batch, GPT decoding with a KV cache) and the generated ones.
+_ALL_SIM_WORKLOADS = ["recorded_gpt_train", "recorded_cnn_growing_batch", "recorded_gpt_decode",
+                      "transformer", "growing_batch", "kv_cache", "random"]
+
+
 def sim_settings(mode: str) -> Dict[str, Any]:
     """Work sizes of the simulated-device scenarios (the ``sim`` part of the settings).
 
@@ -75,13 +81,13 @@ def sim_settings(mode: str) -> Dict[str, Any]:
     :func:`run_sim`).
     """
     if mode == "full":
-        return dict(sim_memory="80GiB", sim_workloads=["transformer", "growing_batch", "kv_cache", "random"],
+        return dict(sim_memory="80GiB", sim_workloads=list(_ALL_SIM_WORKLOADS),
                     sim_trace_scale=0.5, sim_pair_sizes=[512, 1 << 20, 64 << 20], sim_pair_threads=[1, 4],
                     sim_pair_ops=2000, sim_pair_batches=21, sim_warmup_batches=2,
                     sim_ts_ops=4000, sim_ts_batches=15, sim_c_threads=[1, 2, 4], sim_c_iters=300_000,
                     sim_c_repeats=7, sim_rounds=3, sim_confirm=True)
     if mode == "quick":
-        return dict(sim_memory="80GiB", sim_workloads=["transformer", "growing_batch", "kv_cache"],
+        return dict(sim_memory="80GiB", sim_workloads=list(_ALL_SIM_WORKLOADS),
                     sim_trace_scale=0.1, sim_pair_sizes=[512, 1 << 20, 64 << 20], sim_pair_threads=[1, 4],
                     sim_pair_ops=1000, sim_pair_batches=11, sim_warmup_batches=2,
                     sim_ts_ops=2000, sim_ts_batches=7, sim_c_threads=[1, 2, 4], sim_c_iters=100_000,
@@ -383,12 +389,15 @@ class _Replayer:
     """One bundled workload replayed as real tensors, stopping at the first OOM."""
 
     def __init__(self, ctx: Any, name: str) -> None:
-        from .workloads import WORKLOADS
+        from .workloads import ALL_WORKLOADS, RECORDED_WORKLOADS
 
-        if name not in WORKLOADS:
-            raise ValueError(f"unknown workload {name!r} (known: {', '.join(WORKLOADS)})")
+        if name not in ALL_WORKLOADS:
+            raise ValueError(f"unknown workload {name!r} (known: {', '.join(ALL_WORKLOADS)})")
         self.ctx = ctx
-        trace = WORKLOADS[name](seed=0, scale=float(ctx.g["sim_trace_scale"]))
+        # A recorded workload is one run of a real model: always whole (a scale would cut
+        # a prefix of it); the generated ones are shortened by sim_trace_scale.
+        self.scale = 1.0 if name in RECORDED_WORKLOADS else float(ctx.g["sim_trace_scale"])
+        trace = ALL_WORKLOADS[name](seed=0, scale=self.scale)
         self.floor = int(trace.peak_live())
         self.acts = trace.actions.tolist()
         self.ids = trace.ids.tolist()
@@ -461,7 +470,7 @@ def sc_minmem(ctx: Any, param: str) -> Dict[str, Any]:
     ctl = _control() if sim else None
     total0 = ctl.total(0) if ctl is not None else 0
     row: Dict[str, Any] = {"metric": "min_capacity", "workload": param, "events": rep.events,
-                           "floor": rep.floor, "scale": float(ctx.g["sim_trace_scale"])}
+                           "floor": rep.floor, "scale": rep.scale}
     _teardown(ctx)
     base = _used(ctx)
     row["base_used"] = base
@@ -961,8 +970,9 @@ def sim_tables(sim: Dict[str, Any]) -> str:
         parts.append(f"device: {info.get('name')} ({info.get('sim_version', '?')}), "
                      f"{_mib(info.get('total_memory'))} MiB; torch {info.get('torch')} "
                      f"(CUDA runtime {info.get('cuda_runtime')})")
-    floor_note = (f"Workloads (pypool.workloads, replayed as torch.empty tensors at scale "
-                  f"{_scale(sim)}): floor = peak live requested bytes; min capacity = smallest "
+    floor_note = (f"Workloads (pypool.workloads, replayed as torch.empty tensors; recorded_* = real "
+                  f"models recorded on the simulated device, whole; the generated ones at scale "
+                  f"{_scale(sim)} of their length): floor = peak live requested bytes; min capacity = smallest "
                   f"simulated device capacity (2 MiB steps) with no out-of-memory error, bisected in "
                   f"the child; confirmed = a fresh child passes at that capacity and runs out of "
                   f"memory 2 MiB below")
@@ -1019,7 +1029,7 @@ def sim_tables(sim: Dict[str, Any]) -> str:
 
 def _scale(sim: Dict[str, Any]) -> str:
     for r in sim.get("scenarios", []):
-        if r.get("scale") is not None:
+        if r.get("scale") is not None and not str(r.get("workload", "")).startswith("recorded_"):
             return f"{r['scale']:g}"
     return "?"
 
