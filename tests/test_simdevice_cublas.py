@@ -21,6 +21,7 @@ from typing import Dict, Optional
 import pytest
 
 from pypool import simdevice
+from sim_child import ok, run_lib_child
 
 pytestmark = pytest.mark.skipif(not simdevice.available(), reason="pypool built without the simulated device")
 
@@ -57,17 +58,7 @@ f1 = C.c_float(1.0)
 
 
 def run(body: str, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-    child_env = dict(os.environ)
-    child_env.update({"PYPOOL_SIM_MEMORY": "1GiB", "PYPOOL_SIM_DEVICES": "2", "PYPOOL_SIM_QUIET": "1"})
-    child_env.update(env or {})
-    script = PRELUDE + textwrap.dedent(body)
-    return subprocess.run([sys.executable, "-c", script, str(simdevice.lib_dir())], env=child_env,
-                          capture_output=True, text=True, timeout=120)
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"child failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
-    return r.stdout
+    return run_lib_child(PRELUDE, body, env)
 
 
 def test_handles_modes_and_versions() -> None:

@@ -1074,17 +1074,16 @@ PYPOOL_SIM_EXPORT cudaError_t cudaDeviceSetLimit(enum cudaLimit limit, size_t va
 
 // ---- driver entry points --------------------------------------------------------------
 
-PYPOOL_SIM_EXPORT cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** funcPtr,
-                                             unsigned int cudaVersion, unsigned long long flags,
-                                             enum cudaDriverEntryPointQueryResult* driverStatus) {
-  sim::count_call("cudaGetDriverEntryPointByVersion", false);
+// Shared by both entry-point queries. Unknown symbols are not an error: success with a
+// null pointer, and the status says why (what the real runtime does).
+static cudaError_t entry_point(const char* symbol, void** funcPtr, unsigned int cudaVersion,
+                               unsigned long long flags,
+                               enum cudaDriverEntryPointQueryResult* driverStatus) {
   if (symbol == nullptr || funcPtr == nullptr ||
       (flags & ~static_cast<unsigned long long>(cudaEnableLegacyStream |
                                                 cudaEnablePerThreadDefaultStream)) != 0) {
     return done(cudaErrorInvalidValue);
   }
-  // Unknown symbols are not an error: success with a null pointer and the status says
-  // why (what the real runtime does).
   *funcPtr = sim::driver_entry_point(symbol, cudaVersion);
   if (driverStatus != nullptr) {
     *driverStatus =
@@ -1093,20 +1092,17 @@ PYPOOL_SIM_EXPORT cudaError_t cudaGetDriverEntryPointByVersion(const char* symbo
   return cudaSuccess;
 }
 
+PYPOOL_SIM_EXPORT cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** funcPtr,
+                                             unsigned int cudaVersion, unsigned long long flags,
+                                             enum cudaDriverEntryPointQueryResult* driverStatus) {
+  sim::count_call("cudaGetDriverEntryPointByVersion", false);
+  return entry_point(symbol, funcPtr, cudaVersion, flags, driverStatus);
+}
+
 PYPOOL_SIM_EXPORT cudaError_t cudaGetDriverEntryPoint(const char* symbol, void** funcPtr, unsigned long long flags,
                                     enum cudaDriverEntryPointQueryResult* driverStatus) {
   sim::count_call("cudaGetDriverEntryPoint", false);
-  if (symbol == nullptr || funcPtr == nullptr ||
-      (flags & ~static_cast<unsigned long long>(cudaEnableLegacyStream |
-                                                cudaEnablePerThreadDefaultStream)) != 0) {
-    return done(cudaErrorInvalidValue);
-  }
-  *funcPtr = sim::driver_entry_point(symbol, CUDART_VERSION);
-  if (driverStatus != nullptr) {
-    *driverStatus =
-        *funcPtr != nullptr ? cudaDriverEntryPointSuccess : cudaDriverEntryPointSymbolNotFound;
-  }
-  return cudaSuccess;
+  return entry_point(symbol, funcPtr, CUDART_VERSION, flags, driverStatus);
 }
 
 // ---- device memory --------------------------------------------------------------------
