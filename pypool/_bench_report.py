@@ -78,6 +78,12 @@ def _header(results: Dict[str, Any]) -> str:
                      f"{sd.get('devices', 1)} x {sd.get('memory', '?')} of host memory); no GPU used; "
                      f"torch CUDA build {env.get('torch_cuda') or '?'}")
         lines.append("times: host overhead on a simulated device, not GPU time")
+        if env.get("python_executable") and env.get("command", "").startswith("python -m pypool"):
+            import shlex
+
+            run = env["command"].replace("python", shlex.quote(env["python_executable"]), 1)
+            out = f" > {shlex.quote(env['stdout'])}" if env.get("stdout") else ""
+            lines.append(f"run as: cd {shlex.quote(env.get('cwd', '.'))} && {run}{out}")
     if env.get("git_revision"):
         lines.append(f"source: git {env['git_revision']}")
     if env.get("command"):

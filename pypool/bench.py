@@ -806,6 +806,16 @@ def run_benchmarks(device: Optional[str] = None, mode: str = "quick", repeats: O
     return results
 
 
+def _stdout_target() -> Optional[str]:
+    """The file stdout is redirected to (None for a terminal, a pipe or elsewhere)."""
+    try:
+        if not os.path.isfile(f"/proc/self/fd/{sys.stdout.fileno()}"):
+            return None
+        return os.readlink(f"/proc/self/fd/{sys.stdout.fileno()}")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _run_sim_benchmarks(mode: str, repeats: Optional[int], progress: bool, command: Optional[str],
                         allocators: Optional[Sequence[str]], sim_memory: Optional[str]) -> Dict[str, Any]:
     """``run_benchmarks(device="sim")``: the simulated-device suite alone."""
@@ -826,6 +836,10 @@ def _run_sim_benchmarks(mode: str, repeats: Optional[int], progress: bool, comma
     env["simulated_device"] = {"version": probe.get("version"), "name": probe.get("name"),
                                "memory": s.sim["sim_memory"], "devices": 1}
     env["torch_cuda"] = probe.get("cuda")
+    # The exact invocation: interpreter, working directory and where stdout went.
+    env["python_executable"] = sys.executable
+    env["cwd"] = os.getcwd()
+    env["stdout"] = _stdout_target()
     env["timing"] = "host overhead on a simulated device (no GPU; not GPU time)"
     total = len(names) * len(_bench_sim.sim_scenarios({**s.gpu, **s.sim}))
     bar = Progress(total, enabled=progress)

@@ -445,6 +445,7 @@ def test_bench_sim_smoke(tmp_path: Path) -> None:
         assert tp["ns"]["median"] > 0 and tp["timing"] == "host overhead on a simulated device"
     assert rows[("cthreads:512:2", "pypool")]["ns"]["median"] > 0
     assert "HOST OVERHEAD ON A SIMULATED DEVICE" in proc.stdout and "SIMULATED CUDA device" in proc.stdout
+    assert f"run as: cd {tmp_path} && {sys.executable} -m pypool bench --device sim" in proc.stdout
 
 
 def test_run_sim_orchestration(monkeypatch: pytest.MonkeyPatch) -> None:
