@@ -644,6 +644,11 @@ def _confirm(name: str, workload: str, cap: int, g: Dict[str, Any], timeout_s: f
     res = _run_child(name, [f"confirm:{workload}"], g, None, timeout_s, "sim", base_env=env)
     rows = res.get("scenarios") or []
     if rows and not rows[0].get("error"):
+        ran_at = rows[0].get("capacity")
+        if ran_at is not None and int(ran_at) != cap:
+            # The verdict would be about another device: neither a pass nor an OOM.
+            return {"capacity": cap, "ok": None, "base_used": rows[0].get("base_used"),
+                    "error": f"the fresh child's device has {int(ran_at)} bytes, not {cap}"}
         return {"capacity": cap, "ok": bool(rows[0].get("ok")), "oom_at_event": rows[0].get("oom_at_event"),
                 "base_used": rows[0].get("base_used")}
     err = rows[0].get("error") if rows else res.get("error")
@@ -761,10 +766,16 @@ def run_sim(s: Any, progress: Any = None, allocators: Optional[Sequence[str]] = 
             if c is None:
                 continue
             at, below = c.get("at", {}), c.get("below")
-            agree = at.get("ok") is True and (below is None or below.get("ok") is False)
+            # A fresh child that starts with more (or less) of the device in use than the
+            # bisection did tests another capacity: its pass or OOM confirms nothing.
+            base = r.get("base_used")
+            moved = [x for x in (at, below) if x is not None and base is not None
+                     and x.get("base_used") is not None and x["base_used"] != base]
+            agree = at.get("ok") is True and (below is None or below.get("ok") is False) and not moved
             c["agrees"] = agree
             if not agree:
-                bits = []
+                bits = [f"fresh child at {x.get('capacity', 0) >> 20} MiB started with {x['base_used']} "
+                        f"bytes in use, the bisection with {base}" for x in moved]
                 if at.get("ok") is not True:
                     bits.append(f"fresh child at {at.get('capacity', 0) >> 20} MiB: "
                                 + ("out of memory" if at.get("ok") is False else f"error {at.get('error')}"))

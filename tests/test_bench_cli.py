@@ -502,3 +502,46 @@ def test_run_sim_orchestration(monkeypatch: pytest.MonkeyPatch) -> None:
     text = _bench_sim.sim_tables(out)
     assert "confirmation disagrees" in text and "3 interleaved round(s)" in text
     assert "0.50" in text  # device calls per pair
+
+
+@pytest.mark.parametrize("fault", ["capacity", "baseline"])
+def test_run_sim_confirmation_must_run_where_the_bisection_did(monkeypatch: pytest.MonkeyPatch,
+                                                               fault: str) -> None:
+    """'confirmed' is evidence only when the fresh child's device has the capacity asked
+    for and starts with the bisection's memory in use: a child on a bigger device passes
+    and one with more in use runs out, whatever the allocator needs."""
+    from pypool import _bench_sim, simdevice
+
+    MiB = 1 << 20
+
+    def fake_child(name: str, scenarios: List[str], settings: Dict[str, Any], progress: Any,
+                   timeout_s: float, device: str, base_env: Any = None, tag: str = "gpu") -> Dict[str, Any]:
+        cap = int(base_env["PYPOOL_SIM_MEMORY"])
+        rows: List[Dict[str, Any]] = []
+        for sc in scenarios:
+            kind = sc.split(":")[0]
+            if kind == "minmem":
+                rows.append({"scenario": sc, "allocator": name, "workload": sc[7:], "floor": 90 * MiB,
+                             "base_used": 0, "min_capacity": 100 * MiB, "min_capacity_over_floor": 100 / 90})
+            elif kind == "confirm":
+                ran_at = cap + 4 * MiB if fault == "capacity" else cap
+                base = 4 * MiB if fault == "baseline" and cap < 100 * MiB else 0
+                ok = ran_at - base >= 100 * MiB
+                rows.append({"scenario": sc, "allocator": name, "ok": ok, "capacity": ran_at,
+                             "base_used": base, "oom_at_event": None if ok else 7})
+            else:
+                rows.append({"scenario": sc, "allocator": name, "skipped": "not this test"})
+        return {"allocator": name, "scenarios": rows, "returncode": 0}
+
+    monkeypatch.setattr(simdevice, "available", lambda: True)
+    monkeypatch.setattr(bench, "_run_child", fake_child)
+    s = BenchSettings.for_mode("smoke")
+    out = _bench_sim.run_sim(s, None, ["pypool"])
+    row = next(r for r in out["scenarios"] if r["scenario"] == "minmem:kv_cache")
+    c = row["confirm"]
+    assert c["agrees"] is False, c
+    if fault == "capacity":
+        assert c["at"]["ok"] is None and "not 104857600" in c["at"]["error"]
+    else:
+        assert "started with 4194304 bytes in use, the bisection with 0" in c["disagreement"]
+    assert "confirmation disagrees" in _bench_sim.sim_tables(out)
