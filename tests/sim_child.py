@@ -30,3 +30,12 @@ def ok(r: subprocess.CompletedProcess) -> str:
     """The child's stdout; fails the test with both streams unless it exited 0."""
     assert r.returncode == 0, f"child failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
     return r.stdout
+
+
+def run_audited(script: str) -> subprocess.CompletedProcess:
+    """Run ``script`` with only the LD_AUDIT loader in place (no pypool.simdevice.environ):
+    the redirection of the real libraries' names to the stand-ins is what is tested."""
+    lib = simdevice.lib_dir()
+    env = dict(os.environ, LD_AUDIT=str(lib / simdevice.AUDIT_LIB), PYPOOL_SIM_LIBDIR=str(lib),
+               PYPOOL_SIM_QUIET="1")
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)

@@ -21,7 +21,7 @@ from typing import Dict, Optional
 import pytest
 
 from pypool import simdevice
-from sim_child import ok, run_lib_child
+from sim_child import ok, run_audited, run_lib_child
 
 pytestmark = pytest.mark.skipif(not simdevice.available(), reason="pypool built without the simulated device")
 
@@ -269,7 +269,6 @@ def test_stubs_say_not_supported_and_name_themselves_once() -> None:
 
 
 def test_audit_redirects_cublas_by_name_and_by_full_path() -> None:
-    lib = simdevice.lib_dir()
     script = textwrap.dedent("""
         import ctypes
         b = ctypes.CDLL("libcublas.so.13")
@@ -281,8 +280,6 @@ def test_audit_redirects_cublas_by_name_and_by_full_path() -> None:
             assert name in maps, name
         print("redirected")
     """)
-    env = dict(os.environ, LD_AUDIT=str(lib / "libpypool_simaudit.so"), PYPOOL_SIM_LIBDIR=str(lib),
-               PYPOOL_SIM_QUIET="1")
-    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    r = run_audited(script)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["0", "130101", "redirected"]

@@ -19,7 +19,7 @@ from typing import Dict, Optional
 import pytest
 
 from pypool import simdevice
-from sim_child import ok, run_lib_child
+from sim_child import ok, run_audited, run_lib_child
 
 pytestmark = pytest.mark.skipif(not simdevice.available(), reason="pypool built without the simulated device")
 
@@ -223,7 +223,6 @@ def test_nvml_finds_the_device_the_runtime_describes() -> None:
 
 
 def test_audit_redirects_by_name_and_by_full_path() -> None:
-    lib = simdevice.lib_dir()
     script = textwrap.dedent("""
         import ctypes
         ctypes.CDLL("libcudart.so.13")
@@ -235,9 +234,7 @@ def test_audit_redirects_by_name_and_by_full_path() -> None:
             assert name in maps, name
         print("redirected")
     """)
-    env = dict(os.environ, LD_AUDIT=str(lib / "libpypool_simaudit.so"), PYPOOL_SIM_LIBDIR=str(lib),
-               PYPOOL_SIM_QUIET="1")
-    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    r = run_audited(script)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["0", "redirected"]
 
