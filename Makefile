@@ -86,6 +86,12 @@ sanitize:
 	  TSAN_OPTIONS=halt_on_error=1 $$dir/pypool_stress 5000 || exit 1; \
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  TSAN_OPTIONS=halt_on_error=1 $$dir/pypool_fault_paths > $$dir/fault_paths.log || { cat $$dir/fault_paths.log; exit 1; }; \
+	  if [ -x $$dir/csrc/simdevice/pypool_simdevice_smoke ]; then \
+	    echo "simulated-device runtime smoke under -fsanitize=$$san"; \
+	    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	    TSAN_OPTIONS=halt_on_error=1 PYPOOL_SIM_QUIET=1 $$dir/csrc/simdevice/pypool_simdevice_smoke > $$dir/sim_smoke.log 2>&1 \
+	      || { tail -40 $$dir/sim_smoke.log; exit 1; }; \
+	  fi; \
 	done
 
 clean:

@@ -434,7 +434,9 @@ struct Var {
 
 struct Module {
   void* fat_cubin;  // &fat_cubin is the handle nvcc's code holds
+  Module* next;     // every module ever registered stays reachable (they are never freed)
 };
+std::atomic<Module*> g_modules{nullptr};
 
 struct KernelSlot {
   char unused;
@@ -2175,10 +2177,13 @@ PYPOOL_SIM_EXPORT cudaError_t cudaProfilerStop(void) {
 
 PYPOOL_SIM_EXPORT void** __cudaRegisterFatBinary(void* fatCubin) {
   sim::count_call("__cudaRegisterFatBinary", false);
-  Module* m = new (std::nothrow) Module{fatCubin};
+  Module* m = new (std::nothrow) Module{fatCubin, g_modules.load(std::memory_order_relaxed)};
   if (m == nullptr) {
     static void* fallback = nullptr;  // still non-null: registration cannot fail
     return &fallback;
+  }
+  // A lock-free push: registration runs in static initializers, thousands of times.
+  while (!g_modules.compare_exchange_weak(m->next, m, std::memory_order_release, std::memory_order_relaxed)) {
   }
   return &m->fat_cubin;
 }

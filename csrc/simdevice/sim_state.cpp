@@ -244,7 +244,12 @@ void release_handle_locked(std::unordered_map<std::uint64_t, PhysHandle>::iterat
 // ---- streams ----
 
 std::mutex st_mu;
-std::vector<Stream*> all_streams;  // never freed: events may outlive their stream
+// Never freed, and never destroyed at exit: events may outlive their stream, and torch
+// still queries streams from its own exit handlers.
+std::vector<Stream*>& all_streams_list() {
+  static auto* v = new std::vector<Stream*>();
+  return *v;
+}
 bool hold_all_flag = false;
 
 bool valid_dev(int dev) { return dev >= 0 && dev < cfg().count.load(std::memory_order_relaxed); }
@@ -654,7 +659,7 @@ Status stream_create(int dev, unsigned flags, int priority, Stream** out) {
   s->flags = flags;
   s->priority = priority;
   std::lock_guard<std::mutex> g(st_mu);
-  all_streams.push_back(s);
+  all_streams_list().push_back(s);
   *out = s;
   return Status::ok;
 }
@@ -720,7 +725,7 @@ Status device_synchronize(int dev) {
   if (!valid_dev(dev)) return Status::invalid_device;
   std::lock_guard<std::mutex> g(st_mu);
   force(&cfg().devices[dev].default_stream, 0);
-  for (Stream* s : all_streams)
+  for (Stream* s : all_streams_list())
     if (s->dev == dev) force(s, 0);
   return Status::ok;
 }
@@ -846,7 +851,7 @@ static Stream* control_stream(unsigned long long stream) {
   Stream* s = resolve(reinterpret_cast<Stream*>(static_cast<std::uintptr_t>(stream)));
   bool known = false;
   for (int d = 0; d < kMaxDevices && !known; ++d) known = s == &cfg().devices[d].default_stream;
-  if (!known) known = std::find(all_streams.begin(), all_streams.end(), s) != all_streams.end();
+  if (!known) known = std::find(all_streams_list().begin(), all_streams_list().end(), s) != all_streams_list().end();
   return known && ok_stream(s) ? s : nullptr;
 }
 
