@@ -16,24 +16,7 @@
 
 #include "../sim_state.h"
 
-// nvcc-internal entry points (declared by crt/host_runtime.h only under nvcc).
-extern "C" {
-void** __cudaRegisterFatBinary(void* fatCubin);
-void __cudaRegisterFatBinaryEnd(void** fatCubinHandle);
-void __cudaUnregisterFatBinary(void** fatCubinHandle);
-void __cudaRegisterVar(void** fatCubinHandle, char* hostVar, char* deviceAddress,
-                       const char* deviceName, int ext, size_t size, int constant, int global);
-void __cudaRegisterFunction(void** fatCubinHandle, const char* hostFun, char* deviceFun,
-                            const char* deviceName, int thread_limit, uint3* tid, uint3* bid,
-                            dim3* bDim, dim3* gDim, int* wSize);
-unsigned __cudaPushCallConfiguration(dim3 gridDim, dim3 blockDim, size_t sharedMem,
-                                     struct CUstream_st* stream);
-cudaError_t __cudaPopCallConfiguration(dim3* gridDim, dim3* blockDim, size_t* sharedMem,
-                                       void* stream);
-cudaError_t __cudaGetKernel(cudaKernel_t* kernel, const void* hostFun);
-cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 gridDim, dim3 blockDim, void** args,
-                               size_t sharedMem, cudaStream_t stream);
-}
+#include "../nvcc_internal.h"
 
 namespace {
 
