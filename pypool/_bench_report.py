@@ -44,10 +44,28 @@ def _num(v: Optional[float]) -> str:
     return f"{v:.2f}"
 
 
-def _ratio(v: Optional[float]) -> str:
-    if v is None:
+def _time_ratio(v: Optional[float]) -> str:
+    """pypool time / glibc time, with enough digits for the small ones (0.0053)."""
+    if v is None or not math.isfinite(v):
         return "-"
-    return f"{v:.2f}x" if v < 10 else f"{v:,.0f}x"
+    if v >= 10:
+        return f"{v:,.0f}"
+    return f"{v:.2f}" if v >= 0.1 else f"{v:.2g}"
+
+
+def _pypool_over_glibc(r: Dict[str, Any]) -> Optional[float]:
+    """pypool's median time / glibc's: < 1 means pypool is faster. Results saved before
+    the key existed carry only the inverse ("speedup")."""
+    v = r.get("pypool_over_glibc")
+    if v is None and r.get("speedup"):
+        v = 1.0 / r["speedup"]
+    return v
+
+
+# The column heading and its meaning, wherever the ratio is shown.
+TIME_RATIO_HEADER = "pypool/glibc time"
+TIME_RATIO_NOTE = ("pypool/glibc time = pypool's median time / glibc's: below 1 pypool is faster, "
+                   "above 1 it is slower (lower is better for pypool)")
 
 
 def _size(v: Optional[int]) -> str:
@@ -92,16 +110,23 @@ def _header(results: Dict[str, Any]) -> str:
 
 
 def cpu_timing_table(rows: Sequence[Dict[str, Any]]) -> str:
-    headers = ["case", "unit", "pypool", "p99", "min-max", "glibc", "p99", "min-max", "glibc/pypool"]
+    headers = ["case", "unit", "pypool", "p99", "min-max", "glibc", "p99", "min-max", TIME_RATIO_HEADER]
     out = []
     for r in rows:
         a, b = r["pypool"], r.get("glibc")
         out.append([
             r["case"], r["unit"], _num(a["median"]), _num(a["p99"]), f"{_num(a['min'])}-{_num(a['max'])}",
             _num(b["median"]) if b else "-", _num(b["p99"]) if b else "-",
-            f"{_num(b['min'])}-{_num(b['max'])}" if b else "-", _ratio(r.get("speedup")),
+            f"{_num(b['min'])}-{_num(b['max'])}" if b else "-", _time_ratio(_pypool_over_glibc(r)),
         ])
     return text_table(headers, out, right=[False, False, True, True, True, True, True, True, True])
+
+
+def _frag_cell(frag: Optional[float], free: Optional[int]) -> str:
+    """External fragmentation at peak beside the free bytes it is a share of."""
+    if frag is None:
+        return "-"
+    return f"{100 * frag:.1f}%" + (f" of {format_size(free)}" if free is not None else "")
 
 
 def replay_table(rows: Sequence[Dict[str, Any]]) -> str:
@@ -114,7 +139,7 @@ def replay_table(rows: Sequence[Dict[str, Any]]) -> str:
             r["workload"], r["config"], f"{r['events']:,}", _num(r["events_per_second"]["median"] / 1e6),
             _size(r["floor"]), _size(r["peak_reserved"]),
             "-" if r.get("reserved_over_floor") is None else f"{r['reserved_over_floor']:.3f}",
-            f"{r['utilization']:.3f}", "-" if frag is None else f"{frag:.3f}", str(r["ooms"]),
+            f"{r['utilization']:.3f}", _frag_cell(frag, r.get("free_at_peak")), str(r["ooms"]),
         ])
     return text_table(headers, out, right=[False, False] + [True] * 8)
 
@@ -216,12 +241,14 @@ def format_tables(results: Dict[str, Any]) -> str:
     cpu = results.get("cpu") or {}
     if cpu.get("timing"):
         parts.append("CPU figures: pypool through its C ABI (host backend) vs glibc malloc/free, "
-                     "timed in C++; median over repeats, p99 and min-max over repeats\n"
-                     + cpu_timing_table(cpu["timing"]))
+                     "timed in C++; median over repeats, p99 and min-max over repeats; "
+                     + TIME_RATIO_NOTE + "\n" + cpu_timing_table(cpu["timing"]))
     if cpu.get("replay"):
         parts.append("CPU figures: bundled workloads replayed through pypool (null backend) "
-                     "against their physical floor (peak live bytes); frag@peak = 1 - largest "
-                     "free block / free bytes when reserved peaked\n" + replay_table(cpu["replay"]))
+                     "against their physical floor (peak live bytes); utilization = floor / "
+                     "peak reserved; frag@peak = external fragmentation when reserved peaked, "
+                     "1 - largest free block / free bytes, shown with those free bytes\n"
+                     + replay_table(cpu["replay"]))
     if "runtime_seconds" in results:
         parts.append(f"total time {results['runtime_seconds']:.1f} s")
     return "\n\n".join(parts) + "\n"
@@ -272,6 +299,9 @@ def _html_figures(results: Dict[str, Any]) -> List[str]:
                 # One block, so the bars show how the cost moves with the free-block count.
                 scaling.append((f"{r['params'].get('n_free', '?')} free", r["pypool"]["median"], text))
                 continue
+            ratio = _pypool_over_glibc(r)
+            if ratio is not None:
+                text += f" ({_time_ratio(ratio)}x glibc's time)"
             bars = [("pypool", r["pypool"]["median"], text)]
             if r.get("glibc"):
                 bars.append(("glibc", r["glibc"]["median"], f"{_num(r['glibc']['median'])} {r['unit']}"))
