@@ -131,7 +131,7 @@ def write_reports(result: ReplayResult, directory: str) -> Dict[str, Any]:
     """Fragmentation reports of the pool at peak reserved and at the end of the replay.
     Returns {"files": [...], "error": str or None}."""
     try:
-        from .fragmentation import FragmentationReport
+        from .fragmentation import FragmentationReport, explain_oom
     except ImportError as e:
         return {"files": [], "error": f"fragmentation reports are not available in this build ({e})"}
     os.makedirs(directory, exist_ok=True)
@@ -160,10 +160,17 @@ def write_reports(result: ReplayResult, directory: str) -> Dict[str, Any]:
                 f.write(report.to_text())
             f.write("\n")
         files.append(path)
-        for ext, save in (("html", report.save_html), ("png", report.save_png)):
+        fo = result.first_oom
+        for ext in ("html", "png"):
             path = os.path.join(directory, f"{label}.{ext}")
             try:
-                save(path)
+                if ext == "png":
+                    report.save_png(path)
+                elif label == "first_oom" and fo is not None:
+                    report.save_html(path, preamble=explain_oom(pool, fo["size"], fo["stream"],
+                                                                 error=fo["error"]))
+                else:
+                    report.save_html(path)
                 files.append(path)
             except (ImportError, RuntimeError, OSError) as e:  # e.g. no matplotlib for PNG
                 problems.append(f"{label}.{ext}: {e}")

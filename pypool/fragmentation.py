@@ -380,16 +380,17 @@ class FragmentationReport(Figures):
     def __str__(self) -> str:
         return self.to_text()
 
-    def to_html(self) -> str:
+    def to_html(self, preamble: Optional[str] = None) -> str:
         """The HTML page of :meth:`save_html`, as a string."""
-        return _render_html(self)
+        return _render_html(self, preamble)
 
-    def save_html(self, path: PathLike) -> str:
+    def save_html(self, path: PathLike, preamble: Optional[str] = None) -> str:
         """Write a self-contained HTML page: the summary table, the free-block histogram
         and every segment drawn as a bar of its blocks to scale (hover a block for its
         address, size, requested size, state and stream). Inline CSS and SVG only: it
-        opens offline and references no other file or site. Returns the path."""
-        text = self.to_html()
+        opens offline and references no other file or site. ``preamble``: text shown
+        first, preformatted (e.g. :func:`explain_oom`'s). Returns the path."""
+        text = self.to_html(preamble)
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         return os.fspath(path)
@@ -521,10 +522,11 @@ svg.bar rect{stroke:#ffffff;stroke-width:0.6;vector-effect:non-scaling-stroke}
 svg.bar rect:hover{stroke:#000;stroke-width:1.5}
 .hist td{padding:2px 8px;font-variant-numeric:tabular-nums} .hbar{height:12px;background:#6b7a8c}
 .muted{color:#7a8594} .segs{max-height:440px;overflow:auto;padding-right:6px}
+pre.pre{font:12px/1.35 ui-monospace,Menlo,Consolas,monospace;background:#fff6f0;border:1px solid #e8912d;padding:10px;white-space:pre-wrap;overflow-wrap:anywhere}
 """
 
 
-def _render_html(rep: FragmentationReport) -> str:
+def _render_html(rep: FragmentationReport, preamble: Optional[str] = None) -> str:
     e = html.escape
     out: List[str] = []
     out.append("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">")
@@ -536,6 +538,8 @@ def _render_html(rep: FragmentationReport) -> str:
            f"{_pct(rep.external_fragmentation)} external fragmentation (the share of those free "
            f"bytes one request could not get at once)")
     out.append(f"<div class=\"sub\">{e(sub)}</div>")
+    if preamble:
+        out.append(f"<pre class=\"pre\">{e(preamble)}</pre>")
 
     # Segments first (the picture is the point of the page), in a box of bounded height
     # so that the summary below stays in reach with thousands of segments.
@@ -594,7 +598,8 @@ def _segment_html(seg: Mapping[str, Any]) -> str:
              f"stream {_stream_name(seg['stream'])}"
              + ("  expandable" if seg["is_expandable"] else "")
              + f"  | allocated {format_size(f.allocated)}, free {format_size(f.free)}"
-             f" (largest {format_size(f.largest_free)}), {len(seg['blocks'])} blocks")
+             f" (largest {format_size(f.largest_free)}), {len(seg['blocks'])} "
+             + ("block" if len(seg["blocks"]) == 1 else "blocks"))
     parts = [f"<div class=\"seg\"><div class=\"seglabel\">{e(label)}</div>"
              "<svg class=\"bar\" viewBox=\"0 0 1000 10\" preserveAspectRatio=\"none\" role=\"img\">"]
     base = seg["address"]

@@ -51,7 +51,8 @@ def test_capped_replay_says_it_does_not_fit(tmp_path: Path, capsys: pytest.Captu
     assert "could not be served" in text and "limit        1.00 GiB (max_pool_size)" in text
     assert "left under the limit, less than the" in text and "why not" in text
     assert "pypool memory report" in text  # the full report follows the explanation
-    assert (tmp_path / "first_oom.html").exists()
+    page = (tmp_path / "first_oom.html").read_text()
+    assert "could not be served" in page and "(max_pool_size)" in page  # the explanation heads the page
 
 
 def test_capped_replay_json_rc_and_fields(capsys: pytest.CaptureFixture[str]) -> None:
