@@ -315,10 +315,11 @@ def _html_figures(results: Dict[str, Any]) -> List[str]:
         by_workload: Dict[str, List[Tuple[str, Optional[float], str]]] = {}
         for r in cpu["replay"]:
             bars = by_workload.setdefault(r["workload"], [("floor (peak live)", r["floor"], _size(r["floor"]))])
+            over = r.get("reserved_over_floor")
             bars.append((f"pypool {r['config']}", r["peak_reserved"],
-                         f"{_size(r['peak_reserved'])} ({r['utilization'] * 100:.1f}% used)"))
+                         f"{_size(r['peak_reserved'])}" + (f" ({over:.3f}x the floor)" if over else "")))
         series = ["floor (peak live)"] + sorted({f"pypool {r['config']}" for r in cpu["replay"]})
-        figs.append(_svg_bars("Workload replays: peak reserved against the physical floor",
+        figs.append(_svg_bars("Workload replays: peak reserved against the physical floor (x the floor: lower is better)",
                               list(by_workload.items()), series, "each row scaled to its own maximum"))
     if results.get("sim"):
         from ._bench_sim import html_figures
@@ -356,7 +357,9 @@ def render_html(results: Dict[str, Any]) -> str:
     """A self-contained page (inline SVG and CSS, no external reference) of the results."""
     env = results.get("environment", {})
     env_rows = "\n".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape('not installed' if v is None else str(v))}</td></tr>"
+        if k in ("torch", "numpy", "rmm") else
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape('-' if v is None else str(v))}</td></tr>"
         for k, v in env.items() if not isinstance(v, (list, dict)))
     figs = "\n".join(f'<div class="fig">{f}</div>' for f in _html_figures(results))
     tables = html.escape(format_tables(results))
@@ -412,7 +415,7 @@ def render_png(results: Dict[str, Any], path: str) -> None:
             ax.invert_yaxis()
             ax.set_xscale("log")
             ax.set_xlabel("ns per operation (median, log scale)")
-            ax.set_title("CPU: pypool vs glibc")
+            ax.set_title("CPU: pypool vs glibc, time per operation (shorter is faster)")
             ax.legend()
         elif panel == "replay":
             rows = cpu["replay"]
@@ -420,11 +423,15 @@ def render_png(results: Dict[str, Any], path: str) -> None:
             y = list(range(len(rows)))
             gib = float(1 << 30)
             ax.barh([v - 0.2 for v in y], [r["floor"] / gib for r in rows], height=0.4, label="floor (peak live)")
-            ax.barh([v + 0.2 for v in y], [r["peak_reserved"] / gib for r in rows], height=0.4, label="pypool peak reserved")
+            res = ax.barh([v + 0.2 for v in y], [r["peak_reserved"] / gib for r in rows], height=0.4,
+                          label="pypool peak reserved")
+            ax.bar_label(res, labels=[f"{r['reserved_over_floor']:.3f}x the floor" if r.get("reserved_over_floor")
+                                      else "" for r in rows], fontsize=7, padding=2)
+            ax.margins(x=0.12)
             ax.set_yticks(y, labels)
             ax.invert_yaxis()
             ax.set_xlabel("GiB")
-            ax.set_title("Workload replays against the physical floor")
+            ax.set_title("Workload replays: peak reserved against the physical floor (lower is better)")
             ax.legend()
         elif panel in ("gpu_time", "gpu_mem"):
             allocs, scenarios, cell = _gpu_index(gpu)  # type: ignore[arg-type]
