@@ -144,9 +144,7 @@ def write_reports(result: ReplayResult, directory: str) -> Dict[str, Any]:
         ("end", result.pool, f"{name}: the pool at the end of the replay ({result.events} events)"),
     ]
     if result.first_oom_pool is not None:
-        fo = result.first_oom or {}
-        pools.append(("first_oom", result.first_oom_pool,
-                      f"{name}: the pool at the first out-of-memory failure (event {fo.get('event')})"))
+        pools.append(("first_oom", result.first_oom_pool, f"{name}: the pool at the first out-of-memory failure"))
     for label, pool, what in pools:
         if pool is None:
             continue
@@ -160,15 +158,15 @@ def write_reports(result: ReplayResult, directory: str) -> Dict[str, Any]:
                 f.write(report.to_text())
             f.write("\n")
         files.append(path)
-        fo = result.first_oom
+        oom = result.first_oom
         for ext in ("html", "png"):
             path = os.path.join(directory, f"{label}.{ext}")
             try:
                 if ext == "png":
                     report.save_png(path)
-                elif label == "first_oom" and fo is not None:
-                    report.save_html(path, preamble=explain_oom(pool, fo["size"], fo["stream"],
-                                                                 error=fo["error"]))
+                elif label == "first_oom" and oom is not None:
+                    report.save_html(path, preamble=explain_oom(pool, oom["size"], oom["stream"],
+                                                                 error=oom["error"]))
                 else:
                     report.save_html(path)
                 files.append(path)
