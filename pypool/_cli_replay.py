@@ -49,6 +49,9 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (f"exit status: 0 when the whole trace replayed; {RC_DID_NOT_FIT} when an allocation ran "
+                     "out of memory (the trace does not fit under the capacity or max_pool_size; --report "
+                     "adds first_oom.txt); 2 for bad input; 1 when --report could write no file")
     add_trace_arguments(parser)
     parser.add_argument("--config", default="",
                         help="pool settings as a PYPOOL_CONF string, e.g. 'expandable_segments:true,round_up_divisions:4'")

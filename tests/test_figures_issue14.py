@@ -342,3 +342,10 @@ def test_readme_workloads_table_is_one_measure_and_true() -> None:
         for shown, cfg in ((default, None), (expandable, "expandable_segments:true")):
             r = replay(t, cfg)
             assert r.completed and shown == pytest.approx(r.peak_reserved / r.peak_live, abs=0.0006), (name, cfg)
+
+
+def test_replay_help_documents_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 when the whole trace replayed; 3 when an allocation ran out of memory" in out
