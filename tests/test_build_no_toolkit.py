@@ -68,6 +68,24 @@ def test_cuda_backend_builds_without_the_toolkit(tmp_path: Path) -> None:
     assert info["cuda_backend_compiled"] is True, info
     assert "warning" not in info and "WARNING" not in r.stderr
 
+    # And it drives a CUDA driver: the simulated device's libcuda stand-in, when the
+    # installed pypool has it (device memory, then VMM for expandable segments).
+    from pypool import simdevice
+
+    if not simdevice.available():
+        pytest.skip("the simulated device is not built into the installed pypool")
+    check = ("import pypool\n"
+             "p = pypool.Pool(backend='cuda', device=0, expandable_segments=True)\n"
+             "a = p.malloc(64 << 20); b = p.malloc(1000)\n"
+             "assert p.memory_stats()['num_segment_map'] >= 1, p.memory_stats()\n"
+             "p.free(a); p.free(b); p.empty_cache()\n"
+             "print('cuda backend ok', pypool._core.__file__)\n")
+    r = subprocess.run([sys.executable, "-P", "-m", "pypool", "simdevice", "--devices", "1", "--",
+                        "env", f"PYTHONPATH={tmp_path}", sys.executable, "-P", "-c", check],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"cuda backend ok {pkg}" in r.stdout, r.stdout
+
 
 def test_build_without_cuda_backend_warns_at_configure(tmp_path: Path) -> None:
     _tools()
