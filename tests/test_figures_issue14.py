@@ -349,3 +349,24 @@ def test_replay_help_documents_exit_status(capsys: pytest.CaptureFixture[str]) -
         main(["replay", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "exit status: 0 when the whole trace replayed; 3 when an allocation ran out of memory" in out
+
+
+def test_readme_cpu_ratio_is_pypool_over_glibc() -> None:
+    """The README's CPU table: the last column is pypool time / glibc time (its direction
+    is in the header), consistent with the two time columns beside it."""
+    if not (ROOT / "README.md").exists():
+        pytest.skip("no README beside the tests")
+    text = (ROOT / "README.md").read_text()
+    start = text.index("| case | pypool | glibc | pypool time / glibc time (< 1: pypool faster) |")
+    checked = 0
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        try:
+            p, g, ratio = (float(c.split()[0].replace(",", "")) for c in cells[1:4])
+        except ValueError:
+            continue  # the free-block scaling row has no glibc figure
+        assert ratio == pytest.approx(p / g, rel=0.02), line
+        checked += 1
+    assert checked == 7
