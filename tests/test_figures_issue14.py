@@ -367,6 +367,6 @@ def test_readme_cpu_ratio_is_pypool_over_glibc() -> None:
             p, g, ratio = (float(c.split()[0].replace(",", "")) for c in cells[1:4])
         except ValueError:
             continue  # the free-block scaling row has no glibc figure
-        assert ratio == pytest.approx(p / g, rel=0.02), line
+        assert ratio == pytest.approx(p / g, rel=0.03), line  # 2 significant digits
         checked += 1
     assert checked == 7
