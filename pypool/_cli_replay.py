@@ -166,12 +166,12 @@ def write_reports(result: ReplayResult, directory: str) -> Dict[str, Any]:
             path = os.path.join(directory, f"{label}.{ext}")
             try:
                 if ext == "png":
-                    report.save_png(path)
+                    report.save_png(path, caption=what)
                 elif label == "first_oom" and oom is not None:
-                    report.save_html(path, preamble=explain_oom(pool, oom["size"], oom["stream"],
-                                                                 error=oom["error"]))
+                    report.save_html(path, preamble=what + "\n\n" + explain_oom(
+                        pool, oom["size"], oom["stream"], error=oom["error"]))
                 else:
-                    report.save_html(path)
+                    report.save_html(path, preamble=f"{what}; settings: {result.config or '(defaults)'}")
                 files.append(path)
             except (ImportError, RuntimeError, OSError) as e:  # e.g. no matplotlib for PNG
                 problems.append(f"{label}.{ext}: {e}")

@@ -395,16 +395,20 @@ class FragmentationReport(Figures):
             f.write(text)
         return os.fspath(path)
 
-    def save_png(self, path: PathLike, max_segments: int = 64, dpi: int = 100) -> str:
+    def save_png(self, path: PathLike, max_segments: int = 64, dpi: int = 100,
+                 caption: Optional[str] = None) -> str:
         """Draw the segments (up to ``max_segments``, largest first), the free-block
         histogram and the summary into a PNG with matplotlib's Agg canvas (the global
         pyplot backend is left alone). Returns the path.
+
+        ``caption``: a second title line saying what the picture shows (e.g. "the pool at
+        peak reserved").
 
         Raises ImportError when matplotlib is missing (``pip install matplotlib``).
         """
         if isinstance(max_segments, bool) or not isinstance(max_segments, int) or max_segments < 1:
             raise ValueError(f"max_segments: expected an int >= 1, got {max_segments!r}")
-        _render_png(self, path, max_segments, dpi)
+        _render_png(self, path, max_segments, dpi, caption)
         return os.fspath(path)
 
 
@@ -522,7 +526,7 @@ svg.bar rect{stroke:#ffffff;stroke-width:0.6;vector-effect:non-scaling-stroke}
 svg.bar rect:hover{stroke:#000;stroke-width:1.5}
 .hist td{padding:2px 8px;font-variant-numeric:tabular-nums} .hbar{height:12px;background:#6b7a8c}
 .muted{color:#7a8594} .segs{max-height:440px;overflow:auto;padding-right:6px}
-pre.pre{font:12px/1.35 ui-monospace,Menlo,Consolas,monospace;background:#fff6f0;border:1px solid #e8912d;padding:10px;white-space:pre-wrap;overflow-wrap:anywhere}
+pre.pre{font:12px/1.35 ui-monospace,Menlo,Consolas,monospace;background:#f6f7f9;border:1px solid #c9ced6;padding:10px;white-space:pre-wrap;overflow-wrap:anywhere}
 """
 
 
@@ -639,12 +643,13 @@ def _segment_html(seg: Mapping[str, Any]) -> str:
 # ============================================================================ PNG
 
 
-def _render_png(rep: FragmentationReport, path: PathLike, max_segments: int, dpi: int) -> None:
-    fig = _png_figure(rep, max_segments, dpi)
+def _render_png(rep: FragmentationReport, path: PathLike, max_segments: int, dpi: int,
+                caption: Optional[str] = None) -> None:
+    fig = _png_figure(rep, max_segments, dpi, caption)
     fig.savefig(os.fspath(path), format="png")
 
 
-def _png_figure(rep: FragmentationReport, max_segments: int, dpi: int) -> Any:
+def _png_figure(rep: FragmentationReport, max_segments: int, dpi: int, caption: Optional[str] = None) -> Any:
     """The matplotlib Figure of :meth:`FragmentationReport.save_png`."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -664,8 +669,8 @@ def _png_figure(rep: FragmentationReport, max_segments: int, dpi: int) -> Any:
     FigureCanvasAgg(fig)
     # The title (suptitle) and the legend (a row of its own) each get their own line above
     # the segments, so a long title never runs into the legend.
-    fig.suptitle(rep.title() + (f" ({hidden} smaller segments not drawn)" if hidden else ""),
-                 fontsize=10, x=0.01, ha="left")
+    fig.suptitle(rep.title() + (f" ({hidden} smaller segments not drawn)" if hidden else "")
+                 + (f"\n{caption}" if caption else ""), fontsize=10, x=0.01, ha="left")
     gs = fig.add_gridspec(3, 2, height_ratios=[0.25, top_h, 3.6], width_ratios=[3, 2])
     lx = fig.add_subplot(gs[0, :])
     lx.axis("off")

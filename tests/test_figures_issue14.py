@@ -53,6 +53,8 @@ def test_capped_replay_says_it_does_not_fit(tmp_path: Path, capsys: pytest.Captu
     assert "pypool memory report" in text  # the full report follows the explanation
     page = (tmp_path / "first_oom.html").read_text()
     assert "could not be served" in page and "(max_pool_size)" in page  # the explanation heads the page
+    # Each page and picture says which moment it shows.
+    assert "kv_cache: the pool at peak reserved (after event" in (tmp_path / "peak.html").read_text()
 
 
 def test_capped_replay_json_rc_and_fields(capsys: pytest.CaptureFixture[str]) -> None:
@@ -178,12 +180,14 @@ def test_png_title_and_legend_do_not_overlap() -> None:
     pool = pypool.Pool(backend="null", capacity=64 * GiB)
     for i in range(40):
         pool.malloc((i + 3) * MiB)
-    fig = _png_figure(pool.fragmentation(), max_segments=4, dpi=100)  # long title: "36 smaller ... not drawn"
+    fig = _png_figure(pool.fragmentation(), max_segments=4, dpi=100,  # long title: "36 smaller ... not drawn"
+                      caption="the pool at peak reserved")
     fig.canvas.draw()
     r = fig.canvas.get_renderer()
     title = fig._suptitle.get_window_extent(r)
     (legend,) = [lg for ax in fig.axes for lg in [ax.get_legend()] if lg is not None]
     assert "smaller segments not drawn" in fig._suptitle.get_text()
+    assert fig._suptitle.get_text().endswith("\nthe pool at peak reserved")
     assert not title.overlaps(legend.get_window_extent(r))
     # Segment labels say what they are.
     labels = [t.get_text() for t in fig.axes[1].get_yticklabels()]
