@@ -44,10 +44,28 @@ def _num(v: Optional[float]) -> str:
     return f"{v:.2f}"
 
 
-def _ratio(v: Optional[float]) -> str:
-    if v is None:
+def _time_ratio(v: Optional[float]) -> str:
+    """pypool time / glibc time, with enough digits for the small ones (0.0053)."""
+    if v is None or not math.isfinite(v):
         return "-"
-    return f"{v:.2f}x" if v < 10 else f"{v:,.0f}x"
+    if v >= 10:
+        return f"{v:,.0f}"
+    return f"{v:.2f}" if v >= 0.1 else f"{v:.2g}"
+
+
+def _pypool_over_glibc(r: Dict[str, Any]) -> Optional[float]:
+    """pypool's median time / glibc's: < 1 means pypool is faster. Results saved before
+    the key existed carry only the inverse ("speedup")."""
+    v = r.get("pypool_over_glibc")
+    if v is None and r.get("speedup"):
+        v = 1.0 / r["speedup"]
+    return v
+
+
+# The column heading and its meaning, wherever the ratio is shown.
+TIME_RATIO_HEADER = "pypool/glibc time"
+TIME_RATIO_NOTE = ("pypool/glibc time = pypool's median time / glibc's: below 1 pypool is faster, "
+                   "above 1 it is slower (lower is better for pypool)")
 
 
 def _size(v: Optional[int]) -> str:
@@ -92,16 +110,23 @@ def _header(results: Dict[str, Any]) -> str:
 
 
 def cpu_timing_table(rows: Sequence[Dict[str, Any]]) -> str:
-    headers = ["case", "unit", "pypool", "p99", "min-max", "glibc", "p99", "min-max", "glibc/pypool"]
+    headers = ["case", "unit", "pypool", "p99", "min-max", "glibc", "p99", "min-max", TIME_RATIO_HEADER]
     out = []
     for r in rows:
         a, b = r["pypool"], r.get("glibc")
         out.append([
             r["case"], r["unit"], _num(a["median"]), _num(a["p99"]), f"{_num(a['min'])}-{_num(a['max'])}",
             _num(b["median"]) if b else "-", _num(b["p99"]) if b else "-",
-            f"{_num(b['min'])}-{_num(b['max'])}" if b else "-", _ratio(r.get("speedup")),
+            f"{_num(b['min'])}-{_num(b['max'])}" if b else "-", _time_ratio(_pypool_over_glibc(r)),
         ])
     return text_table(headers, out, right=[False, False, True, True, True, True, True, True, True])
+
+
+def _frag_cell(frag: Optional[float], free: Optional[int]) -> str:
+    """External fragmentation at peak beside the free bytes it is a share of."""
+    if frag is None:
+        return "-"
+    return f"{100 * frag:.1f}%" + (f" of {format_size(free)}" if free is not None else "")
 
 
 def replay_table(rows: Sequence[Dict[str, Any]]) -> str:
@@ -114,7 +139,7 @@ def replay_table(rows: Sequence[Dict[str, Any]]) -> str:
             r["workload"], r["config"], f"{r['events']:,}", _num(r["events_per_second"]["median"] / 1e6),
             _size(r["floor"]), _size(r["peak_reserved"]),
             "-" if r.get("reserved_over_floor") is None else f"{r['reserved_over_floor']:.3f}",
-            f"{r['utilization']:.3f}", "-" if frag is None else f"{frag:.3f}", str(r["ooms"]),
+            f"{r['utilization']:.3f}", _frag_cell(frag, r.get("free_at_peak")), str(r["ooms"]),
         ])
     return text_table(headers, out, right=[False, False] + [True] * 8)
 
@@ -216,12 +241,14 @@ def format_tables(results: Dict[str, Any]) -> str:
     cpu = results.get("cpu") or {}
     if cpu.get("timing"):
         parts.append("CPU figures: pypool through its C ABI (host backend) vs glibc malloc/free, "
-                     "timed in C++; median over repeats, p99 and min-max over repeats\n"
-                     + cpu_timing_table(cpu["timing"]))
+                     "timed in C++; median over repeats, p99 and min-max over repeats; "
+                     + TIME_RATIO_NOTE + "\n" + cpu_timing_table(cpu["timing"]))
     if cpu.get("replay"):
         parts.append("CPU figures: bundled workloads replayed through pypool (null backend) "
-                     "against their physical floor (peak live bytes); frag@peak = 1 - largest "
-                     "free block / free bytes when reserved peaked\n" + replay_table(cpu["replay"]))
+                     "against their physical floor (peak live bytes); utilization = floor / "
+                     "peak reserved; frag@peak = external fragmentation when reserved peaked, "
+                     "1 - largest free block / free bytes, shown with those free bytes\n"
+                     + replay_table(cpu["replay"]))
     if "runtime_seconds" in results:
         parts.append(f"total time {results['runtime_seconds']:.1f} s")
     return "\n\n".join(parts) + "\n"
@@ -272,6 +299,9 @@ def _html_figures(results: Dict[str, Any]) -> List[str]:
                 # One block, so the bars show how the cost moves with the free-block count.
                 scaling.append((f"{r['params'].get('n_free', '?')} free", r["pypool"]["median"], text))
                 continue
+            ratio = _pypool_over_glibc(r)
+            if ratio is not None:
+                text += f" ({_time_ratio(ratio)}x glibc's time)"
             bars = [("pypool", r["pypool"]["median"], text)]
             if r.get("glibc"):
                 bars.append(("glibc", r["glibc"]["median"], f"{_num(r['glibc']['median'])} {r['unit']}"))
@@ -285,10 +315,11 @@ def _html_figures(results: Dict[str, Any]) -> List[str]:
         by_workload: Dict[str, List[Tuple[str, Optional[float], str]]] = {}
         for r in cpu["replay"]:
             bars = by_workload.setdefault(r["workload"], [("floor (peak live)", r["floor"], _size(r["floor"]))])
+            over = r.get("reserved_over_floor")
             bars.append((f"pypool {r['config']}", r["peak_reserved"],
-                         f"{_size(r['peak_reserved'])} ({r['utilization'] * 100:.1f}% used)"))
+                         f"{_size(r['peak_reserved'])}" + (f" ({over:.3f}x the floor)" if over else "")))
         series = ["floor (peak live)"] + sorted({f"pypool {r['config']}" for r in cpu["replay"]})
-        figs.append(_svg_bars("Workload replays: peak reserved against the physical floor",
+        figs.append(_svg_bars("Workload replays: peak reserved against the physical floor (x the floor: lower is better)",
                               list(by_workload.items()), series, "each row scaled to its own maximum"))
     if results.get("sim"):
         from ._bench_sim import html_figures
@@ -326,7 +357,9 @@ def render_html(results: Dict[str, Any]) -> str:
     """A self-contained page (inline SVG and CSS, no external reference) of the results."""
     env = results.get("environment", {})
     env_rows = "\n".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape('not installed' if v is None else str(v))}</td></tr>"
+        if k in ("torch", "numpy", "rmm") else
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape('-' if v is None else str(v))}</td></tr>"
         for k, v in env.items() if not isinstance(v, (list, dict)))
     figs = "\n".join(f'<div class="fig">{f}</div>' for f in _html_figures(results))
     tables = html.escape(format_tables(results))
@@ -382,7 +415,7 @@ def render_png(results: Dict[str, Any], path: str) -> None:
             ax.invert_yaxis()
             ax.set_xscale("log")
             ax.set_xlabel("ns per operation (median, log scale)")
-            ax.set_title("CPU: pypool vs glibc")
+            ax.set_title("CPU: pypool vs glibc, time per operation (shorter is faster)")
             ax.legend()
         elif panel == "replay":
             rows = cpu["replay"]
@@ -390,11 +423,15 @@ def render_png(results: Dict[str, Any], path: str) -> None:
             y = list(range(len(rows)))
             gib = float(1 << 30)
             ax.barh([v - 0.2 for v in y], [r["floor"] / gib for r in rows], height=0.4, label="floor (peak live)")
-            ax.barh([v + 0.2 for v in y], [r["peak_reserved"] / gib for r in rows], height=0.4, label="pypool peak reserved")
+            res = ax.barh([v + 0.2 for v in y], [r["peak_reserved"] / gib for r in rows], height=0.4,
+                          label="pypool peak reserved")
+            ax.bar_label(res, labels=[f"{r['reserved_over_floor']:.3f}x the floor" if r.get("reserved_over_floor")
+                                      else "" for r in rows], fontsize=7, padding=2)
+            ax.margins(x=0.12)
             ax.set_yticks(y, labels)
             ax.invert_yaxis()
             ax.set_xlabel("GiB")
-            ax.set_title("Workload replays against the physical floor")
+            ax.set_title("Workload replays: peak reserved against the physical floor (lower is better)")
             ax.legend()
         elif panel in ("gpu_time", "gpu_mem"):
             allocs, scenarios, cell = _gpu_index(gpu)  # type: ignore[arg-type]

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from . import _core, __version__
 
 HELP = "show the build, the backends available here and the registry's state"
+
+# Shown whenever the build lacks the CUDA backend (only -DPYPOOL_WITH_CUDA=OFF does that).
+NO_CUDA_BACKEND = ("WARNING: this pypool was built WITHOUT its CUDA backend (CMake option "
+                   "PYPOOL_WITH_CUDA=OFF): pypool.install() and Pool(backend='cuda') cannot work. "
+                   "Reinstall without that option; no CUDA toolkit is needed.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,18 +22,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     n, why = _core.cuda_device_count()
+    compiled = bool(_core.cuda_backend_compiled())
     info = {
         "version": __version__,
         "library": _core.__file__,
-        "cuda_backend_compiled": _core.cuda_backend_compiled(),
+        "cuda_backend_compiled": compiled,
         "cuda_devices": n,
         "cuda_unavailable_reason": why or None,
         "registry_backend": _core.registry_backend(),
         "registry_devices": _core.registry_devices(),
     }
     if args.json:
+        if not compiled:
+            info["warning"] = NO_CUDA_BACKEND
         print(json.dumps(info))
     else:
         for k, v in info.items():
             print(f"{k:24} {v}")
+    if not compiled:
+        print(NO_CUDA_BACKEND, file=sys.stderr)
     return 0

@@ -229,6 +229,12 @@ def _check_torch(torch: Any) -> None:
         )
     n_torch = int(torch.cuda.device_count())
     n_native, why = _native_cuda_devices()
+    if n_native == 0 and not _core.cuda_backend_compiled():
+        raise InstallError(
+            "pypool.install: this pypool was built without its CUDA backend (CMake option "
+            "PYPOOL_WITH_CUDA=OFF), so it cannot serve torch's CUDA memory. Reinstall pypool "
+            "without that option; `python -m pypool info` shows cuda_backend_compiled."
+        )
     if n_torch == 0 or n_native == 0:
         raise InstallError(
             f"pypool.install: no CUDA GPU is usable here (torch.cuda.device_count() = {n_torch}; "

@@ -312,11 +312,19 @@ def _nvidia_smi() -> List[Dict[str, str]]:
     return gpus
 
 
-def _git_revision() -> Optional[str]:
-    """Commit of the source tree pypool runs from (``+dirty`` with local changes), or None
-    for an installed copy outside a git checkout."""
+def _git_revision() -> str:
+    """The git commit of the code that runs: ``abc123def456`` (``+dirty`` with local
+    changes), or ``"unknown (why)"``.
+
+    Note [Build revision]: pypool normally runs from an installed copy (site-packages of a
+    virtual environment), which no git checkout tracks, so asking git about the package
+    directory says nothing. The build records the revision of the tree it was built from
+    in ``_build_info.json`` beside the package (cmake/build_info.cmake); a package that
+    git does track (running from the source tree) asks git directly.
+    """
     pkg = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(pkg)
+    git_why = ""
     try:
         # An installed copy may sit in a virtual environment inside a checkout: only a
         # package that git tracks is that checkout's code.
@@ -326,9 +334,26 @@ def _git_revision() -> Optional[str]:
                              text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        if rev:
+            return rev + ("+dirty" if dirty else "")
+    except FileNotFoundError:
+        git_why = "git is not installed here; "
     except (OSError, subprocess.SubprocessError):
-        return None
-    return rev + ("+dirty" if dirty else "") if rev else None
+        pass
+    info = _build_info(pkg)
+    if info.get("git_revision"):
+        return f"{info['git_revision']}{'+dirty' if info.get('dirty') else ''} (recorded at build time)"
+    why = info.get("reason") or "its build recorded no revision (no _build_info.json)"
+    return f"unknown ({git_why}pypool runs from {pkg}, which no git checkout tracks, and {why})"
+
+
+def _build_info(pkg: str) -> Dict[str, Any]:
+    try:
+        with open(os.path.join(pkg, "_build_info.json"), encoding="utf-8") as f:
+            d = json.load(f)
+        return d if isinstance(d, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _load_average() -> Optional[List[float]]:
@@ -500,7 +525,9 @@ def _timing_row(case: _TimingCase, a: Summary, b: Optional[Summary], extra: Dict
         "pypool": a.to_dict(),
         "baseline": "glibc" if b is not None else None,
         "glibc": b.to_dict() if b is not None else None,
-        # > 1: pypool is faster than glibc by that factor.
+        # pypool time / glibc time: < 1 means pypool is faster (what the tables show).
+        "pypool_over_glibc": (a.median / b.median) if (b is not None and b.median > 0) else None,
+        # The inverse, glibc time / pypool time (> 1: pypool faster); kept for older readers.
         "speedup": (b.median / a.median) if (b is not None and a.median > 0) else None,
         **extra,
     }
@@ -583,6 +610,7 @@ def run_cpu_replays(s: BenchSettings, progress: Optional[Progress] = None) -> Li
                 "reserved_over_floor": (r.peak_reserved / floor) if floor else None,
                 "allocated_utilization": r.allocated_utilization,
                 "fragmentation_at_peak": r.fragmentation,
+                "free_at_peak": r.at_peak["free_bytes"] if r.at_peak else None,
                 "num_device_alloc": r.num_device_alloc,
                 "ooms": r.ooms,
                 "seconds": time.perf_counter() - t0,

@@ -38,7 +38,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .config import format_size
 
-__all__ = ["Figures", "FragmentationReport", "fragmentation"]
+__all__ = ["Figures", "FragmentationReport", "fragmentation", "explain_oom", "pool_limit",
+           "EXTERNAL_FRAGMENTATION_DEFINITION"]
+
+# Printed wherever the figure is shown: alone, "74.7%" alarms more than it should.
+EXTERNAL_FRAGMENTATION_DEFINITION = (
+    "external fragmentation = 1 - largest free block / free bytes: the share of the pool's "
+    "free (cached) bytes that one request could not get at once; 0% when nothing is free")
 
 _STATES = ("active_allocated", "active_pending_free", "inactive")
 _POOL_KINDS = ("small", "large")
@@ -308,7 +314,7 @@ class FragmentationReport(Figures):
             row("pending free", lambda f: format_size(f.pending_free)),
             row("free in pool", lambda f: format_size(f.free)),
             row("largest free block", lambda f: format_size(f.largest_free)),
-            row("external fragmentation", lambda f: pct(f.external_fragmentation)),
+            row("external fragmentation", _frag_cell),
             row("utilization", lambda f: pct(f.utilization)),
             row("segments", lambda f: str(f.segments)),
             row("allocated blocks", lambda f: str(f.allocated_blocks)),
@@ -348,6 +354,7 @@ class FragmentationReport(Figures):
         lines.append(" " * label_w + "  " + "  ".join(n.rjust(w) for n, w in zip(names, widths)))
         for label, cells in rows:
             lines.append(label.ljust(label_w) + "  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths)))
+        lines += ["", EXTERNAL_FRAGMENTATION_DEFINITION]
         peak = self.peak_line()
         if peak:
             lines += ["", peak]
@@ -373,30 +380,35 @@ class FragmentationReport(Figures):
     def __str__(self) -> str:
         return self.to_text()
 
-    def to_html(self) -> str:
+    def to_html(self, preamble: Optional[str] = None) -> str:
         """The HTML page of :meth:`save_html`, as a string."""
-        return _render_html(self)
+        return _render_html(self, preamble)
 
-    def save_html(self, path: PathLike) -> str:
+    def save_html(self, path: PathLike, preamble: Optional[str] = None) -> str:
         """Write a self-contained HTML page: the summary table, the free-block histogram
         and every segment drawn as a bar of its blocks to scale (hover a block for its
         address, size, requested size, state and stream). Inline CSS and SVG only: it
-        opens offline and references no other file or site. Returns the path."""
-        text = self.to_html()
+        opens offline and references no other file or site. ``preamble``: text shown
+        first, preformatted (e.g. :func:`explain_oom`'s). Returns the path."""
+        text = self.to_html(preamble)
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         return os.fspath(path)
 
-    def save_png(self, path: PathLike, max_segments: int = 64, dpi: int = 100) -> str:
+    def save_png(self, path: PathLike, max_segments: int = 64, dpi: int = 100,
+                 caption: Optional[str] = None) -> str:
         """Draw the segments (up to ``max_segments``, largest first), the free-block
         histogram and the summary into a PNG with matplotlib's Agg canvas (the global
         pyplot backend is left alone). Returns the path.
+
+        ``caption``: a second title line saying what the picture shows (e.g. "the pool at
+        peak reserved").
 
         Raises ImportError when matplotlib is missing (``pip install matplotlib``).
         """
         if isinstance(max_segments, bool) or not isinstance(max_segments, int) or max_segments < 1:
             raise ValueError(f"max_segments: expected an int >= 1, got {max_segments!r}")
-        _render_png(self, path, max_segments, dpi)
+        _render_png(self, path, max_segments, dpi, caption)
         return os.fspath(path)
 
 
@@ -409,6 +421,11 @@ def _stream_name(s: int) -> str:
 
 def _pct(x: float) -> str:
     return f"{100.0 * x:.1f}%"
+
+
+def _frag_cell(f: Figures) -> str:
+    """External fragmentation beside the free bytes it is a share of."""
+    return f"{_pct(f.external_fragmentation)} of {format_size(f.free)}"
 
 
 def _bucket_label(b: Mapping[str, int]) -> str:
@@ -492,6 +509,8 @@ _COLORS = {
 
 # Blocks narrower than this (in 1/1000 of their segment) also get a tick mark.
 _TICK_BELOW = 2.0
+# In the PNG, live blocks narrower than this fraction of their segment are drawn this wide.
+_PNG_MIN_WIDTH = 0.006
 
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#1d2430;background:#fff}
@@ -507,10 +526,11 @@ svg.bar rect{stroke:#ffffff;stroke-width:0.6;vector-effect:non-scaling-stroke}
 svg.bar rect:hover{stroke:#000;stroke-width:1.5}
 .hist td{padding:2px 8px;font-variant-numeric:tabular-nums} .hbar{height:12px;background:#6b7a8c}
 .muted{color:#7a8594} .segs{max-height:440px;overflow:auto;padding-right:6px}
+pre.pre{font:12px/1.35 ui-monospace,Menlo,Consolas,monospace;background:#f6f7f9;border:1px solid #c9ced6;padding:10px;white-space:pre-wrap;overflow-wrap:anywhere}
 """
 
 
-def _render_html(rep: FragmentationReport) -> str:
+def _render_html(rep: FragmentationReport, preamble: Optional[str] = None) -> str:
     e = html.escape
     out: List[str] = []
     out.append("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">")
@@ -518,8 +538,12 @@ def _render_html(rep: FragmentationReport) -> str:
     out.append(f"<h1>{e(rep.title())}</h1>")
     sub = (f"{rep.segments} segments, {format_size(rep.reserved)} reserved, "
            f"{format_size(rep.allocated)} allocated, {_pct(rep.utilization)} utilization, "
-           f"{_pct(rep.external_fragmentation)} external fragmentation")
+           f"{format_size(rep.free)} free in the pool with "
+           f"{_pct(rep.external_fragmentation)} external fragmentation (the share of those free "
+           f"bytes one request could not get at once)")
     out.append(f"<div class=\"sub\">{e(sub)}</div>")
+    if preamble:
+        out.append(f"<pre class=\"pre\">{e(preamble)}</pre>")
 
     # Segments first (the picture is the point of the page), in a box of bounded height
     # so that the summary below stays in reach with thousands of segments.
@@ -544,6 +568,7 @@ def _render_html(rep: FragmentationReport) -> str:
     for label, cells in rep.table_rows():
         out.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
     out.append("</tbody></table>")
+    out.append(f"<p class=\"muted\">{e(EXTERNAL_FRAGMENTATION_DEFINITION)}.</p>")
     peak = rep.peak_line()
     if peak:
         out.append(f"<p>{e(peak)}</p>")
@@ -577,7 +602,8 @@ def _segment_html(seg: Mapping[str, Any]) -> str:
              f"stream {_stream_name(seg['stream'])}"
              + ("  expandable" if seg["is_expandable"] else "")
              + f"  | allocated {format_size(f.allocated)}, free {format_size(f.free)}"
-             f" (largest {format_size(f.largest_free)}), {len(seg['blocks'])} blocks")
+             f" (largest {format_size(f.largest_free)}), {len(seg['blocks'])} "
+             + ("block" if len(seg["blocks"]) == 1 else "blocks"))
     parts = [f"<div class=\"seg\"><div class=\"seglabel\">{e(label)}</div>"
              "<svg class=\"bar\" viewBox=\"0 0 1000 10\" preserveAspectRatio=\"none\" role=\"img\">"]
     base = seg["address"]
@@ -617,7 +643,14 @@ def _segment_html(seg: Mapping[str, Any]) -> str:
 # ============================================================================ PNG
 
 
-def _render_png(rep: FragmentationReport, path: PathLike, max_segments: int, dpi: int) -> None:
+def _render_png(rep: FragmentationReport, path: PathLike, max_segments: int, dpi: int,
+                caption: Optional[str] = None) -> None:
+    fig = _png_figure(rep, max_segments, dpi, caption)
+    fig.savefig(os.fspath(path), format="png")
+
+
+def _png_figure(rep: FragmentationReport, max_segments: int, dpi: int, caption: Optional[str] = None) -> Any:
+    """The matplotlib Figure of :meth:`FragmentationReport.save_png`."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -631,13 +664,17 @@ def _render_png(rep: FragmentationReport, path: PathLike, max_segments: int, dpi
     shown.sort(key=lambda s: s["address"])
     hidden = len(rep.layout) - len(shown)
     rows = max(1, len(shown))
-    top_h = 0.3 * rows + 1.3
-    fig = Figure(figsize=(12, top_h + 3.6), dpi=dpi, layout="constrained")
+    top_h = 0.3 * rows + 1.6
+    fig = Figure(figsize=(12, top_h + 4.0), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(2, 2, height_ratios=[top_h, 3.6], width_ratios=[3, 2])
-    ax = fig.add_subplot(gs[0, :])
-    ax.set_title(rep.title() + (f" ({hidden} smaller segments not drawn)" if hidden else ""), fontsize=10,
-                 loc="left")
+    # The title (suptitle) and the legend (a row of its own) each get their own line above
+    # the segments, so a long title never runs into the legend.
+    fig.suptitle(rep.title() + (f" ({hidden} smaller segments not drawn)" if hidden else "")
+                 + (f"\n{caption}" if caption else ""), fontsize=10, x=0.01, ha="left")
+    gs = fig.add_gridspec(3, 2, height_ratios=[0.25, top_h, 3.6], width_ratios=[3, 2])
+    lx = fig.add_subplot(gs[0, :])
+    lx.axis("off")
+    ax = fig.add_subplot(gs[1, :])
     labels = []
     for i, seg in enumerate(shown):
         total = seg["total_size"] or 1
@@ -648,37 +685,49 @@ def _render_png(rep: FragmentationReport, path: PathLike, max_segments: int, dpi
             w = b["size"] / total
             if b["state"] == "active_allocated":
                 wr = b["requested_size"] / total
+                if w < _PNG_MIN_WIDTH:
+                    # Note [Ticks for tiny blocks], for pixels: a 1 KiB block in a 2 MiB
+                    # segment is 1/2048 of the bar; drawn to scale it would vanish and the
+                    # segment would look empty.
+                    spans["requested"].append((min(x, 1.0 - _PNG_MIN_WIDTH), _PNG_MIN_WIDTH))
+                    continue
                 spans["requested"].append((x, wr))
                 if w > wr:
                     spans["waste"].append((x + wr, w - wr))
+            elif b["state"] == "active_pending_free" and w < _PNG_MIN_WIDTH:
+                spans[b["state"]].append((min(x, 1.0 - _PNG_MIN_WIDTH), _PNG_MIN_WIDTH))
             else:
                 spans[b["state"]].append((x, w))
-        for key, sp in spans.items():
-            if sp:
-                ax.broken_barh(sp, (y - 0.4, 0.8), facecolors=_COLORS[key], edgecolor="white",
+        # Free first, so that a widened live block is drawn over its free neighbours.
+        for key in ("inactive", "waste", "requested", "active_pending_free"):
+            if spans[key]:
+                ax.broken_barh(spans[key], (y - 0.4, 0.8), facecolors=_COLORS[key], edgecolor="white",
                                linewidth=0.3)
-        labels.append((y, f"{seg['segment_type'][0].upper()} {format_size(seg['total_size'])}"
-                          f" s{_stream_name(seg['stream'])}"))
+        labels.append((y, f"{seg['segment_type']} {format_size(seg['total_size'])}, "
+                          f"stream {_stream_name(seg['stream'])}"
+                          + (", expandable" if seg["is_expandable"] else "")))
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.6, rows - 0.4)
     ax.set_yticks([y for y, _ in labels], [t for _, t in labels], fontsize=7)
-    ax.set_xlabel("offset in segment (fraction of its size)", fontsize=8)
+    ax.set_ylabel("segment: pool, size, stream", fontsize=8)
+    ax.set_xlabel("offset in segment (fraction of its size); blocks narrower than "
+                  f"{100 * _PNG_MIN_WIDTH:.1f}% of their segment are drawn that wide", fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
     if not shown:
         ax.text(0.5, 0.0, "no segments", ha="center", va="center", color="#7a8594")
-    ax.legend(handles=[Patch(color=_COLORS["requested"], label="allocated (requested)"),
-                       Patch(color=_COLORS["waste"], label="rounding waste"),
-                       Patch(color=_COLORS["active_pending_free"], label="pending free"),
-                       Patch(color=_COLORS["inactive"], label="free")],
-              loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=4, fontsize=7, frameon=False)
+    lx.legend(handles=[Patch(color=_COLORS["requested"], label="allocated (requested bytes)"),
+                       Patch(color=_COLORS["waste"], label="allocated (rounding waste)"),
+                       Patch(color=_COLORS["active_pending_free"], label="pending free (other stream)"),
+                       Patch(color=_COLORS["inactive"], label="free (cached)")],
+              loc="center left", ncol=4, fontsize=8, frameon=False, borderaxespad=0)
 
-    hx = fig.add_subplot(gs[1, 0])
+    hx = fig.add_subplot(gs[2, 0])
     if rep.free_histogram:
         xs = list(range(len(rep.free_histogram)))
         bars = hx.bar(xs, [b["bytes"] / 2**20 for b in rep.free_histogram], color="#6b7a8c")
         # Byte bars hide buckets of small blocks: the count on top keeps them visible.
         hx.bar_label(bars, labels=[f"{b['count']}x" for b in rep.free_histogram], fontsize=7)
-        hx.set_xticks(xs, [format_size(b["low"]).replace(".00", "") for b in rep.free_histogram],
+        hx.set_xticks(xs, [_bucket_label(b).replace(".00", "") for b in rep.free_histogram],
                       rotation=45, ha="right", fontsize=7)
     else:
         hx.text(0.5, 0.5, "no free blocks", ha="center", va="center", color="#7a8594",
@@ -687,12 +736,120 @@ def _render_png(rep: FragmentationReport, path: PathLike, max_segments: int, dpi
     hx.set_ylabel("MiB", fontsize=8)
     hx.tick_params(axis="y", labelsize=7)
 
-    tx = fig.add_subplot(gs[1, 1])
+    tx = fig.add_subplot(gs[2, 1])
     tx.axis("off")
-    lines = [f"{label:<24}{cells[0]:>12}" for label, cells in rep.table_rows()]
+    lines = [f"{label:<24}{cells[0]:>18}" for label, cells in rep.table_rows()]
+    lines += ["", "external fragmentation = 1 - largest free", "  block / free bytes (share of the free",
+              "  bytes one request could not get at once)"]
     peak = rep.peak_line()
     if peak:
         lines += ["", "peaks:"] + ["  " + part for part in peak[len("peaks: "):].split(", ")]
     tx.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=7.5,
             transform=tx.transAxes)
-    fig.savefig(os.fspath(path), format="png")
+    return fig
+
+
+# ============================================================================ out of memory
+
+
+def pool_limit(pool: Any) -> Tuple[int, str]:
+    """(bytes, what sets them): the most this pool may reserve, and the setting that binds:
+    ``"max_pool_size"``, ``"memory_fraction"`` or ``"device capacity"``."""
+    total = int(pool.mem_info()[1])
+    cap = pool.cap
+    if cap is not None and cap < total:
+        core_cfg = pool._pool.config
+        return int(cap), ("max_pool_size" if cap == core_cfg.max_pool_size else "memory_fraction")
+    return total, "device capacity"
+
+
+def explain_oom(pool: Any, size: int, stream: int = 0, error: Optional[str] = None,
+                max_blocks: int = 10) -> str:
+    """Why a request of ``size`` bytes on ``stream`` finds no memory in ``pool``: the limit
+    that binds and the headroom under it, then every free block sorted by the reason it
+    cannot serve the request (too small, another stream, the other pool kind, kept for
+    requests of ``max_split_size`` or more), with the largest ones listed.
+
+    Call it on the pool right after the failed ``malloc`` (the pool has by then released
+    its wholly free cached segments and retried), and append
+    ``FragmentationReport.from_pool(pool).to_text()`` for the whole picture.
+    ``error`` is the pool's own out-of-memory message, quoted at the end. Used by
+    ``python -m pypool replay`` for ``first_oom.txt`` in ``--report`` directories.
+    """
+    from . import _core
+
+    if isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or max_blocks < 0:
+        raise ValueError(f"max_blocks: expected an int >= 0, got {max_blocks!r}")
+    cfg = pool._pool.config
+    rounded = int(_core.round_size(cfg, size)) if size > 0 else 0
+    kind = _core.pool_for(cfg, rounded) if rounded else "small"
+    need = int(_core.min_segment_size(cfg, rounded)) if rounded else 0
+    limit, limit_name = pool_limit(pool)
+    rep = FragmentationReport.from_segments(pool.segments())
+    headroom = max(0, limit - rep.reserved)
+    lines = [
+        f"out of memory: a request for {format_size(size)} ({size:,} B) on stream "
+        f"{_stream_name(stream)} could not be served",
+        f"  rounded to {format_size(rounded)}, {kind} pool; a new segment for it needs at least "
+        f"{format_size(need)}",
+        f"limit        {format_size(limit)} ({limit_name})",
+        f"reserved     {format_size(rep.reserved)} in {rep.segments} segments; "
+        f"{format_size(headroom)} left under the limit"
+        + (f", less than the {format_size(need)} a new segment needs" if headroom < need else ""),
+        f"allocated    {format_size(rep.allocated)} in {rep.allocated_blocks} live blocks "
+        f"(requested {format_size(rep.requested)})",
+    ]
+    if rep.pending_free:
+        lines.append(f"pending free {format_size(rep.pending_free)} in {rep.pending_blocks} blocks "
+                     "(freed, waiting for another stream's work; not usable yet)")
+    # Classify each free block by the first reason it cannot serve the request.
+    reasons = (
+        ("too small", f"smaller than the {format_size(rounded)} needed"),
+        ("other pool", f"in the {'large' if kind == 'small' else 'small'} pool "
+                       f"(a {format_size(rounded)} block comes from the {kind} pool)"),
+        ("other stream", f"cached for another stream than {_stream_name(stream)}"),
+        ("kept whole", "of max_split_size or more, kept whole for requests that large"),
+        ("usable", "large enough and usable (the request failed before they were freed?)"),
+    )
+    groups: Dict[str, List[Tuple[int, Dict[str, Any], Dict[str, Any]]]] = {k: [] for k, _ in reasons}
+    for seg in rep.layout:
+        for b in seg["blocks"]:
+            if b["state"] != "inactive":
+                continue
+            if seg["segment_type"] not in (kind, "unknown"):
+                why = "other pool"
+            elif seg["stream"] != stream:
+                why = "other stream"
+            elif b["size"] < rounded:
+                why = "too small"
+            elif not _core.can_use(cfg, b["size"], rounded):
+                why = "kept whole"
+            else:
+                why = "usable"
+            groups[why].append((b["size"], b, seg))
+    if rep.free_blocks == 0:
+        lines.append("free         none: every reserved byte is in use")
+    else:
+        lines.append(f"free         {format_size(rep.free)} in {rep.free_blocks} "
+                     f"{'block' if rep.free_blocks == 1 else 'blocks'} "
+                     f"(largest {format_size(rep.largest_free)})"
+                     + (", none of which can serve it:" if not groups["usable"] else ":"))
+        for key, text in reasons:
+            g = groups[key]
+            if g:
+                n = len(g)
+                lines.append(f"  {n:>6} {'block ' if n == 1 else 'blocks'} "
+                             f"{format_size(sum(s for s, _, _ in g)):>11}  {text}")
+        ranked = sorted(((s, b, seg, key) for key, g in groups.items() for s, b, seg in g),
+                        key=lambda t: -t[0])[:max_blocks]
+        if ranked:
+            lines.append(f"largest free blocks (up to {max_blocks}):")
+            lines.append(f"  {'block address':>18}  {'size':>11}  {'in segment':>18}  {'pool':5}  "
+                         f"{'segment size':>12}  {'stream':>6}  why not")
+            for s, b, seg, key in ranked:
+                lines.append(f"  {b['address']:#18x}  {format_size(s):>11}  {seg['address']:#18x}  "
+                             f"{seg['segment_type']:5}  {format_size(seg['total_size']):>12}  "
+                             f"{_stream_name(seg['stream']):>6}  {key}")
+    if error:
+        lines.append(f"the pool said: {error}")
+    return "\n".join(lines) + "\n"

@@ -8,11 +8,17 @@ Figures (see :class:`ReplayResult`):
 
 * ``peak_live``: the physical floor, the most requested bytes live at once;
 * ``peak_reserved``: the most bytes the pool held from the device;
-* ``utilization = peak_live / peak_reserved`` (1.0 is perfect) and
+* ``utilization = peak_live / peak_reserved`` (1.0 is perfect; when allocations failed,
+  the replay's own peak live bytes take the floor's place, so it never exceeds 1) and
   ``allocated_utilization = peak_allocated / peak_reserved`` (GMLake's measure, which
   does not count rounding as waste);
 * ``fragmentation``: external fragmentation at the moment of peak reserved,
-  ``1 - largest_free_block / free_bytes`` (with ``at_peak=True``).
+  ``1 - largest_free_block / free_bytes`` (with ``at_peak=True``): the share of the
+  cached free bytes that one request could not get at once;
+* when an allocation fails (``ooms > 0``, ``completed`` False): ``limit`` and
+  ``limit_source`` (the setting that bound the pool) and ``first_oom``, the pool's state
+  at the first failure (:func:`pypool.fragmentation.explain_oom` says where the memory
+  was).
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ import numpy as np
 from . import _core
 from ._pool import Pool
 from .config import PoolConfig, SizeLike, format_size, parse_size
+from .fragmentation import pool_limit
 from .trace import ALLOC, Trace
 
 __all__ = ["ReplayResult", "replay", "replay_workload", "free_block_summary", "default_capacity",
-           "DEFAULT_CAPACITY"]
+           "first_oom_text", "DEFAULT_CAPACITY"]
 
 DEFAULT_CAPACITY = "80GiB"
 ConfigLike = Union[PoolConfig, Mapping[str, Any], str, None]
@@ -47,7 +54,9 @@ class ReplayResult:
         peak_allocated: most bytes in live blocks at once (after rounding).
         peak_live: most requested bytes live at once in the trace: the physical floor.
         final_reserved: reserved at the end of the trace.
-        utilization: ``peak_live / peak_reserved``.
+        utilization: ``peak_live / peak_reserved``; when some allocation failed, the
+            replay's own peak live bytes / ``peak_reserved`` instead (the trace's floor
+            never fit, so it is no measure of the pool). Always in [0, 1].
         allocated_utilization: ``peak_allocated / peak_reserved``.
         ooms: allocations that failed with out-of-memory (their frees are skipped).
         num_alloc_retries: allocations that had to release cached memory and retry.
@@ -56,6 +65,15 @@ class ReplayResult:
         skipped_events: events the replay could not apply (frees of failed allocations).
         config: the pool's settings as a ``PYPOOL_CONF`` string ("" = defaults).
         capacity: device capacity the replay assumed.
+        limit: the most the pool could reserve: ``capacity``, or less under
+            ``max_pool_size`` / ``memory_fraction``.
+        limit_source: which of those set ``limit``: "device capacity", "max_pool_size"
+            or "memory_fraction".
+        first_oom: when an allocation failed: ``event`` (its index; that many events ran
+            before it), ``size``, ``stream``, ``live`` / ``allocated`` / ``reserved``
+            bytes just before it, and ``error`` (the pool's message). None otherwise.
+        first_oom_pool: the pool right after that first failed allocation (its cached
+            segments released by the retry), for ``explain_oom`` and reports.
         peak_event: index of the first event after which reserved was at its peak
             (``at_peak=True`` only).
         fragmentation: external fragmentation at that moment (``at_peak=True`` only).
@@ -85,16 +103,28 @@ class ReplayResult:
     skipped_events: int
     config: str
     capacity: int
+    limit: int = 0
+    limit_source: str = "device capacity"
+    first_oom: Optional[Dict[str, Any]] = None
     peak_event: Optional[int] = None
     fragmentation: Optional[float] = None
     at_peak: Optional[Dict[str, int]] = None
     pool: Optional[Pool] = field(default=None, repr=False, compare=False)
     peak_pool: Optional[Pool] = field(default=None, repr=False, compare=False)
+    first_oom_pool: Optional[Pool] = field(default=None, repr=False, compare=False)
     timeline: Dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
+    def completed(self) -> bool:
+        """True when every allocation of the trace succeeded."""
+        return self.ooms == 0
+
+    @property
     def overhead(self) -> float:
-        """``peak_reserved / peak_live`` (1.0 = no memory beyond the floor)."""
+        """``peak_reserved / peak_live`` (1.0 = no memory beyond the floor); ``nan`` when
+        the replay did not complete (the floor never fit, so the ratio means nothing)."""
+        if not self.completed:
+            return math.nan
         return self.peak_reserved / self.peak_live if self.peak_live else math.inf
 
     def to_dict(self, timeline: bool = False) -> Dict[str, Any]:
@@ -103,32 +133,61 @@ class ReplayResult:
             "name", "events", "seconds", "events_per_second", "peak_reserved", "peak_allocated",
             "peak_live", "final_reserved", "utilization", "allocated_utilization", "ooms",
             "num_alloc_retries", "num_device_alloc", "num_device_free", "num_segment_map",
-            "skipped_events", "config", "capacity", "peak_event", "fragmentation", "at_peak")}
-        d["overhead"] = self.overhead if self.peak_live else None
+            "skipped_events", "config", "capacity", "limit", "limit_source", "first_oom",
+            "peak_event", "fragmentation", "at_peak")}
+        d["completed"] = self.completed
+        d["overhead"] = self.overhead if self.peak_live and self.completed else None
         if timeline:
             d["timeline"] = {k: v.tolist() for k, v in self.timeline.items()}
         return d
 
     def to_text(self) -> str:
-        """A short human-readable summary."""
+        """A short human-readable summary. A replay that ran out of memory says so first:
+        the limit and what set it, and the state at the first failure."""
         lines = [
             f"trace              {self.name or '(unnamed)'}: {self.events:,} events",
             f"config             {self.config or '(defaults)'}",
-            f"peak live (floor)  {format_size(self.peak_live)}",
-            f"peak reserved      {format_size(self.peak_reserved)}"
-            + (f"  ({self.overhead:.3f}x the floor)" if self.peak_live else ""),
-            f"peak allocated     {format_size(self.peak_allocated)}",
-            f"utilization        {self.utilization:.3f} (live/reserved), "
-            f"{self.allocated_utilization:.3f} (allocated/reserved)",
         ]
+        limit = f"{format_size(self.limit)} limit ({self.limit_source})"
+        if not self.completed:
+            lines.append(f"RESULT             DOES NOT FIT: the trace needs {format_size(self.peak_live)} live "
+                         f"at its peak; the pool could not serve it under the {limit}")
+            fo = self.first_oom
+            if fo is not None:
+                lines.append(
+                    f"first OOM          after {fo['event']:,} of {self.events:,} events: a request for "
+                    f"{format_size(fo['size'])} on stream {fo['stream']} failed with "
+                    f"{format_size(fo['live'])} live ({format_size(fo['allocated'])} allocated, "
+                    f"{format_size(fo['reserved'])} reserved)")
+            lines.append(f"out of memory      {self.ooms:,} allocations failed in all; the replay went on "
+                         f"without them ({self.skipped_events:,} frees of them skipped)")
+            lines.append(f"peak live (floor)  {format_size(self.peak_live)} in the trace, "
+                         f"{self.peak_live / self.limit:.2f}x the limit" if self.limit else
+                         f"peak live (floor)  {format_size(self.peak_live)} in the trace")
+            lines.append(f"peak reserved      {format_size(self.peak_reserved)} ("
+                         + ("at" if self.peak_reserved >= self.limit else "under")
+                         + f" the {format_size(self.limit)} limit)")
+        else:
+            lines.append(f"peak live (floor)  {format_size(self.peak_live)}")
+            lines.append(f"peak reserved      {format_size(self.peak_reserved)}"
+                         + (f"  ({self.overhead:.3f}x the floor)" if self.peak_live else ""))
+        lines.append(f"peak allocated     {format_size(self.peak_allocated)}")
+        if self.completed:
+            lines.append(f"utilization        {self.utilization:.3f} (floor/reserved), "
+                         f"{self.allocated_utilization:.3f} (allocated/reserved)")
+        else:
+            lines.append(f"utilization        {self.utilization:.3f} (live/reserved, of what the replay "
+                         f"could allocate: the trace did not complete), "
+                         f"{self.allocated_utilization:.3f} (allocated/reserved)")
         if self.fragmentation is not None and self.at_peak is not None:
             ap = self.at_peak
             lines.append(
-                f"at peak reserved   event {self.peak_event:,}: free {format_size(ap['free_bytes'])} "
-                f"in cache, largest free block {format_size(ap['largest_free'])}, "
-                f"external fragmentation {self.fragmentation:.3f}")
+                f"at peak reserved   event {self.peak_event:,}: {format_size(ap['free_bytes'])} free in the "
+                f"cache, largest free block {format_size(ap['largest_free'])}: external fragmentation "
+                f"{100 * self.fragmentation:.1f}% of those free bytes (1 - largest free block / free bytes)")
+        if self.completed:
+            lines.append(f"out of memory      0 ({limit})")
         lines += [
-            f"out of memory      {self.ooms}" + (f" (capacity {format_size(self.capacity)})" if self.ooms else ""),
             f"device allocations {self.num_device_alloc} allocs, {self.num_device_free} frees"
             + (f", {self.num_segment_map} maps" if self.num_segment_map else "")
             + (f", {self.num_alloc_retries} release-and-retry" if self.num_alloc_retries else ""),
@@ -208,6 +267,10 @@ def replay(
     peak_live = trace.peak_live()
     peak_reserved = int(s["reserved_bytes.all.peak"])
     peak_allocated = int(s["allocated_bytes.all.peak"])
+    ooms = int(r["ooms"])
+    # Utilization never exceeds 1: without the whole trace, what the replay held live.
+    util_live = peak_live if ooms == 0 else min(peak_live, int(r["peak_live_requested"]))
+    limit, limit_source = pool_limit(pool)
     tl = r["timeline"]
     result = ReplayResult(
         name=trace.name,
@@ -218,9 +281,9 @@ def replay(
         peak_allocated=peak_allocated,
         peak_live=peak_live,
         final_reserved=int(s["reserved_bytes.all.current"]),
-        utilization=peak_live / peak_reserved if peak_reserved else 0.0,
+        utilization=util_live / peak_reserved if peak_reserved else 0.0,
         allocated_utilization=peak_allocated / peak_reserved if peak_reserved else 0.0,
-        ooms=int(r["ooms"]),
+        ooms=ooms,
         num_alloc_retries=int(s["num_alloc_retries"]),
         num_device_alloc=int(s["num_device_alloc"]),
         num_device_free=int(s["num_device_free"]),
@@ -228,12 +291,61 @@ def replay(
         skipped_events=int(r["skipped_events"]),
         config=cfg.to_string(),
         capacity=cap,
+        limit=limit,
+        limit_source=limit_source,
         pool=pool,
         timeline={k: np.asarray(v, np.int64) for k, v in tl.items()} if sample_every else {},
     )
+    if ooms:
+        _fill_first_oom(result, trace, cfg, cap, backend, int(r.get("first_oom_event", -1)))
     if at_peak and len(trace):
         _fill_at_peak(result, trace, cfg, cap, backend)
     return result
+
+
+def _fill_first_oom(result: ReplayResult, trace: Trace, cfg: PoolConfig, cap: int, backend: str,
+                    k: int) -> None:
+    """Rebuild the pool just before the first failed allocation (event ``k``; the replay
+    is deterministic, Note [Peak by re-replay]), record its state, then make the failing
+    request again so that the pool is left as the failure left it."""
+    if not 0 <= k < len(trace):
+        return
+    pool = _make_pool(cfg, cap, backend)
+    _run(pool, trace[:k], 0)
+    st = pool.memory_stats()
+    size, stream = int(trace.sizes[k]), int(trace.streams[k])
+    error = None
+    try:
+        pool._pool.malloc(size, stream)
+    except _core.OutOfMemoryError as e:
+        error = str(e)
+    else:  # not reproduced: report nothing rather than a wrong state
+        return
+    result.first_oom = {
+        "event": k, "size": size, "stream": stream,
+        "live": int(st["requested_bytes.all.current"]),
+        "allocated": int(st["allocated_bytes.all.current"]),
+        "reserved": int(st["reserved_bytes.all.current"]),
+        "error": error,
+    }
+    result.first_oom_pool = pool
+
+
+def first_oom_text(result: ReplayResult) -> Optional[str]:
+    """Where the memory was at the replay's first out-of-memory failure: what
+    :func:`pypool.fragmentation.explain_oom` says of ``result.first_oom_pool``, then the
+    pool's full fragmentation report. None when nothing failed."""
+    from .fragmentation import FragmentationReport, explain_oom
+
+    fo, pool = result.first_oom, result.first_oom_pool
+    if fo is None or pool is None:
+        return None
+    head = (f"# {result.name or 'trace'}: the pool at the first out-of-memory failure, after "
+            f"{fo['event']:,} of {result.events:,} events; settings: {result.config or '(defaults)'}\n"
+            f"# live just before it: {format_size(fo['live'])} requested, "
+            f"{format_size(fo['allocated'])} allocated, {format_size(fo['reserved'])} reserved\n\n")
+    return (head + explain_oom(pool, fo["size"], fo["stream"], error=fo["error"]) + "\n"
+            + FragmentationReport.from_pool(pool).to_text())
 
 
 def _fill_at_peak(result: ReplayResult, trace: Trace, cfg: PoolConfig, cap: int, backend: str) -> None:

@@ -514,6 +514,8 @@ class Trace:
             meta["torch"] = torch_reserved_profile(snap, device=dev).to_dict()
         except ValueError as err:  # no segment information: the trace is still usable
             meta["torch"] = {"error": str(err)}
+        # Who recorded it (replay labels its figures): pypool's snapshots carry a "pypool" part.
+        meta["allocator"] = "pypool" if isinstance(snap.get("pypool"), Mapping) else "PyTorch"
         return cls.from_events(_replace_live_allocs(events, meta), name=name or f"torch-snapshot-dev{dev}",
                                meta=meta, skip_unknown_frees=True)
 

@@ -71,6 +71,8 @@ def test_cli_json_structure(smoke_run: Dict[str, Any]) -> None:
         else:
             assert r["baseline"] == "glibc" and r["glibc"]["median"] > 0
             assert r["speedup"] == pytest.approx(r["glibc"]["median"] / a["median"])
+            # The ratio the tables show: pypool time / glibc time (< 1: pypool faster).
+            assert r["pypool_over_glibc"] == pytest.approx(a["median"] / r["glibc"]["median"])
     replay = res["cpu"]["replay"]
     assert {(r["workload"], r["config"]) for r in replay} == {
         (w, c) for w in ("growing_batch", "kv_cache", "random", "transformer") for c in ("default", "expandable")}
@@ -84,7 +86,9 @@ def test_cli_json_structure(smoke_run: Dict[str, Any]) -> None:
 def test_cli_prints_tables_and_progress(smoke_run: Dict[str, Any]) -> None:
     out = smoke_run["proc"].stdout
     res = smoke_run["json"]
-    assert "glibc/pypool" in out and "reserved/floor" in out
+    # Issue 14: the time ratio's direction is in its name and explained (lower is better).
+    assert "glibc/pypool" not in out and "pypool/glibc time" in out and "reserved/floor" in out
+    assert "below 1 pypool is faster" in out and "lower is better for pypool" in out
     for r in res["cpu"]["timing"]:
         assert r["case"] in out
     for r in res["cpu"]["replay"]:

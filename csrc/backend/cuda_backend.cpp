@@ -54,7 +54,7 @@ Loaded load() noexcept {
     }
     // Never dlclose: other libraries (PyTorch) share the handle, and at exit the order
     // in which static destructors still call into the driver is unknowable.
-#define PYPOOL_CUDA_RESOLVE(field, symbol)                                         \
+#define PYPOOL_CUDA_RESOLVE(field, symbol, params)                                 \
   r.table.field = reinterpret_cast<decltype(r.table.field)>(dlsym(lib, #symbol));  \
   if (r.table.field == nullptr) {                                                  \
     r.why = "libcuda.so.1 has no " #symbol ": the NVIDIA driver is too old";        \
@@ -97,6 +97,9 @@ std::string error_text(const Driver& d, CUresult rc, const char* call) {
 }
 
 }  // namespace cuda
+
+// The driver's types and constants (cuda_driver.h), unqualified as in CUDA code.
+using namespace cuda;
 
 namespace {
 
@@ -384,7 +387,10 @@ std::shared_ptr<Backend> make_cuda_backend(int device) {
 
 namespace pypool {
 
-constexpr const char* kNotBuilt = "pypool was built without CUDA support";
+// Only an explicit -DPYPOOL_WITH_CUDA=OFF gets here (CMake warns at configure time).
+constexpr const char* kNotBuilt =
+    "pypool was built without its CUDA backend (CMake option PYPOOL_WITH_CUDA=OFF); "
+    "reinstall without that option";
 
 bool cuda_backend_compiled() noexcept { return false; }
 

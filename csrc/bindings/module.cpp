@@ -325,6 +325,7 @@ py::dict replay_trace(DevicePool& pool, py::array_t<std::int8_t, py::array::c_st
   std::vector<std::size_t> req(static_cast<std::size_t>(max_id + 1), 0);
   std::size_t live = 0, peak_live = 0;
   std::int64_t ooms = 0, bad = 0;
+  std::int64_t first_oom = -1;  // event index of the first allocation that failed
   std::vector<std::int64_t> s_event, s_live, s_alloc, s_reserved;
   const auto t0 = Clock::now();
   {
@@ -339,7 +340,7 @@ py::dict replay_trace(DevicePool& pool, py::array_t<std::int8_t, py::array::c_st
           live += req[k];
           if (live > peak_live) peak_live = live;
         } catch (const OutOfMemoryError&) {
-          ++ooms;
+          if (ooms++ == 0) first_oom = static_cast<std::int64_t>(i);
         }
       } else {
         if (ptr[k] == nullptr) { ++bad; continue; }
@@ -365,6 +366,7 @@ py::dict replay_trace(DevicePool& pool, py::array_t<std::int8_t, py::array::c_st
   d["peak_live_requested"] = peak_live;
   d["final_live_requested"] = live;
   d["ooms"] = ooms;
+  d["first_oom_event"] = first_oom;
   d["skipped_events"] = bad;
   d["timeline"] = py::dict(py::arg("event") = s_event, py::arg("live") = s_live,
                            py::arg("allocated") = s_alloc, py::arg("reserved") = s_reserved);

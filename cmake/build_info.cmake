@@ -1,0 +1,36 @@
+# Writes OUT (pypool/_build_info.json in the wheel): the git revision of the source tree
+# SRC at build time, so that an installed copy (outside any checkout) can still say which
+# code it is. Run on every build; the file is rewritten only when its content changes.
+# Note [Build revision] in pypool/bench.py says how it is used.
+set(rev "")
+set(dirty "false")
+set(reason "")
+find_package(Git QUIET)
+if(NOT GIT_FOUND)
+  set(reason "git was not found when pypool was built")
+else()
+  execute_process(COMMAND "${GIT_EXECUTABLE}" -C "${SRC}" rev-parse --short=12 HEAD
+                  OUTPUT_VARIABLE rev ERROR_VARIABLE err RESULT_VARIABLE rc OUTPUT_STRIP_TRAILING_WHITESPACE)
+  if(NOT rc EQUAL 0)
+    set(rev "")
+    set(reason "the source tree it was built from is not a git checkout")
+  else()
+    execute_process(COMMAND "${GIT_EXECUTABLE}" -C "${SRC}" status --porcelain --untracked-files=no
+                    OUTPUT_VARIABLE changes RESULT_VARIABLE rc OUTPUT_STRIP_TRAILING_WHITESPACE)
+    if(rc EQUAL 0 AND NOT changes STREQUAL "")
+      set(dirty "true")
+    endif()
+  endif()
+endif()
+if(rev STREQUAL "")
+  set(content "{\"git_revision\": null, \"dirty\": false, \"reason\": \"${reason}\"}\n")
+else()
+  set(content "{\"git_revision\": \"${rev}\", \"dirty\": ${dirty}, \"reason\": null}\n")
+endif()
+set(old "")
+if(EXISTS "${OUT}")
+  file(READ "${OUT}" old)
+endif()
+if(NOT old STREQUAL content)
+  file(WRITE "${OUT}" "${content}")
+endif()
