@@ -49,7 +49,7 @@ from typing import (Any, Callable, Deque, Dict, Iterable, List, Optional, Sequen
 from . import _context, _core
 from ._pool import Pool
 from .config import SizeLike, format_size, parse_size
-from .memory import _device_index
+from .memory import _checked_device, _ensure_registry
 
 __all__ = [
     "track_leaks",
@@ -457,13 +457,8 @@ def _resolve_pool(pool: Optional[PoolLike], device: Any) -> Tuple[Any, int]:
         else:
             raise TypeError(f"pool: expected a pypool.Pool, got {type(pool).__name__}")
         return core, int(core.device)
-    d = _device_index(device)
-    if not _core.registry_has_pool(d) and not _core.registry_configured():
-        # Making the pool now would fix the registry's settings before pypool.install()
-        # chooses them: refuse instead.
-        raise RuntimeError(
-            f"device: pypool has no pool for device {d} yet and is not installed "
-            "(call pypool.install() first, or pass pool= to watch a pypool.Pool)")
+    d = _checked_device(device)
+    _ensure_registry()  # Note [Pools before install] in memory.py
     return _core.registry_pool(d), d
 
 

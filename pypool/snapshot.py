@@ -125,7 +125,9 @@ def snapshot(device: Optional[int] = None, pool: Optional[Pool] = None) -> Dict[
     traces: List[List[Dict[str, Any]]] = [[] for _ in range(d + 1)]
     out: Dict[str, Any] = {"segments": [], "device_traces": traces}
     if target is None:
-        cfg = _core.registry_config() if _core.registry_configured() else _core.Config()
+        from .memory import _pending_config
+
+        cfg = _pending_config().to_core()  # what the pool will have, once made
         out["allocator_settings"] = _settings(cfg)
         out["pypool"] = _extra(d, None, None)
         return out
@@ -264,7 +266,11 @@ def _settings(cfg: Any) -> Dict[str, Any]:
         d[name] = v
     # The names torch itself reports, where pypool has the same setting.
     d["PYTORCH_CUDA_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
-    d["PYPOOL_CONF"] = os.environ.get("PYPOOL_CONF", "")
+    # The settings in effect, in PYPOOL_CONF syntax (not the variable, which install()'s
+    # arguments override and which may have changed since the pool was made).
+    from .memory import _config_of
+
+    d["PYPOOL_CONF"] = _config_of(cfg).to_string()
     d["roundup_power2_divisions"] = cfg.round_up_divisions
     return d
 
