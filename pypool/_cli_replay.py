@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional
 
+from ._pool import MAX_CAPACITY
 from .config import PoolConfig, format_size, parse_size
 from .replay import DEFAULT_CAPACITY, ReplayResult, default_capacity, replay
 from .trace import Trace
@@ -62,16 +63,41 @@ def load_trace(args: argparse.Namespace) -> Trace:
     if args.workload:
         if not args.scale > 0:
             raise CliError(f"--scale: must be > 0, got {args.scale}")
+        if args.device is not None:
+            raise CliError("--device: picks the device of a torch snapshot TRACE; a bundled "
+                           "workload has one device")
         try:
             return generate(args.workload, seed=args.seed, scale=args.scale)
-        except (ValueError, FileNotFoundError) as e:
-            raise CliError(str(e)) from None
-    if not os.path.exists(args.trace):
-        raise CliError(f"{args.trace}: no such file")
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            raise CliError(f"--workload {args.workload}: {e}") from None
+        except MemoryError:
+            raise CliError(f"--scale {args.scale}: the workload does not fit in this machine's "
+                           "memory") from None
+    if args.device is not None and args.device < 0:
+        raise CliError(f"--device: must be >= 0, got {args.device}")
+    trace = _load_file(args.trace, args.device)
+    if args.device is not None and trace.meta.get("source") != "torch_snapshot":
+        raise CliError(f"--device: picks the device of a torch snapshot; {args.trace} is a pypool "
+                       "trace (one device)")
+    return trace
+
+
+def _load_file(path: str, device: Optional[int]) -> Trace:
+    """Trace.load with every way a file can be wrong turned into a one-line CliError
+    naming the file (a trace is user input: Note [Trace limits] in trace.py)."""
+    if not os.path.exists(path):
+        raise CliError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise CliError(f"{path}: is a directory; expected a trace file (.trace, .trace.gz) or a "
+                       "torch memory snapshot pickle")
     try:
-        return Trace.load(args.trace, device=args.device)
+        return Trace.load(path, device=device)
     except ValueError as e:
         raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"{path}: cannot read: {e.strerror or e}") from None
+    except MemoryError:
+        raise CliError(f"{path}: too large to load into memory") from None
 
 
 def capacity_arg(args: argparse.Namespace) -> Optional[int]:
@@ -83,7 +109,17 @@ def capacity_arg(args: argparse.Namespace) -> Optional[int]:
         raise CliError(str(e)) from None
     if cap == 0:
         raise CliError("--capacity: must be > 0")
+    if cap > MAX_CAPACITY:
+        raise CliError(f"--capacity: must be <= 4096 PiB (2**62 bytes), got {args.capacity}")
     return cap
+
+
+def check_config_fits(cfg: PoolConfig, capacity: int, flag: str) -> None:
+    """Settings a pool of ``capacity`` bytes cannot even start with."""
+    initial = int(cfg.initial_pool_size)  # an int once PoolConfig has validated it
+    if initial > capacity:
+        raise CliError(f"{flag}: initial_pool_size ({format_size(initial)}) is more than "
+                       f"the replay's device capacity ({format_size(capacity)}); lower it or raise --capacity")
 
 
 def _torch_lines(trace: Trace, result: ReplayResult) -> List[str]:
@@ -148,8 +184,9 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--config: {e}") from None
         if args.save_trace:
             trace.save(args.save_trace)
-        result = replay(trace, cfg, capacity=cap if cap is not None else default_capacity(trace),
-                        at_peak=True)
+        capacity = cap if cap is not None else default_capacity(trace)
+        check_config_fits(cfg, capacity, "--config")
+        result = replay(trace, cfg, capacity=capacity, at_peak=True)
     except CliError as e:
         print(f"pypool replay: error: {e}", file=sys.stderr)
         return 2

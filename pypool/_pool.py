@@ -49,13 +49,17 @@ def _check_device(value: Any, name: str = "device") -> int:
                       f"{_core.MAX_DEVICES} devices)")
 
 
+# The largest host/null capacity: far beyond any machine (a replay may assume a device
+# twice a trace's peak) and far from 64-bit overflow in the pool's size arithmetic.
+MAX_CAPACITY = 1 << 62
+
+
 def _check_capacity(value: Any) -> int:
     cap = DEFAULT_HOST_CAPACITY if value is None else parse_size(value, "capacity")
     if cap == 0:
         raise ValueError("capacity: must be > 0")
-    if cap > _core.MAX_REQUEST:
-        raise ValueError(f"capacity: must be <= 1 PiB ({_core.MAX_REQUEST} bytes, the largest "
-                         f"device pypool handles), got {cap}")
+    if cap > MAX_CAPACITY:
+        raise ValueError(f"capacity: must be <= 4096 PiB (2**62 bytes), got {cap}")
     return cap
 
 

@@ -20,6 +20,7 @@ _UNITS = {
     "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
     "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
     "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
+    "p": 1024**5, "pb": 1000**5, "pib": 1024**5,
 }
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
@@ -27,8 +28,8 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 def parse_size(value: SizeLike, name: str = "size") -> int:
     """Parse a byte count: an int, or a string such as ``"512MiB"``, ``"40GB"``, ``"2 GiB"``.
 
-    Binary units (KiB, MiB, GiB, TiB, and the bare K, M, G, T) are powers of 1024;
-    decimal units (KB, MB, GB, TB) are powers of 1000. Raises ``TypeError`` or
+    Binary units (KiB, MiB, GiB, TiB, PiB, and the bare K, M, G, T, P) are powers of
+    1024; decimal units (KB, MB, GB, TB, PB) are powers of 1000. Raises ``TypeError`` or
     ``ValueError`` naming ``name``.
     """
     if isinstance(value, bool) or not isinstance(value, (int, str)):
