@@ -845,11 +845,24 @@ _exit_check_enabled = False
 _exit_lock = threading.Lock()
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
 def exit_check_requested(environ: Optional[Dict[str, str]] = None) -> bool:
-    """Whether ``PYPOOL_LEAK_CHECK`` asks for the exit check (any value but empty, 0,
-    false, no, off)."""
+    """Whether ``PYPOOL_LEAK_CHECK`` asks for the exit check: ``1``, ``true``, ``yes`` or
+    ``on`` (any case) turn it on; unset, empty, ``0``, ``false``, ``no`` or ``off`` leave
+    it off. Any other value leaves it off too, with a ``RuntimeWarning`` naming the
+    variable (a typo must neither switch the check on nor pass unnoticed; a warning rather
+    than an error, because ``import pypool`` reads it)."""
     value = (os.environ if environ is None else environ).get("PYPOOL_LEAK_CHECK", "")
-    return value.strip().lower() not in ("", "0", "false", "no", "off")
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v not in _FALSE:
+        warnings.warn(f"PYPOOL_LEAK_CHECK={value!r} is not understood (expected 1/true/yes/on or "
+                      "0/false/no/off); the exit leak check stays off", RuntimeWarning, stacklevel=2)
+    return False
 
 
 def enable_exit_check() -> None:
