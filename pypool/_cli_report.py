@@ -40,6 +40,12 @@ def _load(path: str) -> Dict[str, Any]:
 
     if os.path.isdir(path):
         raise ValueError(f"{path}: is a directory; expected a snapshot pickle")
+    from ._cli_replay import CliError, check_readable_kind
+
+    try:
+        check_readable_kind(path)
+    except CliError as e:
+        raise ValueError(str(e)) from None
     data = _read_maybe_gzipped(path)
     if data.lstrip().startswith(FORMAT_HEADER.encode()):
         raise ValueError(f"{path}: is a pypool trace (allocation events), not a memory snapshot; "

@@ -194,6 +194,21 @@ def test_unwritable_output_paths(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert err.strip().splitlines()[-1].startswith(f"pypool {argv[0]}: error: ")
 
 
+@pytest.mark.parametrize("command", ["replay", "size"])
+def test_more_than_the_issue_listed(command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.trace"
+    empty.write_text(FORMAT_HEADER + "\n# only comments\n")
+    assert "the trace has no events" in _one_line_error(capsys, main([command, str(empty)]), command)
+    # A device file would be read until memory runs out.
+    assert "not a regular file or a pipe" in _one_line_error(capsys, main([command, "/dev/zero"]), command)
+    # Workload options with a file are refused, not ignored.
+    ok = tmp_path / "ok.trace"
+    ok.write_text(FORMAT_HEADER + "\na 0 4096\n")
+    for flag in ("--seed", "--scale"):
+        line = _one_line_error(capsys, main([command, str(ok), flag, "1"]), command)
+        assert f"{flag}: only for --workload" in line
+
+
 def test_trailing_comments_in_a_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # The README's trace-format example, pasted with its comments (issue 14).
     path = tmp_path / "c.trace"
