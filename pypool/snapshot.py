@@ -41,6 +41,8 @@ _lock = threading.Lock()
 # (the reference keeps the id from being reused while we hold capture).
 _capturing: Dict[int, Any] = {}
 
+MAX_HISTORY = 1 << 26  # ring entries record_history accepts (each is tens of bytes)
+
 _CONFIG_FIELDS = (
     "max_pool_size", "min_block_size", "small_size", "small_segment_size", "large_segment_size",
     "min_large_alloc", "round_large", "round_up_divisions", "max_split_size",
@@ -84,8 +86,10 @@ def record_history(
         raise ValueError(f"enabled: expected True, False, None, 'all' or 'state', got {enabled!r}")
     if stacks not in ("python", "none"):
         raise ValueError(f"stacks: expected 'python' or 'none', got {stacks!r}")
-    if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-        raise ValueError(f"max_entries: expected an int >= 1, got {max_entries!r}")
+    if isinstance(max_entries, bool) or not isinstance(max_entries, int) or not 1 <= max_entries <= MAX_HISTORY:
+        # The ring is allocated (and touched) up front: a huge size would take the
+        # machine's memory or reach pybind11 as an unconvertible int.
+        raise ValueError(f"max_entries: expected an int in 1..{MAX_HISTORY}, got {max_entries!r}")
     if mode == "state" and stacks == "none":
         raise ValueError("stacks: enabled='state' only keeps stacks, so stacks='none' would record nothing")
     target, _ = resolve_pool(device, pool, create=mode != "off", what="record_history")

@@ -290,7 +290,10 @@ class Trace:
                 size = ev[2] if len(ev) > 2 else None
                 stream = ev[3] if len(ev) > 3 else 0
                 t = ev[4] if len(ev) > 4 else 0.0
-            act = _ACTION_NAMES.get(action.lower() if isinstance(action, str) else action)
+            try:
+                act = _ACTION_NAMES.get(action.lower() if isinstance(action, str) else action)
+            except TypeError:  # unhashable
+                act = None
             if act is None:
                 raise ValueError(f"events[{i}]: unknown action {action!r} (expected 'a'/'alloc'/0 or 'f'/'free'/1)")
             try:

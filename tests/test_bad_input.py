@@ -405,3 +405,29 @@ def test_pypool_leak_check_values(value: str, on: bool, warns: bool) -> None:
     assert bool(seen) is warns
     if warns:
         assert "PYPOOL_LEAK_CHECK=" in str(seen[0].message) and "stays off" in str(seen[0].message)
+
+
+def test_record_history_size_is_bounded() -> None:
+    # 2**70 reached pybind11 ("incompatible function arguments"); 2**40 allocated the
+    # ring up front until std::bad_alloc.
+    from pypool.snapshot import MAX_HISTORY
+
+    pool = pypool.Pool(capacity="64MiB")
+    for n in (2**70, 2**40, MAX_HISTORY + 1):
+        with pytest.raises(ValueError, match=rf"max_entries: expected an int in 1\.\.{MAX_HISTORY}"):
+            pypool.record_history(max_entries=n, pool=pool)
+
+
+@pytest.mark.parametrize(("events", "match"), [
+    ([("a", 1, "x")], r"events\[0\]: allocation of 1: size must be an int"),
+    ([("a", 1, 5.5)], r"events\[0\]: allocation of 1: size must be an int"),
+    ([("a", [1], 5)], r"events\[0\]: id must be hashable"),
+    ([("a", 1, 5, 2**64)], r"events\[0\]: stream must be an int in 0\.\."),
+    ([(["a"], 1, 5)], r"events\[0\]: unknown action"),
+    ([("a", 1, 5, 0, float("inf"))], r"events\[0\]: time_us must be finite"),
+])
+def test_trace_from_events_names_the_event(events: Any, match: str) -> None:
+    from pypool.trace import Trace
+
+    with pytest.raises(ValueError, match=match):
+        Trace.from_events(events)
