@@ -546,6 +546,10 @@ def track_leaks(capture_stacks: bool = True, device: Any = None,
             Without it, leaks are grouped by size and stream.
         device: the registry pool (the one torch allocates from) of this device;
             default: the current CUDA device once torch has initialised CUDA, else 0.
+            The pool is made if it does not exist yet, from ``$PYPOOL_CONF`` before
+            ``install()`` and on the host backend without a GPU (Note [Pools before
+            install] in :mod:`pypool.memory`); a device that does not exist raises
+            ``ValueError``.
         pool: a :class:`pypool.Pool` to watch instead of a registry pool.
 
     Returns a :class:`LeakTracker`; use it as a context manager::

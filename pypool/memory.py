@@ -269,7 +269,9 @@ def memory_stats(device: Any = None) -> Dict[str, int]:
 
     Keys are sorted, as torch returns them: ``"allocated_bytes.all.current"``,
     ``"reserved_bytes.large_pool.peak"``, ``"requested_bytes.all.current"``,
-    ``"num_ooms"``, ... A device whose pool has not allocated yet reports zeros.
+    ``"num_ooms"``, ... A device whose pool has not allocated yet reports zeros (and the
+    ``max_pool_size`` its pool will get); a device that does not exist raises
+    ``ValueError`` (Note [Pools before install]).
     """
     pool = _existing_pool(_checked_device(device))
     stats = pool.memory_stats() if pool is not None else _zero_stats()

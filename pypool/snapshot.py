@@ -71,7 +71,10 @@ def record_history(
         stacks: ``"python"`` keeps the Python stack of every allocation (shown as
             ``frames`` in the snapshot); ``"none"`` keeps none (cheaper).
         device: which registry pool (default: torch's current device, else 0). The
-            registry must be configured (``pypool.install``) unless ``pool`` is given.
+            pool is made if it does not exist yet, from ``$PYPOOL_CONF`` before
+            ``install()`` and on the host backend without a GPU (Note [Pools before
+            install] in :mod:`pypool.memory`); a device that does not exist raises
+            ``ValueError``.
         pool: a :class:`~pypool.Pool` of your own instead of the registry's. While stack
             capture is on, its native pool is kept alive: turn history off
             (``record_history(False, pool=p)``) before dropping such a pool.
@@ -123,7 +126,10 @@ def snapshot(device: Optional[int] = None, pool: Optional[Pool] = None) -> Dict[
     the pool's ``memory_stats`` (torch's tools ignore it; pypool's reports use it).
 
     Without ``pool``, the registry pool of ``device``; a device without a pool gives an
-    empty snapshot (no pool is created).
+    empty snapshot (no pool is created) with the settings the pool would get, and a
+    device that does not exist raises ``ValueError`` (Note [Pools before install] in
+    :mod:`pypool.memory`). ``allocator_settings["PYPOOL_CONF"]`` is the settings in effect
+    in ``PYPOOL_CONF`` syntax, not the environment variable.
     """
     target, d = resolve_pool(device, pool, create=False, what="snapshot")
     traces: List[List[Dict[str, Any]]] = [[] for _ in range(d + 1)]
