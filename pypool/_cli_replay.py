@@ -198,12 +198,13 @@ def write_reports(result: ReplayResult, directory: str) -> Dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        trace = load_trace(args)
+        # Options first, so that a typo fails before a long load.
         cap = capacity_arg(args)
         try:
             cfg = PoolConfig.from_string(args.config)
         except (TypeError, ValueError) as e:
             raise CliError(f"--config: {e}") from None
+        trace = load_trace(args)
         if args.save_trace:
             trace.save(args.save_trace)
         capacity = cap if cap is not None else default_capacity(trace)

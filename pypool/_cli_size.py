@@ -37,8 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        trace = load_trace(args)
+        # Options first, so that a typo fails before a long load.
         cap = capacity_arg(args)
+        if args.jobs is not None and args.jobs < 1:
+            raise CliError(f"--jobs: must be >= 1, got {args.jobs}")
+        if args.top < 1:
+            raise CliError(f"--top: must be >= 1, got {args.top}")
         try:
             base = PoolConfig.from_string(args.base)
         except (TypeError, ValueError) as e:
@@ -51,10 +55,7 @@ def run(args: argparse.Namespace) -> int:
                     cands.append(PoolConfig.from_string(c, base))
                 except (TypeError, ValueError) as e:
                     raise CliError(f"--candidates {c!r}: {e}") from None
-        if args.jobs is not None and args.jobs < 1:
-            raise CliError(f"--jobs: must be >= 1, got {args.jobs}")
-        if args.top < 1:
-            raise CliError(f"--top: must be >= 1, got {args.top}")
+        trace = load_trace(args)
         capacity = cap if cap is not None else default_capacity(trace)
         for flag, c in [("--base", base)] + [("--candidates", c) for c in cands or []]:
             check_config_fits(c, capacity, flag)
