@@ -336,7 +336,10 @@ class Trace:
         The format is detected from the content, not the name. ``device`` picks the
         device of a torch snapshot (default: the one with the most allocations).
         """
-        where = os.fspath(path)
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            # open() takes an int as a file descriptor: it would read and close that one.
+            raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
+        where = os.fsdecode(path)
         data = _read_maybe_gzipped(path)
         stem = os.path.basename(where)
         if data[:1] == b"\x80":  # pickle protocol >= 2: a torch snapshot
@@ -726,6 +729,9 @@ def _safe_unpickle(data: bytes, where: str) -> Any:
 def load_torch_snapshot(path: PathLike) -> Dict[str, Any]:
     """Read a ``torch.cuda.memory._dump_snapshot()`` pickle (optionally gzipped) as a dict,
     without executing any code from it."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        # open() takes an int as a file descriptor: it would read and close that one.
+        raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
     data = _read_maybe_gzipped(path)
     snap = _safe_unpickle(data, os.fspath(path))
     if not isinstance(snap, dict):

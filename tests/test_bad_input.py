@@ -3,6 +3,7 @@ was (same stats, same segments, invariants hold)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Iterator, Tuple
 
 import pytest
@@ -431,3 +432,20 @@ def test_trace_from_events_names_the_event(events: Any, match: str) -> None:
 
     with pytest.raises(ValueError, match=match):
         Trace.from_events(events)
+
+
+def test_trace_paths_are_never_file_descriptors() -> None:
+    # A pickled int in a snapshot file used to reach open(7): pypool read and closed
+    # whatever file descriptor 7 was (pytest's capture, in the test that found it).
+    from pypool.trace import Trace, load_torch_snapshot, torch_reserved_profile
+
+    r, w = os.pipe()
+    try:
+        for call in (lambda: Trace.load(r), lambda: load_torch_snapshot(r),  # type: ignore[arg-type]
+                     lambda: Trace.from_torch_snapshot(r), lambda: torch_reserved_profile(r)):  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="expected a"):
+                call()
+        os.fstat(r)  # still open
+    finally:
+        os.close(r)
+        os.close(w)
