@@ -158,10 +158,17 @@ def snapshot(device: Optional[int] = None, pool: Optional[Pool] = None) -> Dict[
 def dump_snapshot(path: PathLike, device: Optional[int] = None, pool: Optional[Pool] = None) -> str:
     """Pickle :func:`snapshot` to ``path`` (what ``torch.cuda.memory._dump_snapshot``
     writes); returns the path."""
+    _check_path(path)
     data = snapshot(device=device, pool=pool)
     with open(path, "wb") as f:
         pickle.dump(data, f)
     return os.fspath(path)
+
+
+def _check_path(path: Any) -> None:
+    # open() takes an int as a file descriptor: it would use, then close, that one.
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -179,6 +186,7 @@ def load_snapshot(path: PathLike) -> Dict[str, Any]:
     """Read a snapshot pickle (pypool's or torch's ``_dump_snapshot``) safely: only plain
     data is accepted. A bare list of segments (older torch) becomes ``{"segments": ...}``.
     """
+    _check_path(path)
     with open(path, "rb") as f:
         data = _PlainUnpickler(f).load()
     if isinstance(data, list):

@@ -437,15 +437,18 @@ def test_trace_from_events_names_the_event(events: Any, match: str) -> None:
 def test_trace_paths_are_never_file_descriptors() -> None:
     # A pickled int in a snapshot file used to reach open(7): pypool read and closed
     # whatever file descriptor 7 was (pytest's capture, in the test that found it).
+    from pypool.snapshot import load_snapshot
     from pypool.trace import Trace, load_torch_snapshot, torch_reserved_profile
 
     r, w = os.pipe()
     try:
         for call in (lambda: Trace.load(r), lambda: load_torch_snapshot(r),  # type: ignore[arg-type]
-                     lambda: Trace.from_torch_snapshot(r), lambda: torch_reserved_profile(r)):  # type: ignore[arg-type]
+                     lambda: Trace.from_torch_snapshot(r), lambda: torch_reserved_profile(r),  # type: ignore[arg-type]
+                     lambda: load_snapshot(r), lambda: pypool.dump_snapshot(w, pool=pypool.Pool(capacity="64MiB"))):
             with pytest.raises(TypeError, match="expected a"):
                 call()
-        os.fstat(r)  # still open
+        os.fstat(r)  # both still open
+        os.fstat(w)
     finally:
         os.close(r)
         os.close(w)
