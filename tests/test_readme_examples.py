@@ -97,6 +97,8 @@ def test_readme_block_runs(line: int, lang: str, code: str, scratch: Tuple[Path,
         if key in code:
             pytest.skip(reason)
     where = f"README.md:{line}"
+    if "--png" in code or "save_png" in code:
+        pytest.importorskip("matplotlib", reason="PNG output needs matplotlib (pip install pypool[report])")
     if lang == "python":
         path = work / f"readme_{line}.py"
         path.write_text(code)
