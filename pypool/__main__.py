@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -40,12 +41,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run one command; returns its exit status (0 ok, 1 failed, 2 bad input).
+
+    Note [CLI errors]: a command reports bad input itself (one line on stderr, status 2).
+    Two cases are handled here, once for every command: output into a closed pipe
+    (``python -m pypool replay ... | head``) ends the command quietly, the way the Python
+    docs recommend for SIGPIPE (flush, point stdout at /dev/null so the interpreter's own
+    flush at exit cannot fail again, status 1); and an OSError that escapes a command (a
+    path given for an output that cannot be written) is one line naming the path, status 2.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    try:
+        rc = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler
+        return rc
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return 1
+    except KeyboardInterrupt:
+        print(f"pypool {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"pypool {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor
+        pass
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 from typing import Any, Dict, List, Optional
 
+from ._pool import MAX_CAPACITY
 from .config import PoolConfig, format_size, parse_size
 from .replay import DEFAULT_CAPACITY, ReplayResult, default_capacity, first_oom_text, replay
 from .trace import Trace
@@ -38,8 +40,9 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
                              "pickle (torch.cuda.memory._dump_snapshot)")
     parser.add_argument("--workload", choices=sorted(ALL_WORKLOADS), metavar="NAME",
                         help=f"a bundled workload instead of a file: {', '.join(ALL_WORKLOADS)}")
-    parser.add_argument("--seed", type=int, default=0, help="workload seed (default 0; recorded_* ignore it)")
-    parser.add_argument("--scale", type=float, default=1.0,
+    # Defaults None: given with a TRACE file they are refused rather than ignored.
+    parser.add_argument("--seed", type=int, default=None, help="workload seed (default 0; recorded_* ignore it)")
+    parser.add_argument("--scale", type=float, default=None,
                         help="workload length multiplier (default 1.0; recorded_*: a fraction in (0, 1])")
     parser.add_argument("--device", type=int, default=None,
                         help="device of a torch snapshot (default: the busiest)")
@@ -72,18 +75,63 @@ def load_trace(args: argparse.Namespace) -> Trace:
         raise CliError("give a TRACE file or --workload NAME (one of them; bundled workloads: "
                        + ", ".join(ALL_WORKLOADS) + ")")
     if args.workload:
-        if not args.scale > 0:
-            raise CliError(f"--scale: must be > 0, got {args.scale}")
+        seed = 0 if args.seed is None else args.seed
+        scale = 1.0 if args.scale is None else args.scale
+        if not scale > 0:
+            raise CliError(f"--scale: must be > 0, got {scale}")
+        if args.device is not None:
+            raise CliError("--device: picks the device of a torch snapshot TRACE; a bundled "
+                           "workload has one device")
         try:
-            return generate(args.workload, seed=args.seed, scale=args.scale)
-        except (ValueError, FileNotFoundError) as e:
-            raise CliError(str(e)) from None
-    if not os.path.exists(args.trace):
-        raise CliError(f"{args.trace}: no such file")
+            return generate(args.workload, seed=seed, scale=scale)
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            raise CliError(f"--workload {args.workload}: {e}") from None
+        except MemoryError:
+            raise CliError(f"--scale {scale}: the workload does not fit in this machine's "
+                           "memory") from None
+    for flag, value in (("--seed", args.seed), ("--scale", args.scale)):
+        if value is not None:
+            raise CliError(f"{flag}: only for --workload (a TRACE file is replayed as it is)")
+    if args.device is not None and args.device < 0:
+        raise CliError(f"--device: must be >= 0, got {args.device}")
+    trace = _load_file(args.trace, args.device)
+    if args.device is not None and trace.meta.get("source") != "torch_snapshot":
+        raise CliError(f"--device: picks the device of a torch snapshot; {args.trace} is a pypool "
+                       "trace (one device)")
+    return trace
+
+
+def _load_file(path: str, device: Optional[int]) -> Trace:
+    """Trace.load with every way a file can be wrong turned into a one-line CliError
+    naming the file (a trace is user input: Note [Trace limits] in trace.py)."""
+    if not os.path.exists(path):
+        raise CliError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise CliError(f"{path}: is a directory; expected a trace file (.trace, .trace.gz) or a "
+                       "torch memory snapshot pickle")
+    check_readable_kind(path)
     try:
-        return Trace.load(args.trace, device=args.device)
+        trace = Trace.load(path, device=device)
     except ValueError as e:
         raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"{path}: cannot read: {e.strerror or e}") from None
+    except MemoryError:
+        raise CliError(f"{path}: too large to load into memory") from None
+    if len(trace) == 0:
+        raise CliError(f"{path}: the trace has no events")
+    return trace
+
+
+def check_readable_kind(path: str) -> None:
+    """Refuse devices and sockets (``/dev/zero`` would be read until memory runs out);
+    regular files and pipes (``/dev/stdin``) are read."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # open() will say what is wrong
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        raise CliError(f"{path}: not a regular file or a pipe; expected a trace or snapshot file")
 
 
 def capacity_arg(args: argparse.Namespace) -> Optional[int]:
@@ -95,7 +143,17 @@ def capacity_arg(args: argparse.Namespace) -> Optional[int]:
         raise CliError(str(e)) from None
     if cap == 0:
         raise CliError("--capacity: must be > 0")
+    if cap > MAX_CAPACITY:
+        raise CliError(f"--capacity: must be <= 4096 PiB (2**62 bytes), got {args.capacity}")
     return cap
+
+
+def check_config_fits(cfg: PoolConfig, capacity: int, flag: str) -> None:
+    """Settings a pool of ``capacity`` bytes cannot even start with."""
+    initial = int(cfg.initial_pool_size)  # an int once PoolConfig has validated it
+    if initial > capacity:
+        raise CliError(f"{flag}: initial_pool_size ({format_size(initial)}) is more than "
+                       f"the replay's device capacity ({format_size(capacity)}); lower it or raise --capacity")
 
 
 def _torch_lines(trace: Trace, result: ReplayResult) -> List[str]:
@@ -180,16 +238,18 @@ def write_reports(result: ReplayResult, directory: str) -> Dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        trace = load_trace(args)
+        # Options first, so that a typo fails before a long load.
         cap = capacity_arg(args)
         try:
             cfg = PoolConfig.from_string(args.config)
         except (TypeError, ValueError) as e:
             raise CliError(f"--config: {e}") from None
+        trace = load_trace(args)
         if args.save_trace:
             trace.save(args.save_trace)
-        result = replay(trace, cfg, capacity=cap if cap is not None else default_capacity(trace),
-                        at_peak=True)
+        capacity = cap if cap is not None else default_capacity(trace)
+        check_config_fits(cfg, capacity, "--config")
+        result = replay(trace, cfg, capacity=capacity, at_peak=True)
     except CliError as e:
         print(f"pypool replay: error: {e}", file=sys.stderr)
         return 2

@@ -11,8 +11,9 @@ yet and reports an empty one).
 from __future__ import annotations
 
 import argparse
-import pickle
+import os
 import sys
+from typing import Any, Dict
 
 HELP = "fragmentation report of a memory snapshot file (pypool's or torch's) or of a device's pool"
 
@@ -28,26 +29,89 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fail(msg: str) -> int:
-    print(f"pypool report: {msg}", file=sys.stderr)
-    return 1
+    """Bad input (a file, an option): one line, status 2 (Note [CLI errors] in __main__)."""
+    print(f"pypool report: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _load(path: str) -> Dict[str, Any]:
+    """The snapshot dict in ``path`` (gzip or not); ValueError/OSError naming the file."""
+    from .trace import FORMAT_HEADER, _read_maybe_gzipped, _safe_unpickle
+
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a directory; expected a snapshot pickle")
+    from ._cli_replay import CliError, check_readable_kind
+
+    try:
+        check_readable_kind(path)
+    except CliError as e:
+        raise ValueError(str(e)) from None
+    data = _read_maybe_gzipped(path)
+    if data.lstrip().startswith(FORMAT_HEADER.encode()):
+        raise ValueError(f"{path}: is a pypool trace (allocation events), not a memory snapshot; "
+                         f"`python -m pypool replay {path} --report DIR` writes its reports")
+    if data[:1] != b"\x80":
+        raise ValueError(f"{path}: not a memory snapshot: expected a pickle from pypool.dump_snapshot "
+                         "or torch.cuda.memory._dump_snapshot")
+    snap = _safe_unpickle(data, path)
+    if isinstance(snap, list):  # older torch: the bare segment list
+        snap = {"segments": snap, "device_traces": []}
+    if not isinstance(snap, dict) or "segments" not in snap:
+        raise ValueError(f"{path}: not a memory snapshot: expected a pickled dict with 'segments', "
+                         f"found a pickled {type(snap).__name__}")
+    if not isinstance(snap["segments"], list):
+        raise ValueError(f"{path}: not a memory snapshot: 'segments' must be a list, got "
+                         f"{type(snap['segments']).__name__}")
+    for i, seg in enumerate(snap["segments"]):
+        _check_fields(seg, f"{path}: segments[{i}]", _SEGMENT_INTS)
+        blocks = seg.get("blocks", [])
+        if not isinstance(blocks, list):
+            raise ValueError(f"{path}: segments[{i}].blocks: expected a list, got {type(blocks).__name__}")
+        for j, b in enumerate(blocks):
+            _check_fields(b, f"{path}: segments[{i}].blocks[{j}]", _BLOCK_INTS)
+    return snap
+
+
+_SEGMENT_INTS = ("device", "address", "total_size", "allocated_size", "active_size", "requested_size", "stream")
+_BLOCK_INTS = ("address", "size", "requested_size")
+
+
+def _check_fields(d: Any, at: str, ints: Any) -> None:
+    """Byte counts and addresses in a snapshot must be non-negative ints: a hand-made or
+    damaged file would otherwise give negative sizes in the report."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{at}: expected a dict, got {type(d).__name__}")
+    for key in ints:
+        v = d.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"{at}: {key!r} must be a non-negative int, got {v!r}"[:300])
 
 
 def run(args: argparse.Namespace) -> int:
     from .fragmentation import FragmentationReport, fragmentation
-    from .snapshot import load_snapshot
 
     if args.device is not None and args.device < 0:
         return _fail(f"--device: must be >= 0, got {args.device}")
     if args.snapshot:
-        try:
-            data = load_snapshot(args.snapshot)
-            report = FragmentationReport.from_snapshot(data, device=args.device)
-        except FileNotFoundError:
+        if not os.path.exists(args.snapshot):
             return _fail(f"{args.snapshot}: no such file")
-        except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError) as exc:
-            return _fail(f"{args.snapshot}: cannot read a memory snapshot ({exc})")
+        try:
+            data = _load(args.snapshot)
+        except ValueError as exc:
+            return _fail(str(exc))
+        except OSError as exc:
+            return _fail(f"{args.snapshot}: cannot read: {exc.strerror or exc}")
+        try:
+            report = FragmentationReport.from_snapshot(data, device=args.device)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+            # A hand-made or damaged snapshot: segments or blocks lack fields or have the
+            # wrong types.
+            return _fail(f"{args.snapshot}: cannot read a memory snapshot ({type(exc).__name__}: {exc})"[:400])
     else:
-        report = fragmentation(args.device)
+        try:
+            report = fragmentation(args.device)
+        except ValueError as exc:
+            return _fail(str(exc))
     if args.json:
         print(report.to_json())
     else:
@@ -59,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
     if args.png:
         try:
             report.save_png(args.png)
-        except ImportError as exc:
-            return _fail(str(exc))
+        except ImportError as exc:  # a missing extra, not bad input: status 1
+            print(f"pypool report: {exc}", file=sys.stderr)
+            return 1
         print(f"wrote {args.png}", file=sys.stderr)
     return 0

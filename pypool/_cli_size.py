@@ -13,8 +13,9 @@ import argparse
 import json
 import sys
 
-from ._cli_replay import CliError, add_trace_arguments, capacity_arg, load_trace
+from ._cli_replay import CliError, add_trace_arguments, capacity_arg, check_config_fits, load_trace
 from .config import PoolConfig
+from .replay import default_capacity
 from .sizing import OBJECTIVES, suggest_config
 
 HELP = "suggest pool settings (PYPOOL_CONF) and the smallest max_pool_size for a trace"
@@ -36,15 +37,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        trace = load_trace(args)
+        # Options first, so that a typo fails before a long load.
         cap = capacity_arg(args)
-        try:
-            base = PoolConfig.from_string(args.base)
-            cands = [PoolConfig.from_string(c, base) for c in args.candidates] if args.candidates else None
-        except (TypeError, ValueError) as e:
-            raise CliError(str(e)) from None
         if args.jobs is not None and args.jobs < 1:
             raise CliError(f"--jobs: must be >= 1, got {args.jobs}")
+        if args.top < 1:
+            raise CliError(f"--top: must be >= 1, got {args.top}")
+        try:
+            base = PoolConfig.from_string(args.base)
+        except (TypeError, ValueError) as e:
+            raise CliError(f"--base: {e}") from None
+        cands = None
+        if args.candidates:
+            cands = []
+            for c in args.candidates:
+                try:
+                    cands.append(PoolConfig.from_string(c, base))
+                except (TypeError, ValueError) as e:
+                    raise CliError(f"--candidates {c!r}: {e}") from None
+        trace = load_trace(args)
+        capacity = cap if cap is not None else default_capacity(trace)
+        for flag, c in [("--base", base)] + [("--candidates", c) for c in cands or []]:
+            check_config_fits(c, capacity, flag)
         advice = suggest_config(trace, capacity=cap, objective=args.objective, candidates=cands,
                                 jobs=args.jobs, base=base, allow_expandable=not args.no_expandable)
     except CliError as e:
@@ -53,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(advice.to_dict()))
     else:
-        print(advice.to_text(top=max(1, args.top)))
+        print(advice.to_text(top=args.top))
     return 0

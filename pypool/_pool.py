@@ -18,14 +18,49 @@ InvariantError = _core.InvariantError
 
 _BACKENDS = ("host", "null", "cuda")
 DEFAULT_HOST_CAPACITY = 80 << 30
+# Note [Ranges before the binding]: pybind11 rejects an int that does not fit the C++
+# parameter with a TypeError listing overloads ("incompatible function arguments"),
+# which names neither the argument nor its range. So every int is range-checked here,
+# against the C++ type's limits, before it reaches _core.
+_U64_MAX = (1 << 64) - 1  # pointers (uintptr_t) and streams (cudaStream_t as an integer)
 
 
-def _check_int(value: Any, name: str, minimum: int = 0) -> int:
+def _check_int(value: Any, name: str, minimum: int = 0, maximum: Optional[int] = None,
+               what: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    if value < minimum or (maximum is not None and value > maximum):
+        hi = "" if maximum is None else f"..{maximum if maximum < (1 << 32) else hex(maximum)}"
+        raise ValueError(f"{name}: must be in {minimum}{hi}{' ' + what if what else ''}, got {value}"
+                         if maximum is not None else f"{name}: must be >= {minimum}, got {value}")
     return value
+
+
+def _check_ptr(value: Any, name: str = "ptr") -> int:
+    return _check_int(value, name, 0, _U64_MAX, "(a 64-bit address)")
+
+
+def _check_stream(value: Any, name: str = "stream") -> int:
+    return _check_int(value, name, 0, _U64_MAX, "(a cudaStream_t as a 64-bit integer)")
+
+
+def _check_device(value: Any, name: str = "device") -> int:
+    return _check_int(value, name, 0, _core.MAX_DEVICES - 1, "(pypool handles up to "
+                      f"{_core.MAX_DEVICES} devices)")
+
+
+# The largest host/null capacity: far beyond any machine (a replay may assume a device
+# twice a trace's peak) and far from 64-bit overflow in the pool's size arithmetic.
+MAX_CAPACITY = 1 << 62
+
+
+def _check_capacity(value: Any) -> int:
+    cap = DEFAULT_HOST_CAPACITY if value is None else parse_size(value, "capacity")
+    if cap == 0:
+        raise ValueError("capacity: must be > 0")
+    if cap > MAX_CAPACITY:
+        raise ValueError(f"capacity: must be <= 4096 PiB (2**62 bytes), got {cap}")
+    return cap
 
 
 class Pool:
@@ -56,7 +91,7 @@ class Pool:
     ) -> None:
         if not isinstance(backend, str) or backend not in _BACKENDS:
             raise ValueError(f"backend: must be one of {_BACKENDS}, got {backend!r}")
-        _check_int(device, "device")
+        _check_device(device)
         self.config: PoolConfig = PoolConfig.coerce(config, **overrides)
         self._host: Optional[_core.HostBackend] = None
         if backend == "cuda":
@@ -64,9 +99,7 @@ class Pool:
                 raise ValueError("capacity: only for the host and null backends (a GPU has its own)")
             be = _core.make_cuda_backend(device)
         else:
-            cap = DEFAULT_HOST_CAPACITY if capacity is None else parse_size(capacity, "capacity")
-            if cap == 0:
-                raise ValueError("capacity: must be > 0")
+            cap = _check_capacity(capacity)
             if backend == "host":
                 self._host = _core.HostBackend(cap)
                 be = self._host
@@ -93,23 +126,23 @@ class Pool:
         met after releasing cached memory; the pool stays usable.
         """
         _check_int(size, "size")
-        _check_int(stream, "stream")
+        _check_stream(stream)
         if size > _core.MAX_REQUEST:
             raise ValueError(f"size: {size} bytes is beyond any device (limit {_core.MAX_REQUEST})")
         return self._pool.malloc(size, stream)
 
     def free(self, ptr: int) -> None:
         """Return an allocation to the pool (cached for reuse, not given back to the device)."""
-        self._pool.free(_check_int(ptr, "ptr"))
+        self._pool.free(_check_ptr(ptr))
 
     def record_stream(self, ptr: int, stream: int) -> None:
         """Mark ``ptr`` as used on ``stream``: after ``free`` it is not reused until the
         work queued on ``stream`` by then has completed (``Tensor.record_stream``)."""
-        self._pool.record_stream(_check_int(ptr, "ptr"), _check_int(stream, "stream"))
+        self._pool.record_stream(_check_ptr(ptr), _check_stream(stream))
 
     def size_of(self, ptr: int) -> int:
         """Block size (rounded) of a live allocation."""
-        return self._pool.size_of(_check_int(ptr, "ptr"))
+        return self._pool.size_of(_check_ptr(ptr))
 
     # ------------------------------------------------------------------ cache
     def empty_cache(self) -> None:
@@ -165,7 +198,7 @@ class Pool:
 
     def live_blocks(self, min_seq: int = 0) -> List[Dict[str, Any]]:
         """Live allocations with allocation sequence number >= ``min_seq``."""
-        return self._pool.live_blocks(min_seq)
+        return self._pool.live_blocks(_check_int(min_seq, "min_seq", 0, _U64_MAX))
 
     def fragmentation(self) -> "FragmentationReport":
         """A :class:`~pypool.fragmentation.FragmentationReport` of this pool now."""

@@ -1,11 +1,11 @@
 """Which pool a report, snapshot or history call is about (shared by those modules).
 
-Note [Reports never create pools]: the registry makes a device's pool on first use and
-configures itself with defaults when nothing configured it. A report that created the
-pool would freeze those defaults, and a later ``pypool.install(...)`` with other
-settings would fail. So reading functions (:func:`fragmentation`, :func:`snapshot`) look
-a registry pool up without creating it and report an empty pool when there is none;
-only :func:`record_history` creates one, and only once the registry is configured.
+Note [Reports never create pools]: a pool, once made, fixes the registry's settings, and
+on a GPU it retains the device's context. So reading functions (:func:`fragmentation`,
+:func:`snapshot`) look a registry pool up without creating it and report an empty pool
+when there is none; :func:`record_history` creates one, configuring the registry from
+``$PYPOOL_CONF`` when nothing did yet. The whole rule: Note [Pools before install] in
+``memory.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from . import _core
 from ._pool import Pool
-from .memory import _device_index
+from .memory import _checked_device, _device_index, _ensure_registry
 
 __all__ = ["resolve_pool"]
 
@@ -34,13 +34,10 @@ def resolve_pool(device: Any, pool: Any, create: bool, what: str) -> "tuple[Opti
         if device is not None and _device_index(device) != pool.device:
             raise ValueError(f"{what}: device={device} does not match pool.device={pool.device}")
         return pool, pool.device
-    d = _device_index(device)  # None: torch's current device once CUDA is up, else 0
+    d = _checked_device(device)  # None: torch's current device once CUDA is up, else 0
     if _core.registry_has_pool(d):
         return Pool._wrap(_core.registry_pool(d)), d
     if not create:
         return None, d
-    if not _core.registry_configured():
-        raise RuntimeError(
-            f"{what}: pypool is not installed yet (no pool for device {d}); call "
-            "pypool.install(...) first, or pass pool= for a Pool of your own")
+    _ensure_registry()  # Note [Pools before install]
     return Pool._wrap(_core.registry_pool(d)), d

@@ -20,6 +20,7 @@ _UNITS = {
     "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
     "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
     "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
+    "p": 1024**5, "pb": 1000**5, "pib": 1024**5,
 }
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
@@ -27,8 +28,8 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 def parse_size(value: SizeLike, name: str = "size") -> int:
     """Parse a byte count: an int, or a string such as ``"512MiB"``, ``"40GB"``, ``"2 GiB"``.
 
-    Binary units (KiB, MiB, GiB, TiB, and the bare K, M, G, T) are powers of 1024;
-    decimal units (KB, MB, GB, TB) are powers of 1000. Raises ``TypeError`` or
+    Binary units (KiB, MiB, GiB, TiB, PiB, and the bare K, M, G, T, P) are powers of
+    1024; decimal units (KB, MB, GB, TB, PB) are powers of 1000. Raises ``TypeError`` or
     ``ValueError`` naming ``name``.
     """
     if isinstance(value, bool) or not isinstance(value, (int, str)):
@@ -130,9 +131,20 @@ class PoolConfig:
             if isinstance(value, str) and name in _OPTIONAL_SIZES and value.strip().lower() in ("none", "unlimited"):
                 object.__setattr__(self, name, None)
                 continue
-            object.__setattr__(self, name, parse_size(value, f"PoolConfig.{name}"))
+            size = parse_size(value, f"PoolConfig.{name}")
+            # Note [Ranges before the binding] (in _pool.py): a value that does not fit
+            # the C++ field would fail in pybind11 without naming the field.
+            if size > _core.MAX_REQUEST:
+                hint = " or None for no limit" if name in _OPTIONAL_SIZES else ""
+                raise ValueError(f"PoolConfig.{name}: must be <= 1 PiB ({_core.MAX_REQUEST} bytes, "
+                                 f"the largest size pypool handles){hint}; got {size}")
+            object.__setattr__(self, name, size)
         if isinstance(self.round_up_divisions, bool) or not isinstance(self.round_up_divisions, int):
-            raise TypeError("PoolConfig.round_up_divisions: expected an int")
+            raise TypeError(f"PoolConfig.round_up_divisions: expected an int, got "
+                            f"{type(self.round_up_divisions).__name__}")
+        if not 0 <= self.round_up_divisions <= 64:
+            raise ValueError("PoolConfig.round_up_divisions: must be 0, 1 or a power of two <= 64, "
+                             f"got {self.round_up_divisions}")
         for name in ("expandable_segments", "reclaim_before_grow"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"PoolConfig.{name}: expected a bool")
@@ -144,7 +156,11 @@ class PoolConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise TypeError(f"PoolConfig.{name}: expected a float")
-            object.__setattr__(self, name, float(v))
+            try:
+                object.__setattr__(self, name, float(v))
+            except OverflowError:
+                raise ValueError(f"PoolConfig.{name}: out of range (an int too large for a "
+                                 "float)") from None
         if self.memory_fraction is not None and not (0.0 < self.memory_fraction <= 1.0):
             raise ValueError(f"PoolConfig.memory_fraction: must be in (0, 1], got {self.memory_fraction}")
         self.to_core().validate()  # the C++ rules, raising ValueError("PoolConfig.<field>: ...")
@@ -204,8 +220,18 @@ class PoolConfig:
 
     @classmethod
     def from_env(cls, var: str = "PYPOOL_CONF", base: Optional["PoolConfig"] = None) -> "PoolConfig":
-        """Read ``$PYPOOL_CONF`` (e.g. ``max_pool_size:40GiB,round_up_divisions:4``)."""
-        return cls.from_string(os.environ.get(var, ""), base)
+        """Read ``$PYPOOL_CONF`` (e.g. ``max_pool_size:40GiB,round_up_divisions:4``).
+
+        A bad value raises ``ValueError`` / ``TypeError`` naming the variable, its value
+        and the field (never silently ignored)."""
+        text = os.environ.get(var, "")
+        try:
+            return cls.from_string(text, base)
+        except (TypeError, ValueError) as e:
+            msg = str(e)
+            if msg.startswith("PYPOOL_CONF: "):
+                msg = msg[len("PYPOOL_CONF: "):]
+            raise type(e)(f"{var}={text!r}: {msg}") from None
 
     @classmethod
     def coerce(cls, config: Union["PoolConfig", Mapping[str, Any], str, None] = None, **overrides: Any) -> "PoolConfig":

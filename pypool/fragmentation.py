@@ -481,7 +481,9 @@ def fragmentation(device: Optional[int] = None) -> FragmentationReport:
     """Fragmentation report of the pool pypool's registry holds for ``device`` (what
     torch allocates from once pypool is installed); default: torch's current device if
     CUDA is initialized, else 0. A device with no pool yet gets an empty report, and no
-    pool is created (Note [Reports never create pools] in ``_target.py``)."""
+    pool is created (Note [Reports never create pools] in ``_target.py``); a device that
+    does not exist raises ``ValueError`` (Note [Pools before install] in
+    :mod:`pypool.memory`)."""
     from ._target import resolve_pool
 
     pool, d = resolve_pool(device, None, create=False, what="fragmentation")

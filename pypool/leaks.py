@@ -49,7 +49,7 @@ from typing import (Any, Callable, Deque, Dict, Iterable, List, Optional, Sequen
 from . import _context, _core
 from ._pool import Pool
 from .config import SizeLike, format_size, parse_size
-from .memory import _device_index
+from .memory import _checked_device, _ensure_registry
 
 __all__ = [
     "track_leaks",
@@ -457,13 +457,8 @@ def _resolve_pool(pool: Optional[PoolLike], device: Any) -> Tuple[Any, int]:
         else:
             raise TypeError(f"pool: expected a pypool.Pool, got {type(pool).__name__}")
         return core, int(core.device)
-    d = _device_index(device)
-    if not _core.registry_has_pool(d) and not _core.registry_configured():
-        # Making the pool now would fix the registry's settings before pypool.install()
-        # chooses them: refuse instead.
-        raise RuntimeError(
-            f"device: pypool has no pool for device {d} yet and is not installed "
-            "(call pypool.install() first, or pass pool= to watch a pypool.Pool)")
+    d = _checked_device(device)
+    _ensure_registry()  # Note [Pools before install] in memory.py
     return _core.registry_pool(d), d
 
 
@@ -551,6 +546,10 @@ def track_leaks(capture_stacks: bool = True, device: Any = None,
             Without it, leaks are grouped by size and stream.
         device: the registry pool (the one torch allocates from) of this device;
             default: the current CUDA device once torch has initialised CUDA, else 0.
+            The pool is made if it does not exist yet, from ``$PYPOOL_CONF`` before
+            ``install()`` and on the host backend without a GPU (Note [Pools before
+            install] in :mod:`pypool.memory`); a device that does not exist raises
+            ``ValueError``.
         pool: a :class:`pypool.Pool` to watch instead of a registry pool.
 
     Returns a :class:`LeakTracker`; use it as a context manager::
@@ -850,11 +849,24 @@ _exit_check_enabled = False
 _exit_lock = threading.Lock()
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
 def exit_check_requested(environ: Optional[Dict[str, str]] = None) -> bool:
-    """Whether ``PYPOOL_LEAK_CHECK`` asks for the exit check (any value but empty, 0,
-    false, no, off)."""
+    """Whether ``PYPOOL_LEAK_CHECK`` asks for the exit check: ``1``, ``true``, ``yes`` or
+    ``on`` (any case) turn it on; unset, empty, ``0``, ``false``, ``no`` or ``off`` leave
+    it off. Any other value leaves it off too, with a ``RuntimeWarning`` naming the
+    variable (a typo must neither switch the check on nor pass unnoticed; a warning rather
+    than an error, because ``import pypool`` reads it)."""
     value = (os.environ if environ is None else environ).get("PYPOOL_LEAK_CHECK", "")
-    return value.strip().lower() not in ("", "0", "false", "no", "off")
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v not in _FALSE:
+        warnings.warn(f"PYPOOL_LEAK_CHECK={value!r} is not understood (expected 1/true/yes/on or "
+                      "0/false/no/off); the exit leak check stays off", RuntimeWarning, stacklevel=2)
+    return False
 
 
 def enable_exit_check() -> None:

@@ -10,17 +10,39 @@ registry runs on the host backend). They keep working where PyTorch's own
 torch has initialized CUDA, else 0), an int, ``"cuda"`` / ``"cuda:1"``, a
 ``torch.device`` or a ``torch.cuda.device``.
 
-Note [Stats never make a pool]: reading the statistics of a device that has no pool yet
-returns zeros instead of creating the pool. Creating one would, on the CUDA backend,
-retain the device's primary context (hundreds of MiB on a GPU the process may never
-use) and, with ``initial_pool_size``, reserve memory. Only :func:`get_pool` and
-:func:`mem_get_info`, which need a live pool, create it.
+Note [Pools before install]: one rule for every module-level function
+(:func:`get_pool`, :func:`mem_get_info`, the statistics, :func:`pypool.fragmentation`,
+:func:`pypool.snapshot`, :func:`pypool.dump_snapshot`, :func:`pypool.record_history`,
+:func:`pypool.track_leaks`, :class:`pypool.LeakWatch`), with or without a GPU and with or
+without :func:`pypool.install`:
+
+* they work on the process-wide registry pools, one per device. The first function that
+  needs a pool configures the registry, when nothing (``install()``) did yet, the way
+  ``install()`` would: settings from ``$PYPOOL_CONF`` (a bad value raises ``ValueError``
+  naming the variable), the CUDA backend when pypool sees a GPU, else the **host
+  backend**: memory from the OS, standing in for one device (device 0) whose capacity is
+  the machine's physical memory. Every figure then comes from that backend, and says so
+  (``Pool.backend_name``, the ``backend`` of a snapshot, the title of
+  :func:`memory_summary`);
+* functions that need a live pool (:func:`get_pool`, :func:`mem_get_info`,
+  ``record_history``, ``track_leaks``, ``LeakWatch``) make it; functions that only read
+  (the statistics, :func:`memory_summary`, ``fragmentation``, ``snapshot``,
+  ``dump_snapshot``) never do: a device without a pool reads as empty. Making a pool on
+  the CUDA backend retains the device's primary context (hundreds of MiB on a GPU the
+  process may never use) and, with ``initial_pool_size``, reserves memory;
+* a device index that names no device (beyond the GPUs pypool sees; beyond device 0 on
+  the host backend, unless a pool was made for it through the C ABI) raises
+  ``ValueError`` in every one of them.
+
+On a GPU machine, call ``install()`` first anyway: a pool made before it fixes the
+settings, and ``install()`` with other settings than ``$PYPOOL_CONF``'s then raises.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import re
 import sys
 from typing import Any, Dict, List, Optional, Tuple
@@ -107,6 +129,74 @@ def _device_index(device: Any, name: str = "device") -> int:
 # ---------------------------------------------------------------------------- pools
 
 
+# Note [Pools before install] (module docstring): the host backend stands in for this
+# many devices when pypool configured the registry itself on a machine without a GPU.
+HOST_DEVICES = 1
+_FALLBACK_HOST_CAPACITY = 80 << 30
+
+
+def host_capacity() -> Tuple[int, str]:
+    """(bytes, where the figure comes from): the capacity the registry's host backend
+    gets when pypool configures it on a machine without a GPU."""
+    try:
+        n = int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        n = 0
+    if n <= 0:
+        return _FALLBACK_HOST_CAPACITY, "a fixed 80 GiB (the machine's memory size is unknown)"
+    return min(n, _core.MAX_REQUEST), "the machine's physical memory"
+
+
+def _pending_config() -> PoolConfig:
+    """The settings the registry has, or would get from ``$PYPOOL_CONF`` when configured
+    now (raises ValueError naming PYPOOL_CONF for a bad value)."""
+    if _core.registry_configured():
+        return _registry_pool_config()
+    return PoolConfig.from_env()
+
+
+def _ensure_registry() -> None:
+    """Configure the registry as install() would, unless something already did
+    (Note [Pools before install])."""
+    if _core.registry_configured():
+        return
+    cfg = PoolConfig.from_env()
+    n, _ = _core.cuda_device_count()
+    if n > 0:
+        # The same call install() makes, so install() with $PYPOOL_CONF's settings
+        # still succeeds afterwards.
+        _core.registry_configure("cuda", cfg.to_core(), 0)
+    else:
+        _core.registry_configure("host", cfg.to_core(), host_capacity()[0])
+
+
+def _registry_kind() -> str:
+    """The backend the registry's pools have or will have: 'cuda', 'host' or 'null'."""
+    if _core.registry_configured():
+        kind = str(_core.registry_backend())
+        if kind != "auto":
+            return kind
+    return "cuda" if _core.cuda_device_count()[0] > 0 else "host"
+
+
+def _checked_device(device: Any, name: str = "device") -> int:
+    """:func:`_device_index`, and the device must exist (Note [Pools before install])."""
+    d = _device_index(device, name)
+    if d < _core.MAX_DEVICES and _core.registry_has_pool(d):
+        return d  # the common case, and no device count asked
+    kind = _registry_kind()
+    if kind == "cuda":
+        n, why = _core.cuda_device_count()
+        if d >= n:
+            seen = f"devices 0..{n - 1}" if n else f"no GPU ({why})" if why else "no GPU"
+            raise ValueError(f"{name}: no CUDA device {d} (pypool sees {seen})")
+    elif d >= HOST_DEVICES:
+        raise ValueError(
+            f"{name}: no device {d}: pypool sees no GPU here, and its {kind} backend stands in "
+            f"for device 0 only")
+    return d
+
+
 def _existing_pool(device: int) -> Optional["_core.DevicePool"]:
     """The registry's pool of ``device``, or None if it has none yet (never creates one)."""
     if not _core.registry_has_pool(device):
@@ -118,15 +208,19 @@ def _registry_pool_config() -> PoolConfig:
     """The registry's settings as a PoolConfig."""
     if _installed_config is not None:
         return _installed_config
-    core = _core.registry_config()
+    return _config_of(_core.registry_config())
+
+
+def _config_of(core: "_core.Config") -> PoolConfig:
+    """A native config as a PoolConfig."""
     fields: Dict[str, Any] = {}
     for f in (field.name for field in dataclasses.fields(PoolConfig)):
-        if f == "memory_fraction":  # not a native setting (see pypool._torch)
-            continue
         v = getattr(core, f)
         if f == "growth":
             v = v.name
         elif f in ("max_pool_size", "max_split_size") and v == _core.UNLIMITED:
+            v = None
+        elif f == "memory_fraction" and v == 0:
             v = None
         fields[f] = v
     return PoolConfig(**fields)
@@ -137,10 +231,17 @@ def get_pool(device: Any = None) -> Pool:
 
     Everything a :class:`Pool` offers works on it (``segments()``, ``check_invariants()``,
     ``live_blocks()``, ``set_memory_fraction()``...); it is the pool torch allocates from
-    after :func:`pypool.install`.
+    after :func:`pypool.install`. Before ``install()`` the pool gets ``$PYPOOL_CONF``'s
+    settings, and on a machine without a GPU it is a host-backend pool (Note [Pools
+    before install] in :mod:`pypool.memory`).
+
+    Raises ``ValueError`` for a device that does not exist and for a bad ``$PYPOOL_CONF``.
     """
-    d = _device_index(device)
-    return Pool._wrap(_core.registry_pool(d), _registry_pool_config())
+    d = _checked_device(device)
+    _ensure_registry()
+    core = _core.registry_pool(d)
+    cfg = _installed_config if _installed_config is not None else _config_of(core.config)
+    return Pool._wrap(core, cfg)
 
 
 _ZERO_TEMPLATE: Optional[Dict[str, int]] = None
@@ -155,8 +256,8 @@ def _zero_stats() -> Dict[str, int]:
         probe = _core.DevicePool(_core.Config(), _core.make_null_backend(1 << 30), 0)
         _ZERO_TEMPLATE = {k: (v if k == "stats_version" else 0) for k, v in probe.memory_stats().items()}
     stats = dict(_ZERO_TEMPLATE)
-    cap = _core.registry_config().max_pool_size
-    stats["max_pool_size"] = -1 if cap == _core.UNLIMITED else int(cap)
+    cap = _pending_config().max_pool_size  # what the pool will have, once made
+    stats["max_pool_size"] = -1 if cap is None else int(cap)
     return stats
 
 
@@ -168,9 +269,11 @@ def memory_stats(device: Any = None) -> Dict[str, int]:
 
     Keys are sorted, as torch returns them: ``"allocated_bytes.all.current"``,
     ``"reserved_bytes.large_pool.peak"``, ``"requested_bytes.all.current"``,
-    ``"num_ooms"``, ... A device whose pool has not allocated yet reports zeros.
+    ``"num_ooms"``, ... A device whose pool has not allocated yet reports zeros (and the
+    ``max_pool_size`` its pool will get); a device that does not exist raises
+    ``ValueError`` (Note [Pools before install]).
     """
-    pool = _existing_pool(_device_index(device))
+    pool = _existing_pool(_checked_device(device))
     stats = pool.memory_stats() if pool is not None else _zero_stats()
     return collections.OrderedDict(sorted(stats.items()))
 
@@ -209,14 +312,14 @@ def max_memory_reserved(device: Any = None) -> int:
 
 def reset_peak_memory_stats(device: Any = None) -> None:
     """Set every ``*.peak`` statistic of ``device`` to its current value."""
-    pool = _existing_pool(_device_index(device))
+    pool = _existing_pool(_checked_device(device))
     if pool is not None:
         pool.reset_peak_memory_stats()
 
 
 def reset_accumulated_memory_stats(device: Any = None) -> None:
     """Restart the ``*.allocated`` / ``*.freed`` totals and event counters of ``device``."""
-    pool = _existing_pool(_device_index(device))
+    pool = _existing_pool(_checked_device(device))
     if pool is not None:
         pool.reset_accumulated_memory_stats()
 
@@ -229,8 +332,12 @@ def empty_cache() -> None:
 
 
 def mem_get_info(device: Any = None) -> Tuple[int, int]:
-    """``(free, total)`` bytes of the device as its backend sees it (``cudaMemGetInfo``
-    on a GPU; the host backend's capacity and use on CPU). Makes the pool if needed."""
+    """``(free, total)`` bytes of the device as its backend sees it: ``cuMemGetInfo`` on
+    a GPU. On a machine without a GPU the pools run on the host backend (Note [Pools
+    before install]): total is its capacity (the machine's physical memory unless the
+    registry was configured otherwise) and free is that minus what the pool holds; only
+    device 0 exists there. Makes the pool if needed; ``ValueError`` for a device that does
+    not exist."""
     return get_pool(device).mem_info()
 
 
@@ -266,14 +373,17 @@ def memory_summary(device: Any = None, abbreviated: bool = False) -> str:
     signature): current, peak, total allocated and total freed of every byte and count
     statistic, split by small and large pool unless ``abbreviated``, then the event
     counters and the pool's fragmentation."""
-    d = _device_index(device)
+    d = _checked_device(device)
     pool = _existing_pool(d)
     stats = pool.memory_stats() if pool is not None else _zero_stats()
-    backend = pool.backend_name if pool is not None else _core.registry_backend()
+    backend = pool.backend_name if pool is not None else _registry_kind()
     cap = stats["max_pool_size"]
     width = 78
     lines: List[str] = []
-    where = "backend not chosen yet" if backend == "auto" else f"{backend} backend"
+    where = f"{backend} backend"
+    if backend == "host" and pool is not None:
+        # Say where the figures come from: no GPU is involved (Note [Pools before install]).
+        where += f": no GPU, capacity {format_size(pool.mem_info()[1])}"
     title = f"pypool memory summary, device {d} ({where}), cap {format_size(None if cap < 0 else cap)}"
     lines.append("=" * width)
     lines.append(title)

@@ -41,6 +41,8 @@ _lock = threading.Lock()
 # (the reference keeps the id from being reused while we hold capture).
 _capturing: Dict[int, Any] = {}
 
+MAX_HISTORY = 1 << 26  # ring entries record_history accepts (each is tens of bytes)
+
 _CONFIG_FIELDS = (
     "max_pool_size", "min_block_size", "small_size", "small_segment_size", "large_segment_size",
     "min_large_alloc", "round_large", "round_up_divisions", "max_split_size",
@@ -69,7 +71,10 @@ def record_history(
         stacks: ``"python"`` keeps the Python stack of every allocation (shown as
             ``frames`` in the snapshot); ``"none"`` keeps none (cheaper).
         device: which registry pool (default: torch's current device, else 0). The
-            registry must be configured (``pypool.install``) unless ``pool`` is given.
+            pool is made if it does not exist yet, from ``$PYPOOL_CONF`` before
+            ``install()`` and on the host backend without a GPU (Note [Pools before
+            install] in :mod:`pypool.memory`); a device that does not exist raises
+            ``ValueError``.
         pool: a :class:`~pypool.Pool` of your own instead of the registry's. While stack
             capture is on, its native pool is kept alive: turn history off
             (``record_history(False, pool=p)``) before dropping such a pool.
@@ -84,8 +89,10 @@ def record_history(
         raise ValueError(f"enabled: expected True, False, None, 'all' or 'state', got {enabled!r}")
     if stacks not in ("python", "none"):
         raise ValueError(f"stacks: expected 'python' or 'none', got {stacks!r}")
-    if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-        raise ValueError(f"max_entries: expected an int >= 1, got {max_entries!r}")
+    if isinstance(max_entries, bool) or not isinstance(max_entries, int) or not 1 <= max_entries <= MAX_HISTORY:
+        # The ring is allocated (and touched) up front: a huge size would take the
+        # machine's memory or reach pybind11 as an unconvertible int.
+        raise ValueError(f"max_entries: expected an int in 1..{MAX_HISTORY}, got {max_entries!r}")
     if mode == "state" and stacks == "none":
         raise ValueError("stacks: enabled='state' only keeps stacks, so stacks='none' would record nothing")
     target, _ = resolve_pool(device, pool, create=mode != "off", what="record_history")
@@ -119,13 +126,18 @@ def snapshot(device: Optional[int] = None, pool: Optional[Pool] = None) -> Dict[
     the pool's ``memory_stats`` (torch's tools ignore it; pypool's reports use it).
 
     Without ``pool``, the registry pool of ``device``; a device without a pool gives an
-    empty snapshot (no pool is created).
+    empty snapshot (no pool is created) with the settings the pool would get, and a
+    device that does not exist raises ``ValueError`` (Note [Pools before install] in
+    :mod:`pypool.memory`). ``allocator_settings["PYPOOL_CONF"]`` is the settings in effect
+    in ``PYPOOL_CONF`` syntax, not the environment variable.
     """
     target, d = resolve_pool(device, pool, create=False, what="snapshot")
     traces: List[List[Dict[str, Any]]] = [[] for _ in range(d + 1)]
     out: Dict[str, Any] = {"segments": [], "device_traces": traces}
     if target is None:
-        cfg = _core.registry_config() if _core.registry_configured() else _core.Config()
+        from .memory import _pending_config
+
+        cfg = _pending_config().to_core()  # what the pool will have, once made
         out["allocator_settings"] = _settings(cfg)
         out["pypool"] = _extra(d, None, None)
         return out
@@ -146,10 +158,17 @@ def snapshot(device: Optional[int] = None, pool: Optional[Pool] = None) -> Dict[
 def dump_snapshot(path: PathLike, device: Optional[int] = None, pool: Optional[Pool] = None) -> str:
     """Pickle :func:`snapshot` to ``path`` (what ``torch.cuda.memory._dump_snapshot``
     writes); returns the path."""
+    _check_path(path)
     data = snapshot(device=device, pool=pool)
     with open(path, "wb") as f:
         pickle.dump(data, f)
     return os.fspath(path)
+
+
+def _check_path(path: Any) -> None:
+    # open() takes an int as a file descriptor: it would use, then close, that one.
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -167,6 +186,7 @@ def load_snapshot(path: PathLike) -> Dict[str, Any]:
     """Read a snapshot pickle (pypool's or torch's ``_dump_snapshot``) safely: only plain
     data is accepted. A bare list of segments (older torch) becomes ``{"segments": ...}``.
     """
+    _check_path(path)
     with open(path, "rb") as f:
         data = _PlainUnpickler(f).load()
     if isinstance(data, list):
@@ -264,7 +284,11 @@ def _settings(cfg: Any) -> Dict[str, Any]:
         d[name] = v
     # The names torch itself reports, where pypool has the same setting.
     d["PYTORCH_CUDA_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
-    d["PYPOOL_CONF"] = os.environ.get("PYPOOL_CONF", "")
+    # The settings in effect, in PYPOOL_CONF syntax (not the variable, which install()'s
+    # arguments override and which may have changed since the pool was made).
+    from .memory import _config_of
+
+    d["PYPOOL_CONF"] = _config_of(cfg).to_string()
     d["roundup_power2_divisions"] = cfg.round_up_divisions
     return d
 

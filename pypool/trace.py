@@ -25,14 +25,21 @@ pypool trace format (``*.trace``, gzip-compressed when the path ends in ``.gz``)
     f 0 67108864 0 3.0
 
 * the first line is the header ``# pypool-trace v1``;
-* ``# name: ...`` and ``# meta: {json}`` lines (optional) carry the name and metadata;
-  any other line starting with ``#`` is a comment, blank lines are ignored;
+* ``# name: ...`` and ``# meta: {json object}`` lines (optional) carry the name and
+  metadata; any other line starting with ``#`` is a comment, and so is the rest of an
+  event line from a ``#`` on (``a 0 4096 0 0.0  # weights``); blank lines are ignored;
 * every other line is one event: ``action id size stream time_us`` separated by
   whitespace, where ``action`` is ``a`` (allocate) or ``f`` (free). ``stream`` and
   ``time_us`` may be left out (0); for a free, ``size`` may be left out too (the loader
   takes the allocation's size in every case);
 * ``id`` is any non-negative integer naming the allocation (an address will do); an id
-  may be used again once freed. The loader renumbers ids densely in allocation order.
+  may be used again once freed. The loader renumbers ids densely in allocation order;
+* ``size`` is 1 byte to 1 PiB, ``stream`` 0 to 2**63 - 1, ``time_us`` a finite number.
+
+A trace file is user input: :meth:`Trace.load` raises ``ValueError`` naming the file (and
+the line, or the snapshot entry and field) for anything it cannot use, including corrupt
+or truncated gzip data and pickles that are not torch snapshots, and ``OSError`` when the
+file cannot be read at all.
 
 :meth:`Trace.load` also reads the pickles written by
 ``torch.cuda.memory._dump_snapshot()`` (see :meth:`Trace.from_torch_snapshot`), and
@@ -44,8 +51,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -70,6 +79,13 @@ FORMAT_HEADER = "# pypool-trace v1"
 PathLike = Union[str, "os.PathLike[str]"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
+# Note [Trace limits]: the largest request a pool accepts (_core.MAX_REQUEST, kept here as
+# a literal so that traces load without the native module) and the stream range of the
+# int64 arrays. Checked at load time, so a bad file is refused with its line rather than
+# failing deep inside a replay.
+MAX_SIZE = 1 << 50
+MAX_STREAM = (1 << 63) - 1
+MAX_LIVE = 1 << 60  # live bytes at once: keeps every replay capacity within _pool.MAX_CAPACITY
 _ACTION_NAMES = {
     "a": ALLOC, "alloc": ALLOC, "malloc": ALLOC, ALLOC: ALLOC,
     "f": FREE, "free": FREE, FREE: FREE,
@@ -180,8 +196,8 @@ class Trace:
     def validate(self) -> None:
         """Check the event structure; raise ``ValueError`` naming the first bad event.
 
-        Rules: actions are 0 or 1; ids and streams are >= 0; allocations ask for at least
-        one byte; per id, events alternate allocate / free starting with an allocation
+        Rules: actions are 0 or 1; ids and streams are >= 0; allocations ask for 1 byte
+        to 1 PiB; times are finite; at most 2**60 bytes are live at once; per id, events alternate allocate / free starting with an allocation
         (an id may be allocated again after its free); a free's size is its allocation's.
         """
         n = len(self)
@@ -194,9 +210,13 @@ class Trace:
             bad = np.flatnonzero(arr < 0)
             if bad.size:
                 raise ValueError(f"{what}: event {bad[0]} has a negative value {arr[bad[0]]}")
-        bad = np.flatnonzero((self.actions == ALLOC) & (self.sizes <= 0))
+        bad = np.flatnonzero((self.actions == ALLOC) & ((self.sizes <= 0) | (self.sizes > MAX_SIZE)))
         if bad.size:
-            raise ValueError(f"sizes: allocation at event {bad[0]} asks for {self.sizes[bad[0]]} bytes (must be >= 1)")
+            raise ValueError(f"sizes: allocation at event {bad[0]} asks for {self.sizes[bad[0]]} bytes "
+                             "(must be 1 byte to 1 PiB)")
+        bad = np.flatnonzero(~np.isfinite(self.times))
+        if bad.size:
+            raise ValueError(f"times: event {bad[0]} has time {self.times[bad[0]]} (must be finite)")
         # Per id in event order, events must read a, f, a, f, ...
         order = np.lexsort((np.arange(n), self.ids))
         ids_sorted = self.ids[order]
@@ -219,6 +239,12 @@ class Trace:
             i = order[frees[np.argmax(mismatch)]]
             raise ValueError(f"event {i}: free of id {self.ids[i]} says {self.sizes[i]} bytes, "
                              f"its allocation asked for {self.sizes[order[frees[np.argmax(mismatch)] - 1]]}")
+        # In float64, which cannot wrap as the int64 sum of many huge sizes would.
+        live = np.cumsum(np.where(self.actions == ALLOC, 1.0, -1.0) * self.sizes)
+        if live.max() > MAX_LIVE:
+            i = int(np.argmax(live > MAX_LIVE))
+            raise ValueError(f"event {i}: more than 1024 PiB (2**60 bytes) live at once; "
+                             "no device holds that")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -264,21 +290,26 @@ class Trace:
                 size = ev[2] if len(ev) > 2 else None
                 stream = ev[3] if len(ev) > 3 else 0
                 t = ev[4] if len(ev) > 4 else 0.0
-            act = _ACTION_NAMES.get(action.lower() if isinstance(action, str) else action)
+            try:
+                act = _ACTION_NAMES.get(action.lower() if isinstance(action, str) else action)
+            except TypeError:  # unhashable
+                act = None
             if act is None:
                 raise ValueError(f"events[{i}]: unknown action {action!r} (expected 'a'/'alloc'/0 or 'f'/'free'/1)")
+            try:
+                hash(key)
+            except TypeError:
+                raise ValueError(f"events[{i}]: id must be hashable, got {type(key).__name__}") from None
             if act == ALLOC:
                 if key in live:
                     raise ValueError(f"events[{i}]: allocation of {key!r}, which is still live")
-                if size is None or int(size) <= 0:
-                    raise ValueError(f"events[{i}]: allocation of {key!r} needs a size >= 1, got {size!r}")
-                if int(stream) < 0:
-                    raise ValueError(f"events[{i}]: stream must be >= 0, got {stream!r}")
-                live[key] = (next_id, int(size), int(stream))
+                size = _event_int(size, i, "size", 1, MAX_SIZE, f"allocation of {key!r}: ")
+                stream = _event_int(stream, i, "stream", 0, MAX_STREAM)
+                live[key] = (next_id, size, stream)
                 actions.append(ALLOC)
                 ids.append(next_id)
-                sizes.append(int(size))
-                streams.append(int(stream))
+                sizes.append(size)
+                streams.append(stream)
                 next_id += 1
             else:
                 entry = live.pop(key, None)
@@ -291,7 +322,7 @@ class Trace:
                 ids.append(entry[0])
                 sizes.append(entry[1])
                 streams.append(entry[2])
-            times.append(float(t or 0.0))
+            times.append(_event_time(t, i))
         m = dict(meta or {})
         if skipped:
             m["skipped_unknown_frees"] = m.get("skipped_unknown_frees", 0) + skipped
@@ -305,24 +336,45 @@ class Trace:
         The format is detected from the content, not the name. ``device`` picks the
         device of a torch snapshot (default: the one with the most allocations).
         """
-        with open(path, "rb") as f:
-            data = f.read()
-        if data[:2] == _GZIP_MAGIC:
-            data = gzip.decompress(data)
-        stem = os.path.basename(os.fspath(path))
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            # open() takes an int as a file descriptor: it would read and close that one.
+            raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
+        where = os.fsdecode(path)
+        data = _read_maybe_gzipped(path)
+        stem = os.path.basename(where)
         if data[:1] == b"\x80":  # pickle protocol >= 2: a torch snapshot
-            snapshot = _safe_unpickle(data, os.fspath(path))
-            trace = cls.from_torch_snapshot(snapshot, device=device, name=stem)
-            trace.meta["path"] = os.fspath(path)
-            return trace
-        text = data.decode("utf-8")
-        if not text.lstrip().startswith(FORMAT_HEADER):
-            first = text.lstrip().splitlines()[0][:60] if text.strip() else "(empty file)"
-            raise ValueError(
-                f"{os.fspath(path)}: not a trace pypool can read: expected the header "
-                f"{FORMAT_HEADER!r} or a torch memory snapshot pickle "
-                f"(torch.cuda.memory._dump_snapshot), found {first!r}")
-        return cls._parse_text(text, os.fspath(path), default_name=stem)
+            snapshot = _safe_unpickle(data, where)
+            if not isinstance(snapshot, Mapping):
+                raise ValueError(f"{where}: expected a torch memory snapshot (a pickled dict with "
+                                 f"'segments' and 'device_traces'), found a pickled "
+                                 f"{type(snapshot).__name__}")
+            try:
+                trace = cls.from_torch_snapshot(snapshot, device=device, name=stem)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+            trace.meta["path"] = where
+        else:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{where}: not a trace pypool can read: expected the text header "
+                    f"{FORMAT_HEADER!r} or a torch memory snapshot pickle "
+                    f"(torch.cuda.memory._dump_snapshot), found binary data (byte {e.start} "
+                    "is not UTF-8)") from None
+            if not text.lstrip().startswith(FORMAT_HEADER):
+                first = text.lstrip().splitlines()[0][:60] if text.strip() else "(empty file)"
+                raise ValueError(
+                    f"{where}: not a trace pypool can read: expected the header "
+                    f"{FORMAT_HEADER!r} or a torch memory snapshot pickle "
+                    f"(torch.cuda.memory._dump_snapshot), found {first!r}")
+            trace = cls._parse_text(text, where, default_name=stem)
+        # Backstop: whatever the loaders checked, a loaded trace obeys validate().
+        try:
+            trace.validate()
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        return trace
 
     def save(self, path: PathLike) -> None:
         """Write the pypool text format (gzip-compressed when ``path`` ends in ``.gz``)."""
@@ -363,11 +415,10 @@ class Trace:
                 if s.startswith("# name:"):
                     name = s[len("# name:"):].strip()
                 elif s.startswith("# meta:"):
-                    try:
-                        meta = json.loads(s[len("# meta:"):])
-                    except ValueError as e:
-                        raise ValueError(f"{where}:{lineno}: bad meta JSON: {e}") from None
+                    meta = _parse_meta(s[len("# meta:"):], f"{where}:{lineno}")
                 continue
+            if "#" in s:  # a trailing comment
+                s = s[:s.index("#")].rstrip()
             rows.append(s)
             line_of.append(lineno)
         n = len(rows)
@@ -418,8 +469,13 @@ class Trace:
                     streams[i] = int(f[3])
                 if len(f) > 4:
                     times[i] = float(f[4])
-            except (ValueError, OverflowError):
-                raise ValueError(f"{at}: cannot read numbers in {row!r}") from None
+            except OverflowError:
+                raise ValueError(f"{at}: a number is out of range in {row!r} (id, size and "
+                                 "stream must fit in 64-bit signed integers)") from None
+            except ValueError:
+                raise ValueError(f"{at}: cannot read numbers in {row!r} (expected "
+                                 "'action id size [stream [time_us]]' with integer id, size "
+                                 "and stream)") from None
         return cls._densified(actions, raw_ids, sizes, streams, times, name, meta, where, line_of)
 
     @classmethod
@@ -433,7 +489,14 @@ class Trace:
             return cls(actions, raw_ids, sizes, streams, times, name, meta, validate=False)
         bad = np.flatnonzero(raw_ids < 0)
         if bad.size:
-            raise ValueError(f"{where}:{line_of[bad[0]]}: negative id {raw_ids[bad[0]]}")
+            raise ValueError(f"{where}:{line_of[bad[0]]}: negative id {raw_ids[bad[0]]} (ids are >= 0)")
+        bad = np.flatnonzero(streams < 0)
+        if bad.size:
+            raise ValueError(f"{where}:{line_of[bad[0]]}: negative stream {streams[bad[0]]} "
+                             "(streams are >= 0: a cudaStream_t as an integer, 0 = the default stream)")
+        bad = np.flatnonzero(~np.isfinite(times))
+        if bad.size:
+            raise ValueError(f"{where}:{line_of[bad[0]]}: time_us must be a finite number, got {times[bad[0]]}")
         order = np.lexsort((np.arange(n), raw_ids))
         rid = raw_ids[order]
         act = actions[order]
@@ -450,9 +513,10 @@ class Trace:
             what = ("allocation of id {} which is still live" if actions[i] == ALLOC
                     else "free of id {} which is not live")
             raise ValueError(f"{where}:{line_of[i]}: " + what.format(raw_ids[i]))
-        bad = np.flatnonzero((actions == ALLOC) & (sizes <= 0))
+        bad = np.flatnonzero((actions == ALLOC) & ((sizes <= 0) | (sizes > MAX_SIZE)))
         if bad.size:
-            raise ValueError(f"{where}:{line_of[bad[0]]}: allocation size must be >= 1, got {sizes[bad[0]]}")
+            raise ValueError(f"{where}:{line_of[bad[0]]}: allocation size must be 1 byte to 1 PiB "
+                             f"({MAX_SIZE}), got {sizes[bad[0]]}")
         dense_of_alloc = np.cumsum(actions == ALLOC) - 1  # dense id at each alloc event
         # Each event's allocation event: itself for allocs, the previous sorted event for frees.
         src_sorted = order.copy()
@@ -489,11 +553,13 @@ class Trace:
 
         ``meta["torch"]`` holds :func:`torch_reserved_profile` of the snapshot.
         """
-        snap = load_torch_snapshot(snapshot) if not isinstance(snapshot, Mapping) else snapshot
-        traces = snap.get("device_traces")
-        if not isinstance(traces, Sequence) or isinstance(traces, (str, bytes)):
-            raise ValueError("snapshot: no 'device_traces' list (record with "
-                             "torch.cuda.memory._record_memory_history() before _dump_snapshot())")
+        if isinstance(snapshot, Mapping):
+            snap = snapshot
+        elif isinstance(snapshot, (str, bytes, os.PathLike)):
+            snap = load_torch_snapshot(snapshot)
+        else:
+            raise TypeError(f"snapshot: expected a snapshot dict or a path, got {type(snapshot).__name__}")
+        traces = _device_traces(snap)
         dev = _pick_device(traces, device)
         entries = traces[dev]
         if free_action not in ("auto", "free_completed", "free_requested"):
@@ -502,13 +568,23 @@ class Trace:
             free_action = ("free_completed" if any(e.get("action") == "free_completed" for e in entries)
                            else "free_requested")
         free_names = {free_action, "free"}
-        events = []
-        for e in entries:
+        events: List[Tuple[Any, ...]] = []
+        for i, e in enumerate(entries):
             a = e.get("action")
-            if a == "alloc":
-                events.append(("a", e["addr"], e["size"], e.get("stream", 0) or 0, e.get("time_us", 0) or 0))
-            elif a in free_names:
-                events.append(("f", e["addr"], None, 0, e.get("time_us", 0) or 0))
+            if a == "alloc" or a in free_names:
+                at = f"snapshot: device_traces[{dev}][{i}] ({a!r})"
+                addr = _entry_int(e, "addr", at, 0, (1 << 64) - 1)
+                t = e.get("time_us", 0)
+                if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
+                                      or not math.isfinite(t)):
+                    raise ValueError(f"{at}: 'time_us' must be a finite number, got {t!r}")
+                if a == "alloc":
+                    size = _entry_int(e, "size", at, 1, MAX_SIZE)
+                    stream = (0 if e.get("stream") is None
+                              else _entry_int(e, "stream", at, 0, MAX_STREAM))
+                    events.append(("a", addr, size, stream, t or 0))
+                else:
+                    events.append(("f", addr, None, 0, t or 0))
         meta: Dict[str, Any] = {"source": "torch_snapshot", "device": dev, "free_action": free_action}
         try:
             meta["torch"] = torch_reserved_profile(snap, device=dev).to_dict()
@@ -540,6 +616,96 @@ def _replace_live_allocs(events: List[Tuple[Any, ...]], meta: Dict[str, Any]) ->
     return out
 
 
+def _device_traces(snap: Mapping[str, Any]) -> List[List[Mapping[str, Any]]]:
+    """``snap["device_traces"]``, checked: a list (one per device) of lists of dicts."""
+    traces = snap.get("device_traces")
+    if not isinstance(traces, Sequence) or isinstance(traces, (str, bytes)):
+        raise ValueError("snapshot: no 'device_traces' list (record with "
+                         "torch.cuda.memory._record_memory_history() before _dump_snapshot())")
+    for d, entries in enumerate(traces):
+        if not isinstance(entries, Sequence) or isinstance(entries, (str, bytes)):
+            raise ValueError(f"snapshot: device_traces[{d}]: expected a list of trace entries, "
+                             f"got {type(entries).__name__}")
+        for i, e in enumerate(entries):
+            if not isinstance(e, Mapping):
+                raise ValueError(f"snapshot: device_traces[{d}][{i}]: expected a dict (a trace "
+                                 f"entry with 'action', 'addr', 'size', ...), got {type(e).__name__}")
+    return list(traces)
+
+
+def _entry_int(e: Mapping[str, Any], key: str, at: str, lo: int, hi: int) -> int:
+    """``e[key]``, an int in lo..hi, or ValueError naming the entry and the field."""
+    if key not in e:
+        raise ValueError(f"{at}: missing field {key!r}")
+    v = e[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{at}: {key!r} must be an int, got {type(v).__name__} {v!r}"[:200])
+    if not lo <= v <= hi:
+        raise ValueError(f"{at}: {key!r} must be in {lo}..{hi}, got {v}")
+    return v
+
+
+def _event_int(v: Any, i: int, name: str, lo: int, hi: int, what: str = "") -> int:
+    """A from_events field as an int in lo..hi, or ValueError naming the event."""
+    if v is None or isinstance(v, bool):
+        raise ValueError(f"events[{i}]: {what}{name} must be an int in {lo}..{hi}, got {v!r}")
+    try:
+        n = int(v)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"events[{i}]: {what}{name} must be an int in {lo}..{hi}, got {v!r}"[:200]) from None
+    if n != v or not lo <= n <= hi:
+        raise ValueError(f"events[{i}]: {what}{name} must be an int in {lo}..{hi}, got {v!r}"[:200])
+    return n
+
+
+def _event_time(t: Any, i: int) -> float:
+    try:
+        f = float(t or 0.0)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"events[{i}]: time_us must be a number, got {t!r}"[:200]) from None
+    if not math.isfinite(f):
+        raise ValueError(f"events[{i}]: time_us must be finite, got {t!r}")
+    return f
+
+
+def _parse_meta(text: str, at: str) -> Dict[str, Any]:
+    """A ``# meta:`` line: a JSON object; the keys pypool itself reads are checked."""
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{at}: bad meta JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{at}: meta must be a JSON object, got {type(meta).__name__}")
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SIZE * 1024
+    for key in ("skipped_unknown_frees", "implicit_frees"):
+        if key in meta and not count(meta[key]):
+            raise ValueError(f"{at}: meta {key!r} must be a non-negative int, got {meta[key]!r}"[:200])
+    torch = meta.get("torch")
+    if torch is not None:
+        if not isinstance(torch, dict):
+            raise ValueError(f"{at}: meta 'torch' must be an object, got {type(torch).__name__}")
+        for key in ("initial_reserved", "peak_reserved", "final_reserved", "segment_allocs", "segment_frees"):
+            if key in torch and not count(torch[key]):
+                raise ValueError(f"{at}: meta torch.{key} must be a non-negative int, got {torch[key]!r}"[:200])
+        if "peak_reserved" in torch and "initial_reserved" not in torch:
+            raise ValueError(f"{at}: meta torch.peak_reserved needs torch.initial_reserved too")
+    return meta
+
+
+def _read_maybe_gzipped(path: PathLike) -> bytes:
+    """The bytes of ``path``, gunzipped when they start with the gzip magic. Corrupt or
+    truncated gzip data raises ValueError naming the file; OSError passes through."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] != _GZIP_MAGIC:
+        return data
+    try:
+        return gzip.decompress(data)
+    except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{os.fspath(path)}: corrupt or truncated gzip data ({e})") from None
+
+
 def _pick_device(traces: Sequence[Any], device: Optional[int]) -> int:
     if device is not None:
         if isinstance(device, bool) or not isinstance(device, int) or not 0 <= device < len(traces):
@@ -557,15 +723,18 @@ def _safe_unpickle(data: bytes, where: str) -> Any:
         return _PlainUnpickler(io.BytesIO(data)).load()
     except pickle.UnpicklingError as e:
         raise ValueError(f"{where}: not a readable torch memory snapshot: {e}") from None
+    except Exception as e:  # a truncated or corrupt pickle raises many types
+        raise ValueError(f"{where}: not a readable torch memory snapshot: corrupt or truncated "
+                         f"pickle ({type(e).__name__}: {e})"[:300]) from None
 
 
 def load_torch_snapshot(path: PathLike) -> Dict[str, Any]:
     """Read a ``torch.cuda.memory._dump_snapshot()`` pickle (optionally gzipped) as a dict,
     without executing any code from it."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:2] == _GZIP_MAGIC:
-        data = gzip.decompress(data)
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        # open() takes an int as a file descriptor: it would read and close that one.
+        raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
+    data = _read_maybe_gzipped(path)
     snap = _safe_unpickle(data, os.fspath(path))
     if not isinstance(snap, dict):
         raise ValueError(f"{os.fspath(path)}: expected a snapshot dict, got {type(snap).__name__}")
@@ -615,21 +784,31 @@ def torch_reserved_profile(snapshot: Union[Mapping[str, Any], PathLike],
         device: default: the device with the most allocations in its trace.
     """
     snap = load_torch_snapshot(snapshot) if not isinstance(snapshot, Mapping) else snapshot
-    traces = snap.get("device_traces")
     segments = snap.get("segments")
-    if not isinstance(traces, Sequence) or segments is None:
+    if not isinstance(snap.get("device_traces"), Sequence) or segments is None:
         raise ValueError("snapshot: needs both 'segments' and 'device_traces' for the reserved profile")
+    traces = _device_traces(snap)
+    if not isinstance(segments, Sequence) or isinstance(segments, (str, bytes)):
+        raise ValueError(f"snapshot: 'segments' must be a list, got {type(segments).__name__}")
     dev = _pick_device(traces, device)
-    final = sum(int(s.get("total_size", 0)) for s in segments if int(s.get("device", 0)) == dev)
+    final = 0
+    for i, seg in enumerate(segments):
+        if not isinstance(seg, Mapping):
+            raise ValueError(f"snapshot: segments[{i}]: expected a dict, got {type(seg).__name__}")
+        at = f"snapshot: segments[{i}]"
+        seg_dev = _entry_int(seg, "device", at, 0, 1 << 31) if "device" in seg else 0
+        if seg_dev == dev:
+            final += _entry_int(seg, "total_size", at, 0, MAX_SIZE) if "total_size" in seg else 0
     steps: List[int] = []
     n_alloc = n_free = 0
-    for e in traces[dev]:
+    for i, e in enumerate(traces[dev]):
         a = e.get("action")
+        at = f"snapshot: device_traces[{dev}][{i}] ({a!r})"
         if a in ("segment_alloc", "segment_map"):
-            steps.append(int(e["size"]))
+            steps.append(_entry_int(e, "size", at, 0, MAX_SIZE))
             n_alloc += 1
         elif a in ("segment_free", "segment_unmap"):
-            steps.append(-int(e["size"]))
+            steps.append(-_entry_int(e, "size", at, 0, MAX_SIZE))
             n_free += 1
     if not steps and final == 0 and any(e.get("action") == "alloc" for e in traces[dev]):
         # e.g. a snapshot made from a profiler run (torch.cuda._memory_viz): blocks only.

@@ -213,14 +213,26 @@ def test_figures_properties():
 
 
 def test_registry_report_does_not_create_a_pool():
-    dev = 63
-    if _core.registry_has_pool(dev):
-        pytest.skip("another test made a registry pool for device 63")
-    r = fragmentation(dev)
-    assert r.device == dev and r.segments == 0 and r.reserved == 0
-    assert not _core.registry_has_pool(dev)
-    with pytest.raises(ValueError, match="device: device index must be >= 0"):
-        fragmentation(-1)
+    # A fresh process, so that device 0 has no pool (Note [Pools before install]).
+    code = textwrap.dedent("""
+        from pypool import _core
+        from pypool.fragmentation import fragmentation
+        r = fragmentation(0)
+        assert r.device == 0 and r.segments == 0 and r.reserved == 0
+        assert not _core.registry_configured() and _core.registry_devices() == []
+        for bad, what in ((-1, "device index must be >= 0"), (63, "no device 63")):
+            try:
+                fragmentation(bad)
+            except ValueError as e:
+                assert what in str(e), e
+            else:
+                raise SystemExit(f"fragmentation({bad}) was accepted")
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(Path(pypool.__file__).resolve().parent.parent)),
+                         cwd=tempfile.gettempdir())
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_registry_report_in_a_fresh_process():

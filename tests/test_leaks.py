@@ -319,11 +319,13 @@ def test_registry_pool_by_default(host_registry: pypool.Pool) -> None:
     _free_all(host_registry, keep)
 
 
-def test_unconfigured_registry_is_refused() -> None:
+def test_unconfigured_registry_refuses_a_device_that_does_not_exist() -> None:
+    # Note [Pools before install]: without a GPU the host backend stands in for device 0.
     _core.registry_reset()
-    with pytest.raises(RuntimeError, match="pypool.install"):
+    with pytest.raises(ValueError, match="no device 3: pypool sees no GPU here"):
         track_leaks(device=3)
     assert 3 not in _core.registry_devices()  # the refusal made no pool
+    assert not _core.registry_configured()
 
 
 # ---------------------------------------------------------------------------- LeakWatch

@@ -209,14 +209,31 @@ def test_load_snapshot_refuses_code(tmp_path):
 
 
 def test_registry_snapshot_without_pool_creates_nothing():
-    dev = 62
-    if _core.registry_has_pool(dev):
-        pytest.skip("another test made a registry pool for device 62")
-    s = snapshot(device=dev)
-    assert s["segments"] == [] and len(s["device_traces"]) == dev + 1
-    assert not _core.registry_has_pool(dev)
-    record_history(False, device=dev)  # turning off a pool that does not exist: no-op
-    assert not _core.registry_has_pool(dev)
+    # A fresh process: reading creates no pool and configures nothing (Note [Pools before
+    # install]); the settings shown are those the pool would get from $PYPOOL_CONF.
+    code = textwrap.dedent("""
+        import pypool
+        from pypool import _core
+        from pypool.snapshot import record_history, snapshot
+        s = snapshot()
+        assert s["segments"] == [] and len(s["device_traces"]) == 1, s
+        assert s["allocator_settings"]["max_pool_size"] == 1 << 30, s["allocator_settings"]
+        assert s["allocator_settings"]["PYPOOL_CONF"] == "max_pool_size:1073741824"
+        record_history(False)  # turning off a pool that does not exist: no-op
+        assert not _core.registry_configured() and _core.registry_devices() == []
+        try:
+            snapshot(device=62)
+        except ValueError as e:
+            assert "no device 62" in str(e), e
+        else:
+            raise SystemExit("snapshot(device=62) accepted a device that does not exist")
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYPOOL_CONF="max_pool_size:1GiB",
+                                  PYTHONPATH=str(Path(pypool.__file__).resolve().parent.parent)),
+                         cwd=tempfile.gettempdir())
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_argument_errors():
@@ -234,29 +251,29 @@ def test_argument_errors():
 
 
 def test_registry_history_in_a_fresh_process(tmp_path):
-    # record_history on the registry needs a configured registry; a fresh process shows
-    # both the refusal and the working path without touching this process's registry.
+    # Note [Pools before install]: record_history on an unconfigured registry configures it
+    # from $PYPOOL_CONF, as install() would, and on a machine without a GPU the pool is on
+    # the host backend. A fresh process keeps this process's registry out of it.
     path = tmp_path / "reg.pickle"
     code = textwrap.dedent(f"""
         import pypool
         from pypool import _core
         from pypool.snapshot import record_history, dump_snapshot, load_snapshot
-        try:
+        if _core.cuda_device_count()[0] == 0:
             record_history()
-        except RuntimeError as e:
-            assert "pypool.install" in str(e), e
+            assert _core.registry_configured() and _core.registry_backend() == "host"
+            assert pypool.get_pool().cap == 1 << 30
+            _core.registry_pool(0).malloc(1000, 0)
+            dump_snapshot({str(path)!r})
+            s = load_snapshot({str(path)!r})
+            assert s["allocator_settings"]["PYPOOL_CONF"] == "max_pool_size:1073741824"
+            print([e["action"] for e in s["device_traces"][0]], s["pypool"]["backend"])
         else:
-            raise SystemExit("record_history did not refuse an unconfigured registry")
-        assert not _core.registry_configured()
-        _core.registry_configure("host", pypool.PoolConfig().to_core(), 1 << 30)
-        record_history(device=0)
-        _core.registry_pool(0).malloc(1000, 0)
-        dump_snapshot({str(path)!r})
-        s = load_snapshot({str(path)!r})
-        print([e["action"] for e in s["device_traces"][0]], s["pypool"]["backend"])
+            print("['segment_alloc', 'alloc'] host")  # a GPU machine: not this test's case
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env=dict(os.environ, PYTHONPATH=str(Path(pypool.__file__).resolve().parent.parent)),
+                         env=dict(os.environ, PYPOOL_CONF="max_pool_size:1GiB",
+                                  PYTHONPATH=str(Path(pypool.__file__).resolve().parent.parent)),
                          cwd=tempfile.gettempdir())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['segment_alloc', 'alloc'] host"

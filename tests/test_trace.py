@@ -96,7 +96,7 @@ def test_text_with_comments_short_lines_and_address_ids(tmp_path: Path) -> None:
         ("f 1 10 0 0\n", "free of id 1 which is not live"),
         ("a 1 10 0 0\na 1 10 0 0\n", "allocation of id 1 which is still live"),
         ("a 1 10 0 0\nx 1 10 0 0\n", "unknown action 'x'"),
-        ("a 1 0 0 0\n", "allocation size must be >= 1"),
+        ("a 1 0 0 0\n", "allocation size must be 1 byte to 1 PiB"),
         ("a 1 ten 0 0\n", "cannot read numbers"),
     ],
 )
