@@ -5,10 +5,13 @@
 #include <cinttypes>
 #include <cstdio>
 #include <exception>
+#include <mutex>
+#include <pthread.h>
 #include <sstream>
 #include <utility>
 
 #include "pool_impl.h"
+#include "pypool/registry.h"
 
 namespace pypool {
 
@@ -27,6 +30,54 @@ const char* trace_action_name(TraceAction a) noexcept {
   return "unknown";
 }
 
+// ============================================================================ fork
+
+// Note [Fork safety]: a child process starts with one thread and a copy of every lock as
+// it was at fork time. A pool lock held by another thread then stays held in the child
+// for ever (a malloc there spins or parks for good). So every live pool is listed, and
+// pthread_atfork handlers take all the pools' locks before fork (grow_mu, vmm_mu, mu:
+// Note [Growth and release protocol]'s order, so fork waits for a growth or release in
+// flight to finish) and release them after it, in parent and child. The child can then
+// use a pool whose state is whole; device memory itself is not usable across fork on
+// CUDA, as with PyTorch, but a host pool (and the bookkeeping) is.
+namespace {
+std::mutex g_pools_mu;
+std::vector<DevicePool::Impl*>* g_pools = new std::vector<DevicePool::Impl*>();  // never freed
+
+// The registry's mutex comes first: make_pool holds it while it constructs a pool, which
+// takes g_pools_mu.
+void fork_prepare() {
+  Registry::instance().lock_for_fork();
+  g_pools_mu.lock();
+  for (DevicePool::Impl* m : *g_pools) {
+    m->grow_mu.lock();
+    m->vmm_mu.lock();
+    m->mu.lock();
+  }
+}
+void fork_after() {
+  for (DevicePool::Impl* m : *g_pools) {
+    m->mu.unlock();
+    m->vmm_mu.unlock();
+    m->grow_mu.unlock();
+  }
+  g_pools_mu.unlock();
+  Registry::instance().unlock_after_fork();
+}
+
+void list_pool(DevicePool::Impl* m) {
+  static std::once_flag once;
+  std::call_once(once, [] { pthread_atfork(fork_prepare, fork_after, fork_after); });
+  std::lock_guard<std::mutex> g(g_pools_mu);
+  g_pools->push_back(m);
+}
+void unlist_pool(DevicePool::Impl* m) noexcept {
+  std::lock_guard<std::mutex> g(g_pools_mu);
+  auto it = std::find(g_pools->begin(), g_pools->end(), m);
+  if (it != g_pools->end()) g_pools->erase(it);
+}
+}  // namespace
+
 // ============================================================================ public
 
 DevicePool::DevicePool(const Config& cfg, std::shared_ptr<Backend> backend, int device)
@@ -37,23 +88,30 @@ DevicePool::DevicePool(const Config& cfg, std::shared_ptr<Backend> backend, int 
     throw std::invalid_argument(std::string("PoolConfig.expandable_segments: backend '") +
                                 backend_->name() + "' has no virtual memory support");
   impl_ = std::make_unique<Impl>(cfg_, *backend_, device_);
+  list_pool(impl_.get());  // Note [Fork safety]
   impl_->cap = cfg_.max_pool_size;
-  // Note [Memory fraction at creation]: a fraction of device memory can only be turned
-  // into bytes once the device is known, so each pool applies it when it is made (the
-  // registry makes a device's pool at its first allocation).
-  if (cfg_.memory_fraction > 0) set_memory_fraction(cfg_.memory_fraction);
-  if (cfg_.initial_pool_size > 0) {
-    // Preallocate one large segment on the default stream so the first steps never pay
-    // for a device allocation. Freed by empty_cache like any cached segment, unless
-    // release_threshold keeps it.
-    void* p = malloc(cfg_.initial_pool_size, 0);
-    free(p);
+  try {
+    // Note [Memory fraction at creation]: a fraction of device memory can only be turned
+    // into bytes once the device is known, so each pool applies it when it is made (the
+    // registry makes a device's pool at its first allocation).
+    if (cfg_.memory_fraction > 0) set_memory_fraction(cfg_.memory_fraction);
+    if (cfg_.initial_pool_size > 0) {
+      // Preallocate one large segment on the default stream so the first steps never pay
+      // for a device allocation. Freed by empty_cache like any cached segment, unless
+      // release_threshold keeps it.
+      void* p = malloc(cfg_.initial_pool_size, 0);
+      free(p);
+    }
+  } catch (...) {
+    unlist_pool(impl_.get());  // no destructor runs for a constructor that throws
+    throw;
   }
 }
 
 DevicePool::~DevicePool() {
   // Hand every segment back, live blocks or not: the pool owns its memory.
   Impl& m = *impl_;
+  unlist_pool(&m);
   for (auto& f : m.fifos) {
     for (std::size_t i = f.head; i < f.q.size(); ++i) {
       try {
