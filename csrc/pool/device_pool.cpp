@@ -692,35 +692,38 @@ void DevicePool::check_invariants() const {
     add(calc.reserved_bytes, k, static_cast<std::int64_t>(s->size));
     std::uintptr_t at = s->addr;
     for (const Block* b = s->first; b != nullptr; b = b->next) {
-      const std::string where = "block " + hex(b->addr) + " in segment " + hex(s->addr);
-      if (b->seg != s) fail(where + ": wrong segment pointer");
-      if (b->addr != at) fail(where + ": blocks do not tile the segment (gap or overlap)");
-      if (b->size == 0 || b->size % m.cfg.min_block_size != 0) fail(where + ": bad size");
-      if (b->next != nullptr && b->next->prev != b) fail(where + ": neighbour links broken");
-      if (b->stream != s->stream) fail(where + ": stream differs from its segment's");
+      // Formatted only on failure: a string per block was most of the walk's time.
+      auto bad = [&](const char* why) {
+        fail("block " + hex(b->addr) + " in segment " + hex(s->addr) + ": " + why);
+      };
+      if (b->seg != s) bad("wrong segment pointer");
+      if (b->addr != at) bad("blocks do not tile the segment (gap or overlap)");
+      if (b->size == 0 || b->size % m.cfg.min_block_size != 0) bad("bad size");
+      if (b->next != nullptr && b->next->prev != b) bad("neighbour links broken");
+      if (b->stream != s->stream) bad("stream differs from its segment's");
       at += b->size;
       const auto bs = static_cast<std::int64_t>(b->size);
       if (b->state == BlockState::kFree) {
         ++free_blocks;
         if (b->next != nullptr && b->next->state == BlockState::kFree)
-          fail(where + ": two adjacent free blocks (not coalesced)");
-        if (m.live.find(b->addr) == b) fail(where + ": free block in the live map");
+          bad("two adjacent free blocks (not coalesced)");
+        if (m.live.find(b->addr) == b) bad("free block in the live map");
         if (b->bin != FreeIndex::bin_of(b->size) || !in_an_index(b))
-          fail(where + ": free block not findable in its free index");
+          bad("free block not findable in its free index");
         if (b->is_split()) {
           add(calc.inactive_split, k, 1);
           add(calc.inactive_split_bytes, k, bs);
         }
       } else {
         ++live_blocks;
-        if (m.live.find(b->addr) != b) fail(where + ": live block missing from the live map");
+        if (m.live.find(b->addr) != b) bad("live block missing from the live map");
         if (b->state == BlockState::kAllocated) {
-          if (b->requested == 0 || b->requested > b->size) fail(where + ": bad requested size");
+          if (b->requested == 0 || b->requested > b->size) bad("bad requested size");
           add(calc.allocation, k, 1);
           add(calc.allocated_bytes, k, bs);
           add(calc.requested_bytes, k, static_cast<std::int64_t>(b->requested));
         } else if (b->pending_events == 0) {
-          fail(where + ": pending-free block with no pending event");
+          bad("pending-free block with no pending event");
         }
         add(calc.active, k, 1);
         add(calc.active_bytes, k, bs);
