@@ -305,16 +305,29 @@ void DevicePool::free(void* p) {
 }
 
 void DevicePool::record_stream(void* p, Stream stream) {
+  if (!record_stream_if_owned(p, stream)) {
+    std::lock_guard<SpinMutex> g(impl_->mu);
+    throw_bad_pointer_locked("record_stream", reinterpret_cast<std::uintptr_t>(p));
+  }
+}
+
+bool DevicePool::record_stream_if_owned(void* p, Stream stream) {
   Impl& m = *impl_;
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
   std::lock_guard<SpinMutex> g(m.mu);
   Block* b = m.live.find(addr);
-  if (b == nullptr || b->state != BlockState::kAllocated)
-    throw_bad_pointer_locked("record_stream", addr);
-  if (stream == b->stream) return;
+  if (b == nullptr) {
+    // Not live here: a foreign pointer unless it lies in one of our segments.
+    for (const Segment* s = m.segs; s != nullptr; s = s->next)
+      if (addr >= s->addr && addr < s->addr + s->size) throw_bad_pointer_locked("record_stream", addr);
+    return false;
+  }
+  if (b->state != BlockState::kAllocated) throw_bad_pointer_locked("record_stream", addr);
+  if (stream == b->stream) return true;
   if (b->uses == nullptr) b->uses = new std::vector<Stream>();
   if (std::find(b->uses->begin(), b->uses->end(), stream) == b->uses->end())
     b->uses->push_back(stream);
+  return true;
 }
 
 void DevicePool::throw_bad_pointer_locked(const char* op, std::uintptr_t addr) const {

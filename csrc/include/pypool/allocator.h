@@ -115,6 +115,11 @@ class DevicePool {
   void free(void* p);
   // The block stays out of reuse until work queued on `stream` before its free is done.
   void record_stream(void* p, Stream stream);
+  // record_stream for a pointer that may belong to another device's pool (the C ABI is
+  // not told the device): false, with nothing changed and nothing thrown, when p lies
+  // in none of this pool's segments; throws InvalidPointerError as record_stream does
+  // when it lies in one but is not a live allocation.
+  bool record_stream_if_owned(void* p, Stream stream);
   // Waits for pending cross-stream frees, then releases cached segments that hold no
   // live block (down to release_threshold), like torch.cuda.empty_cache().
   void empty_cache();
