@@ -444,7 +444,6 @@ void DevicePool::release_cached_locked(std::unique_lock<SpinMutex>& lk, bool res
     m.unlink_segment(s);
     Impl::sub(m.st.segment, s->kind, 1);
     Impl::sub(m.st.reserved_bytes, s->kind, static_cast<std::int64_t>(s->size));
-    ++m.st.num_device_free;
     m.trace(TraceAction::kSegmentFree, s->addr, s->size, s->stream);
   }
   // Expandable segments give back their free tail instead (Note [VMM segments]).
@@ -452,9 +451,11 @@ void DevicePool::release_cached_locked(std::unique_lock<SpinMutex>& lk, bool res
     detail::vmm_shrink_all(m, lk, respect_threshold ? cfg_.release_threshold : 0);
   if (out.empty()) return;
   lk.unlock();
+  std::int64_t freed = 0;
   for (Segment* s : out) {
     try {
       m.be.deallocate(reinterpret_cast<void*>(s->addr), s->size);
+      ++freed;  // num_device_free counts frees the device did
     } catch (...) {
       // The segment is gone from the pool either way; a failing free means a broken
       // device, which the next allocation will report.
@@ -462,6 +463,7 @@ void DevicePool::release_cached_locked(std::unique_lock<SpinMutex>& lk, bool res
     delete s;
   }
   lk.lock();
+  m.st.num_device_free += freed;
 }
 
 void DevicePool::sync_pending_locked(std::unique_lock<SpinMutex>& lk) {
