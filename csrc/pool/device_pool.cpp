@@ -35,9 +35,9 @@ const char* trace_action_name(TraceAction a) noexcept {
 // Note [Fork safety]: a child process starts with one thread and a copy of every lock as
 // it was at fork time. A pool lock held by another thread then stays held in the child
 // for ever (a malloc there spins or parks for good). So every live pool is listed, and
-// pthread_atfork handlers take all the pools' locks before fork (grow_mu, vmm_mu, mu:
+// pthread_atfork handlers take all the pools' locks before fork (grow_mu, then mu:
 // Note [Growth and release protocol]'s order, so fork waits for a growth or release in
-// flight to finish) and release them after it, in parent and child. The child can then
+// flight to finish; vmm_mu is only ever taken under grow_mu, so it is free then) and release them after it, in parent and child. The child can then
 // use a pool whose state is whole; device memory itself is not usable across fork on
 // CUDA, as with PyTorch, but a host pool (and the bookkeeping) is.
 namespace {
@@ -50,15 +50,13 @@ void fork_prepare() {
   Registry::instance().lock_for_fork();
   g_pools_mu.lock();
   for (DevicePool::Impl* m : *g_pools) {
-    m->grow_mu.lock();
-    m->vmm_mu.lock();
+    m->grow_mu.lock();  // VMM mapping changes happen under it too: vmm_mu is free now
     m->mu.lock();
   }
 }
 void fork_after() {
   for (DevicePool::Impl* m : *g_pools) {
     m->mu.unlock();
-    m->vmm_mu.unlock();
     m->grow_mu.unlock();
   }
   g_pools_mu.unlock();
