@@ -12,8 +12,10 @@
 //   pypool_contention bench         wait of a cache hit while another thread empties the
 //                                   cache against a 300 ms event, and while
 //                                   check_invariants walks 30k free blocks (figures only)
-//   pypool_contention all           rounds 10000, rounds 1000 100, release 3, kernels 1500
-//                                   (make sanitize)
+//   pypool_contention device_free   a free the backend refuses is not counted in
+//                                   num_device_free
+//   pypool_contention all           rounds 10000, rounds 1000 100, release 3, kernels 1500,
+//                                   device_free (make sanitize)
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -315,6 +317,44 @@ long kernel_stress(int ms) {
   return bad;
 }
 
+// ------------------------------------------------------------------ num_device_free
+// A free the backend refuses (it throws) is not counted as a device free.
+class RefusingFree final : public Backend {
+ public:
+  std::shared_ptr<HostBackend> h = make_host_backend(HostBackendOptions{});
+  std::vector<std::pair<void*, std::size_t>> kept;
+  ~RefusingFree() override {
+    for (auto& [p, n] : kept) h->deallocate(p, n);
+  }
+
+ private:
+  void* do_allocate(std::size_t n) override { return h->allocate(n); }
+  void do_deallocate(void* p, std::size_t n) override {
+    kept.emplace_back(p, n);
+    throw BackendError("refused");
+  }
+  Event do_record_event(Stream s) override { return h->record_event(s); }
+  bool do_query_event(Event e) override { return h->query_event(e); }
+  void do_synchronize_event(Event e) override { h->synchronize_event(e); }
+  void do_release_event(Event e) override { h->release_event(e); }
+  MemInfo do_mem_info() override { return h->mem_info(); }
+  const char* do_name() const noexcept override { return "refusing-free"; }
+};
+
+bool device_free_counts() {
+  auto be = std::make_shared<RefusingFree>();
+  std::int64_t n = -1;
+  {
+    DevicePool pool(Config{}, be);
+    pool.free(pool.malloc(4 * MiB, 0));
+    pool.empty_cache();
+    pool.check_invariants();
+    n = pool.stats().num_device_free;
+  }
+  std::printf("num_device_free after a refused free: %lld (expect 0)\n", static_cast<long long>(n));
+  return n == 0;
+}
+
 // ------------------------------------------------------------------ bench
 // Times cache-hit malloc+free pairs on stream s while `busy`; prints p50 / p99 / max.
 // On a loaded machine the max includes this thread being descheduled mid-pair.
@@ -397,6 +437,8 @@ int main(int argc, char** argv) {
     if (release_rounds(n > 0 ? int(n) : 3) > 64 * MiB) rc = 1;
   if (mode == "kernels" || mode == "all")
     if (kernel_stress(n > 0 ? int(n) : 1500) != 0) rc = 3;
+  if (mode == "device_free" || mode == "all")
+    if (!device_free_counts()) rc = 1;
   if (mode == "bench") bench();
   if (rc != 0) std::printf("FAILED\n");
   return rc;
