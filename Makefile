@@ -99,6 +99,15 @@ sanitize:
 	  TSAN_OPTIONS=halt_on_error=1 $$dir/pypool_stress 5000 || exit 1; \
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  TSAN_OPTIONS=halt_on_error=1 $$dir/pypool_fault_paths > $$dir/fault_paths.log || { cat $$dir/fault_paths.log; exit 1; }; \
+	  echo "contention (growth/release protocol, record_stream kernels) under -fsanitize=$$san"; \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  TSAN_OPTIONS=halt_on_error=1 $$dir/pypool_contention all || exit 1; \
+	  if [ "$$san" = address,undefined ]; then \
+	    echo "contention on a core broken on purpose (1 in 16 events complete early): must fail"; \
+	    cmake --build $$dir --target pypool_contention_broken > /dev/null || exit 1; \
+	    if ASAN_OPTIONS=detect_leaks=0 $$dir/pypool_contention_broken kernels 1500 > $$dir/broken.log 2>&1; then \
+	      cat $$dir/broken.log; echo "the kernel stress did not notice early reuse"; exit 1; fi; \
+	  fi; \
 	  if [ -x $$dir/csrc/simdevice/pypool_simdevice_smoke ]; then \
 	    echo "simulated-device runtime smoke under -fsanitize=$$san"; \
 	    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \

@@ -82,15 +82,13 @@ void pypool_set_memory_fraction(double fraction, int device) {
 
 void pypool_record_stream(void* ptr, void* stream) {
   try {
-    // torch does not pass the device: find the pool that owns the pointer.
+    // torch does not pass the device: find the pool that owns the pointer, without an
+    // exception (and a formatted message) per pool that does not.
     auto& r = pypool::Registry::instance();
     for (int d : r.devices()) {
-      try {
-        r.pool(d).record_stream(ptr, reinterpret_cast<pypool::Stream>(stream));
+      pypool::DevicePool* pool = r.existing(d);
+      if (pool != nullptr && pool->record_stream_if_owned(ptr, reinterpret_cast<pypool::Stream>(stream)))
         return;
-      } catch (const pypool::InvalidPointerError&) {
-        continue;
-      }
     }
     report("record_stream", "pointer not allocated by pypool");
   } catch (const std::exception& e) {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <thread>
 
 namespace pypool {
 
@@ -15,6 +16,13 @@ constexpr std::size_t kNoBudget = std::numeric_limits<std::size_t>::max();
 void* os_map(std::size_t size, int prot) {
   void* p = ::mmap(nullptr, size, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   return p == MAP_FAILED ? nullptr : p;
+}
+// Note [Host backend delays]: the host backend's calls return at once, which hides every
+// window where a pool thread is inside a blocking driver call. Tests widen those windows
+// with set_delays / set_event_latency, so a race between a cache hit, a growth, a release
+// and a synchronize shows up in a few rounds instead of never.
+void sleep_us(std::uint64_t us) {
+  if (us != 0) std::this_thread::sleep_for(std::chrono::microseconds(us));
 }
 }  // namespace
 
@@ -46,6 +54,7 @@ bool HostBackend::admit_locked(std::size_t size) {
 
 void* HostBackend::do_allocate(std::size_t size) {
   count(Op::allocate);
+  sleep_us(alloc_delay_us_.load(std::memory_order_relaxed));
   {
     std::lock_guard<std::mutex> g(mu_);
     if (!admit_locked(size)) return nullptr;
@@ -66,6 +75,7 @@ void* HostBackend::do_allocate(std::size_t size) {
 
 void HostBackend::do_deallocate(void* p, std::size_t size) {
   count(Op::deallocate);
+  sleep_us(dealloc_delay_us_.load(std::memory_order_relaxed));  // still counted in used_
   std::lock_guard<std::mutex> g(mu_);
   auto it = live_.find(reinterpret_cast<std::uintptr_t>(p));
   if (it == live_.end() || it->second != size)
@@ -79,7 +89,8 @@ Event HostBackend::do_record_event(Stream stream) {
   count(Op::record_event);
   std::lock_guard<std::mutex> g(mu_);
   const Event e = next_event_++;
-  events_.emplace(e, std::make_pair(stream, held_.count(stream) == 0));
+  const auto lat = std::chrono::microseconds(event_latency_us_.load(std::memory_order_relaxed));
+  events_.emplace(e, EventState{stream, held_.count(stream) == 0, Clock::now() + lat});
   return e;
 }
 
@@ -88,16 +99,32 @@ bool HostBackend::do_query_event(Event e) {
   std::lock_guard<std::mutex> g(mu_);
   auto it = events_.find(e);
   if (it == events_.end()) throw BackendError("host backend: query of an unknown event");
-  return it->second.second;
+  return it->second.released && Clock::now() >= it->second.ready;
 }
 
 void HostBackend::do_synchronize_event(Event e) {
   count(Op::synchronize_event);
-  // Waiting on the host means the "kernels" before the event finish now.
-  std::lock_guard<std::mutex> g(mu_);
-  auto it = events_.find(e);
-  if (it == events_.end()) throw BackendError("host backend: sync of an unknown event");
-  it->second.second = true;
+  sleep_us(sync_delay_us_.load(std::memory_order_relaxed));
+  Clock::time_point ready;
+  {
+    std::unique_lock<std::mutex> g(mu_);
+    auto it = events_.find(e);
+    if (it == events_.end()) throw BackendError("host backend: sync of an unknown event");
+    if (sync_waits_for_release_) {
+      // Wait for release_stream, as a real wait lasts until the stream's kernels end.
+      released_cv_.wait(g, [&] {
+        auto i = events_.find(e);
+        return i == events_.end() || i->second.released;
+      });
+      it = events_.find(e);
+      if (it == events_.end()) throw BackendError("host backend: event released while synchronizing");
+    } else {
+      // Nobody may be there to release the stream: its "kernels" finish now.
+      it->second.released = true;
+    }
+    ready = it->second.ready;
+  }
+  std::this_thread::sleep_until(ready);  // the event's latency: a real wait
 }
 
 void HostBackend::do_release_event(Event e) {
@@ -124,6 +151,7 @@ void HostBackend::do_vmm_release_range(void* base, std::size_t size) {
 
 PhysHandle HostBackend::do_vmm_map(void* addr, std::size_t size) {
   count(Op::vmm_map);
+  sleep_us(alloc_delay_us_.load(std::memory_order_relaxed));
   std::lock_guard<std::mutex> g(mu_);
   if (!admit_locked(size)) return 0;
   // Map fresh pages in place of the PROT_NONE reservation (the analogue of cuMemCreate +
@@ -144,6 +172,7 @@ PhysHandle HostBackend::do_vmm_map(void* addr, std::size_t size) {
 
 void HostBackend::do_vmm_unmap(void* addr, std::size_t size, PhysHandle h) {
   count(Op::vmm_unmap);
+  sleep_us(dealloc_delay_us_.load(std::memory_order_relaxed));
   std::lock_guard<std::mutex> g(mu_);
   auto it = phys_.find(h);
   if (it == phys_.end() || it->second != size)
@@ -179,13 +208,31 @@ void HostBackend::release_stream(Stream s) {
   std::lock_guard<std::mutex> g(mu_);
   held_.erase(s);
   for (auto& [e, st] : events_)
-    if (st.first == s) st.second = true;
+    if (st.stream == s) st.released = true;
+  released_cv_.notify_all();
+}
+
+void HostBackend::set_delays(std::uint64_t allocate_us, std::uint64_t deallocate_us,
+                             std::uint64_t synchronize_us) {
+  alloc_delay_us_.store(allocate_us, std::memory_order_relaxed);
+  dealloc_delay_us_.store(deallocate_us, std::memory_order_relaxed);
+  sync_delay_us_.store(synchronize_us, std::memory_order_relaxed);
+}
+
+void HostBackend::set_event_latency(std::uint64_t us) {
+  event_latency_us_.store(us, std::memory_order_relaxed);
+}
+
+void HostBackend::set_sync_waits_for_release(bool on) {
+  std::lock_guard<std::mutex> g(mu_);
+  sync_waits_for_release_ = on;
 }
 
 std::size_t HostBackend::pending_events() const {
   std::lock_guard<std::mutex> g(mu_);
   std::size_t n = 0;
-  for (auto& [e, st] : events_) n += st.second ? 0 : 1;
+  const auto now = Clock::now();
+  for (auto& [e, st] : events_) n += st.released && now >= st.ready ? 0 : 1;
   return n;
 }
 

@@ -454,6 +454,10 @@ PYBIND11_MODULE(_core, m) {
       .def("set_capacity", &HostBackend::set_capacity)
       .def("hold_stream", &HostBackend::hold_stream)
       .def("release_stream", &HostBackend::release_stream)
+      .def("set_delays", &HostBackend::set_delays, py::arg("allocate_us") = 0,
+           py::arg("deallocate_us") = 0, py::arg("synchronize_us") = 0)
+      .def("set_event_latency", &HostBackend::set_event_latency, py::arg("us"))
+      .def("set_sync_waits_for_release", &HostBackend::set_sync_waits_for_release, py::arg("on"))
       .def_property_readonly("pending_events", &HostBackend::pending_events)
       .def_property_readonly("used", &HostBackend::used)
       .def_property_readonly("num_allocations", &HostBackend::num_allocations)
@@ -509,7 +513,7 @@ PYBIND11_MODULE(_core, m) {
              return out;
            },
            py::arg("min_seq") = 0)
-      .def("check_invariants", &DevicePool::check_invariants)
+      .def("check_invariants", &DevicePool::check_invariants, GR())
       .def("set_memory_fraction", &DevicePool::set_memory_fraction)
       .def_property_readonly("cap", &DevicePool::cap)
       .def_property_readonly("next_seq", &DevicePool::next_seq)

@@ -173,13 +173,32 @@ struct DevicePool::Impl {
   FreeIndex* last_index[kNumPoolKinds] = {nullptr, nullptr};
   Segment* segs = nullptr;  // intrusive list of all segments
   PoolStats st;  // Note [Stats by kind]
-  std::size_t inflight = 0;  // bytes being obtained from the backend, lock dropped
+  // Bytes a grower is obtaining from the backend with mu dropped. Only the grower that
+  // holds grow_mu ever has bytes in flight, so every other cap check (all made under
+  // grow_mu) sees 0 here (Note [Growth and release protocol]).
+  std::size_t inflight = 0;
   double fraction = 0.0;
   std::size_t cap = Config::kUnlimited;
   std::uint64_t seq = 0;
-  std::vector<std::pair<Event, Block*>> pending;  // record_stream events to complete
+  // Note [Event FIFOs]: record_stream events, one FIFO per stream they were recorded
+  // on. Events of one stream complete in the order they were recorded, so
+  // process_events queries the head of each FIFO and stops at the first incomplete one,
+  // as PyTorch does: O(streams) per malloc while anything is pending, not O(events).
+  // Entries are popped by advancing `head` (no allocation); the storage is reused.
+  struct EventFifo {
+    Stream stream;
+    std::vector<std::pair<Event, Block*>> q;
+    std::size_t head = 0;
+    std::size_t size() const noexcept { return q.size() - head; }
+  };
+  std::vector<EventFifo> fifos;
+  std::size_t npending = 0;  // entries over all FIFOs: the hot path's one test
+  // Note [Growth and release protocol] (device_pool.cpp): held across every backend
+  // call that changes the pool's device footprint. Taken before mu, never while
+  // holding mu (try_lock aside).
+  mutable std::mutex grow_mu;
   // Serializes changes to the mapping of expandable segments; taken before mu, never
-  // while holding it (Note [VMM segments]).
+  // while holding it (Note [VMM segments]). Order: grow_mu, vmm_mu, mu.
   std::mutex vmm_mu;
 
   // Note [Trace ring]: a fixed-size ring allocated when history is enabled, so
@@ -323,25 +342,47 @@ struct DevicePool::Impl {
     put_free(idx, b);
   }
 
+  // The FIFO of events recorded on `s`, made on first use (may throw bad_alloc; then
+  // nothing else has changed).
+  EventFifo& fifo_for(Stream s) {
+    for (EventFifo& f : fifos)
+      if (f.stream == s) return f;
+    fifos.push_back(EventFifo{s, {}, 0});
+    return fifos.back();
+  }
+
+  // Frees the blocks whose last event completed (Note [Event FIFOs]). An entry leaves
+  // its FIFO before anything that can throw, so a throwing backend never leaves an
+  // entry to be counted twice; at worst an event is not returned to the backend.
   void process_events() {
-    std::size_t keep = 0, i = 0;
-    try {
-      for (; i < pending.size(); ++i) {
-        auto [ev, b] = pending[i];
-        if (be.query_event(ev)) {
-          be.release_event(ev);
-          if (--b->pending_events == 0) free_block(b);
-        } else {
-          pending[keep++] = pending[i];
-        }
+    for (EventFifo& f : fifos) {
+      while (f.head < f.q.size()) {
+        auto [ev, b] = f.q[f.head];
+        if (!event_done(ev)) break;
+        ++f.head;
+        --npending;
+        if (--b->pending_events == 0) free_block(b);
+        be.release_event(ev);
       }
-    } catch (...) {
-      // [keep, i) holds entries already processed or copied down: drop them, keep the rest.
-      pending.erase(pending.begin() + static_cast<std::ptrdiff_t>(keep),
-                    pending.begin() + static_cast<std::ptrdiff_t>(i));
-      throw;
+      if (f.head == f.q.size()) {
+        f.q.clear();
+        f.head = 0;
+      } else if (f.head >= 64 && 2 * f.head >= f.q.size()) {
+        // A stream that always has work pending: drop the popped prefix (no allocation).
+        f.q.erase(f.q.begin(), f.q.begin() + static_cast<std::ptrdiff_t>(f.head));
+        f.head = 0;
+      }
     }
-    pending.resize(keep);
+  }
+
+  bool event_done(Event ev) {
+#ifdef PYPOOL_BREAK_EARLY_EVENTS
+    // Test-only, compiled into the "broken" stress driver: 1 in N events is taken as
+    // complete while its stream may still run, to prove the stress catches early reuse.
+    static std::atomic<unsigned> n{0};
+    if (n.fetch_add(1, std::memory_order_relaxed) % PYPOOL_BREAK_EARLY_EVENTS == 0) return true;
+#endif
+    return be.query_event(ev);
   }
 
   Segment* add_segment(void* p, std::size_t size, FreeIndex* idx) {
@@ -377,7 +418,8 @@ struct DevicePool::Impl {
 
   // Preferred segment size for a rounded request, by growth policy.
   std::size_t want_segment(std::size_t rounded, PoolKind k) const {
-    std::size_t want = policy::segment_size(cfg, rounded);
+    const std::size_t base = policy::segment_size(cfg, rounded);
+    std::size_t want = base;
     if (k == PoolKind::kSmall) return want;
     switch (cfg.growth) {
       case GrowthPolicy::kSegment: break;
@@ -388,6 +430,14 @@ struct DevicePool::Impl {
       case GrowthPolicy::kFixed:
         want = std::max(want, policy::round_up(cfg.growth_step, cfg.round_large));
         break;
+    }
+    // A segment of max_split_size or more is never split (policy::should_split), so a
+    // grown segment that large would be handed whole to a request below the limit, and
+    // with `double` every such request would double the pool. Below the limit, grow by
+    // at most the largest splittable size.
+    if (want > base && cfg.max_split_size != Config::kUnlimited && rounded < cfg.max_split_size) {
+      const std::size_t limit = (cfg.max_split_size - 1) / cfg.round_large * cfg.round_large;
+      want = std::max(base, std::min(want, limit));
     }
     return want;
   }

@@ -1,12 +1,16 @@
 // The caching block-pool allocator for one device.
 //
-// Note [Locking rule]: every public method of DevicePool takes mutex_ once and never
-// calls another public method; private methods (suffix _locked or documented "lock
-// held") assume it is held. Backend calls that may block (allocate / deallocate / event
-// synchronize / mem_info) are made with the lock RELEASED: growth reserves its bytes against the
-// cap under the lock (inflight_), drops the lock for the backend call, and retakes it to
-// insert the segment; release detaches segments under the lock and frees them after.
-// Event record/query never block and are made under the lock.
+// Note [Locking rule]: every public method of DevicePool takes the pool's spin lock
+// (Impl::mu) and never calls another public method; private methods (suffix _locked or
+// documented "lock held") assume it is held. Nothing that can block runs under the spin
+// lock: backend calls that may block (allocate / deallocate / event synchronize /
+// mem_info / VMM map and unmap) are made with it RELEASED, and walks over every block
+// (check_invariants, segments) are linear or O(n log n). Growth and release are serialized by a second,
+// blocking mutex (Impl::grow_mu) held across those backend calls (Note [Growth and
+// release protocol] in device_pool.cpp): a cache hit never waits for it. Waiting for
+// record_stream events takes them out of the pool's FIFOs under the spin lock and
+// synchronizes with no lock held. Event record/query never block and are made under
+// the spin lock.
 #pragma once
 
 #include <atomic>
@@ -111,6 +115,11 @@ class DevicePool {
   void free(void* p);
   // The block stays out of reuse until work queued on `stream` before its free is done.
   void record_stream(void* p, Stream stream);
+  // record_stream for a pointer that may belong to another device's pool (the C ABI is
+  // not told the device): false, with nothing changed and nothing thrown, when p lies
+  // in none of this pool's segments; throws InvalidPointerError as record_stream does
+  // when it lies in one but is not a live allocation.
+  bool record_stream_if_owned(void* p, Stream stream);
   // Waits for pending cross-stream frees, then releases cached segments that hold no
   // live block (down to release_threshold), like torch.cuda.empty_cache().
   void empty_cache();
@@ -145,7 +154,10 @@ class DevicePool {
   struct Impl;
 
  private:
-  void sync_pending_locked();
+  // Waits for pending record_stream events with mu released (lk is relocked before
+  // it returns) and frees their blocks.
+  void sync_pending_locked(std::unique_lock<SpinMutex>& lk);
+  void release_cached(bool respect_threshold);
   // malloc after the bounded search missed: the fallback chain. Returns a block taken out
   // of its free index, or throws OutOfMemoryError.
   detail::Block* fallback_locked(std::unique_lock<SpinMutex>& lk, detail::FreeIndex* idx,

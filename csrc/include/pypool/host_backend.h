@@ -5,6 +5,8 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -42,6 +44,21 @@ class HostBackend final : public Backend {
   // Completes every pending event of the stream and stops holding it.
   void release_stream(Stream s);
   std::size_t pending_events() const;
+
+  // ---- blocking calls (Note [Host backend delays]) ----
+  // Sleep this long (microseconds) in every allocate / vmm_map, deallocate / vmm_unmap,
+  // and synchronize_event, standing in for cuMemAlloc, cuMemFree (which synchronizes
+  // the device) and cuEventSynchronize. A deallocated range still counts as used
+  // until its delay is over: the device has not got it back yet.
+  void set_delays(std::uint64_t allocate_us, std::uint64_t deallocate_us,
+                  std::uint64_t synchronize_us);
+  // Events complete `us` after they are recorded (0: at once); query_event says false
+  // until then and synchronize_event sleeps until then.
+  void set_event_latency(std::uint64_t us);
+  // Whether synchronize_event on an event of a held stream waits for release_stream
+  // (true) or completes the event itself (false, the default: a single-threaded test
+  // has nobody to release the stream).
+  void set_sync_waits_for_release(bool on);
 
   // ---- counters ----
   std::size_t used() const;
@@ -89,8 +106,17 @@ class HostBackend final : public Backend {
   std::unordered_map<std::uintptr_t, std::size_t> live_;
   std::unordered_map<PhysHandle, std::size_t> phys_;
   PhysHandle next_phys_ = 1;
-  // Events: id -> (stream, complete)
-  std::unordered_map<Event, std::pair<Stream, bool>> events_;
+  using Clock = std::chrono::steady_clock;
+  struct EventState {
+    Stream stream;
+    bool released;          // not recorded on a held stream, or the stream was released since
+    Clock::time_point ready;  // completes at this time once released (event latency)
+  };
+  std::unordered_map<Event, EventState> events_;
+  std::condition_variable released_cv_;  // a stream was released (with mu_)
+  std::atomic<std::uint64_t> alloc_delay_us_{0}, dealloc_delay_us_{0}, sync_delay_us_{0},
+      event_latency_us_{0};
+  bool sync_waits_for_release_ = false;
   std::unordered_set<Stream> held_;
   Event next_event_ = 1;
   // Relaxed atomics: counted on entry, before mu_, by operations that take no lock too.

@@ -47,6 +47,9 @@ class Registry {
   bool owns(const DevicePool* pool) const;
   // Drops every pool (tests only). Throws if any pool has live allocations.
   void reset();
+  // Note [Fork safety] (device_pool.cpp): taken before fork, released after it.
+  void lock_for_fork() { mu_.lock(); }
+  void unlock_after_fork() { mu_.unlock(); }
 
  private:
   Registry() = default;
