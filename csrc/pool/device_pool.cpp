@@ -78,6 +78,7 @@ DevicePool::~DevicePool() {
     delete s;
     s = next;
   }
+  detail::vmm_destroy_quarantine(m);
 }
 
 namespace {
@@ -194,6 +195,11 @@ void DevicePool::free(void* p) {
   if (b->uses != nullptr && !b->uses->empty()) {
     // Note [record_stream]: record every event first, so a throwing backend leaves the
     // pool unchanged (as documented).
+    // One pending_events count per stream; more than fit would wrap it to 0 and hand the
+    // block out while still in use (its streams are distinct, so this is only reachable
+    // with billions of them).
+    if (b->uses->size() > UINT32_MAX)
+      throw std::length_error("pypool: free(): more record_stream streams on one block than it can count");
     m.pending.reserve(m.pending.size() + b->uses->size());
     const std::size_t first = m.pending.size();
     try {
@@ -203,7 +209,7 @@ void DevicePool::free(void* p) {
       m.pending.resize(first);
       throw;
     }
-    b->pending_events = static_cast<std::uint16_t>(m.pending.size() - first);
+    b->pending_events = static_cast<std::uint32_t>(m.pending.size() - first);
   }
   const PoolKind k = b->seg->index->kind;
   Impl::sub(m.st.allocation, k, 1);
@@ -323,7 +329,6 @@ void DevicePool::release_cached_locked(std::unique_lock<SpinMutex>& lk, bool res
     m.unlink_segment(s);
     Impl::sub(m.st.segment, s->kind, 1);
     Impl::sub(m.st.reserved_bytes, s->kind, static_cast<std::int64_t>(s->size));
-    ++m.st.num_device_free;
     m.trace(TraceAction::kSegmentFree, s->addr, s->size, s->stream);
   }
   // Expandable segments give back their free tail instead (Note [VMM segments]).
@@ -331,9 +336,11 @@ void DevicePool::release_cached_locked(std::unique_lock<SpinMutex>& lk, bool res
     detail::vmm_shrink_all(m, lk, respect_threshold ? cfg_.release_threshold : 0);
   if (out.empty()) return;
   lk.unlock();
+  std::int64_t freed = 0;  // num_device_free counts only what the device took back
   for (Segment* s : out) {
     try {
       m.be.deallocate(reinterpret_cast<void*>(s->addr), s->size);
+      ++freed;
     } catch (...) {
       // The segment is gone from the pool either way; a failing free means a broken
       // device, which the next allocation will report.
@@ -341,6 +348,7 @@ void DevicePool::release_cached_locked(std::unique_lock<SpinMutex>& lk, bool res
     delete s;
   }
   lk.lock();
+  m.st.num_device_free += freed;
 }
 
 void DevicePool::sync_pending_locked() {
@@ -452,19 +460,24 @@ std::uint64_t DevicePool::next_seq() const {
 }
 
 void DevicePool::set_history(bool enabled, std::size_t max_entries) {
-  std::lock_guard<SpinMutex> g(impl_->mu);
   Impl& m = *impl_;
   if (enabled && max_entries == 0) throw std::invalid_argument("max_entries must be > 0");
+  if (enabled && max_entries > std::vector<TraceEntry>().max_size())
+    throw std::invalid_argument("max_entries: " + std::to_string(max_entries) +
+                                " entries are more than memory can hold");
+  {
+    std::lock_guard<SpinMutex> g(m.mu);
+    if (enabled && m.history_on && m.ring.size() == max_entries) return;  // keep its events
+  }
+  // The new ring exists before history turns on, and is made without the lock: a
+  // failure (std::bad_alloc) leaves history as it was. (History used to turn on first,
+  // and the next allocation wrote into a ring that did not exist: SIGSEGV.)
+  std::vector<TraceEntry> ring;
+  if (enabled) ring.assign(max_entries, TraceEntry{});
+  std::lock_guard<SpinMutex> g(m.mu);
+  m.ring.swap(ring);  // the old ring is freed after the lock is dropped
+  m.ring_next = m.ring_count = 0;
   m.history_on = enabled;
-  if (enabled && m.ring.size() != max_entries) {
-    m.ring.assign(max_entries, TraceEntry{});
-    m.ring_next = m.ring_count = 0;
-  }
-  if (!enabled) {
-    m.ring.clear();
-    m.ring.shrink_to_fit();
-    m.ring_next = m.ring_count = 0;
-  }
   m.annotate.store(m.history_on || m.capture_context, std::memory_order_relaxed);
 }
 
@@ -566,6 +579,10 @@ void DevicePool::check_invariants() const {
     indexed += n;
   }
   if (indexed != free_blocks) fail("free blocks in segments and in free indexes differ");
+  // Reserved bytes that belong to no segment: unmaps in flight, quarantined ranges
+  // (Note [Unmap failure] in vmm.cpp).
+  for (int k = 0; k < kNumPoolKinds; ++k)
+    add(calc.reserved_bytes, static_cast<PoolKind>(k), static_cast<std::int64_t>(m.detached[k]));
   if (m.live.size() != live_blocks) fail("live map holds blocks that are in no segment");
   for (int i = 0; i < 3; ++i) {
 #define PYPOOL_CHECK_STAT(name)                                                           \
