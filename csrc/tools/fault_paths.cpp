@@ -610,19 +610,79 @@ static void test_unmap_in_flight_counts_against_cap() {
   EXPECT(be->peak_used.load() <= 64 * MiB, "the device never held more than the cap");
 }
 
-int main() {
+// Bug: set_history turned history on before its ring existed; when making the ring
+// failed (record_history(max_entries=1 << 58) in Python), the next allocation wrote into
+// a ring that did not exist (SIGSEGV). Here the ring's allocation is made to fail.
+static void test_history_ring_before_history() {
+  std::printf("set_history: making the ring fails\n");
+  auto be = std::make_shared<SweepBackend>();
+  DevicePool pool(Config{}, be);
+  bool threw = false;
+  fault::arm(1);
+  try { pool.set_history(true, 1000); } catch (const std::bad_alloc&) { threw = true; }
+  fault::disarm();
+  EXPECT(threw, "set_history reports the failed allocation");
+  void* p = pool.malloc(4096, 0);  // crashed here
+  pool.free(p);
+  EXPECT(pool.history().empty(), "history stays off");
+  threw = false;
+  try { pool.set_history(true, std::size_t(1) << 62); } catch (const std::invalid_argument& e) {
+    threw = true;
+    std::printf("  (%s)\n", e.what());
+  }
+  EXPECT(threw, "an impossible max_entries is a clear invalid_argument");
+  pool.set_history(true, 8);
+  p = pool.malloc(4096, 0);
+  pool.free(p);
+  EXPECT(!pool.history().empty(), "history works afterwards");
+}
+
+// Bug: pending_events was 16 bits: a block used on 65,536 other streams counted 0
+// pending events at free() and went back to the free list while still in use.
+static void test_pending_events_do_not_wrap() {
+  std::printf("free(): a block used on 65,536 streams\n");
+  auto be = std::make_shared<SweepBackend>();
+  DevicePool pool(Config{}, be);
+  void* p = pool.malloc(4096, 0);
+  for (Stream s = 1; s <= 65536; ++s) pool.record_stream(p, s);
+  pool.free(p);  // 65,536 events, all complete but not yet seen by the pool
+  BlockState st = BlockState::kFree;
+  for (const SegmentInfo& si : pool.segments())
+    for (const BlockInfo& bi : si.blocks)
+      if (bi.address == reinterpret_cast<std::uintptr_t>(p)) st = bi.state;
+  EXPECT(st == BlockState::kPendingFree, "the block waits for its 65,536 events");
+  pool.free(pool.malloc(512, 0));  // processes them
+  std::string why;
+  const bool ok = invariants_ok(pool, &why) && pool.stats().active_bytes[0].current == 0;
+  EXPECT(ok, ok ? "and is free once they completed" : why.c_str());
+}
+
+// With arguments, runs only the tests whose names contain one of them (for checking one
+// regression test against an old build: some of the bugs crash the process).
+int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
-  test_mem_info_cannot_tell();
-  test_process_events_premature_free();
-  test_free_record_event_throws();
-  test_process_events_query_throws();
-  test_num_device_free_counts_only_frees();
-  for (int at : {1, 2, 3}) test_unmap_failure_quarantines(0, at);
-  test_unmap_failure_quarantines(1, 1);
-  test_shrink_wait_does_not_block_other_streams();
-  test_unmap_in_flight_counts_against_cap();
-  sweep("malloc / free / record_stream / empty_cache, fixed segments", Config{}, scenario_fixed);
-  sweep("VMM grow / shrink, expandable segments", vmm_config(), scenario_vmm);
+  const std::pair<const char*, std::function<void()>> tests[] = {
+      {"mem_info_cannot_tell", test_mem_info_cannot_tell},
+      {"process_events_premature_free", test_process_events_premature_free},
+      {"free_record_event_throws", test_free_record_event_throws},
+      {"process_events_query_throws", test_process_events_query_throws},
+      {"num_device_free_counts_only_frees", test_num_device_free_counts_only_frees},
+      {"history_ring_before_history", test_history_ring_before_history},
+      {"pending_events_do_not_wrap", test_pending_events_do_not_wrap},
+      {"unmap_failure_quarantines", [] {
+         for (int at : {1, 2, 3}) test_unmap_failure_quarantines(0, at);
+         test_unmap_failure_quarantines(1, 1);
+       }},
+      {"shrink_wait_does_not_block_other_streams", test_shrink_wait_does_not_block_other_streams},
+      {"unmap_in_flight_counts_against_cap", test_unmap_in_flight_counts_against_cap},
+      {"sweep_fixed", [] { sweep("malloc / free / record_stream / empty_cache, fixed segments", Config{}, scenario_fixed); }},
+      {"sweep_vmm", [] { sweep("VMM grow / shrink, expandable segments", vmm_config(), scenario_vmm); }},
+  };
+  for (const auto& [name, fn] : tests) {
+    bool run = argc < 2;
+    for (int i = 1; i < argc; ++i) run = run || std::string(name).find(argv[i]) != std::string::npos;
+    if (run) fn();
+  }
   std::printf(failures ? "FAILED (%d)\n" : "all ok\n", failures);
   return failures ? 1 : 0;
 }
