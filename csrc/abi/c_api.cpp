@@ -3,6 +3,9 @@
 #include <atomic>
 #include <cstdio>
 #include <exception>
+#include <new>
+#include <stdexcept>
+#include <string>
 
 #include "pypool/registry.h"
 
@@ -10,9 +13,28 @@ namespace {
 
 std::atomic<std::uint64_t> g_errors{0};
 
+// pypool_last_error's text: a fixed buffer per thread, so recording an error never
+// allocates (it may be reporting a std::bad_alloc).
+thread_local char t_last_error[2048] = "";
+
+void set_last_error(const char* where, const char* what) noexcept {
+  std::snprintf(t_last_error, sizeof t_last_error, "pypool: %s: %s", where, what);
+}
+
 void report(const char* where, const char* what) {
   g_errors.fetch_add(1, std::memory_order_relaxed);
+  set_last_error(where, what);
   std::fprintf(stderr, "pypool: %s: %s\n", where, what);
+}
+
+bool valid_device(int device) noexcept {
+  return device >= 0 && device < pypool::Registry::kMaxDevices;
+}
+
+[[noreturn]] void throw_invalid_device(int device) {
+  throw std::invalid_argument("pypool: device index " + std::to_string(device) +
+                              " out of range [0, " +
+                              std::to_string(pypool::Registry::kMaxDevices) + ")");
 }
 
 }  // namespace
@@ -20,6 +42,8 @@ void report(const char* where, const char* what) {
 extern "C" {
 
 void* pypool_malloc(size_t size, int device, void* stream) {
+  // A bad device index is the caller's error, not "no memory".
+  if (!valid_device(device)) throw_invalid_device(device);
   try {
     return pypool::Registry::instance().pool(device).malloc(size, reinterpret_cast<pypool::Stream>(stream));
   } catch (const pypool::OutOfMemoryError&) {
@@ -32,6 +56,37 @@ void* pypool_malloc(size_t size, int device, void* stream) {
     throw pypool::OutOfMemoryError("pypool: unknown error in malloc");
   }
 }
+
+void* pypool_try_malloc(size_t size, int device, void* stream, int* error) {
+  int code = PYPOOL_OK;
+  void* p = nullptr;
+  try {
+    if (!valid_device(device)) throw_invalid_device(device);
+    p = pypool::Registry::instance().pool(device).malloc(size, reinterpret_cast<pypool::Stream>(stream));
+  } catch (const pypool::OutOfMemoryError& e) {
+    code = PYPOOL_ERROR_OUT_OF_MEMORY;
+    set_last_error("malloc", e.what());
+  } catch (const std::bad_alloc&) {
+    code = PYPOOL_ERROR_OUT_OF_MEMORY;  // host memory for the pool's own bookkeeping
+    set_last_error("malloc", "out of host memory for the pool's bookkeeping");
+  } catch (const std::invalid_argument& e) {
+    code = valid_device(device) ? PYPOOL_ERROR_INVALID_ARGUMENT : PYPOOL_ERROR_INVALID_DEVICE;
+    set_last_error("malloc", e.what());
+  } catch (const pypool::BackendError& e) {
+    code = PYPOOL_ERROR_BACKEND;
+    set_last_error("malloc", e.what());
+  } catch (const std::exception& e) {
+    code = PYPOOL_ERROR_INTERNAL;
+    set_last_error("malloc", e.what());
+  } catch (...) {
+    code = PYPOOL_ERROR_INTERNAL;
+    set_last_error("malloc", "unknown error");
+  }
+  if (error != nullptr) *error = code;
+  return p;
+}
+
+const char* pypool_last_error(void) { return t_last_error; }
 
 void pypool_free(void* ptr, size_t size, int device, void* stream) {
   (void)size;
