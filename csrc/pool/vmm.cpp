@@ -389,12 +389,13 @@ void vmm_shrink_all(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, std::s
 }
 
 void vmm_destroy(Backend& be, Segment* s) noexcept {
-  const std::size_t g = be.vmm_granularity();
+  std::size_t g = 0;
   try {
+    g = be.vmm_granularity();
     wait_for_stream(be, s->stream);
   } catch (...) {
   }
-  for (std::size_t i = s->chunks->size(); i-- > 0;) {
+  for (std::size_t i = g == 0 ? 0 : s->chunks->size(); i-- > 0;) {
     try {
       be.vmm_unmap(reinterpret_cast<void*>(s->addr + i * g), g, (*s->chunks)[i]);
     } catch (...) {

@@ -395,6 +395,7 @@ struct Run {
       }
     } catch (const std::bad_alloc&) {
     } catch (const OutOfMemoryError&) {
+    } catch (const BackendError&) {  // a backend fault sweep's injected failure
     }
   }
   void free_at(std::size_t i) {
@@ -417,7 +418,7 @@ struct Run {
     try { pool.record_stream(live[i], s); } catch (const std::bad_alloc&) {}
   }
   void empty_cache() {
-    try { pool.empty_cache(); } catch (const std::bad_alloc&) {}
+    try { pool.empty_cache(); } catch (const std::bad_alloc&) {} catch (const BackendError&) {}
   }
 };
 
@@ -507,6 +508,47 @@ static Config vmm_config() {
   Config c;
   c.expandable_segments = true;
   return c;
+}
+
+// Backend failures along the same VMM scenario: the k-th vmm_unmap (kind 0) or
+// synchronize_event (kind 1) throws, for every k. What could not be unmapped is
+// quarantined: the device must hold exactly what the pool reports at every check, no
+// granule may be mapped twice, and the pool's destructor must hand everything back.
+static void sweep_vmm_backend_faults(int kind) {
+  const char* what = kind == 0 ? "vmm_unmap" : "synchronize_event";
+  std::printf("backend fault sweep: %s throws, VMM grow / shrink\n", what);
+  int bad = 0;
+  long points = 0;
+  for (int k = 1; bad < 5; ++k) {
+    auto be = std::make_shared<SweepBackend>();
+    std::string why;
+    BackendCalls calls;
+    {
+      DevicePool pool(vmm_config(), be);
+      if (kind == 0) be->throw_unmap_at = k; else be->throw_sync_at = k;
+      Run r{pool, {}, {}};
+      scenario_vmm(r);
+      const bool fired = (kind == 0 ? be->throw_unmap_at : be->throw_sync_at) == 0;
+      if (!fired) break;  // past the last call: every k was swept
+      ++points;
+      bool ok = r.problem.empty() && consistent(pool, *be, &why);
+      if (!r.problem.empty()) why = r.problem;
+      for (void* p : r.live) pool.free(p);
+      try { pool.release_all_cached(); } catch (const BackendError&) {}
+      if (ok) ok = consistent(pool, *be, &why);
+      if (!ok) {
+        ++bad;
+        std::printf("  FAIL: %s #%d throws: %s\n", what, k, why.c_str());
+      }
+    }
+    if (be->h->live_allocations() != 0 && bad < 5) {
+      ++bad;
+      std::printf("  FAIL: %s #%d throws: %zu device allocations left after the pool is gone\n", what, k,
+                  be->h->live_allocations());
+    }
+  }
+  failures += bad;
+  std::printf("  %s: %ld failure points swept\n", bad ? "FAIL" : "ok", points);
 }
 
 // Bug: a failed unmap (or a failed wait for the stream before it) skipped every remaining
@@ -677,6 +719,10 @@ int main(int argc, char** argv) {
       {"unmap_in_flight_counts_against_cap", test_unmap_in_flight_counts_against_cap},
       {"sweep_fixed", [] { sweep("malloc / free / record_stream / empty_cache, fixed segments", Config{}, scenario_fixed); }},
       {"sweep_vmm", [] { sweep("VMM grow / shrink, expandable segments", vmm_config(), scenario_vmm); }},
+      {"sweep_vmm_backend_faults", [] {
+         sweep_vmm_backend_faults(0);
+         sweep_vmm_backend_faults(1);
+       }},
   };
   for (const auto& [name, fn] : tests) {
     bool run = argc < 2;
