@@ -260,132 +260,123 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
   return b;
 }
 
+namespace {
+
+bool in_list(const DevicePool::Impl& m, const Segment* target) {
+  for (const Segment* s = m.segs; s != nullptr; s = s->next)
+    if (s == target) return true;
+  return false;
+}
+
+// Unmaps the free tail of s beyond what `keep` bytes of cache allow. Lock held on entry
+// and on return; dropped while the backend works. Does nothing if the tail is not free, a
+// grow or shrink of s's index is in flight, or a bookkeeping allocation fails.
+void shrink_one(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, Segment* s, std::size_t g,
+                std::size_t keep) noexcept {
+  Block* last = last_block(s);
+  FreeIndex* idx = s->index;
+  if (last == nullptr || last->state != BlockState::kFree || idx->vmm_busy) return;
+  const std::uintptr_t end = s->addr + s->size;
+  std::uintptr_t cut = s->addr + policy::round_up(last->addr - s->addr, g);
+  if (keep > 0) {
+    const std::size_t cached = m.free_summary().second;
+    const std::size_t spare = cached > keep ? (cached - keep) / g * g : 0;
+    cut = std::max(cut, end - std::min(spare, end - cut));
+  }
+  if (cut >= end) return;
+  const std::size_t n = end - cut;
+  const std::size_t k = n / g;
+  std::vector<PhysHandle> handles;  // granules from cut on, still mapped
+  try {
+    handles.assign(s->chunks->end() - static_cast<std::ptrdiff_t>(k), s->chunks->end());
+    m.quarantine.reserve(m.quarantine.size() + 1);
+  } catch (...) {
+    return;  // s stays as it is (Note [Exception safety])
+  }
+  // Detach the tail; nothing below allocates.
+  idx->vmm_busy = true;
+  m.take_free(idx, last);
+  if (cut == last->addr) {
+    if (last->prev != nullptr) last->prev->next = nullptr;
+    else s->first = nullptr;
+    m.arena.put(last);
+  } else {
+    last->size = cut - last->addr;
+    m.put_free(idx, last);
+  }
+  s->chunks->resize(s->chunks->size() - k);
+  s->size -= n;
+  m.detached[static_cast<int>(s->kind)] += n;  // still reserved (Note [Unmap failure])
+  m.trace(TraceAction::kSegmentUnmap, cut, n, s->stream);
+  const bool whole = s->size == 0;
+  if (whole) {
+    m.unlink_segment(s);
+    if (idx->vmm_seg == s) idx->vmm_seg = nullptr;
+    DevicePool::Impl::sub(m.st.segment, s->kind, 1);
+    m.trace(TraceAction::kSegmentFree, s->addr, s->reserved_va, s->stream);
+  }
+
+  lk.unlock();
+  bool failed = false;
+  std::size_t unmapped = 0;
+  try {
+    // Unlike cuMemFree, cuMemUnmap/cuMemRelease do not synchronize: kernels queued on
+    // the segment's stream may still use the freed tail, so wait for that stream (other
+    // streams' uses are covered by record_stream events).
+    wait_for_stream(m.be, s->stream);
+  } catch (...) {
+    failed = true;
+  }
+  while (!failed && !handles.empty()) {
+    const std::size_t i = handles.size() - 1;
+    try {
+      m.be.vmm_unmap(reinterpret_cast<void*>(cut + i * g), g, handles[i]);
+      handles.pop_back();
+      unmapped += g;
+    } catch (...) {
+      failed = true;
+    }
+  }
+  // s->sealed changes only under idx's claim, which this thread holds.
+  if (whole && !failed && !s->sealed) {
+    try {
+      m.be.vmm_release_range(reinterpret_cast<void*>(s->addr), s->reserved_va);
+    } catch (...) {
+      // Address space only: nothing of the device's memory is lost.
+    }
+  }
+  lk.lock();
+  DevicePool::Impl::sub(m.st.reserved_bytes, s->kind, static_cast<std::int64_t>(unmapped));
+  m.detached[static_cast<int>(s->kind)] -= unmapped;
+  if (unmapped > 0) ++m.st.num_segment_unmap;
+  if (failed) quarantine_locked(m, s, s->kind, cut, std::move(handles), 0, 0);
+  if (whole) {
+    if (!failed) ++m.st.num_device_free;
+    delete s->chunks;
+    delete s;
+  }
+  idx->vmm_busy = false;
+  m.vmm_cv.notify_all();
+}
+
+}  // namespace
+
 void vmm_shrink_all(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, std::size_t keep) noexcept {
   std::size_t g = 0;
+  std::vector<Segment*> candidates;
   try {
     g = m.be.vmm_granularity();
+    for (Segment* s = m.segs; s != nullptr; s = s->next)
+      if (s->expandable) candidates.push_back(s);
   } catch (...) {
     return;
   }
-  struct Cut {
-    Segment* seg;
-    std::uintptr_t addr;
-    std::vector<PhysHandle> handles;  // granules from addr on, still mapped
-    bool whole;
-    std::size_t unmapped = 0;
-    bool failed = false;
-  };
-  std::vector<Cut> cuts;
-  // Phase 1, lock held: detach the free tails. Room for every cut and quarantine entry
-  // first; a failed allocation leaves the pool as it was (Note [Exception safety]).
-  try {
-    std::size_t n = 0;
-    for (Segment* s = m.segs; s != nullptr; s = s->next) n += s->expandable ? 1 : 0;
-    if (n == 0) return;
-    cuts.reserve(n);
-    m.quarantine.reserve(m.quarantine.size() + n);
-  } catch (...) {
-    return;
-  }
-  std::size_t cached = m.free_summary().second;
-  for (Segment* s = m.segs; s != nullptr;) {
-    Segment* next = s->next;
-    Block* last = s->expandable ? last_block(s) : nullptr;
-    if (last == nullptr || last->state != BlockState::kFree || s->index->vmm_busy) {
-      s = next;  // nothing free at the end, or a grow or shrink of it is in flight
-      continue;
-    }
-    const std::uintptr_t end = s->addr + s->size;
-    std::uintptr_t cut = s->addr + policy::round_up(last->addr - s->addr, g);
-    if (keep > 0) {
-      const std::size_t spare = cached > keep ? (cached - keep) / g * g : 0;
-      cut = std::max(cut, end - std::min(spare, end - cut));
-    }
-    if (cut >= end) {
-      s = next;
-      continue;
-    }
-    const std::size_t n = end - cut;
-    const std::size_t k = n / g;
-    Cut c{s, cut, {}, false};
-    try {
-      c.handles.assign(s->chunks->end() - static_cast<std::ptrdiff_t>(k), s->chunks->end());
-    } catch (...) {
-      s = next;  // this segment stays as it is
-      continue;
-    }
-    // Nothing below allocates.
-    FreeIndex* idx = s->index;
-    idx->vmm_busy = true;
-    m.take_free(idx, last);
-    if (cut == last->addr) {
-      if (last->prev != nullptr) last->prev->next = nullptr;
-      else s->first = nullptr;
-      m.arena.put(last);
-    } else {
-      last->size = cut - last->addr;
-      m.put_free(idx, last);
-    }
-    s->chunks->resize(s->chunks->size() - k);
-    s->size -= n;
-    cached -= n;
-    m.detached[static_cast<int>(s->kind)] += n;  // still reserved (Note [Unmap failure])
-    m.trace(TraceAction::kSegmentUnmap, cut, n, s->stream);
-    if (s->size == 0) {
-      m.unlink_segment(s);
-      if (idx->vmm_seg == s) idx->vmm_seg = nullptr;
-      DevicePool::Impl::sub(m.st.segment, s->kind, 1);
-      m.trace(TraceAction::kSegmentFree, s->addr, s->reserved_va, s->stream);
-      c.whole = true;
-    }
-    cuts.push_back(std::move(c));
-    s = next;
-  }
-  if (cuts.empty()) return;
-  // Phase 2, per cut: unmap with the lock dropped, then account for it with the lock.
-  for (Cut& c : cuts) {
-    lk.unlock();
-    try {
-      // Unlike cuMemFree, cuMemUnmap/cuMemRelease do not synchronize: kernels queued on
-      // the segment's stream may still use the freed tail, so wait for that stream (other
-      // streams' uses are covered by record_stream events).
-      wait_for_stream(m.be, c.seg->stream);
-    } catch (...) {
-      c.failed = true;
-    }
-    while (!c.failed && !c.handles.empty()) {
-      const std::size_t i = c.handles.size() - 1;
-      try {
-        m.be.vmm_unmap(reinterpret_cast<void*>(c.addr + i * g), g, c.handles[i]);
-        c.handles.pop_back();
-        c.unmapped += g;
-      } catch (...) {
-        c.failed = true;
-      }
-    }
-    if (c.whole && !c.failed && !c.seg->sealed) {
-      try {
-        m.be.vmm_release_range(reinterpret_cast<void*>(c.seg->addr), c.seg->reserved_va);
-      } catch (...) {
-        // Address space only: nothing of the device's memory is lost.
-      }
-    }
-    lk.lock();
-    Segment* s = c.seg;
-    FreeIndex* idx = s->index;
-    const int ki = static_cast<int>(s->kind);
-    DevicePool::Impl::sub(m.st.reserved_bytes, s->kind, static_cast<std::int64_t>(c.unmapped));
-    m.detached[ki] -= c.unmapped;
-    if (c.unmapped > 0) ++m.st.num_segment_unmap;
-    if (c.failed) quarantine_locked(m, s, s->kind, c.addr, std::move(c.handles), 0, 0);
-    if (c.whole) {
-      if (!c.failed) ++m.st.num_device_free;
-      delete s->chunks;
-      delete s;
-    }
-    idx->vmm_busy = false;
-    m.vmm_cv.notify_all();
-  }
+  // One segment at a time, each claimed only while its own tail is unmapped: waiting for
+  // one stream's kernels holds up no other stream's growth (Note [VMM segments]). The
+  // lock is dropped in between, so each candidate is looked up again (another thread may
+  // have released it).
+  for (Segment* s : candidates)
+    if (in_list(m, s)) shrink_one(m, lk, s, g, keep);
 }
 
 void vmm_destroy(Backend& be, Segment* s) noexcept {

@@ -262,10 +262,12 @@ class SweepBackend final : public Backend {
   std::atomic<int> double_maps{0};
   std::atomic<std::size_t> peak_used{0};
 
-  // Gate: while closed, synchronize_event blocks (entered() says a caller is waiting).
-  void close_gate() {
+  // Gate: while closed, synchronize_event of an event on `stream` (0: any) blocks
+  // (wait_entered() says a caller is waiting).
+  void close_gate(Stream stream = 0) {
     std::lock_guard<std::mutex> g(gate_mu_);
     gate_open_ = false;
+    gate_stream_ = stream;
   }
   void open_gate() {
     {
@@ -298,7 +300,10 @@ class SweepBackend final : public Backend {
   }
   Event do_record_event(Stream st) override {
     fault::Suspend s;
-    return h->record_event(st);
+    const Event e = h->record_event(st);
+    std::lock_guard<std::mutex> g(gate_mu_);
+    event_stream_[e] = st;
+    return e;
   }
   bool do_query_event(Event e) override {
     fault::Suspend s;
@@ -309,10 +314,12 @@ class SweepBackend final : public Backend {
     if (throw_sync_at > 0 && --throw_sync_at == 0) throw BackendError("cuEventSynchronize: CUDA_ERROR_LAUNCH_FAILED");
     {
       std::unique_lock<std::mutex> g(gate_mu_);
-      ++waiting_;
-      gate_cv_.notify_all();
-      gate_cv_.wait(g, [&] { return gate_open_; });
-      --waiting_;
+      if (!gate_open_ && (gate_stream_ == 0 || event_stream_[e] == gate_stream_)) {
+        ++waiting_;
+        gate_cv_.notify_all();
+        gate_cv_.wait(g, [&] { return gate_open_; });
+        --waiting_;
+      }
     }
     h->synchronize_event(e);
   }
@@ -358,6 +365,8 @@ class SweepBackend final : public Backend {
   std::mutex gate_mu_;
   std::condition_variable gate_cv_;
   bool gate_open_ = true;
+  Stream gate_stream_ = 0;
+  std::unordered_map<Event, Stream> event_stream_;
   int waiting_ = 0;
 };
 
@@ -598,14 +607,20 @@ static void test_num_device_free_counts_only_frees() {
 // Bug: one vmm_mu per pool, held while the shrink waited for its stream, so expandable
 // growth on every other stream waited for that stream too. The gate keeps stream 1's
 // synchronize blocked until the growth on stream 2 has returned; a watchdog opens it
-// after 20 s so a regression fails instead of hanging.
+// after 20 s so a regression fails instead of hanging. Both streams have a free tail to
+// unmap, so the shrink must not hold stream 2's segment while it waits for stream 1.
 static void test_shrink_wait_does_not_block_other_streams() {
   std::printf("vmm: a shrink waiting for stream 1 does not block growth on stream 2\n");
   auto be = std::make_shared<SweepBackend>();
   DevicePool pool(vmm_config(), be);
+  // Stream 2's segment first: the newer segment (stream 1's) heads the list, so a
+  // shrink that walks the list meets stream 1 first.
+  void* a2 = pool.malloc(4 * MiB, 2);
+  void* a3 = pool.malloc(20 * MiB, 2);
   void* a = pool.malloc(20 * MiB, 1);
   pool.free(a);
-  be->close_gate();
+  pool.free(a3);
+  be->close_gate(1);
   std::thread shrinker([&] { pool.empty_cache(); });
   const bool entered = be->wait_entered(std::chrono::seconds(20));
   EXPECT(entered, "the shrink waits for stream 1");
@@ -621,6 +636,7 @@ static void test_shrink_wait_does_not_block_other_streams() {
   shrinker.join();
   watchdog.join();
   pool.free(b);
+  pool.free(a2);
   std::string why;
   const bool ok = consistent(pool, *be, &why);
   EXPECT(ok, ok ? "consistent afterwards" : why.c_str());
