@@ -516,6 +516,9 @@ static void sweep(const char* name, const Config& cfg, void (*scenario)(Run&)) {
 static Config vmm_config() {
   Config c;
   c.expandable_segments = true;
+  // 1 GiB of address space per segment, not 1 TiB: quarantined ranges keep theirs until
+  // the pool goes, and TSan's shadow mapping leaves room for few 1 TiB reservations.
+  c.expandable_reserve = std::size_t(1) << 30;
   return c;
 }
 
