@@ -13,7 +13,7 @@
 // block), and gives it back under the lock; another thread that wants to change the same
 // segment waits on vmm_cv (parked, not spinning), so no two threads map the same
 // addresses. The claim is per (stream, large) index, not per pool: a shrink waiting for
-// its stream's kernels (below) holds up growth on that stream only. (One vmm_mutex per
+// its stream's kernels (below) holds up growth on that stream only. (One vmm_mu per
 // pool made every stream's growth wait for that stream: 250 ms seen.) empty_cache skips a
 // segment whose claim is held instead of waiting for it.
 //
