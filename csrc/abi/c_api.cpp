@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "pypool/backends.h"
 #include "pypool/registry.h"
 
 namespace {
@@ -31,6 +32,22 @@ bool valid_device(int device) noexcept {
   return device >= 0 && device < pypool::Registry::kMaxDevices;
 }
 
+// A device index in range that the backend does not have (CUDA device 5 of 2): the
+// backend's error, seen when the device's pool is first made, is about the device.
+bool device_missing(int device) noexcept {
+  try {
+    auto& r = pypool::Registry::instance();
+    if (r.existing(device) != nullptr) return false;
+    const std::string kind = r.backend_kind();
+    if (kind != "cuda" && kind != "auto") return false;
+    std::string why;
+    const int n = pypool::cuda_device_count(&why);
+    return n > 0 && device >= n;
+  } catch (...) {
+    return false;
+  }
+}
+
 [[noreturn]] void throw_invalid_device(int device) {
   throw std::invalid_argument("pypool: device index " + std::to_string(device) +
                               " out of range [0, " +
@@ -49,6 +66,7 @@ void* pypool_malloc(size_t size, int device, void* stream) {
   } catch (const pypool::OutOfMemoryError&) {
     throw;  // deliberate: torch reports it to Python as a RuntimeError
   } catch (const std::exception& e) {
+    if (device_missing(device)) throw std::invalid_argument(e.what());
     // Any other failure (absurd size, broken device) is still "no memory" for torch,
     // which has no other channel: keep one exception type at the boundary.
     throw pypool::OutOfMemoryError(e.what());
@@ -73,7 +91,7 @@ void* pypool_try_malloc(size_t size, int device, void* stream, int* error) {
     code = valid_device(device) ? PYPOOL_ERROR_INVALID_ARGUMENT : PYPOOL_ERROR_INVALID_DEVICE;
     set_last_error("malloc", e.what());
   } catch (const pypool::BackendError& e) {
-    code = PYPOOL_ERROR_BACKEND;
+    code = device_missing(device) ? PYPOOL_ERROR_INVALID_DEVICE : PYPOOL_ERROR_BACKEND;
     set_last_error("malloc", e.what());
   } catch (const std::exception& e) {
     code = PYPOOL_ERROR_INTERNAL;
