@@ -33,7 +33,9 @@ struct DeviceRoom;
 }  // namespace detail
 
 // Thrown when a request cannot be met after release-and-retry. The message is the full
-// report (sizes, fragmentation, what to try). The only exception the C ABI lets through.
+// report (sizes, fragmentation, what to try). The C ABI lets it through from
+// pypool_malloc, torch's entry, only (with std::invalid_argument for a bad device index);
+// pypool_try_malloc returns an error code instead (c_api.h).
 struct OutOfMemoryError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
