@@ -230,3 +230,83 @@ def test_c_abi_threads_bench(registry: pypool.Pool) -> None:
         _core.bench_c_api_threads(4096, 10, 0, 0)
     with pytest.raises(RuntimeError, match="bench_c_api_threads"):
         _core.bench_c_api_threads(2 * CAPACITY, 10, 2, 0)  # out of memory in the threads
+
+
+# ---------------------------------------------------------------- the non-throwing entry
+
+PYPOOL_OK = 0
+PYPOOL_ERROR_OUT_OF_MEMORY = 1
+PYPOOL_ERROR_INVALID_DEVICE = 2
+PYPOOL_ERROR_INVALID_ARGUMENT = 3
+
+
+def try_malloc(lib: ctypes.CDLL, size: int, device: int = 0, stream: int = 0) -> "tuple[int | None, int, str]":
+    """pypool_try_malloc through ctypes: (pointer or None, error code, last error)."""
+    lib.pypool_try_malloc.restype = ctypes.c_void_p
+    lib.pypool_try_malloc.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
+    lib.pypool_last_error.restype = ctypes.c_char_p
+    lib.pypool_last_error.argtypes = []
+    err = ctypes.c_int(-1)
+    p = lib.pypool_try_malloc(size, device, ctypes.c_void_p(stream), ctypes.byref(err))
+    return p, err.value, lib.pypool_last_error().decode()
+
+
+def test_try_malloc_serves_like_malloc(lib: ctypes.CDLL, registry: pypool.Pool) -> None:
+    p, err, _ = try_malloc(lib, 1000)
+    assert p and err == PYPOOL_OK
+    assert registry.size_of(p) == 1024
+    lib.pypool_free(p, 1000, 0, None)
+    assert try_malloc(lib, 0)[:2] == (None, PYPOOL_OK)
+    # error may be NULL
+    assert lib.pypool_try_malloc(4096, 64, None, None) is None
+
+
+def test_try_malloc_failures_return_null_with_a_code(lib: ctypes.CDLL, registry: pypool.Pool) -> None:
+    # Regression: the only malloc entry threw C++ exceptions, which through ctypes end the
+    # process (std::terminate, exit 134).
+    p, err, msg = try_malloc(lib, 2 * CAPACITY)
+    assert p is None and err == PYPOOL_ERROR_OUT_OF_MEMORY
+    assert "out of memory on device 0" in msg
+    p, err, msg = try_malloc(lib, 1 << 60)
+    assert p is None and err == PYPOOL_ERROR_INVALID_ARGUMENT and "beyond any device" in msg
+    for device in (64, -1):
+        p, err, msg = try_malloc(lib, 4096, device)
+        assert p is None and err == PYPOOL_ERROR_INVALID_DEVICE, msg
+        assert f"device index {device} out of range" in msg
+    registry.check_invariants()
+    q, err, _ = try_malloc(lib, 4096)
+    assert q and err == PYPOOL_OK
+    lib.pypool_free(q, 4096, 0, None)
+
+
+def test_try_malloc_never_aborts_a_ctypes_process() -> None:
+    # The same failures in a fresh interpreter that loads the library with ctypes only,
+    # as a C caller would: it must exit normally.
+    import subprocess
+    import sys
+
+    code = (
+        "import ctypes, pypool\n"
+        "from pypool import PoolConfig, _core\n"
+        "_core.registry_configure('host', PoolConfig().to_core(), 1 << 30)\n"
+        "lib = ctypes.CDLL(pypool.library_path())\n"
+        "f = lib.pypool_try_malloc\n"
+        "f.restype = ctypes.c_void_p\n"
+        "f.argtypes = [ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]\n"
+        "e = ctypes.c_int()\n"
+        "for size, dev in ((1 << 60, 0), (1 << 40, 0), (4096, 99)):\n"
+        "    assert f(size, dev, None, ctypes.byref(e)) is None\n"
+        "    print(e.value)\n"
+    )
+    r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert r.stdout.split() == ["3", "1", "2"]
+
+
+def test_torch_entry_reports_a_bad_device_as_such(registry: pypool.Pool) -> None:
+    # pypool_malloc (torch's entry, called here from C++) throws; a device index out of
+    # range is an invalid argument, not an out-of-memory error.
+    with pytest.raises(ValueError, match="device index 64 out of range"):
+        _core.bench_c_api_pairs(4096, 1, 64)
+    with pytest.raises(pypool.OutOfMemoryError):
+        _core.bench_c_api_pairs(2 * CAPACITY, 1, 0)

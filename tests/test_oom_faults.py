@@ -485,3 +485,49 @@ def test_oom_trace_entry_has_the_device_free_bytes(make_pool: Callable[..., pypo
     ooms = [e for e in pool._pool.history() if e["action"] == "oom"]
     assert [(e["addr"], e["size"]) for e in ooms] == [(768 * MiB, 2 * GiB), (768 * MiB, 900 * MiB)]
     pool.free(keep)
+
+
+def _run_isolated(code: str) -> "subprocess.CompletedProcess[str]":
+    """Runs code in a fresh interpreter: a crash there fails the test, not the session."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_failed_record_history_leaves_the_pool_usable() -> None:
+    # Regression: set_history turned history on before making its ring; when making it
+    # failed, the next allocation wrote into the missing ring (SIGSEGV).
+    r = _run_isolated(
+        "import pypool\n"
+        "p = pypool.Pool(backend='host')\n"
+        "try:\n"
+        "    pypool.record_history(max_entries=1 << 58, stacks='none', pool=p)\n"
+        "except (ValueError, MemoryError) as e:\n"
+        "    print('refused:', type(e).__name__, e)\n"
+        "else:\n"
+        "    raise SystemExit('record_history(max_entries=1 << 58) was accepted')\n"
+        "q = p.malloc(4096)\n"
+        "p.free(q)\n"
+        "p.check_invariants()\n"
+        "assert pypool.snapshot(pool=p)['device_traces'][0] == []\n"
+        "print('usable')\n"
+    )
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    assert "refused: ValueError" in r.stdout and "max_entries" in r.stdout
+    assert "usable" in r.stdout
+
+
+def test_pending_events_count_does_not_wrap(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    # Regression: the count of a block's record_stream events was 16 bits; with 65,536
+    # streams it wrapped to 0 and free() handed the block back while still in use.
+    pool = make_pool()
+    p = pool.malloc(4096)
+    for s in range(1, 65537):
+        pool.record_stream(p, s)
+    pool.free(p)
+    states = [b["state"] for seg in pool.segments() for b in seg["blocks"] if b["address"] == p]
+    assert states == ["active_pending_free"]
+    pool.empty_cache()  # the host's events are complete: the block is free now
+    assert pool.memory_stats()["active_bytes.all.current"] == 0
+    assert_usable(pool, pool_ok)

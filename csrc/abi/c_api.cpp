@@ -3,16 +3,55 @@
 #include <atomic>
 #include <cstdio>
 #include <exception>
+#include <new>
+#include <stdexcept>
+#include <string>
 
+#include "pypool/backends.h"
 #include "pypool/registry.h"
 
 namespace {
 
 std::atomic<std::uint64_t> g_errors{0};
 
+// pypool_last_error's text: a fixed buffer per thread, so recording an error never
+// allocates (it may be reporting a std::bad_alloc).
+thread_local char t_last_error[2048] = "";
+
+void set_last_error(const char* where, const char* what) noexcept {
+  std::snprintf(t_last_error, sizeof t_last_error, "pypool: %s: %s", where, what);
+}
+
 void report(const char* where, const char* what) {
   g_errors.fetch_add(1, std::memory_order_relaxed);
+  set_last_error(where, what);
   std::fprintf(stderr, "pypool: %s: %s\n", where, what);
+}
+
+bool valid_device(int device) noexcept {
+  return device >= 0 && device < pypool::Registry::kMaxDevices;
+}
+
+// A device index in range that the backend does not have (CUDA device 5 of 2): the
+// backend's error, seen when the device's pool is first made, is about the device.
+bool device_missing(int device) noexcept {
+  try {
+    auto& r = pypool::Registry::instance();
+    if (r.existing(device) != nullptr) return false;
+    const std::string kind = r.backend_kind();
+    if (kind != "cuda" && kind != "auto") return false;
+    std::string why;
+    const int n = pypool::cuda_device_count(&why);
+    return n > 0 && device >= n;
+  } catch (...) {
+    return false;
+  }
+}
+
+[[noreturn]] void throw_invalid_device(int device) {
+  throw std::invalid_argument("pypool: device index " + std::to_string(device) +
+                              " out of range [0, " +
+                              std::to_string(pypool::Registry::kMaxDevices) + ")");
 }
 
 }  // namespace
@@ -20,11 +59,14 @@ void report(const char* where, const char* what) {
 extern "C" {
 
 void* pypool_malloc(size_t size, int device, void* stream) {
+  // A bad device index is the caller's error, not "no memory".
+  if (!valid_device(device)) throw_invalid_device(device);
   try {
     return pypool::Registry::instance().pool(device).malloc(size, reinterpret_cast<pypool::Stream>(stream));
   } catch (const pypool::OutOfMemoryError&) {
     throw;  // deliberate: torch reports it to Python as a RuntimeError
   } catch (const std::exception& e) {
+    if (device_missing(device)) throw std::invalid_argument(e.what());
     // Any other failure (absurd size, broken device) is still "no memory" for torch,
     // which has no other channel: keep one exception type at the boundary.
     throw pypool::OutOfMemoryError(e.what());
@@ -32,6 +74,37 @@ void* pypool_malloc(size_t size, int device, void* stream) {
     throw pypool::OutOfMemoryError("pypool: unknown error in malloc");
   }
 }
+
+void* pypool_try_malloc(size_t size, int device, void* stream, int* error) {
+  int code = PYPOOL_OK;
+  void* p = nullptr;
+  try {
+    if (!valid_device(device)) throw_invalid_device(device);
+    p = pypool::Registry::instance().pool(device).malloc(size, reinterpret_cast<pypool::Stream>(stream));
+  } catch (const pypool::OutOfMemoryError& e) {
+    code = PYPOOL_ERROR_OUT_OF_MEMORY;
+    set_last_error("malloc", e.what());
+  } catch (const std::bad_alloc&) {
+    code = PYPOOL_ERROR_OUT_OF_MEMORY;  // host memory for the pool's own bookkeeping
+    set_last_error("malloc", "out of host memory for the pool's bookkeeping");
+  } catch (const std::invalid_argument& e) {
+    code = valid_device(device) ? PYPOOL_ERROR_INVALID_ARGUMENT : PYPOOL_ERROR_INVALID_DEVICE;
+    set_last_error("malloc", e.what());
+  } catch (const pypool::BackendError& e) {
+    code = device_missing(device) ? PYPOOL_ERROR_INVALID_DEVICE : PYPOOL_ERROR_BACKEND;
+    set_last_error("malloc", e.what());
+  } catch (const std::exception& e) {
+    code = PYPOOL_ERROR_INTERNAL;
+    set_last_error("malloc", e.what());
+  } catch (...) {
+    code = PYPOOL_ERROR_INTERNAL;
+    set_last_error("malloc", "unknown error");
+  }
+  if (error != nullptr) *error = code;
+  return p;
+}
+
+const char* pypool_last_error(void) { return t_last_error; }
 
 void pypool_free(void* ptr, size_t size, int device, void* stream) {
   (void)size;

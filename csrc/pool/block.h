@@ -25,8 +25,10 @@ struct Block {
   std::uint64_t context = 0;
   double time_us = 0;
   std::vector<Stream>* uses = nullptr;  // extra streams from record_stream (rare)
-  std::uint32_t bin = 0;                // bin index while kFree
-  std::uint16_t pending_events = 0;     // events still to complete while kPendingFree
+  // One count per record_stream stream: 32 bits, as 16 wrapped to 0 at 65,536 streams and
+  // the block was handed out while still in use (free() refuses more than fit).
+  std::uint32_t pending_events = 0;     // events still to complete while kPendingFree
+  std::uint16_t bin = 0;                // bin index while kFree (< FreeIndex::kBins)
   BlockState state = BlockState::kFree;
 
   bool is_split() const noexcept { return prev != nullptr || next != nullptr; }
@@ -44,11 +46,21 @@ struct Segment {
   PoolKind kind = PoolKind::kSmall;
   Stream stream = 0;
   bool expandable = false;
+  // expandable: a range after its end could not be unmapped and is quarantined; the
+  // segment no longer grows, and its virtual range belongs to the quarantine
+  // (Note [Unmap failure] in vmm.cpp).
+  bool sealed = false;
   std::size_t reserved_va = 0;               // expandable: virtual range size
   std::vector<PhysHandle>* chunks = nullptr;  // expandable: one handle per granule
 };
 
 // Recycles Block nodes so that splitting on a cache hit allocates nothing.
+//
+// Note [Exception safety]: every bookkeeping allocation a pool operation needs (arena
+// nodes, pointer-map slots, Segments, handle vectors) is made before the operation
+// changes any state, so a std::bad_alloc leaves the pool as it was: reserve() here,
+// PtrMap::reserve_one(), and the up-front allocations of vmm_grow / vmm_shrink_all.
+// csrc/tools/fault_paths.cpp makes every such allocation fail in turn (Note [Fault sweep]).
 class BlockArena {
  public:
   BlockArena() = default;
@@ -56,6 +68,10 @@ class BlockArena {
   BlockArena& operator=(const BlockArena&) = delete;
   ~BlockArena() {
     for (Block* chunk : chunks_) delete[] chunk;
+  }
+  // Makes the next get() allocation-free. Throws std::bad_alloc with nothing changed.
+  void reserve() {
+    if (free_ == nullptr) refill();
   }
   Block* get() {
     if (free_ == nullptr) refill();
@@ -80,6 +96,8 @@ class BlockArena {
  private:
   static constexpr std::size_t kChunk = 256;
   void refill() {
+    // Room in chunks_ first, so a failure leaks no chunk.
+    chunks_.reserve(chunks_.size() + 1);
     Block* chunk = new Block[kChunk];
     chunks_.push_back(chunk);
     for (std::size_t i = 0; i < kChunk; ++i) {

@@ -37,7 +37,7 @@ const char* trace_action_name(TraceAction a) noexcept {
 // for ever (a malloc there spins or parks for good). So every live pool is listed, and
 // pthread_atfork handlers take all the pools' locks before fork (grow_mu, then mu:
 // Note [Growth and release protocol]'s order, so fork waits for a growth or release in
-// flight to finish; vmm_mu is only ever taken under grow_mu, so it is free then) and release them after it, in parent and child. The child can then
+// flight to finish) and release them after it, in parent and child. The child can then
 // use a pool whose state is whole; device memory itself is not usable across fork on
 // CUDA, as with PyTorch, but a host pool (and the bookkeeping) is.
 namespace {
@@ -50,8 +50,11 @@ void fork_prepare() {
   Registry::instance().lock_for_fork();
   g_pools_mu.lock();
   for (DevicePool::Impl* m : *g_pools) {
-    m->grow_mu.lock();  // VMM mapping changes happen under it too: vmm_mu is free now
+    m->grow_mu.lock();
     m->mu.lock();
+    // A shrink runs without grow_mu (Note [Shrink outside grow_mu]): let it finish, so
+    // the child never inherits a segment claimed by a thread it does not have.
+    while (m->shrinking != 0) m->vmm_cv.wait(m->mu);
   }
 }
 void fork_after() {
@@ -136,6 +139,7 @@ DevicePool::~DevicePool() {
     delete s;
     s = next;
   }
+  detail::vmm_destroy_quarantine(m);
 }
 
 namespace {
@@ -247,6 +251,13 @@ __attribute__((always_inline)) inline Block* DevicePool::fallback_locked(
     b = take(true);
     if (b == nullptr) b = grow_locked(lk, idx, rounded, room);
   }
+  // Note [Shrink outside grow_mu]: an expandable tail being unmapped by another thread
+  // still counts in reserved(); wait for it to reach the device, then try once more.
+  if (b == nullptr && !room.never && m.shrinking != 0) {
+    while (m.shrinking != 0) m.vmm_cv.wait(lk);
+    b = take(true);
+    if (b == nullptr) b = grow_locked(lk, idx, rounded, room);
+  }
   if (b == nullptr) {
     ++m.st.num_ooms;
     // torch's snapshots put the device's free bytes in an oom entry's address field.
@@ -267,6 +278,11 @@ void DevicePool::free(void* p) {
   if (b->uses != nullptr && !b->uses->empty()) {
     // Note [record_stream]: make room in every FIFO, then record every event, so a
     // throwing backend (or bad_alloc) leaves the pool unchanged (as documented).
+    // One pending_events count per stream; more than fit would wrap it to 0 and hand the
+    // block out while still in use (its streams are distinct, so this is only reachable
+    // with billions of them).
+    if (b->uses->size() > UINT32_MAX)
+      throw std::length_error("pypool: free(): more record_stream streams on one block than it can count");
     for (Stream s : *b->uses) {
       Impl::EventFifo& f = m.fifo_for(s);
       f.q.reserve(f.q.size() + 1);
@@ -371,7 +387,7 @@ void DevicePool::throw_bad_pointer_locked(const char* op, std::uintptr_t addr) c
 //   * the release paths (empty_cache, release_all_cached, garbage collection, reclaim,
 //     the OOM retry) all run with grow_mu held; waiting for record_stream events
 //     (sync_pending_locked) needs neither lock held while it blocks.
-// Lock order: grow_mu, then vmm_mu, then mu. mu is never held while blocking on
+// Lock order: grow_mu, then mu (a VMM claim, FreeIndex::vmm_busy, is taken under mu). mu is never held while blocking on
 // grow_mu (malloc only try_locks it with mu held).
 Block* DevicePool::grow_locked(std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
                                std::size_t rounded, DeviceRoom& room) {
@@ -412,7 +428,8 @@ Block* DevicePool::grow_locked(std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
 }
 
 void DevicePool::release_cached_locked(std::unique_lock<SpinMutex>& lk, bool respect_threshold,
-                                       std::size_t reclaim, const FreeIndex* only) {
+                                       std::size_t reclaim, const FreeIndex* only,
+                                       bool shrink_vmm) {
   // Caller holds grow_mu (Note [Growth and release protocol]): the segments detached
   // below stop counting in reserved() before the backend has them back, which is only
   // safe because no grower can check the cap until grow_mu is released.
@@ -445,7 +462,7 @@ void DevicePool::release_cached_locked(std::unique_lock<SpinMutex>& lk, bool res
     m.trace(TraceAction::kSegmentFree, s->addr, s->size, s->stream);
   }
   // Expandable segments give back their free tail instead (Note [VMM segments]).
-  if (cfg_.expandable_segments && reclaim == 0)
+  if (cfg_.expandable_segments && reclaim == 0 && shrink_vmm)
     detail::vmm_shrink_all(m, lk, respect_threshold ? cfg_.release_threshold : 0);
   if (out.empty()) return;
   lk.unlock();
@@ -531,9 +548,21 @@ void DevicePool::release_cached(bool respect_threshold) {
     sync_pending_locked(lk);
   }
   // Note [Growth and release protocol]: grow_mu before mu, held across the backend frees.
-  std::lock_guard<std::mutex> gk(m.grow_mu);
+  std::unique_lock<std::mutex> gk(m.grow_mu);
   std::unique_lock<SpinMutex> lk(m.mu);
-  release_cached_locked(lk, respect_threshold);
+  release_cached_locked(lk, respect_threshold, 0, nullptr, /*shrink_vmm=*/false);
+  if (!cfg_.expandable_segments) return;
+  // Note [Shrink outside grow_mu]: unmapping an expandable segment's tail first waits for
+  // its stream's kernels (cuMemUnmap does not synchronize). Under grow_mu that wait
+  // would hold up growth on every stream (bug: 250 ms seen). So the shrink runs with
+  // grow_mu released: the per-index claim (FreeIndex::vmm_busy) keeps it apart from a
+  // growth of the same segment, the tail keeps counting in reserved() until the device
+  // has it back (Impl::detached), and a grower that finds no room while a shrink is in
+  // flight waits for it before it declares out of memory (fallback_locked).
+  lk.unlock();
+  gk.unlock();
+  lk.lock();
+  detail::vmm_shrink_all(m, lk, respect_threshold ? cfg_.release_threshold : 0);
 }
 
 Stats DevicePool::stats() const {
@@ -621,19 +650,24 @@ std::uint64_t DevicePool::next_seq() const {
 }
 
 void DevicePool::set_history(bool enabled, std::size_t max_entries) {
-  std::lock_guard<SpinMutex> g(impl_->mu);
   Impl& m = *impl_;
   if (enabled && max_entries == 0) throw std::invalid_argument("max_entries must be > 0");
+  if (enabled && max_entries > std::vector<TraceEntry>().max_size())
+    throw std::invalid_argument("max_entries: " + std::to_string(max_entries) +
+                                " entries are more than memory can hold");
+  {
+    std::lock_guard<SpinMutex> g(m.mu);
+    if (enabled && m.history_on && m.ring.size() == max_entries) return;  // keep its events
+  }
+  // The new ring exists before history turns on, and is made without the lock: a
+  // failure (std::bad_alloc) leaves history as it was. (History used to turn on first,
+  // and the next allocation wrote into a ring that did not exist: SIGSEGV.)
+  std::vector<TraceEntry> ring;
+  if (enabled) ring.assign(max_entries, TraceEntry{});
+  std::lock_guard<SpinMutex> g(m.mu);
+  m.ring.swap(ring);  // the old ring is freed after the lock is dropped
+  m.ring_next = m.ring_count = 0;
   m.history_on = enabled;
-  if (enabled && m.ring.size() != max_entries) {
-    m.ring.assign(max_entries, TraceEntry{});
-    m.ring_next = m.ring_count = 0;
-  }
-  if (!enabled) {
-    m.ring.clear();
-    m.ring.shrink_to_fit();
-    m.ring_next = m.ring_count = 0;
-  }
   m.annotate.store(m.history_on || m.capture_context, std::memory_order_relaxed);
 }
 
@@ -758,6 +792,10 @@ void DevicePool::check_invariants() const {
     indexed += n;
   }
   if (indexed != free_blocks) fail("free blocks in segments and in free indexes differ");
+  // Reserved bytes that belong to no segment: unmaps in flight, quarantined ranges
+  // (Note [Unmap failure] in vmm.cpp).
+  for (int k = 0; k < kNumPoolKinds; ++k)
+    add(calc.reserved_bytes, static_cast<PoolKind>(k), static_cast<std::int64_t>(m.detached[k]));
   if (m.live.size() != live_blocks) fail("live map holds blocks that are in no segment");
   for (int i = 0; i < 3; ++i) {
 #define PYPOOL_CHECK_STAT(name)                                                           \

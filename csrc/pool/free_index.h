@@ -137,6 +137,7 @@ class FreeIndex {
   const Stream stream;
   const PoolKind kind;
   Segment* vmm_seg = nullptr;  // this index's expandable segment, if any
+  bool vmm_busy = false;       // a grow or shrink of vmm_seg is in flight (Note [VMM segments])
   std::size_t bytes = 0;  // total size of the free blocks in the index
 
  private:

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <cinttypes>
+#include <condition_variable>
 #include <cstdio>
 #include <memory>
 #include <mutex>
@@ -147,6 +148,17 @@ struct DeviceRoom {
   bool fits_free(std::size_t n) const noexcept { return !known() || n <= mem.free; }
 };
 
+// A range of granules that could not be unmapped (Note [Unmap failure] in vmm.cpp): the
+// device still holds it, so it stays in reserved_bytes, and it is never mapped again.
+// va_size > 0: this entry also owns the virtual range [va, va + va_size) it lies in.
+struct Quarantined {
+  std::uintptr_t addr = 0;
+  std::vector<PhysHandle> handles;  // granules from addr on, still mapped
+  PoolKind kind = PoolKind::kLarge;
+  std::uintptr_t va = 0;
+  std::size_t va_size = 0;
+};
+
 }  // namespace detail
 
 using detail::Block;
@@ -197,9 +209,15 @@ struct DevicePool::Impl {
   // call that changes the pool's device footprint. Taken before mu, never while
   // holding mu (try_lock aside).
   mutable std::mutex grow_mu;
-  // Serializes changes to the mapping of expandable segments; taken before mu, never
-  // while holding it (Note [VMM segments]). Order: grow_mu, vmm_mu, mu.
-  std::mutex vmm_mu;
+  // Wakes threads waiting for another thread's grow or shrink of the same expandable
+  // segment to finish (FreeIndex::vmm_busy, Note [VMM segments]); waits with mu.
+  std::condition_variable_any vmm_cv;
+  std::size_t shrinking = 0;  // tails being unmapped now (Note [Shrink outside grow_mu])
+  // Bytes counted in reserved_bytes that belong to no segment: tails being unmapped
+  // (still counted against the cap until the device has them back) and quarantined
+  // ranges (Note [Unmap failure]). reserved == sum of segment sizes + detached.
+  std::size_t detached[kNumPoolKinds] = {0, 0};
+  std::vector<detail::Quarantined> quarantine;
 
   // Note [Trace ring]: a fixed-size ring allocated when history is enabled, so
   // recording allocates nothing; the oldest entries are overwritten.
@@ -269,13 +287,23 @@ struct DevicePool::Impl {
 
   std::size_t reserved() const { return static_cast<std::size_t>(st.reserved_bytes.current()); }
 
-  // Serves `size` (rounded) from free block b (already taken out of its index).
+  // Serves `size` (rounded) from free block b (already taken out of its index). On
+  // std::bad_alloc b goes back to its index and nothing else has changed
+  // (Note [Exception safety] in block.h).
   void* finish_alloc(Block* b, std::size_t rounded, std::size_t size, Stream stream,
                      std::uint64_t context, double t) {
     FreeIndex* idx = b->seg->index;
-    if (!b->seg->expandable ? policy::should_split(cfg, b->size, rounded)
-                            : b->size - rounded >= cfg.min_block_size) {
-      Block* r = arena.get();
+    const bool split = !b->seg->expandable ? policy::should_split(cfg, b->size, rounded)
+                                           : b->size - rounded >= cfg.min_block_size;
+    Block* r = nullptr;
+    try {
+      live.reserve_one();
+      if (split) r = arena.get();
+    } catch (...) {
+      put_free(idx, b);
+      throw;
+    }
+    if (split) {
       r->addr = b->addr + rounded;
       r->size = b->size - rounded;
       r->seg = b->seg;
@@ -292,7 +320,7 @@ struct DevicePool::Impl {
     b->seq = ++seq;
     b->context = context;
     b->time_us = t;
-    live.insert(b->addr, b);
+    live.insert_reserved(b->addr, b);
     const PoolKind k = idx->kind;
     const auto bs = static_cast<std::int64_t>(b->size);
     add(st.allocation, k, 1);
@@ -385,8 +413,23 @@ struct DevicePool::Impl {
     return be.query_event(ev);
   }
 
+  // Takes ownership of backend memory p. On std::bad_alloc the memory goes straight back
+  // to the backend (with the lock held: a rare failure path) and the pool is unchanged.
   Segment* add_segment(void* p, std::size_t size, FreeIndex* idx) {
-    auto* seg = new Segment();
+    Segment* seg = nullptr;
+    Block* b = nullptr;
+    try {
+      seg = new Segment();
+      b = arena.get();
+    } catch (...) {
+      delete seg;
+      try {
+        be.deallocate(p, size);
+      } catch (...) {
+        // The device refused its own memory back: nothing more to do here.
+      }
+      throw;
+    }
     seg->addr = reinterpret_cast<std::uintptr_t>(p);
     seg->size = size;
     seg->index = idx;
@@ -396,7 +439,6 @@ struct DevicePool::Impl {
     seg->next = segs;
     if (segs != nullptr) segs->prev = seg;
     segs = seg;
-    Block* b = arena.get();
     b->addr = seg->addr;
     b->size = size;
     b->seg = seg;
@@ -487,8 +529,13 @@ namespace detail {
 // Sets `room` to what the device said (Note [Device pre-check]).
 Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
                 std::size_t rounded, DeviceRoom& room);
-void vmm_shrink_all(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, std::size_t keep);
-void vmm_destroy(Backend& be, Segment* s);
+// Never throws: what it cannot do (a bookkeeping allocation fails) it leaves as it was,
+// and a failed unmap quarantines its range.
+void vmm_shrink_all(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, std::size_t keep) noexcept;
+void vmm_destroy(Backend& be, Segment* s) noexcept;
+// At pool destruction: tries once more to unmap quarantined ranges, then releases their
+// virtual ranges.
+void vmm_destroy_quarantine(DevicePool::Impl& m) noexcept;
 }  // namespace detail
 
 }  // namespace pypool

@@ -41,7 +41,16 @@ class PtrMap {
 
   // Pre: key != 0 and not present.
   void insert(std::uintptr_t key, Block* b) {
-    if (size_ >= grow_at_) grow();
+    reserve_one();
+    insert_reserved(key, b);
+  }
+  // Room for one more entry: throws std::bad_alloc with the map unchanged, after which
+  // insert_reserved cannot fail (Note [Exception safety] in block.h).
+  void reserve_one() {
+    if (__builtin_expect(size_ >= grow_at_, 0)) grow();
+  }
+  // Pre: reserve_one() since the last insert; key != 0 and not present.
+  void insert_reserved(std::uintptr_t key, Block* b) noexcept {
     place(key, b);
     ++size_;
   }
@@ -97,14 +106,17 @@ class PtrMap {
     while (slots_[i].key != 0) i = (i + 1) & mask_;
     slots_[i] = Entry{key, b};
   }
-  void grow() {
+  // The new table is allocated and filled before it replaces the old one: a throw leaves
+  // every entry where it was.
+  __attribute__((noinline)) void grow() {
     const std::size_t n = mask_ + 1;
-    std::unique_ptr<Entry[]> old(new Entry[2 * n]());
-    old.swap(slots_);
+    std::unique_ptr<Entry[]> fresh(new Entry[2 * n]());
+    const std::size_t old_mask = mask_;
+    fresh.swap(slots_);  // fresh: the old table from here on
     mask_ = 2 * n - 1;
     grow_at_ = n;
-    for (std::size_t i = 0; i < n; ++i)
-      if (old[i].key != 0) place(old[i].key, old[i].block);
+    for (std::size_t i = 0; i <= old_mask; ++i)
+      if (fresh[i].key != 0) place(fresh[i].key, fresh[i].block);
   }
 
   std::unique_ptr<Entry[]> slots_;

@@ -37,7 +37,9 @@ struct DeviceRoom;
 }  // namespace detail
 
 // Thrown when a request cannot be met after release-and-retry. The message is the full
-// report (sizes, fragmentation, what to try). The only exception the C ABI lets through.
+// report (sizes, fragmentation, what to try). The C ABI lets it through from
+// pypool_malloc, torch's entry, only (with std::invalid_argument for a bad device index);
+// pypool_try_malloc returns an error code instead (c_api.h).
 struct OutOfMemoryError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
@@ -170,8 +172,11 @@ class DevicePool {
                              std::size_t rounded, detail::DeviceRoom& room);
   // reclaim > 0: release only fully free large segments, largest first, just enough to
   // cover `reclaim` bytes, or none if they cannot (Note [Reclaim before grow]).
+  // shrink_vmm = false: fixed segments only; the caller shrinks expandable segments
+  // itself, without grow_mu (Note [Shrink outside grow_mu]).
   void release_cached_locked(std::unique_lock<SpinMutex>& lk, bool respect_threshold,
-                             std::size_t reclaim = 0, const detail::FreeIndex* only = nullptr);
+                             std::size_t reclaim = 0, const detail::FreeIndex* only = nullptr,
+                             bool shrink_vmm = true);
 
   Config cfg_;
   std::shared_ptr<Backend> backend_;

@@ -1,10 +1,22 @@
 /* The C ABI that PyTorch's CUDAPluggableAllocator loads with ctypes.
  *
- * pypool_malloc / pypool_free have exactly the signatures torch calls. No C++ exception
- * crosses this boundary except from pypool_malloc, which throws pypool::OutOfMemoryError
- * (a std::runtime_error) when memory cannot be had: torch turns it into a Python
- * RuntimeError carrying the message. Errors in the other entry points are reported on
- * stderr and counted (pypool_error_count), never thrown. */
+ * pypool_malloc / pypool_free have exactly the signatures torch calls.
+ *
+ * Two malloc entries:
+ *   pypool_malloc      THROWS a C++ exception when it fails: for torch only. torch calls
+ *                      it from C++ (CUDAPluggableAllocator::malloc), catches the exception
+ *                      and raises it in Python as a RuntimeError carrying pypool's message
+ *                      (sizes, fragmentation, what to try); a plain C function has no other
+ *                      way to hand torch that message. It throws pypool::OutOfMemoryError
+ *                      (a std::runtime_error) when memory cannot be had, and
+ *                      std::invalid_argument for a device index out of range.
+ *                      From C, ctypes or cffi an exception cannot be caught: the process
+ *                      ends in std::terminate (exit 134). Do not call it from there.
+ *   pypool_try_malloc  NEVER throws: for C, ctypes and cffi callers. On failure it returns
+ *                      NULL, stores a pypool_error code in *error (when error is not NULL)
+ *                      and keeps the message for pypool_last_error().
+ * Errors in the other entry points are reported on stderr and counted
+ * (pypool_error_count), never thrown. */
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -19,7 +31,24 @@
 extern "C" {
 #endif
 
+/* Error codes of pypool_try_malloc. */
+enum pypool_error {
+  PYPOOL_OK = 0,
+  PYPOOL_ERROR_OUT_OF_MEMORY = 1,    /* the pool cannot get the memory (message says why) */
+  PYPOOL_ERROR_INVALID_DEVICE = 2,   /* device index out of range */
+  PYPOOL_ERROR_INVALID_ARGUMENT = 3, /* e.g. a size beyond any device (over 1 PiB) */
+  PYPOOL_ERROR_BACKEND = 4,          /* the device or driver failed */
+  PYPOOL_ERROR_INTERNAL = 5          /* anything else */
+};
+
+/* For torch: throws on failure (see above). size 0 returns NULL. */
 PYPOOL_API void* pypool_malloc(size_t size, int device, void* stream);
+/* For C / ctypes / cffi: never throws. size 0 returns NULL with *error = PYPOOL_OK.
+ * error may be NULL. */
+PYPOOL_API void* pypool_try_malloc(size_t size, int device, void* stream, int* error);
+/* The message of the last failure of a pypool_* call on this thread ("" if none). The
+ * pointer stays valid for the thread's lifetime; the text changes at its next failure. */
+PYPOOL_API const char* pypool_last_error(void);
 PYPOOL_API void pypool_free(void* ptr, size_t size, int device, void* stream);
 /* Hooks of torch._C._CUDAPluggableAllocator. */
 PYPOOL_API void pypool_init(int device_count);
