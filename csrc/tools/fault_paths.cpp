@@ -632,7 +632,7 @@ static void test_shrink_wait_does_not_block_other_streams() {
     for (int i = 0; i < 2000 && !grown; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     if (!grown) { watchdog_fired = true; be->open_gate(); }
   });
-  void* b = pool.malloc(20 * MiB, 2);  // grows stream 2's expandable segment
+  void* b = pool.malloc(40 * MiB, 2);  // more than its free tail: grows the segment
   grown = true;
   EXPECT(!watchdog_fired, "growth on stream 2 finished while stream 1's shrink was waiting");
   be->open_gate();
