@@ -42,6 +42,7 @@ __all__ = [
     "mem_get_info",
     "memory_summary",
     "get_pool",
+    "get_per_process_memory_fraction",
 ]
 
 _DEVICE_RE = re.compile(r"^\s*cuda\s*(?::\s*(\d+))?\s*$")
@@ -232,6 +233,20 @@ def mem_get_info(device: Any = None) -> Tuple[int, int]:
     """``(free, total)`` bytes of the device as its backend sees it (``cudaMemGetInfo``
     on a GPU; the host backend's capacity and use on CPU). Makes the pool if needed."""
     return get_pool(device).mem_info()
+
+
+def get_per_process_memory_fraction(device: Any = None) -> float:
+    """The share of ``device``'s memory its pool may reserve, as
+    ``torch.cuda.get_per_process_memory_fraction`` reports it: the fraction set last by
+    ``torch.cuda.set_per_process_memory_fraction`` (or :meth:`Pool.set_memory_fraction`),
+    else ``memory_fraction`` from the configuration, else 1.0 (no cap from a fraction;
+    ``max_pool_size`` is a separate cap). Makes no pool."""
+    pool = _existing_pool(_device_index(device))
+    if pool is not None:
+        fraction = float(pool.memory_fraction())
+        return fraction if fraction > 0 else 1.0
+    configured = _registry_pool_config().memory_fraction if _core.registry_configured() else None
+    return 1.0 if configured is None else float(configured)
 
 
 # ---------------------------------------------------------------------------- summary

@@ -414,9 +414,13 @@ def test_missing_hook_is_skipped_quietly(use_fake: Callable[..., FakeTorch], cap
 def test_patch_replaces_torch_stats_in_both_namespaces(use_fake: Callable[..., FakeTorch]) -> None:
     fake = use_fake()
     _torch.install()
+    # One table says what replaces what (Note [Patch table]).
+    want = {(ns, name): _torch._replacement(repl) for ns, name, repl in _torch.PATCHES}
     for name in PATCHED_NAMES:
-        assert getattr(fake.cuda, name) is getattr(memory, name)
-        assert getattr(fake.mem, name) is getattr(memory, name)
+        assert getattr(fake.cuda, name) is want["cuda", name]
+        assert getattr(fake.mem, name) is want["cuda.memory", name]
+    assert fake.cuda.memory_stats is memory.memory_stats
+    assert fake.cuda.get_per_process_memory_fraction is memory.get_per_process_memory_fraction
     originals = _torch.torch_originals()
     assert len(originals) == 2 * len(PATCHED_NAMES)
     assert originals["torch.cuda.memory_stats"] is fake.originals["memory_stats"]

@@ -5,6 +5,7 @@
 #include <exception>
 
 #include "pypool/registry.h"
+#include "torch_oom.h"
 
 namespace {
 
@@ -22,14 +23,16 @@ extern "C" {
 void* pypool_malloc(size_t size, int device, void* stream) {
   try {
     return pypool::Registry::instance().pool(device).malloc(size, reinterpret_cast<pypool::Stream>(stream));
-  } catch (const pypool::OutOfMemoryError&) {
-    throw;  // deliberate: torch reports it to Python as a RuntimeError
+  } catch (const pypool::OutOfMemoryError& e) {
+    // Deliberate: torch reports it to Python as torch.OutOfMemoryError (when enabled,
+    // Note [torch OutOfMemoryError]) or as a RuntimeError.
+    pypool::abi::throw_oom(e.what());
   } catch (const std::exception& e) {
-    // Any other failure (absurd size, broken device) is still "no memory" for torch,
-    // which has no other channel: keep one exception type at the boundary.
-    throw pypool::OutOfMemoryError(e.what());
+    // Any other failure (broken device) is still "no memory" for torch, which has no
+    // other channel: keep one exception type at the boundary.
+    pypool::abi::throw_oom(e.what());
   } catch (...) {
-    throw pypool::OutOfMemoryError("pypool: unknown error in malloc");
+    pypool::abi::throw_oom("pypool: unknown error in malloc");
   }
 }
 
