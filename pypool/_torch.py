@@ -109,7 +109,10 @@ PATCHES: Tuple[Tuple[str, str, str], ...] = (
     ("cuda.memory", "_record_memory_history", "_record_memory_history"),
     ("cuda.memory", "_snapshot", "_snapshot"),
     ("cuda.memory", "_dump_snapshot", "_dump_snapshot"),
-    ("cuda.memory", "_set_allocator_settings", "_set_allocator_settings"),
+    # torch.cuda.memory._set_allocator_settings calls these at call time (2.9+: the
+    # first; 2.8: the second), so patching them covers every spelling.
+    ("_C", "_accelerator_setAllocatorSettings", "_accelerator_setAllocatorSettings"),
+    ("_C", "_cuda_cudaCachingAllocator_set_allocator_settings", "_cuda_cudaCachingAllocator_set_allocator_settings"),
 )
 # The names patched in torch.cuda (kept for code that imported it).
 PATCHED_NAMES: Tuple[str, ...] = tuple(name for ns, name, _ in PATCHES if ns == "cuda")
@@ -584,19 +587,31 @@ def _dump_snapshot(filename: str = "dump_snapshot.pickle", augment_with_fx_trace
         pickle.dump(data, f)
 
 
-def _set_allocator_settings(env: str) -> None:
-    """``torch.cuda.memory._set_allocator_settings``: torch parses the string as always
-    (its host-allocator settings keep working), and pypool applies the keys it has an
-    equivalent for (:mod:`pypool._torch_conf`). A pool takes its settings when it is
-    made; settings that would change a pool that already exists are named in a
-    warning, except the memory fraction, which every pool takes at once."""
-    original = _torch_original("cuda.memory", "_set_allocator_settings")
+def _accelerator_setAllocatorSettings(env: str) -> None:
+    """``torch._C._accelerator_setAllocatorSettings`` (what
+    ``torch.cuda.memory._set_allocator_settings`` calls): see :func:`_set_allocator_settings`."""
+    _set_allocator_settings(env, "_accelerator_setAllocatorSettings")
+
+
+def _cuda_cudaCachingAllocator_set_allocator_settings(env: str) -> None:
+    """torch 2.8's spelling of :func:`_accelerator_setAllocatorSettings`."""
+    _set_allocator_settings(env, "_cuda_cudaCachingAllocator_set_allocator_settings")
+
+
+def _set_allocator_settings(env: str, name: str) -> None:
+    """Allocator settings given at run time: torch parses the string as always (it
+    rejects what it rejects natively, and its host-allocator settings keep working),
+    then pypool applies the keys it has an equivalent for (:mod:`pypool._torch_conf`).
+    A pool takes its settings when it is made; settings that would change a pool that
+    already exists are named in a warning, except the memory fraction, which every pool
+    takes at once."""
+    original = _torch_original("_C", name)
     if original is not None:
         original(env)
     if not isinstance(env, str):
         raise TypeError(f"_set_allocator_settings: expected a str, got {type(env).__name__}")
     fields, lines = _torch_conf.translate(env, "_set_allocator_settings")
-    _torch_conf.warn_all(lines, "_set_allocator_settings")
+    _torch_conf.warn_all(lines, "_set_allocator_settings", stacklevel=4)
     with _lock:
         if _state.config is None:
             return
@@ -622,5 +637,5 @@ def _set_allocator_settings(env: str) -> None:
                 f"settings when first used and device(s) {devices} already allocate; set it before "
                 "the first CUDA allocation, or in PYTORCH_CUDA_ALLOC_CONF / PYPOOL_CONF",
                 _torch_conf.TorchSettingWarning,
-                stacklevel=2,
+                stacklevel=4,
             )

@@ -174,10 +174,10 @@ def translate(text: str, source: str = "PYTORCH_CUDA_ALLOC_CONF") -> Tuple[Dict[
     return fields, warn
 
 
-def warn_all(lines: List[str], source: str) -> None:
+def warn_all(lines: List[str], source: str, stacklevel: int = 3) -> None:
     """One TorchSettingWarning per setting pypool cannot honour."""
     for line in lines:
-        warnings.warn(f"pypool: {source}: {line}", TorchSettingWarning, stacklevel=3)
+        warnings.warn(f"pypool: {source}: {line}", TorchSettingWarning, stacklevel=stacklevel)
 
 
 def from_env(base: Optional[PoolConfig] = None) -> PoolConfig:
