@@ -98,8 +98,8 @@ class Pool:
         _check_int(stream, "stream")
         if size >= 1 << 64:  # beyond size_t; smaller sizes over 1 PiB: the core says the same
             raise OutOfMemoryError(
-                f"pypool: out of memory. Tried to allocate {size} bytes: pypool refuses any request over "
-                f"1 PiB ({_core.MAX_REQUEST} bytes), which is beyond any device."
+                f"pypool: out of memory. Tried to allocate more than 1EB memory ({size} bytes): pypool "
+                f"refuses any request over 1 PiB ({_core.MAX_REQUEST} bytes), which is beyond any device."
             )
         return self._pool.malloc(size, stream)
 

@@ -109,6 +109,7 @@ PATCHES: Tuple[Tuple[str, str, str], ...] = (
     ("cuda.memory", "_record_memory_history", "_record_memory_history"),
     ("cuda.memory", "_snapshot", "_snapshot"),
     ("cuda.memory", "_dump_snapshot", "_dump_snapshot"),
+    ("cuda.memory", "_allocation_traceback", "_allocation_traceback"),
     # torch.cuda.memory._set_allocator_settings calls these at call time (2.9+: the
     # first; 2.8: the second), so patching them covers every spelling.
     ("_C", "_accelerator_setAllocatorSettings", "_accelerator_setAllocatorSettings"),
@@ -585,6 +586,23 @@ def _dump_snapshot(filename: str = "dump_snapshot.pickle", augment_with_fx_trace
     data = _snapshot(augment_with_fx_traces=augment_with_fx_traces)
     with open(filename, "wb") as f:
         pickle.dump(data, f)
+
+
+def _allocation_traceback(data_ptr: int) -> Optional[List[Dict[str, Any]]]:
+    """``torch.cuda.memory._allocation_traceback``: the Python frames recorded for the
+    live allocation at ``data_ptr`` (its base address), or None when it is not a live
+    pypool allocation or no stack was recorded (:func:`_record_memory_history` first)."""
+    if isinstance(data_ptr, bool) or not isinstance(data_ptr, int):
+        raise TypeError(f"data_ptr: expected an int, got {type(data_ptr).__name__}")
+    for d in _core.registry_devices():
+        for seg in _snapshot_mod.snapshot(device=d)["segments"]:
+            if not seg["address"] <= data_ptr < seg["address"] + seg["total_size"]:
+                continue
+            for block in seg["blocks"]:
+                if block["address"] == data_ptr and block["state"] == "active_allocated":
+                    return block["frames"] or None
+            return None
+    return None
 
 
 def _accelerator_setAllocatorSettings(env: str) -> None:

@@ -497,17 +497,29 @@ struct DevicePool::Impl {
   }
 
   // Message of a request beyond policy::kMaxRequest (1 PiB): out of memory on any
-  // device, worded like oom_message's opening (PyTorch's own check is at 1 EiB:
-  // "Tried to allocate more than 1EB memory").
+  // device, worded like oom_message's opening, and from 1 EiB on like PyTorch's own
+  // check ("Tried to allocate more than 1EB memory."). Called without the pool lock.
   std::string too_large_message(std::size_t size) const {
+    const DeviceRoom room = DeviceRoom::ask(be);
+    const bool cuda = std::string(be.name()) == "cuda";
+    const bool exa = size >= (std::size_t(1) << 60);
     std::ostringstream o;
-    if (std::string(be.name()) == "cuda")
-      o << "CUDA out of memory. Tried to allocate " << c10_size(size) << ". GPU " << device;
+    if (cuda)
+      o << "CUDA out of memory. ";
     else
-      o << "pypool (" << be.name() << " backend): out of memory. Tried to allocate "
-        << c10_size(size) << ". Device " << device;
-    o << " cannot hold it: pypool refuses any request over 1 PiB (" << size
-      << " bytes asked), which is beyond any device.";
+      o << "pypool (" << be.name() << " backend): out of memory. ";
+    if (exa)
+      o << "Tried to allocate more than 1EB memory. ";
+    else
+      o << "Tried to allocate " << c10_size(size) << ". ";
+    o << (cuda ? "GPU " : "Device ") << device;
+    if (room.known())
+      o << " has a total capacity of " << c10_size(room.mem.total) << " of which "
+        << c10_size(room.mem.free) << " is free. ";
+    else
+      o << " did not report its capacity. ";
+    o << "pypool: " << size << " bytes is over pypool's 1 PiB limit on any request, beyond "
+      << "any device; nothing was allocated.";
     return o.str();
   }
 };

@@ -78,6 +78,15 @@ except torch.OutOfMemoryError as e:
     assert "1 PiB" in e.args[0] and accelerate_sees_oom(e) and lightning_sees_oom(e)
 else:
     raise AssertionError("2 PiB was served")
+# The two texts PyTorch's own test_out_of_memory expects.
+for size, text in ((GiB * 800000000, "Tried to allocate 800000000.00 GiB. GPU 0 has a total capacity of"),
+                   (GiB * 8000000000, "Tried to allocate more than 1EB memory")):
+    try:
+        torch.empty(size, dtype=torch.int8, device="cuda")
+    except torch.OutOfMemoryError as e:
+        assert text in e.args[0], e
+    else:
+        raise AssertionError(size)
 # The pool and torch carry on.
 more = torch.empty(512 * MiB, dtype=torch.uint8, device="cuda")
 assert pm.memory_allocated(0) == 768 * MiB
@@ -312,6 +321,9 @@ actions = [e["action"] for e in snap["device_traces"][0]]
 assert actions.count("alloc") == 2 and "free_requested" in actions and "segment_alloc" in actions, actions
 assert any(f["filename"].endswith("child.py") for e in snap["device_traces"][0] if e["action"] == "alloc"
            for f in e["frames"]), "no Python frames"
+frames = torch.cuda.memory._allocation_traceback(b.untyped_storage().data_ptr())
+assert frames and any(f["filename"].endswith("child.py") for f in frames), frames
+assert torch.cuda.memory._allocation_traceback(b.data_ptr() + 512) is None  # not a block's start
 segs = torch.cuda.memory_snapshot()
 assert segs == snap["segments"] and sum(s["allocated_size"] for s in segs) == pm.memory_allocated(0)
 assert torch.accelerator.memory._snapshot()["segments"] == segs if hasattr(torch.accelerator, "memory") else True
