@@ -244,7 +244,11 @@ def get_per_process_memory_fraction(device: Any = None) -> float:
     pool = _existing_pool(_device_index(device))
     if pool is not None:
         fraction = float(pool.memory_fraction())
-        return fraction if fraction > 0 else 1.0
+        if fraction == 0.0:
+            return 1.0  # no fraction set
+        # torch's fraction 0.0 ("no memory") is kept as the smallest positive double
+        # (Note [Fraction zero] in csrc/abi/c_api.cpp).
+        return 0.0 if fraction < 1e-300 else fraction
     configured = _registry_pool_config().memory_fraction if _core.registry_configured() else None
     return 1.0 if configured is None else float(configured)
 

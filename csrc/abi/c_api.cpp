@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cstdio>
 #include <exception>
+#include <limits>
 
 #include "pypool/registry.h"
 #include "torch_oom.h"
@@ -75,6 +76,11 @@ void pypool_empty_cache(void) {
 
 void pypool_set_memory_fraction(double fraction, int device) {
   try {
+    // Note [Fraction zero]: torch's set_per_process_memory_fraction(0.0) allows no
+    // memory at all, while the pool's fraction 0 means "no fraction cap". The smallest
+    // positive fraction caps the pool at 0 bytes, as torch means, and reads back as 0.0
+    // (pypool.memory.get_per_process_memory_fraction).
+    if (fraction == 0.0) fraction = std::numeric_limits<double>::denorm_min();
     pypool::Registry::instance().pool(device).set_memory_fraction(fraction);
   } catch (const std::exception& e) {
     report("set_memory_fraction", e.what());

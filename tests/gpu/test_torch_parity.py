@@ -212,6 +212,19 @@ torch.cuda.set_per_process_memory_fraction(0.5, 0)
 assert torch.cuda.get_per_process_memory_fraction(0) == 0.5
 assert torch.cuda.get_per_process_memory_fraction("cuda:0") == 0.5
 assert pm.get_pool(0).cap == int(0.5 * torch.cuda.mem_get_info(0)[1])
+# torch's 0.0 allows nothing (it used to remove pypool's cap instead).
+torch.cuda.set_per_process_memory_fraction(0.0, 0)
+assert torch.cuda.get_per_process_memory_fraction(0) == 0.0
+assert pm.get_pool(0).cap == 0
+try:
+    torch.empty(64 * MiB, dtype=torch.uint8, device="cuda")
+except torch.OutOfMemoryError as e:
+    assert "0 bytes allowed;" in e.args[0], e
+else:
+    raise AssertionError("fraction 0.0 allowed an allocation")
+torch.cuda.set_per_process_memory_fraction(1.0, 0)
+assert torch.cuda.get_per_process_memory_fraction(0) == 1.0
+torch.empty(64 * MiB, dtype=torch.uint8, device="cuda")
 print("CHILD OK")
 """)
 
