@@ -156,6 +156,10 @@ class _State:
     patched: List[Tuple[Any, str, Any]] = field(default_factory=list)  # (namespace, name, original)
     # pypool_use_torch_oom's answer: 1 when pypool_malloc throws c10::OutOfMemoryError.
     torch_oom: int = 0
+    # _record_memory_history's skip_actions and whether trace entries keep their
+    # frames (torch's context "alloc" / "all"; "state" keeps them on live blocks only).
+    skip_actions: Tuple[str, ...] = ()
+    trace_frames: bool = True
 
 
 _state = _State()
@@ -493,8 +497,8 @@ def _record_memory_history(enabled: Any = "all", *args: Any, **kwargs: Any) -> N
         legacy = dict(zip(legacy_names, args))
         legacy.update(kwargs)
         entries = int(legacy.get("trace_alloc_max_entries", 1))
-        mode: Optional[str] = None if not enabled else ("all" if entries > 1 else "state")
-        _history(mode, "python" if legacy.get("record_context", True) else None, "python",
+        mode: Optional[str] = None if not enabled else "all"
+        _history(mode, "all" if legacy.get("record_context", True) else None, "python",
                  max(entries, 1), legacy.get("device"), bool(legacy.get("clear_history", False)), {})
         return
     names = ("context", "stacks", "max_entries", "device", "clear_history")
@@ -506,12 +510,15 @@ def _record_memory_history(enabled: Any = "all", *args: Any, **kwargs: Any) -> N
              bool(opts.get("clear_history", False)), extra)
 
 
-_HISTORY_DEFAULTS = {"compile_context": False, "global_record_annotations": False, "skip_actions": None,
+_HISTORY_DEFAULTS = {"compile_context": False, "global_record_annotations": False,
                      "record_pinned_host_memory": False, "record_cuda": True}
 
 
 def _history(enabled: Any, context: Any, stacks: Any, max_entries: Any, device: Any, clear: bool,
              extra: Dict[str, Any]) -> None:
+    skip = extra.pop("skip_actions", None) or ()
+    if isinstance(skip, str) or not all(isinstance(a, str) for a in skip):
+        raise TypeError(f"skip_actions: expected a list of action names, got {skip!r}")
     unknown = [k for k in extra if k not in _HISTORY_DEFAULTS]
     if unknown:
         raise TypeError(f"_record_memory_history() got unexpected keyword argument(s) {unknown}")
@@ -528,6 +535,8 @@ def _history(enabled: Any, context: Any, stacks: Any, max_entries: Any, device: 
     if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
         raise ValueError(f"max_entries: expected an int >= 1, got {max_entries!r}")
     entries = min(max_entries, MAX_HISTORY_ENTRIES)
+    _state.skip_actions = tuple(skip) if enabled is not None else ()
+    _state.trace_frames = context in ("alloc", "all")
     devices = set(_core.registry_devices())
     if enabled is not None:
         devices.add(memory._device_index(device))
@@ -536,8 +545,10 @@ def _history(enabled: Any, context: Any, stacks: Any, max_entries: Any, device: 
             _snapshot_mod.record_history(False, device=d)
         if enabled is None:
             continue
-        keep_stacks = "python" if (context is not None or enabled == "state") else "none"
-        _snapshot_mod.record_history(enabled, max_entries=entries, stacks=keep_stacks, device=d)
+        # torch records the event trace whenever history is on ("state" and "all");
+        # `context` says which events carry stacks (None: none at all).
+        keep_stacks = "python" if context is not None else "none"
+        _snapshot_mod.record_history("all", max_entries=entries, stacks=keep_stacks, device=d)
 
 
 def _snapshot(device: Any = None, augment_with_fx_traces: bool = False) -> Dict[str, Any]:
@@ -554,10 +565,14 @@ def _snapshot(device: Any = None, augment_with_fx_traces: bool = False) -> Dict[
     count = max([count] + [d + 1 for d in devices])
     out: Dict[str, Any] = {"segments": [], "device_traces": [[] for _ in range(count)]}
     first: Optional[Dict[str, Any]] = None
+    skip = set(_state.skip_actions)
     for d in devices:
         snap = _snapshot_mod.snapshot(device=d)
         out["segments"].extend(snap["segments"])
-        out["device_traces"][d] = snap["device_traces"][d]
+        trace = [e for e in snap["device_traces"][d] if e["action"] not in skip]
+        if not _state.trace_frames:
+            trace = [dict(e, frames=[]) for e in trace]
+        out["device_traces"][d] = trace
         first = first or snap
     if first is None:
         first = _snapshot_mod.snapshot(device=memory._device_index(device))

@@ -361,3 +361,35 @@ print("CHILD OK")
         proc = subprocess.run([sys.executable, "-m", "torch.cuda._memory_viz", cmd, str(tmp_path / "dump.pickle")],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, (cmd, proc.stderr)
+
+
+def test_history_options_follow_torch(run_child: RunChild) -> None:
+    # torch records the event trace for enabled="state" too; context=None keeps events
+    # without stacks; skip_actions leaves those actions out.
+    run_child(PRELUDE + """
+import json
+pypool.install()
+import torch
+
+def alloc_here():
+    return torch.empty(4 * MiB, dtype=torch.uint8, device="cuda")
+
+torch.cuda.memory._record_memory_history("state", context="state", stacks="python")
+x = alloc_here()
+snap = torch.cuda.memory._snapshot()
+assert [e["action"] for e in snap["device_traces"][0]].count("alloc") == 1
+assert all(e["frames"] == [] for e in snap["device_traces"][0])  # context "state": stacks on live blocks only
+assert "alloc_here" in json.dumps(snap["segments"])
+torch.cuda.memory._record_memory_history(context=None)
+y = alloc_here()
+assert "alloc_here" not in json.dumps(torch.cuda.memory._snapshot()["device_traces"])
+torch.cuda.memory._record_memory_history(None)
+
+torch.cuda.memory._record_memory_history(context="all", stacks="python", skip_actions=["free_requested"])
+z = alloc_here()
+del z
+actions = {e["action"] for e in torch.cuda.memory._snapshot()["device_traces"][0]}
+assert "alloc" in actions and "free_requested" not in actions, actions
+torch.cuda.memory._record_memory_history(None)
+print("CHILD OK")
+""")
