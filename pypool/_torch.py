@@ -88,9 +88,11 @@ _STATS = (
     "reset_accumulated_memory_stats",
     "memory_summary",
 )
-# torch.accelerator has these (2.9+); empty_cache and get_memory_info work unpatched
-# (they reach pypool's empty-cache hook and the device).
+# torch.accelerator has these (2.9+). Its empty_cache does not reach a pluggable
+# allocator's reset hook (torch 2.14.1: reserved memory stays), so it is patched too;
+# get_memory_info asks the device and works unpatched.
 _ACCELERATOR_STATS = (
+    "empty_cache",
     "memory_stats",
     "memory_allocated",
     "memory_reserved",

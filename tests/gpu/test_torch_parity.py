@@ -190,7 +190,10 @@ acc.reset_peak_memory_stats()
 assert acc.max_memory_allocated() == 10 * MiB
 acc.reset_accumulated_memory_stats()
 assert acc.memory_stats()["allocation.all.allocated"] == 0
-acc.empty_cache()  # torch's own, through pypool's empty-cache hook
+del x
+before = pm.memory_reserved(0)
+acc.empty_cache()  # torch's own does not reach a pluggable allocator's reset hook
+assert pm.memory_reserved(0) < before, (pm.memory_reserved(0), before)
 free, total = acc.get_memory_info() if hasattr(acc, "get_memory_info") else torch.cuda.mem_get_info()
 assert 0 < free <= total
 # The device-less torch.cuda names agree too.
