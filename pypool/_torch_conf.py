@@ -161,7 +161,15 @@ def translate(text: str, source: str = "PYTORCH_CUDA_ALLOC_CONF") -> Tuple[Dict[
                 fraction = float(value)
             except ValueError:
                 raise ValueError(f"{source}: per_process_memory_fraction expects a number, got {value!r}") from None
-            fields["memory_fraction"] = fraction if fraction > 0 else None
+            if not 0.0 <= fraction <= 1.0:
+                raise ValueError(f"{source}: per_process_memory_fraction must be in [0, 1], got {value!r}")
+            if fraction == 0.0:
+                # torch: no memory at all. A config cannot say that (memory_fraction is in
+                # (0, 1]); torch.cuda.set_per_process_memory_fraction(0.0) can.
+                warn.append(f"per_process_memory_fraction:{value} (no memory at all) is not applied at "
+                            "install; use torch.cuda.set_per_process_memory_fraction(0.0)")
+            else:
+                fields["memory_fraction"] = fraction
         elif key == "backend":
             if low != "native":
                 warn.append(f"backend:{value} is not used: pypool is the CUDA allocator in this process")

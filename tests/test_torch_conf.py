@@ -46,7 +46,7 @@ def test_bucketed_divisions_take_the_finest_and_say_so() -> None:
 @pytest.mark.parametrize(
     "key",
     ["release_lock_on_cudamalloc:True", "max_non_split_rounding_mb:512", "graph_capture_record_stream_reuse:True",
-     "backend:cudaMallocAsync", "no_such_key:1"],
+     "backend:cudaMallocAsync", "no_such_key:1", "per_process_memory_fraction:0.0"],
 )
 def test_keys_without_an_equivalent_are_named(key: str) -> None:
     got, lines = translate(key)
@@ -62,6 +62,7 @@ def test_keys_without_an_equivalent_are_named(key: str) -> None:
         ("roundup_power2_divisions:[256-1]", "roundup_power2_divisions"),
         ("expandable_segments:maybe", "expandable_segments"),
         ("garbage_collection_threshold:high", "garbage_collection_threshold"),
+        ("per_process_memory_fraction:1.5", "per_process_memory_fraction"),
     ],
 )
 def test_bad_values_name_the_source_and_key(text: str, match: str) -> None:
