@@ -571,7 +571,10 @@ def _snapshot(device: Any = None, augment_with_fx_traces: bool = False) -> Dict[
     for d in devices:
         snap = _snapshot_mod.snapshot(device=d)
         out["segments"].extend(snap["segments"])
-        trace = [e for e in snap["device_traces"][d] if e["action"] not in skip]
+        trace = snap["device_traces"][d]
+        if _state.trace_frames:
+            _segment_frames(trace)
+        trace = [e for e in trace if e["action"] not in skip]
         if not _state.trace_frames:
             trace = [dict(e, frames=[]) for e in trace]
         out["device_traces"][d] = trace
@@ -586,6 +589,20 @@ def _snapshot(device: Any = None, augment_with_fx_traces: bool = False) -> Dict[
         if augment is not None:
             out = augment(out)
     return out
+
+
+def _segment_frames(trace: List[Dict[str, Any]]) -> None:
+    """Give segment_alloc / segment_map entries the stack of the allocation that made
+    the segment grow, as torch's do (its timeline keeps a segment's stack after the
+    allocations in it are freed). pypool records that allocation's stack on its alloc
+    entry, the next one on the same stream; entries are copied, not shared."""
+    for i, e in enumerate(trace):
+        if e["action"] not in ("segment_alloc", "segment_map") or e["frames"]:
+            continue
+        for later in trace[i + 1:]:
+            if later["action"] == "alloc" and later["stream"] == e["stream"]:
+                trace[i] = dict(e, frames=list(later["frames"]))
+                break
 
 
 def memory_snapshot(mempool_id: Any = None, include_traces: bool = True) -> List[Dict[str, Any]]:

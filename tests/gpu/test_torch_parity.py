@@ -394,5 +394,20 @@ del z
 actions = {e["action"] for e in torch.cuda.memory._snapshot()["device_traces"][0]}
 assert "alloc" in actions and "free_requested" not in actions, actions
 torch.cuda.memory._record_memory_history(None)
+
+# A segment's growth carries the stack of the allocation that caused it, so torch's
+# timeline (which drops freed alloc/free pairs, in place) still names the code.
+torch.cuda.memory._record_memory_history(context="all", stacks="python")
+def grow_here():
+    return torch.empty(64 * MiB, dtype=torch.uint8, device="cuda")
+g = grow_here()
+del g
+snap = torch.cuda.memory._snapshot()
+seg = [e for e in snap["device_traces"][0] if e["action"] == "segment_alloc"]
+assert seg and any(f["name"] == "grow_here" for f in seg[-1]["frames"]), seg
+from torch.cuda._memory_viz import trace_plot
+trace_plot(snap, filter_freed=True)
+assert "grow_here" in json.dumps(snap)
+torch.cuda.memory._record_memory_history(None)
 print("CHILD OK")
 """)
