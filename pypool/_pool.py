@@ -123,12 +123,17 @@ class Pool:
         """Allocate ``size`` bytes for use on ``stream``; returns the address (0 for size 0).
 
         Raises :class:`OutOfMemoryError` (a ``RuntimeError``) when the request cannot be
-        met after releasing cached memory; the pool stays usable.
+        met after releasing cached memory, and for a request over 1 PiB (beyond any
+        device, as PyTorch calls an impossible request out of memory); the pool stays
+        usable.
         """
         _check_int(size, "size")
         _check_stream(stream)
-        if size > _core.MAX_REQUEST:
-            raise ValueError(f"size: {size} bytes is beyond any device (limit {_core.MAX_REQUEST})")
+        if size >= 1 << 64:  # beyond size_t; smaller sizes over 1 PiB: the core says the same
+            raise OutOfMemoryError(
+                f"pypool: out of memory. Tried to allocate more than 1EB memory ({size} bytes): pypool "
+                f"refuses any request over 1 PiB ({_core.MAX_REQUEST} bytes), which is beyond any device."
+            )
         return self._pool.malloc(size, stream)
 
     def free(self, ptr: int) -> None:

@@ -13,9 +13,18 @@ What ``install()`` does, in order:
    ``torch._C._CUDAPluggableAllocator`` (init, empty_cache, memory fraction,
    record_stream) to pypool's C functions, and swaps it in with
    ``torch.cuda.memory.change_current_allocator``;
-5. with ``patch_torch=True``, puts pypool's statistics (:mod:`pypool.memory`) in place of
-   ``torch.cuda.memory_stats`` and friends, which raise under any pluggable allocator
-   (pytorch issue 133281).
+5. makes pypool_malloc throw torch's own ``c10::OutOfMemoryError`` (so Python sees
+   ``torch.OutOfMemoryError``) when the loaded torch exports what that needs
+   (Note [torch OutOfMemoryError] in csrc/abi/torch_oom.cpp);
+6. with ``patch_torch=True``, puts pypool's equivalents in place of torch's memory API
+   (:data:`PATCHES`: ``torch.cuda.memory_stats`` and friends, their ``torch.accelerator``
+   twins, ``get_per_process_memory_fraction``, memory history and snapshots,
+   ``_set_allocator_settings``), which raise or answer wrongly under any pluggable
+   allocator (pytorch issue 133281).
+
+Settings: with ``config=None``, ``PYTORCH_CUDA_ALLOC_CONF`` (or ``PYTORCH_ALLOC_CONF``)
+is translated first and ``PYPOOL_CONF`` applied over it (Note [Which settings win] in
+:mod:`pypool._torch_conf`).
 
 Every torch entry point is reached through :func:`_import_torch` and every question to
 the native CUDA layer through :func:`_native_cuda_devices`, so the tests run all of this
@@ -24,15 +33,24 @@ on a CPU machine against fakes of those entry points.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import pickle
+import sys
 import threading
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-from . import _core, memory
+from . import _core, _torch_conf, memory
+from . import snapshot as _snapshot_mod
 from .config import PoolConfig
 
-__all__ = ["install", "is_installed", "installed_config", "torch_originals", "InstallError", "HOOKS", "PATCHED_NAMES"]
+__all__ = [
+    "install", "is_installed", "installed_config", "torch_originals", "torch_oom_enabled",
+    "InstallError", "HOOKS", "PATCHES", "PATCHED_NAMES",
+]
 
 log = logging.getLogger("pypool")
 
@@ -48,14 +66,18 @@ HOOKS: Tuple[Tuple[str, str], ...] = (
     ("set_record_stream_fn", "pypool_record_stream"),
 )
 
-# Functions replaced in both torch.cuda and torch.cuda.memory by patch_torch=True.
-# torch.cuda re-exports them at import time, so patching only torch.cuda.memory would
-# leave torch.cuda.memory_stats pointing at torch's raising original.
-# memory_summary is included because torch's own reads keys pypool does not keep
-# (oversize_allocations, ...). Functions torch defines on top of these (memory_cached,
-# reset_max_memory_allocated, ...) look them up in torch.cuda.memory at call time and
-# so follow the patch.
-PATCHED_NAMES: Tuple[str, ...] = (
+# Note [Patch table]: every torch entry point that patch_torch=True replaces, as
+# (namespace under torch, attribute, replacement's name). Replacements named "memory.x"
+# are pypool.memory's public functions; the others are the torch-signature functions
+# at the end of this module. torch.cuda re-exports the torch.cuda.memory functions at
+# import time, so both namespaces are patched, and so are torch.accelerator's
+# (torch.accelerator.memory's functions call each other through their module, which is
+# patched too). memory_summary is included because torch's reads keys pypool does not
+# keep (oversize_allocations, ...). Functions torch defines on top of these
+# (memory_cached, reset_max_memory_allocated, torch.accelerator.memory._snapshot, ...)
+# look them up at call time and so follow the patch. An attribute a torch version lacks
+# is skipped.
+_STATS = (
     "memory_stats",
     "memory_stats_as_nested_dict",
     "memory_allocated",
@@ -66,6 +88,37 @@ PATCHED_NAMES: Tuple[str, ...] = (
     "reset_accumulated_memory_stats",
     "memory_summary",
 )
+# torch.accelerator has these (2.9+). Its empty_cache does not reach a pluggable
+# allocator's reset hook (torch 2.14.1: reserved memory stays), so it is patched too;
+# get_memory_info asks the device and works unpatched.
+_ACCELERATOR_STATS = (
+    "empty_cache",
+    "memory_stats",
+    "memory_allocated",
+    "memory_reserved",
+    "max_memory_allocated",
+    "max_memory_reserved",
+    "reset_peak_memory_stats",
+    "reset_accumulated_memory_stats",
+)
+PATCHES: Tuple[Tuple[str, str, str], ...] = (
+    *((ns, name, "memory." + name) for ns in ("cuda", "cuda.memory") for name in _STATS),
+    *((ns, name, "memory." + name) for ns in ("accelerator", "accelerator.memory") for name in _ACCELERATOR_STATS),
+    ("cuda", "get_per_process_memory_fraction", "memory.get_per_process_memory_fraction"),
+    ("cuda.memory", "get_per_process_memory_fraction", "memory.get_per_process_memory_fraction"),
+    ("cuda", "memory_snapshot", "memory_snapshot"),
+    ("cuda.memory", "memory_snapshot", "memory_snapshot"),
+    ("cuda.memory", "_record_memory_history", "_record_memory_history"),
+    ("cuda.memory", "_snapshot", "_snapshot"),
+    ("cuda.memory", "_dump_snapshot", "_dump_snapshot"),
+    ("cuda.memory", "_allocation_traceback", "_allocation_traceback"),
+    # torch.cuda.memory._set_allocator_settings calls these at call time (2.9+: the
+    # first; 2.8: the second), so patching them covers every spelling.
+    ("_C", "_accelerator_setAllocatorSettings", "_accelerator_setAllocatorSettings"),
+    ("_C", "_cuda_cudaCachingAllocator_set_allocator_settings", "_cuda_cudaCachingAllocator_set_allocator_settings"),
+)
+# The names patched in torch.cuda (kept for code that imported it).
+PATCHED_NAMES: Tuple[str, ...] = tuple(name for ns, name, _ in PATCHES if ns == "cuda")
 
 _SWAP_REFUSED = "Can't swap an already initialized allocator"
 
@@ -103,6 +156,12 @@ class _State:
     hooks: Dict[str, int] = field(default_factory=dict)  # setter -> address passed
     skipped_hooks: List[str] = field(default_factory=list)
     patched: List[Tuple[Any, str, Any]] = field(default_factory=list)  # (namespace, name, original)
+    # pypool_use_torch_oom's answer: 1 when pypool_malloc throws c10::OutOfMemoryError.
+    torch_oom: int = 0
+    # _record_memory_history's skip_actions and whether trace entries keep their
+    # frames (torch's context "alloc" / "all"; "state" keeps them on live blocks only).
+    skip_actions: Tuple[str, ...] = ()
+    trace_frames: bool = True
 
 
 _state = _State()
@@ -163,9 +222,18 @@ def install(
     if not isinstance(patch_torch, bool):
         raise TypeError(f"patch_torch: expected a bool, got {type(patch_torch).__name__}")
     if config is None:
-        cfg = PoolConfig.coerce(PoolConfig.from_env(), **overrides)
+        # Note [Which settings win] (pypool._torch_conf): torch's variable, then PYPOOL_CONF.
+        cfg = PoolConfig.coerce(PoolConfig.from_env(base=_torch_conf.from_env()), **overrides)
     else:
         cfg = PoolConfig.coerce(config, **overrides)
+        name, text = _torch_conf.env_text()
+        if text:
+            warnings.warn(
+                f"pypool: {name}={text!r} is not applied: install() was given a config, which "
+                "replaces both it and PYPOOL_CONF (call install() without config to use them)",
+                _torch_conf.TorchSettingWarning,
+                stacklevel=2,
+            )
     with _lock:
         if _state.config is not None:
             if cfg != _state.config:
@@ -189,6 +257,7 @@ def install(
         _state.config = cfg
         _state.torch = torch
         _state.allocator = allocator
+        _state.torch_oom = _use_torch_oom(torch)
         memory._installed_config = cfg
         if patch_torch:
             _patch_torch(torch)
@@ -309,17 +378,72 @@ def _swap_allocator(torch: Any) -> Any:
     return allocator
 
 
+def _libc10_path(torch: Any) -> Optional[str]:
+    """Path of the libc10 shared library of this torch, or None (a fake or odd torch)."""
+    where = getattr(torch, "__file__", None)
+    if not isinstance(where, str):
+        return None
+    path = os.path.join(os.path.dirname(where), "lib", "libc10.so")
+    return path if os.path.exists(path) else None
+
+
+def _use_torch_oom(torch: Any) -> int:
+    """Ask the C ABI to throw c10::OutOfMemoryError (Note [torch OutOfMemoryError]).
+
+    Returns pypool_use_torch_oom's code: 1 enabled; 0 or negative not (pypool then
+    raises a RuntimeError with the same message). ``PYPOOL_TORCH_OOM=0`` opts out.
+    """
+    if os.environ.get("PYPOOL_TORCH_OOM", "1").strip().lower() in ("0", "false", "no", "off"):
+        return 0
+    path = _libc10_path(torch)
+    if path is None:
+        return -1
+    from . import library_path
+
+    try:
+        fn = ctypes.CDLL(library_path()).pypool_use_torch_oom
+    except (OSError, AttributeError):  # a library without the entry point
+        return -5
+    fn.argtypes = [ctypes.c_char_p]
+    fn.restype = ctypes.c_int
+    code = int(fn(os.fsencode(path)))
+    if code != 1:
+        log.debug("pypool: torch.OutOfMemoryError not available (code %d): OOM is a RuntimeError", code)
+    return code
+
+
+def torch_oom_enabled() -> bool:
+    """True when an out-of-memory under pypool raises ``torch.OutOfMemoryError`` (else a
+    ``RuntimeError`` with the same message)."""
+    return _state.torch_oom == 1
+
+
 # ---------------------------------------------------------------------------- torch stats
 
 
+def _namespace(torch: Any, path: str) -> Any:
+    node = torch
+    for part in path.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node
+
+
+def _replacement(name: str) -> Callable[..., Any]:
+    if name.startswith("memory."):
+        return getattr(memory, name[len("memory."):])  # type: ignore[no-any-return]
+    return globals()[name]  # type: ignore[no-any-return]
+
+
 def _patch_torch(torch: Any) -> None:
-    """Put pypool.memory's functions in place of torch's (originals kept in _state)."""
-    for namespace in (torch.cuda, torch.cuda.memory):
-        for name in PATCHED_NAMES:
-            if not hasattr(namespace, name):
-                continue
-            _state.patched.append((namespace, name, getattr(namespace, name)))
-            setattr(namespace, name, getattr(memory, name))
+    """Put pypool's functions in place of torch's (PATCHES; originals kept in _state)."""
+    for path, name, replacement in PATCHES:
+        namespace = _namespace(torch, path)
+        if namespace is None or not hasattr(namespace, name):
+            continue
+        _state.patched.append((namespace, name, getattr(namespace, name)))
+        setattr(namespace, name, _replacement(replacement))
 
 
 def _unpatch_torch() -> None:
@@ -344,4 +468,232 @@ def _reset_for_tests() -> None:
         _state.allocator = None
         _state.hooks = {}
         _state.skipped_hooks = []
+        _state.torch_oom = 0
         memory._installed_config = None
+
+
+# ---------------------------------------------------------------------------- torch's names
+# The functions below take torch's arguments (torch 2.8 - 2.14) and answer with pypool's
+# history, snapshots and settings in torch's schema, so torch.cuda._memory_viz and other
+# readers of torch's snapshots work unchanged.
+
+# pypool's history is a ring allocated when recording starts; torch's default of
+# sys.maxsize entries ("keep everything") is taken as this many.
+MAX_HISTORY_ENTRIES = 1_000_000
+
+
+def _torch_original(path: str, name: str) -> Optional[Callable[..., Any]]:
+    for ns, n, fn in _state.patched:
+        if n == name and getattr(ns, "__name__", "") == "torch." + path:
+            return fn  # type: ignore[no-any-return]
+    return None
+
+
+def _record_memory_history(enabled: Any = "all", *args: Any, **kwargs: Any) -> None:
+    """``torch.cuda.memory._record_memory_history`` backed by :func:`pypool.record_history`.
+
+    Takes torch's arguments: ``enabled`` (``"all"``, ``"state"``, ``None``; or a bool in
+    the legacy form), ``context``, ``stacks`` (``"python"`` or ``"all"``: pypool keeps
+    Python frames; C++ frames are not captured), ``max_entries`` (at most
+    MAX_HISTORY_ENTRIES), ``device``, ``clear_history``. Recording starts on the given
+    device (default: the current one) and on every device that already has a pool.
+    Arguments pypool has no equivalent for are named in a warning when set.
+    """
+    if isinstance(enabled, bool):  # torch's legacy signature
+        legacy_names = ("record_context", "trace_alloc_max_entries", "trace_alloc_record_context", "device",
+                        "record_context_cpp", "clear_history", "compile_context", "global_record_annotations")
+        legacy = dict(zip(legacy_names, args))
+        legacy.update(kwargs)
+        entries = int(legacy.get("trace_alloc_max_entries", 1))
+        mode: Optional[str] = None if not enabled else "all"
+        _history(mode, "all" if legacy.get("record_context", True) else None, "python",
+                 max(entries, 1), legacy.get("device"), bool(legacy.get("clear_history", False)), {})
+        return
+    names = ("context", "stacks", "max_entries", "device", "clear_history")
+    opts = dict(zip(names, args))
+    opts.update(kwargs)
+    extra = {k: v for k, v in opts.items() if k not in names}
+    _history(enabled, opts.get("context", "all"), opts.get("stacks", "all"),
+             opts.get("max_entries", sys.maxsize), opts.get("device"),
+             bool(opts.get("clear_history", False)), extra)
+
+
+_HISTORY_DEFAULTS = {"compile_context": False, "global_record_annotations": False,
+                     "record_pinned_host_memory": False, "record_cuda": True}
+
+
+def _history(enabled: Any, context: Any, stacks: Any, max_entries: Any, device: Any, clear: bool,
+             extra: Dict[str, Any]) -> None:
+    skip = extra.pop("skip_actions", None) or ()
+    if isinstance(skip, str) or not all(isinstance(a, str) for a in skip):
+        raise TypeError(f"skip_actions: expected a list of action names, got {skip!r}")
+    unknown = [k for k in extra if k not in _HISTORY_DEFAULTS]
+    if unknown:
+        raise TypeError(f"_record_memory_history() got unexpected keyword argument(s) {unknown}")
+    ignored = [f"{k}={v!r}" for k, v in extra.items() if v != _HISTORY_DEFAULTS[k]]
+    if ignored:
+        warnings.warn(f"pypool: _record_memory_history: {', '.join(ignored)} not supported by pypool; ignored",
+                      stacklevel=3)
+    if enabled not in (None, "all", "state"):
+        raise ValueError(f"enabled: expected 'all', 'state' or None, got {enabled!r}")
+    if context not in (None, "state", "alloc", "all"):
+        raise ValueError(f"context: expected 'state', 'alloc', 'all' or None, got {context!r}")
+    if stacks not in ("python", "all"):
+        raise ValueError(f"stacks: expected 'python' or 'all', got {stacks!r}")
+    if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+        raise ValueError(f"max_entries: expected an int >= 1, got {max_entries!r}")
+    entries = min(max_entries, MAX_HISTORY_ENTRIES)
+    _state.skip_actions = tuple(skip) if enabled is not None else ()
+    _state.trace_frames = context in ("alloc", "all")
+    devices = set(_core.registry_devices())
+    if enabled is not None:
+        devices.add(memory._device_index(device))
+    for d in sorted(devices):
+        if clear or enabled is None:
+            _snapshot_mod.record_history(False, device=d)
+        if enabled is None:
+            continue
+        # torch records the event trace whenever history is on ("state" and "all");
+        # `context` says which events carry stacks (None: none at all).
+        keep_stacks = "python" if context is not None else "none"
+        _snapshot_mod.record_history("all", max_entries=entries, stacks=keep_stacks, device=d)
+
+
+def _snapshot(device: Any = None, augment_with_fx_traces: bool = False) -> Dict[str, Any]:
+    """``torch.cuda.memory._snapshot``: every device's pool in one dict of torch's schema
+    (``segments`` of all devices, ``device_traces[d]`` the history of device d,
+    ``allocator_settings``), as torch's covers all devices whatever ``device`` is."""
+    torch = _state.torch
+    count = 0
+    try:
+        count = int(torch.cuda.device_count()) if torch is not None else 0
+    except Exception:
+        count = 0
+    devices = _core.registry_devices()
+    count = max([count] + [d + 1 for d in devices])
+    out: Dict[str, Any] = {"segments": [], "device_traces": [[] for _ in range(count)]}
+    first: Optional[Dict[str, Any]] = None
+    skip = set(_state.skip_actions)
+    for d in devices:
+        snap = _snapshot_mod.snapshot(device=d)
+        out["segments"].extend(snap["segments"])
+        trace = snap["device_traces"][d]
+        if _state.trace_frames:
+            _segment_frames(trace)
+        trace = [e for e in trace if e["action"] not in skip]
+        if not _state.trace_frames:
+            trace = [dict(e, frames=[]) for e in trace]
+        out["device_traces"][d] = trace
+        first = first or snap
+    if first is None:
+        first = _snapshot_mod.snapshot(device=memory._device_index(device))
+    out["allocator_settings"] = first["allocator_settings"]
+    if augment_with_fx_traces:
+        original = _torch_original("cuda.memory", "_snapshot")
+        torch_mod = sys.modules.get("torch.cuda.memory")
+        augment = getattr(torch_mod, "_augment_memory_snapshot_stack_traces", None) if original else None
+        if augment is not None:
+            out = augment(out)
+    return out
+
+
+def _segment_frames(trace: List[Dict[str, Any]]) -> None:
+    """Give segment_alloc / segment_map entries the stack of the allocation that made
+    the segment grow, as torch's do (its timeline keeps a segment's stack after the
+    allocations in it are freed). pypool records that allocation's stack on its alloc
+    entry, the next one on the same stream; entries are copied, not shared."""
+    for i, e in enumerate(trace):
+        if e["action"] not in ("segment_alloc", "segment_map") or e["frames"]:
+            continue
+        for later in trace[i + 1:]:
+            if later["action"] == "alloc" and later["stream"] == e["stream"]:
+                trace[i] = dict(e, frames=list(later["frames"]))
+                break
+
+
+def memory_snapshot(mempool_id: Any = None, include_traces: bool = True) -> List[Dict[str, Any]]:
+    """``torch.cuda.memory_snapshot``: the segments of :func:`_snapshot`."""
+    if mempool_id is not None:
+        raise RuntimeError(
+            "pypool: memory_snapshot(mempool_id=...) needs torch.cuda.MemPool, which no pluggable "
+            "allocator supports; pypool has one pool per device"
+        )
+    return _snapshot()["segments"]  # type: ignore[no-any-return]
+
+
+def _dump_snapshot(filename: str = "dump_snapshot.pickle", augment_with_fx_traces: bool = False) -> None:
+    """``torch.cuda.memory._dump_snapshot``: pickle :func:`_snapshot` to ``filename``."""
+    data = _snapshot(augment_with_fx_traces=augment_with_fx_traces)
+    with open(filename, "wb") as f:
+        pickle.dump(data, f)
+
+
+def _allocation_traceback(data_ptr: int) -> Optional[List[Dict[str, Any]]]:
+    """``torch.cuda.memory._allocation_traceback``: the Python frames recorded for the
+    live allocation at ``data_ptr`` (its base address), or None when it is not a live
+    pypool allocation or no stack was recorded (:func:`_record_memory_history` first)."""
+    if isinstance(data_ptr, bool) or not isinstance(data_ptr, int):
+        raise TypeError(f"data_ptr: expected an int, got {type(data_ptr).__name__}")
+    for d in _core.registry_devices():
+        for seg in _snapshot_mod.snapshot(device=d)["segments"]:
+            if not seg["address"] <= data_ptr < seg["address"] + seg["total_size"]:
+                continue
+            for block in seg["blocks"]:
+                if block["address"] == data_ptr and block["state"] == "active_allocated":
+                    return block["frames"] or None
+            return None
+    return None
+
+
+def _accelerator_setAllocatorSettings(env: str) -> None:
+    """``torch._C._accelerator_setAllocatorSettings`` (what
+    ``torch.cuda.memory._set_allocator_settings`` calls): see :func:`_set_allocator_settings`."""
+    _set_allocator_settings(env, "_accelerator_setAllocatorSettings")
+
+
+def _cuda_cudaCachingAllocator_set_allocator_settings(env: str) -> None:
+    """torch 2.8's spelling of :func:`_accelerator_setAllocatorSettings`."""
+    _set_allocator_settings(env, "_cuda_cudaCachingAllocator_set_allocator_settings")
+
+
+def _set_allocator_settings(env: str, name: str) -> None:
+    """Allocator settings given at run time: torch parses the string as always (it
+    rejects what it rejects natively, and its host-allocator settings keep working),
+    then pypool applies the keys it has an equivalent for (:mod:`pypool._torch_conf`).
+    A pool takes its settings when it is made; settings that would change a pool that
+    already exists are named in a warning, except the memory fraction, which every pool
+    takes at once."""
+    original = _torch_original("_C", name)
+    if original is not None:
+        original(env)
+    if not isinstance(env, str):
+        raise TypeError(f"_set_allocator_settings: expected a str, got {type(env).__name__}")
+    fields, lines = _torch_conf.translate(env, "_set_allocator_settings")
+    _torch_conf.warn_all(lines, "_set_allocator_settings", stacklevel=4)
+    with _lock:
+        if _state.config is None:
+            return
+        current = memory._installed_config or _state.config
+        changed = _torch_conf.changed_fields(current, fields)
+        if not changed:
+            return
+        devices = _core.registry_devices()
+        if not devices:  # no pool made yet: every setting applies
+            new = current.replace(**changed)
+            _core.registry_configure("cuda", new.to_core(), 0)
+            memory._installed_config = new
+            return
+        if "memory_fraction" in changed:  # the one setting a live pool takes
+            fraction = changed.pop("memory_fraction")
+            for d in devices:
+                _core.registry_pool(d).set_memory_fraction(fraction or 0.0)
+            memory._installed_config = current.replace(memory_fraction=fraction)
+        if changed:
+            keys = ", ".join(f"{k}={v!r}" for k, v in sorted(changed.items()))
+            warnings.warn(
+                f"pypool: _set_allocator_settings: {keys} not applied: pypool's pools take their "
+                f"settings when first used and device(s) {devices} already allocate; set it before "
+                "the first CUDA allocation, or in PYTORCH_CUDA_ALLOC_CONF / PYPOOL_CONF",
+                _torch_conf.TorchSettingWarning,
+                stacklevel=4,
+            )

@@ -64,6 +64,7 @@ __all__ = [
     "mem_get_info",
     "memory_summary",
     "get_pool",
+    "get_per_process_memory_fraction",
 ]
 
 _DEVICE_RE = re.compile(r"^\s*cuda\s*(?::\s*(\d+))?\s*$")
@@ -339,6 +340,24 @@ def mem_get_info(device: Any = None) -> Tuple[int, int]:
     device 0 exists there. Makes the pool if needed; ``ValueError`` for a device that does
     not exist."""
     return get_pool(device).mem_info()
+
+
+def get_per_process_memory_fraction(device: Any = None) -> float:
+    """The share of ``device``'s memory its pool may reserve, as
+    ``torch.cuda.get_per_process_memory_fraction`` reports it: the fraction set last by
+    ``torch.cuda.set_per_process_memory_fraction`` (or :meth:`Pool.set_memory_fraction`),
+    else ``memory_fraction`` from the configuration, else 1.0 (no cap from a fraction;
+    ``max_pool_size`` is a separate cap). Makes no pool."""
+    pool = _existing_pool(_device_index(device))
+    if pool is not None:
+        fraction = float(pool.memory_fraction())
+        if fraction == 0.0:
+            return 1.0  # no fraction set
+        # torch's fraction 0.0 ("no memory") is kept as the smallest positive double
+        # (Note [Fraction zero] in csrc/abi/c_api.cpp).
+        return 0.0 if fraction < 1e-300 else fraction
+    configured = _registry_pool_config().memory_fraction if _core.registry_configured() else None
+    return 1.0 if configured is None else float(configured)
 
 
 # ---------------------------------------------------------------------------- summary

@@ -146,8 +146,13 @@ def test_c_set_memory_fraction(lib: ctypes.CDLL, registry: pypool.Pool) -> None:
         registry.malloc(600 * MiB)
     p = registry.malloc(500 * MiB)
     registry.free(p)
+    # Note [Fraction zero]: torch's fraction 0.0 allows nothing (it used to clear the cap).
     lib.pypool_set_memory_fraction(0.0, 0)
-    assert registry.cap is None
+    assert registry.cap == 0
+    with pytest.raises(pypool.OutOfMemoryError):
+        registry.malloc(MiB)
+    lib.pypool_set_memory_fraction(1.0, 0)
+    assert registry.cap == CAPACITY
     q = registry.malloc(600 * MiB)
     registry.free(q)
     # And the reverse: Python sets, C ABI allocations obey.

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import pytest
 
 import pypool
-from pypool import PoolConfig, _core, _torch, memory
+from pypool import PoolConfig, _core, _torch, _torch_conf, memory
 from pypool._torch import HOOKS, PATCHED_NAMES, InstallError
 
 MiB = 1 << 20
@@ -130,6 +130,8 @@ class FakeTorch:
 def clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A forgotten install and an unconfigured registry around every test."""
     monkeypatch.delenv("PYPOOL_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
     _torch._reset_for_tests()
     _core.registry_reset()
     yield
@@ -235,6 +237,26 @@ def test_explicit_config_ignores_pypool_conf(use_fake: Callable[..., FakeTorch],
     use_fake()
     monkeypatch.setenv("PYPOOL_CONF", "round_up_divisions:4")
     assert _torch.install({"max_pool_size": "1GiB"}) == PoolConfig(max_pool_size=GiB)
+
+
+def test_config_none_translates_pytorch_cuda_alloc_conf_under_pypool_conf(
+    use_fake: Callable[..., FakeTorch], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Note [Which settings win]: torch's variable < PYPOOL_CONF < keyword overrides.
+    use_fake()
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:64,roundup_power2_divisions:2,expandable_segments:True")
+    monkeypatch.setenv("PYPOOL_CONF", "round_up_divisions:4")
+    cfg = _torch.install(max_pool_size="2GiB")
+    assert cfg == PoolConfig(max_split_size=64 * MiB, round_up_divisions=4, expandable_segments=True, max_pool_size=2 * GiB)
+
+
+def test_explicit_config_names_the_ignored_torch_variable(
+    use_fake: Callable[..., FakeTorch], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_fake()
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    with pytest.warns(_torch_conf.TorchSettingWarning, match="PYTORCH_CUDA_ALLOC_CONF='expandable_segments:True' is not applied"):
+        assert _torch.install({"max_pool_size": "1GiB"}) == PoolConfig(max_pool_size=GiB)
 
 
 def test_bad_arguments_fail_before_torch_is_touched(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -414,9 +436,13 @@ def test_missing_hook_is_skipped_quietly(use_fake: Callable[..., FakeTorch], cap
 def test_patch_replaces_torch_stats_in_both_namespaces(use_fake: Callable[..., FakeTorch]) -> None:
     fake = use_fake()
     _torch.install()
+    # One table says what replaces what (Note [Patch table]).
+    want = {(ns, name): _torch._replacement(repl) for ns, name, repl in _torch.PATCHES}
     for name in PATCHED_NAMES:
-        assert getattr(fake.cuda, name) is getattr(memory, name)
-        assert getattr(fake.mem, name) is getattr(memory, name)
+        assert getattr(fake.cuda, name) is want["cuda", name]
+        assert getattr(fake.mem, name) is want["cuda.memory", name]
+    assert fake.cuda.memory_stats is memory.memory_stats
+    assert fake.cuda.get_per_process_memory_fraction is memory.get_per_process_memory_fraction
     originals = _torch.torch_originals()
     assert len(originals) == 2 * len(PATCHED_NAMES)
     assert originals["torch.cuda.memory_stats"] is fake.originals["memory_stats"]

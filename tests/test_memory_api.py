@@ -288,7 +288,12 @@ def test_oom_message_says_what_happened_and_what_to_try(capped: "_core.DevicePoo
     with pytest.raises(RuntimeError) as err:
         capped.malloc(30 * MiB, 0)
     msg = str(err.value)
-    assert msg.startswith("pypool: out of memory on device 0 (host): tried to allocate 30.00 MiB")
+    # Worded like PyTorch's OOM (Note [OOM message]); the host backend says it is not CUDA.
+    assert msg.startswith(
+        "pypool (host backend): out of memory. Tried to allocate 30.00 MiB. Device 0 has a total "
+        "capacity of 256.00 MiB of which 196.00 MiB is free. 64.00 MiB allowed; Of the allocated "
+        "memory 48.00 MiB is allocated by pypool, and 12.00 MiB is reserved by pypool but unallocated. "
+    ), msg
     for part in (
         "60.00 MiB reserved",
         "48.00 MiB allocated",
@@ -296,7 +301,7 @@ def test_oom_message_says_what_happened_and_what_to_try(capped: "_core.DevicePoo
         "largest free block 4.00 MiB",
         "external fragmentation 67%",
         "cap 64.00 MiB",
-        "device 196.00 MiB free of 256.00 MiB",
+        "Limit: the pool's cap (64.00 MiB",
         "What to try",
         "empty_cache()",
         "max_pool_size",

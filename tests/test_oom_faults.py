@@ -119,8 +119,10 @@ def test_oom_message(make_pool: Callable[..., pypool.Pool]) -> None:
     assert "largest free block 4.00 MiB" in msg
     assert "external fragmentation 67%" in msg  # 1 - 4/12
     assert "large pool" in msg
-    assert "device 0 B free of 20.00 MiB" in msg
-    assert "What to try" in msg and "empty_cache" in msg and "max_pool_size" in msg
+    assert "Device 0 has a total capacity of 20.00 MiB of which 0 bytes is free." in msg
+    assert "Limit: the device (0 B free of 20.00 MiB)" in msg
+    assert "What to try" in msg and "empty_cache" in msg
+    assert "max_pool_size" not in msg  # no cap: raising it would not help
     assert "expandable_segments" in msg
     for p in (x[1], x[3]):
         pool.free(p)
@@ -131,7 +133,7 @@ def test_oom_message_names_the_stream_and_small_pool(make_pool: Callable[..., py
     with pytest.raises(pypool.OutOfMemoryError) as info:
         pool.malloc(1000, stream=0xABC)
     msg = str(info.value)
-    assert "1000 B" in msg and "rounded to 1.00 KiB" in msg
+    assert "Tried to allocate 1000 bytes." in msg and "rounded to 1.00 KiB" in msg
     assert "small pool" in msg and "0xabc" in msg
     assert "0 B reserved" in msg and "0 B allocated" in msg
 
@@ -404,9 +406,9 @@ def test_request_beyond_the_device_is_refused_at_once(make_pool: Callable[..., p
     assert pool.segments() == before[1]
     assert be.used == pool.memory_reserved() == 42 * MiB
     msg = str(info.value)
-    assert "tried to allocate 200.00 GiB (rounded to 200.00 GiB, large pool, stream 0x0)" in msg
+    assert "Tried to allocate 200.00 GiB." in msg and "rounded to 200.00 GiB (large pool, stream 0x0)" in msg
     assert "42.00 MiB reserved, 30.00 MiB allocated, 12.00 MiB free in pool" in msg
-    assert "device 79.96 GiB free of 80.00 GiB" in msg  # 80 GiB - 42 MiB
+    assert "total capacity of 80.00 GiB of which 79.96 GiB is free" in msg  # 80 GiB - 42 MiB
     assert "larger than the whole device" in msg
     assert "What to try" in msg and "empty_cache" in msg
     assert_usable(pool, pool_ok)
@@ -434,8 +436,9 @@ def test_request_beyond_what_is_free_is_refused_fast(make_pool: Callable[..., py
     assert pool.segments() == before[1]
     assert be.used == 768 * MiB
     msg = str(info.value)
-    assert "tried to allocate 640.00 MiB" in msg and "768.00 MiB reserved" in msg
-    assert "device 256.00 MiB free of 1.00 GiB" in msg
+    assert "Tried to allocate 640.00 MiB." in msg and "768.00 MiB reserved" in msg
+    assert "total capacity of 1024.00 MiB of which 256.00 MiB is free" in msg
+    assert "Limit: the device (256.00 MiB free of 1.00 GiB)" in msg
     assert "larger than the whole device" not in msg
     assert "What to try" in msg
     assert_usable(pool, pool_ok)

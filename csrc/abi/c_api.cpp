@@ -3,12 +3,14 @@
 #include <atomic>
 #include <cstdio>
 #include <exception>
+#include <limits>
 #include <new>
 #include <stdexcept>
 #include <string>
 
 #include "pypool/backends.h"
 #include "pypool/registry.h"
+#include "torch_oom.h"
 
 namespace {
 
@@ -63,15 +65,17 @@ void* pypool_malloc(size_t size, int device, void* stream) {
   if (!valid_device(device)) throw_invalid_device(device);
   try {
     return pypool::Registry::instance().pool(device).malloc(size, reinterpret_cast<pypool::Stream>(stream));
-  } catch (const pypool::OutOfMemoryError&) {
-    throw;  // deliberate: torch reports it to Python as a RuntimeError
+  } catch (const pypool::OutOfMemoryError& e) {
+    // Deliberate: torch reports it to Python as torch.OutOfMemoryError (when enabled,
+    // Note [torch OutOfMemoryError]) or as a RuntimeError.
+    pypool::abi::throw_oom(e.what());
   } catch (const std::exception& e) {
     if (device_missing(device)) throw std::invalid_argument(e.what());
     // Any other failure (absurd size, broken device) is still "no memory" for torch,
     // which has no other channel: keep one exception type at the boundary.
-    throw pypool::OutOfMemoryError(e.what());
+    pypool::abi::throw_oom(e.what());
   } catch (...) {
-    throw pypool::OutOfMemoryError("pypool: unknown error in malloc");
+    pypool::abi::throw_oom("pypool: unknown error in malloc");
   }
 }
 
@@ -145,6 +149,11 @@ void pypool_empty_cache(void) {
 
 void pypool_set_memory_fraction(double fraction, int device) {
   try {
+    // Note [Fraction zero]: torch's set_per_process_memory_fraction(0.0) allows no
+    // memory at all, while the pool's fraction 0 means "no fraction cap". The smallest
+    // positive fraction caps the pool at 0 bytes, as torch means, and reads back as 0.0
+    // (pypool.memory.get_per_process_memory_fraction).
+    if (fraction == 0.0) fraction = std::numeric_limits<double>::denorm_min();
     pypool::Registry::instance().pool(device).set_memory_fraction(fraction);
   } catch (const std::exception& e) {
     report("set_memory_fraction", e.what());

@@ -515,6 +515,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("min_seq") = 0)
       .def("check_invariants", &DevicePool::check_invariants, GR())
       .def("set_memory_fraction", &DevicePool::set_memory_fraction)
+      .def("memory_fraction", &DevicePool::memory_fraction)
       .def_property_readonly("cap", &DevicePool::cap)
       .def_property_readonly("next_seq", &DevicePool::next_seq)
       .def_property_readonly("device", &DevicePool::device)

@@ -144,9 +144,11 @@ DevicePool::~DevicePool() {
 
 namespace {
 
-[[noreturn]] __attribute__((noinline, cold)) void throw_too_large(std::size_t size) {
-  throw std::invalid_argument("pypool: malloc size " + std::to_string(size) +
-                              " bytes is beyond any device (limit 1 PiB)");
+// A request beyond any device is out of memory, as in PyTorch (whose own limit is 1 EiB),
+// not a bad argument: code that shrinks its batch on OOM then shrinks it.
+[[noreturn]] __attribute__((noinline, cold)) void throw_too_large(const DevicePool::Impl& m,
+                                                                  std::size_t size) {
+  throw OutOfMemoryError(m.too_large_message(size));
 }
 
 // Context id and time of an allocation while history or context capture is on.
@@ -172,8 +174,8 @@ __attribute__((noinline)) Annotation annotate(DevicePool::Impl& m) {
 
 void* DevicePool::malloc(std::size_t size, Stream stream) {
   if (size == 0) return nullptr;
-  if (size > policy::kMaxRequest) throw_too_large(size);
   Impl& m = *impl_;
+  if (size > policy::kMaxRequest) throw_too_large(m, size);
   const Annotation an = m.annotate.load(std::memory_order_relaxed) ? annotate(m) : Annotation{};
   const std::size_t rounded = policy::round_size(cfg_, size);
   const PoolKind kind = policy::pool_for(cfg_, rounded);
@@ -637,6 +639,11 @@ void DevicePool::set_memory_fraction(double fraction) {
   std::size_t c = cfg_.max_pool_size;
   if (fraction > 0) c = std::min(c, static_cast<std::size_t>(fraction * double(total)));
   impl_->cap = c;
+}
+
+double DevicePool::memory_fraction() const {
+  std::lock_guard<SpinMutex> g(impl_->mu);
+  return impl_->fraction;
 }
 
 std::size_t DevicePool::cap() const {

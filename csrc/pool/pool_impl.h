@@ -133,6 +133,11 @@ struct PoolStats {
 struct DeviceRoom {
   MemInfo mem;         // {0, 0}: unknown
   bool never = false;  // set by a growth that needs more than the whole device
+  // Set by an expandable segment that cannot grow because its reserved address space
+  // (expandable_reserve) is used up, with what it has mapped, reserved and needed, for
+  // the OOM message (Note [OOM message]).
+  bool reserve_full = false;
+  std::size_t reserve_mapped = 0, reserve_total = 0, reserve_need = 0;
 
   static DeviceRoom ask(Backend& be) noexcept {
     DeviceRoom r;
@@ -500,25 +505,113 @@ struct DevicePool::Impl {
   }
 
   // `room`: what the device said at the last growth attempt (Note [Device pre-check]).
+  //
+  // Note [OOM message]: the message starts the way PyTorch's caching allocator words its
+  // own ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of
+  // 80.00 GiB of which 1.50 GiB is free. ...", sizes in c10's format), because code in
+  // the field recognises an OOM by that text (accelerate's find_executable_batch_size
+  // wants "CUDA out of memory." in a one-argument RuntimeError; Lightning's batch-size
+  // finder wants "CUDA" and "out of memory"). pypool's own account follows: what limit
+  // was hit (the cap, the device, the whole device, or an expandable segment's reserved
+  // address space) and advice that fits the configuration (never "turn on expandable
+  // segments" when they are on). Backends other than CUDA say which backend they are.
   std::string oom_message(std::size_t size, std::size_t rounded, Stream stream,
                           const DeviceRoom& room) {
     auto [largest, free_bytes] = free_summary();
     const MemInfo mi = room.mem;
     const double ext = free_bytes == 0 ? 0.0 : 1.0 - double(largest) / double(free_bytes);
+    const std::size_t allocated = std::size_t(st.allocated_bytes.current());
+    const bool cuda = std::string(be.name()) == "cuda";
+    const PoolKind kind = policy::pool_for(cfg, rounded);
     std::ostringstream o;
-    o << "pypool: out of memory on device " << device << " (" << be.name() << "): tried to allocate "
-      << human(size) << " (rounded to " << human(rounded) << ", "
-      << (policy::pool_for(cfg, rounded) == PoolKind::kSmall ? "small" : "large")
-      << " pool, stream " << hex(stream) << "). Pool: " << human(reserved()) << " reserved, "
-      << human(std::size_t(st.allocated_bytes.current())) << " allocated, " << human(free_bytes)
-      << " free in pool (largest free block " << human(largest) << ", external fragmentation "
-      << static_cast<int>(ext * 100.0 + 0.5) << "%); cap " << human(cap) << "; device "
-      << human(mi.free) << " free of " << human(mi.total) << ". "
-      << (room.never ? "The request is larger than the whole device: it cannot succeed there. " : "")
-      << "What to try: free tensors you no longer need, then pypool.empty_cache() (or "
-         "torch.cuda.empty_cache()); raise max_pool_size (PYPOOL_CONF=max_pool_size:...) or the "
-         "memory fraction if the cap is the limit; with high fragmentation set "
-         "PYPOOL_CONF=expandable_segments:true or a max_split_size; or reduce the batch size.";
+    if (cuda)
+      o << "CUDA out of memory. Tried to allocate " << c10_size(size) << ". GPU " << device;
+    else
+      o << "pypool (" << be.name() << " backend): out of memory. Tried to allocate "
+        << c10_size(size) << ". Device " << device;
+    if (room.known())
+      o << " has a total capacity of " << c10_size(mi.total) << " of which " << c10_size(mi.free)
+        << " is free. ";
+    else
+      o << " did not report its capacity. ";
+    if (cap != Config::kUnlimited) o << c10_size(cap) << " allowed; ";
+    const char* by = cuda ? "PyTorch" : "pypool";
+    o << "Of the allocated memory " << c10_size(allocated) << " is allocated by " << by << ", and "
+      << c10_size(reserved() > allocated ? reserved() - allocated : 0) << " is reserved by " << by
+      << " but unallocated. ";
+    o << "pypool: request rounded to " << human(rounded) << " ("
+      << (kind == PoolKind::kSmall ? "small" : "large") << " pool, stream " << hex(stream)
+      << "); pool " << human(reserved()) << " reserved, " << human(allocated) << " allocated, "
+      << human(free_bytes) << " free in pool (largest free block " << human(largest)
+      << ", external fragmentation " << static_cast<int>(ext * 100.0 + 0.5) << "% = 1 - largest/free); cap "
+      << human(cap) << ". ";
+    // Which limit was hit.
+    const bool cap_limited =
+        cap != Config::kUnlimited && reserved() + std::min(want_segment(rounded, kind), cap) > cap;
+    if (room.never)
+      o << "Limit: the request is larger than the whole device, so it cannot succeed there. ";
+    else if (room.reserve_full)
+      o << "Limit: the expandable segment of stream " << hex(stream) << " has mapped "
+        << human(room.reserve_mapped) << " of the " << human(room.reserve_total)
+        << " of address space it reserved (expandable_reserve), so it cannot grow by "
+        << human(room.reserve_need) << "; the device itself has room. ";
+    else if (cap_limited)
+      o << "Limit: the pool's cap (" << human(cap) << ", from max_pool_size or the memory fraction). ";
+    else if (room.known())
+      o << "Limit: the device (" << human(mi.free) << " free of " << human(mi.total) << "). ";
+    o << "What to try: free tensors you no longer need, then torch.cuda.empty_cache() (or "
+         "pypool.empty_cache())";
+    if (room.reserve_full)
+      o << "; raise expandable_reserve (PYPOOL_CONF=expandable_reserve:...) above the "
+           "stream's peak";
+    if (cap != Config::kUnlimited)
+      o << "; raise max_pool_size (PYPOOL_CONF=max_pool_size:...) or the memory fraction if "
+           "the cap is the limit";
+    if (!cfg.expandable_segments && ext >= 0.2)
+      o << "; with high fragmentation set PYPOOL_CONF=expandable_segments:true or a max_split_size";
+    o << "; or reduce the batch size.";
+    return o.str();
+  }
+
+  // A size as c10's format_size writes it (CUDACachingAllocator.cpp): "N bytes" up to
+  // 1 KiB, then KiB, MiB and GiB with two decimals, never a larger unit.
+  static std::string c10_size(std::size_t n) {
+    char buf[64];
+    if (n <= 1024)
+      std::snprintf(buf, sizeof buf, "%zu bytes", n);
+    else if (n <= (std::size_t(1) << 20))
+      std::snprintf(buf, sizeof buf, "%.2f KiB", double(n) / 1024.0);
+    else if (n <= (std::size_t(1) << 30))
+      std::snprintf(buf, sizeof buf, "%.2f MiB", double(n) / 1048576.0);
+    else
+      std::snprintf(buf, sizeof buf, "%.2f GiB", double(n) / 1073741824.0);
+    return buf;
+  }
+
+  // Message of a request beyond policy::kMaxRequest (1 PiB): out of memory on any
+  // device, worded like oom_message's opening, and from 1 EiB on like PyTorch's own
+  // check ("Tried to allocate more than 1EB memory."). Called without the pool lock.
+  std::string too_large_message(std::size_t size) const {
+    const DeviceRoom room = DeviceRoom::ask(be);
+    const bool cuda = std::string(be.name()) == "cuda";
+    const bool exa = size >= (std::size_t(1) << 60);
+    std::ostringstream o;
+    if (cuda)
+      o << "CUDA out of memory. ";
+    else
+      o << "pypool (" << be.name() << " backend): out of memory. ";
+    if (exa)
+      o << "Tried to allocate more than 1EB memory. ";
+    else
+      o << "Tried to allocate " << c10_size(size) << ". ";
+    o << (cuda ? "GPU " : "Device ") << device;
+    if (room.known())
+      o << " has a total capacity of " << c10_size(room.mem.total) << " of which "
+        << c10_size(room.mem.free) << " is free. ";
+    else
+      o << " did not report its capacity. ";
+    o << "pypool: " << size << " bytes is over pypool's 1 PiB limit on any request, beyond "
+      << "any device; nothing was allocated.";
     return o.str();
   }
 };

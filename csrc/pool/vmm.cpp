@@ -158,8 +158,13 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
     room.never = true;
     return nullptr;
   }
-  if (s != nullptr && s->size + need > s->reserved_va) return nullptr;
-  if (s == nullptr && need > va) return nullptr;
+  if ((s != nullptr && s->size + need > s->reserved_va) || (s == nullptr && need > va)) {
+    room.reserve_full = true;
+    room.reserve_mapped = s != nullptr ? s->size : 0;
+    room.reserve_total = va;
+    room.reserve_need = need;
+    return nullptr;
+  }
   if (!m.fits_cap(need) || !room.fits_free(need)) return nullptr;
 
   // Every bookkeeping allocation before anything is mapped (Note [Exception safety]).

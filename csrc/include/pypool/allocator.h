@@ -109,8 +109,8 @@ class DevicePool {
   DevicePool(const DevicePool&) = delete;
   DevicePool& operator=(const DevicePool&) = delete;
 
-  // size == 0 returns nullptr and records nothing. Throws OutOfMemoryError, or
-  // std::invalid_argument for a size beyond policy::kMaxRequest.
+  // size == 0 returns nullptr and records nothing. Throws OutOfMemoryError, also for a
+  // size beyond policy::kMaxRequest (beyond any device).
   void* malloc(std::size_t size, Stream stream = 0);
   // nullptr is a no-op. Throws InvalidPointerError for a pointer that is not a live
   // allocation of this pool; the pool is left unchanged.
@@ -139,6 +139,8 @@ class DevicePool {
 
   // Cap = min(max_pool_size, fraction * device total); fraction <= 0 clears it.
   void set_memory_fraction(double fraction);
+  // The fraction set last (0: none), for torch.cuda.get_per_process_memory_fraction.
+  double memory_fraction() const;
   std::size_t cap() const;
   std::uint64_t next_seq() const;
   const Config& config() const noexcept { return cfg_; }

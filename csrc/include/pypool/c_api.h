@@ -5,11 +5,13 @@
  * Two malloc entries:
  *   pypool_malloc      THROWS a C++ exception when it fails: for torch only. torch calls
  *                      it from C++ (CUDAPluggableAllocator::malloc), catches the exception
- *                      and raises it in Python as a RuntimeError carrying pypool's message
- *                      (sizes, fragmentation, what to try); a plain C function has no other
- *                      way to hand torch that message. It throws pypool::OutOfMemoryError
- *                      (a std::runtime_error) when memory cannot be had, and
- *                      std::invalid_argument for a device index out of range.
+ *                      and raises it in Python carrying pypool's message (sizes,
+ *                      fragmentation, what to try); a plain C function has no other way to
+ *                      hand torch that message. When memory cannot be had it throws torch's
+ *                      own c10::OutOfMemoryError once pypool_use_torch_oom has enabled it
+ *                      (torch.OutOfMemoryError in Python), else pypool::OutOfMemoryError (a
+ *                      std::runtime_error; a Python RuntimeError with the same message); a
+ *                      device index out of range throws std::invalid_argument.
  *                      From C, ctypes or cffi an exception cannot be caught: the process
  *                      ends in std::terminate (exit 134). Do not call it from there.
  *   pypool_try_malloc  NEVER throws: for C, ctypes and cffi callers. On failure it returns
@@ -55,6 +57,14 @@ PYPOOL_API void pypool_init(int device_count);
 PYPOOL_API void pypool_empty_cache(void);
 PYPOOL_API void pypool_set_memory_fraction(double fraction, int device);
 PYPOOL_API void pypool_record_stream(void* ptr, void* stream);
+/* Make pypool_malloc throw c10::OutOfMemoryError, resolved in the already loaded
+ * libc10 at `libc10_path` (NULL: back to pypool's own type). Returns 1 when enabled, 0
+ * when disabled, < 0 when it cannot be done here (-1 libc10 not loaded, -2 / -3 its
+ * constructor / type_info missing, -4 pypool not built with the C++11 string ABI,
+ * -5 not a Linux Itanium-ABI build); Note [torch OutOfMemoryError]. */
+PYPOOL_API int pypool_use_torch_oom(const char* libc10_path);
+/* Bytes reserved for the c10::OutOfMemoryError object (>= its sizeof, checked by tests). */
+PYPOOL_API size_t pypool_torch_oom_capacity(void);
 /* Errors swallowed at this boundary since the process started. */
 PYPOOL_API uint64_t pypool_error_count(void);
 

@@ -1,0 +1,208 @@
+"""PyTorch's allocator settings (``PYTORCH_CUDA_ALLOC_CONF``) translated to pypool's.
+
+PyTorch takes its caching allocator's settings from ``PYTORCH_ALLOC_CONF`` (torch 2.9+;
+it wins when both are set) or ``PYTORCH_CUDA_ALLOC_CONF``, and at run time from
+``torch.cuda.memory._set_allocator_settings("key:value,...")``. Under pypool those
+settings reach no allocator unless pypool reads them: :func:`translate` maps every key
+pypool has an equivalent for onto :class:`~pypool.PoolConfig` fields and names every
+other key in a :class:`TorchSettingWarning`, so none is dropped silently.
+
+Note [Which settings win]: lowest to highest, PoolConfig's defaults, then
+``PYTORCH_CUDA_ALLOC_CONF`` (or ``PYTORCH_ALLOC_CONF``), then ``PYPOOL_CONF``, then what
+``install()`` is given. A pypool-specific setting is the more specific one: a program
+that sets both variables means pypool's for pypool. When ``install()`` is given a
+``config``, neither variable applies (as for ``PYPOOL_CONF`` alone), and a set torch
+variable is named in a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from .config import PoolConfig
+
+__all__ = ["TorchSettingWarning", "translate", "from_env", "env_text", "TORCH_KEYS"]
+
+MiB = 1 << 20
+
+
+class TorchSettingWarning(UserWarning):
+    """A PyTorch allocator setting that pypool cannot honour (the message names it)."""
+
+
+# Keys of torch's allocator configuration (c10 AllocatorConfig / CUDAAllocatorConfig,
+# torch 2.8 - 2.14), with what pypool does with each.
+TORCH_KEYS: Dict[str, str] = {
+    "max_split_size_mb": "PoolConfig.max_split_size (MiB)",
+    "roundup_power2_divisions": "PoolConfig.round_up_divisions",
+    "garbage_collection_threshold": "PoolConfig.garbage_collection_threshold",
+    "expandable_segments": "PoolConfig.expandable_segments",
+    "per_process_memory_fraction": "PoolConfig.memory_fraction",
+    "backend": "native only (pypool is the allocator)",
+    "release_lock_on_cudamalloc": "ignored with a warning (pypool never holds its lock across a device call)",
+    "max_non_split_rounding_mb": "ignored with a warning (no pypool equivalent)",
+    "graph_capture_record_stream_reuse": "ignored with a warning (CUDA graphs need torch's allocator)",
+    # Pinned host memory: torch's CachingHostAllocator keeps honouring these under
+    # pypool (pypool replaces only the device allocator), so they are not pypool's.
+    "pinned_use_cuda_host_register": "torch's host allocator",
+    "pinned_num_register_threads": "torch's host allocator",
+    "pinned_use_background_threads": "torch's host allocator",
+    "pinned_use_hip_host_register": "torch's host allocator",
+    "pinned_reserve_segment_size_mb": "torch's host allocator",
+}
+_HOST_KEYS = {k for k, v in TORCH_KEYS.items() if v == "torch's host allocator"}
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def env_text() -> Tuple[str, str]:
+    """(name, value) of the torch allocator variable in effect (``("", "")`` if none)."""
+    for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
+        value = os.environ.get(name)
+        if value:
+            return name, value
+    return "", ""
+
+
+def _split(text: str) -> List[Tuple[str, str]]:
+    """``"a:1,b:[256:1,>:4]"`` -> ``[("a", "1"), ("b", "[256:1,>:4]")]`` (commas inside
+    brackets belong to the value)."""
+    items: List[str] = []
+    depth, start = 0, 0
+    for i, ch in enumerate(text):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    out = []
+    for item in (p.strip() for p in items):
+        if not item:
+            continue
+        key, sep, value = item.partition(":")
+        out.append((key.strip(), value.strip() if sep else ""))
+    return out
+
+
+def _divisions(value: str, source: str, warn: List[str]) -> int:
+    """``roundup_power2_divisions``: ``"4"`` or the bucketed ``"[256:1,512:2,>:8]"``."""
+    if not value.startswith("["):
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{source}: roundup_power2_divisions expects an integer or [size_mb:divisions,...], got {value!r}") from None
+    m = re.fullmatch(r"\[(.*)\]", value)
+    if m is None:
+        raise ValueError(f"{source}: roundup_power2_divisions: unbalanced brackets in {value!r}")
+    per: Dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in m.group(1).split(","))):
+        size, sep, div = part.partition(":")
+        if not sep:
+            raise ValueError(f"{source}: roundup_power2_divisions: expected size_mb:divisions, got {part!r}")
+        try:
+            per[size.strip()] = int(div)
+        except ValueError:
+            raise ValueError(f"{source}: roundup_power2_divisions: {div!r} is not an integer") from None
+    if not per:
+        raise ValueError(f"{source}: roundup_power2_divisions: empty bucket list")
+    values = set(per.values())
+    if len(values) == 1:
+        return values.pop()
+    # pypool rounds every size above small_size with one number of divisions. The
+    # largest asked for wastes least; the difference is said, not hidden.
+    chosen = max(values)
+    warn.append(
+        f"roundup_power2_divisions:{value} gives different divisions per size interval; pypool "
+        f"uses one value for every size above small_size and takes the finest, {chosen}"
+    )
+    return chosen
+
+
+def translate(text: str, source: str = "PYTORCH_CUDA_ALLOC_CONF") -> Tuple[Dict[str, Any], List[str]]:
+    """Map a torch allocator setting string to PoolConfig fields.
+
+    Returns ``(fields, warnings)``: the PoolConfig fields the keys map to, and one line
+    for every key pypool cannot honour (unknown keys included). Raises ``ValueError``
+    naming ``source`` and the key for a value that cannot be read.
+    """
+    fields: Dict[str, Any] = {}
+    warn: List[str] = []
+    for key, value in _split(text):
+        low = value.lower()
+        if key == "max_split_size_mb":
+            try:
+                mb = int(value)
+            except ValueError:
+                raise ValueError(f"{source}: max_split_size_mb expects an integer number of MiB, got {value!r}") from None
+            fields["max_split_size"] = mb * MiB
+        elif key == "roundup_power2_divisions":
+            fields["round_up_divisions"] = _divisions(value, source, warn)
+        elif key == "garbage_collection_threshold":
+            try:
+                fields["garbage_collection_threshold"] = float(value)
+            except ValueError:
+                raise ValueError(f"{source}: garbage_collection_threshold expects a number, got {value!r}") from None
+        elif key == "expandable_segments":
+            if low in _TRUE:
+                fields["expandable_segments"] = True
+            elif low in _FALSE:
+                fields["expandable_segments"] = False
+            else:
+                raise ValueError(f"{source}: expandable_segments expects True or False, got {value!r}")
+        elif key == "per_process_memory_fraction":
+            try:
+                fraction = float(value)
+            except ValueError:
+                raise ValueError(f"{source}: per_process_memory_fraction expects a number, got {value!r}") from None
+            if not 0.0 <= fraction <= 1.0:
+                raise ValueError(f"{source}: per_process_memory_fraction must be in [0, 1], got {value!r}")
+            if fraction == 0.0:
+                # torch: no memory at all. A config cannot say that (memory_fraction is in
+                # (0, 1]); torch.cuda.set_per_process_memory_fraction(0.0) can.
+                warn.append(f"per_process_memory_fraction:{value} (no memory at all) is not applied at "
+                            "install; use torch.cuda.set_per_process_memory_fraction(0.0)")
+            else:
+                fields["memory_fraction"] = fraction
+        elif key == "backend":
+            if low != "native":
+                warn.append(f"backend:{value} is not used: pypool is the CUDA allocator in this process")
+        elif key in _HOST_KEYS:
+            pass  # honoured by torch's pinned host allocator, which pypool does not replace
+        elif key in TORCH_KEYS:
+            warn.append(f"{key}:{value} is not honoured: {TORCH_KEYS[key].replace('ignored with a warning ', '')}")
+        else:
+            warn.append(f"{key}:{value} is not a PyTorch allocator setting pypool knows; ignored")
+    return fields, warn
+
+
+def warn_all(lines: List[str], source: str, stacklevel: int = 3) -> None:
+    """One TorchSettingWarning per setting pypool cannot honour."""
+    for line in lines:
+        warnings.warn(f"pypool: {source}: {line}", TorchSettingWarning, stacklevel=stacklevel)
+
+
+def from_env(base: Optional[PoolConfig] = None) -> PoolConfig:
+    """``base`` (default PoolConfig()) with ``PYTORCH_ALLOC_CONF`` or
+    ``PYTORCH_CUDA_ALLOC_CONF`` applied; warns for every key it cannot honour."""
+    base = base or PoolConfig()
+    name, text = env_text()
+    if not text:
+        return base
+    fields, lines = translate(text, name)
+    warn_all(lines, name)
+    return base.replace(**fields) if fields else base
+
+
+def changed_fields(cfg: PoolConfig, fields: Mapping[str, Any]) -> Dict[str, Any]:
+    """The entries of ``fields`` whose value differs from ``cfg``'s (after validation)."""
+    if not fields:
+        return {}
+    new = cfg.replace(**fields)
+    return {k: getattr(new, k) for k in fields if getattr(new, k) != getattr(cfg, k)}
