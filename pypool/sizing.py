@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .config import PoolConfig, SizeLike, format_size, parse_size
+from .mincap import STEP, min_capacity
 from .replay import ConfigLike, ReplayResult, default_capacity, replay
 from .trace import Trace
 
@@ -45,7 +46,7 @@ __all__ = ["SizingAdvice", "Candidate", "suggest_config", "min_pool_size", "pret
 
 MiB = 1 << 20
 GiB = 1 << 30
-GRANULARITY = 2 * MiB  # bisection step for max_pool_size (the large pool's rounding)
+GRANULARITY = STEP  # bisection step for max_pool_size (the large pool's rounding; pypool.mincap)
 OBJECTIVES = ("reserved", "pool_size")
 
 # Each knob: the alternatives tried by the coordinate descent, as field changes.
@@ -85,11 +86,13 @@ class Candidate:
     num_device_alloc: int
     events_per_second: float
     fragmentation: Optional[float] = None
+    num_device_free: int = 0
 
     @classmethod
     def from_result(cls, cfg: PoolConfig, r: ReplayResult) -> "Candidate":
         return cls(cfg, pretty_conf(cfg), r.peak_reserved, r.peak_allocated, r.utilization,
-                   r.allocated_utilization, r.ooms, r.num_device_alloc, r.events_per_second, r.fragmentation)
+                   r.allocated_utilization, r.ooms, r.num_device_alloc, r.events_per_second, r.fragmentation,
+                   r.num_device_free)
 
     def key(self) -> Tuple[int, int, int]:
         """Ranking: no out-of-memory first, then least reserved, then fewest device
@@ -140,6 +143,17 @@ class SizingAdvice:
     replays: int = 0
     seconds: float = 0.0
     granularity: int = GRANULARITY
+    #: The base settings with expandable segments: figures and smallest cap (None when the
+    #: search was not allowed expandable segments or the base has them already).
+    expandable: Optional[Candidate] = None
+    min_pool_size_expandable: Optional[int] = None
+    #: Allocation events of the trace (for synchronizing calls per 1,000 allocations).
+    allocations: int = 0
+    #: PyTorch's own allocator on the simulated device (:mod:`pypool.torch_compare`), best
+    #: first after the two baselines; filled by ``pypool size`` when it can run them.
+    torch: List[Any] = field(default_factory=list)
+    #: Why PyTorch's rows are missing (what to install), or None.
+    torch_note: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -151,7 +165,23 @@ class SizingAdvice:
             "pypool_conf_capped": self.pypool_conf_capped, "granularity": self.granularity,
             "candidates": [c.to_dict() for c in self.candidates],
             "replays": self.replays, "seconds": self.seconds,
+            "expandable": self.expandable.to_dict() if self.expandable is not None else None,
+            "min_pool_size_expandable": self.min_pool_size_expandable, "allocations": self.allocations,
+            "min_capacity": [r for r in self.capacity_rows()],
+            "torch": [r.to_dict() for r in self.torch], "torch_note": self.torch_note,
         }
+
+    def capacity_rows(self) -> List[Dict[str, Any]]:
+        """The headline: smallest capacity without OOM for pypool's defaults, expandable
+        segments and the suggestion, then PyTorch's rows (if measured)."""
+        rows = [pypool_row("pypool defaults", self.default, self.min_pool_size_default, self.peak_live,
+                           self.allocations)]
+        if self.expandable is not None:
+            rows.append(pypool_row("pypool expandable", self.expandable, self.min_pool_size_expandable,
+                                   self.peak_live, self.allocations))
+        rows.append(pypool_row("pypool suggested", self.best, self.min_pool_size, self.peak_live, self.allocations))
+        rows += [torch_row_dict(t) for t in self.torch]
+        return rows
 
     def to_text(self, top: int = 10) -> str:
         def pct(x: Optional[float]) -> str:
@@ -161,6 +191,19 @@ class SizingAdvice:
         lines = [
             f"trace            {self.trace_name or '(unnamed)'}: {self.events:,} events, "
             f"peak live (floor) {format_size(self.peak_live)}",
+            "",
+            capacity_table(self.capacity_rows(), self.peak_live, self.granularity),
+        ]
+        if self.torch_note:
+            lines.append(f"PyTorch rows: not measured: {self.torch_note}")
+        tb = [t for t in self.torch[2:] if t.min_capacity is not None]
+        if tb and len(self.torch) >= 2:
+            best_t = min(self.torch, key=_torch_rank)
+            lines.append(f"PYTORCH_CUDA_ALLOC_CONF for PyTorch's own allocator: {best_t.conf or '(unset: native is best)'}"
+                         + (f" ({format_size(best_t.min_capacity)} min capacity, {len(self.torch)} settings tried)"
+                            if best_t.min_capacity else ""))
+        lines += [
+            "",
             f"defaults         peak reserved {format_size(d.peak_reserved)}, utilization {d.utilization:.3f}"
             + (f", {d.ooms} OOM" if d.ooms else ""),
             f"suggested        peak reserved {format_size(b.peak_reserved)}, utilization {b.utilization:.3f}"
@@ -186,6 +229,65 @@ class SizingAdvice:
             lines.append(f"... {len(rows) - top} more distinct results (--top to see them)")
         lines.append(f"{self.replays} replays in {self.seconds:.1f} s")
         return "\n".join(lines)
+
+
+def pypool_row(label: str, c: Optional[Candidate], min_cap: Optional[int], floor: int,
+               allocations: int) -> Dict[str, Any]:
+    """One pypool row of the capacity table (an offline replay: device frees stand for the
+    calls that synchronize a real GPU, each ``cudaFree`` or unmap does)."""
+    frees = c.num_device_free if c is not None else None
+    return {"label": label, "source": "pypool replay", "conf": c.conf if c is not None else None,
+            "min_capacity": min_cap, "over_floor": (min_cap / floor) if (min_cap and floor) else None,
+            "peak_reserved": c.peak_reserved if c is not None else None,
+            "device_allocs": c.num_device_alloc if c is not None else None, "device_frees": frees,
+            "sync": frees, "sync_per_1k_allocs": (1000.0 * frees / allocations) if (frees is not None and allocations) else None,
+            "error": None}
+
+
+def torch_row_dict(t: Any) -> Dict[str, Any]:
+    """A :class:`pypool.torch_compare.TorchRow` as a row of the capacity table."""
+    mem = (t.calls or {}).get("memory_calls") or {}
+    return {"label": t.label, "source": "PyTorch on the simulated device", "conf": t.conf,
+            "min_capacity": t.min_capacity, "over_floor": t.over_floor, "peak_reserved": t.peak_reserved,
+            "device_allocs": (mem.get("cudaMalloc", 0) + mem.get("cuMemCreate", 0)) if t.calls else None,
+            "device_frees": (mem.get("cudaFree", 0) + mem.get("cuMemRelease", 0)) if t.calls else None,
+            "sync": (t.calls or {}).get("sync"), "sync_per_1k_allocs": t.sync_per_k(),
+            "error": t.error or (t.note if t.min_capacity is None else None)}
+
+
+def _torch_rank(t: Any) -> Tuple[bool, int, int, int]:
+    big = 1 << 62
+    return (t.min_capacity is None, t.min_capacity or big, t.peak_reserved or big, len(t.conf))
+
+
+def capacity_table(rows: Sequence[Mapping[str, Any]], floor: int, step: int = GRANULARITY) -> str:
+    """The minimum-capacity table: one line per row of :meth:`SizingAdvice.capacity_rows`."""
+    def mib(v: Optional[int]) -> str:
+        return "-" if v is None else f"{v / MiB:,.0f}"
+
+    head = (f"smallest capacity without out-of-memory ({step // MiB} MiB steps; floor = peak live "
+            f"{mib(floor)} MiB)")
+    lines = [head, f"  {'':<22} {'min cap MiB':>11} {'x floor':>7} {'peak rsv MiB':>12} {'dev.alloc':>9} "
+             f"{'dev.free':>8} {'sync':>6} {'sync/1k':>7}  settings"]
+    for r in rows:
+        if r.get("min_capacity") is None and r.get("error"):
+            lines.append(f"  {r['label']:<22} {'-':>11} {'-':>7} {mib(r.get('peak_reserved')):>12}  {r['error']}")
+            continue
+        of = r.get("over_floor")
+        spk = r.get("sync_per_1k_allocs")
+        lines.append(
+            f"  {r['label']:<22} {mib(r.get('min_capacity')):>11} {'-' if of is None else f'{of:.3f}':>7} "
+            f"{mib(r.get('peak_reserved')):>12} {'-' if r.get('device_allocs') is None else r['device_allocs']:>9} "
+            f"{'-' if r.get('device_frees') is None else r['device_frees']:>8} "
+            f"{'-' if r.get('sync') is None else r['sync']:>6} {'-' if spk is None else f'{spk:.2f}':>7}  "
+            + (("PYTORCH_CUDA_ALLOC_CONF=" + r["conf"]) if r.get("source", "").startswith("PyTorch") and r.get("conf")
+               else (r.get("conf") or "(defaults)") if not r.get("source", "").startswith("PyTorch") else "(unset)"))
+    lines.append("  pypool rows: offline replays with max_pool_size as the capacity (device frees counted as "
+                 "synchronizing); PyTorch rows: the real allocator on the simulated device, device calls "
+                 "counted by it (whole device, from an empty cache)" if any(
+                     str(r.get("source", "")).startswith("PyTorch") for r in rows)
+                 else "  offline replays with max_pool_size as the capacity (device frees counted as synchronizing)")
+    return "\n".join(lines)
 
 
 class _Evaluator:
@@ -262,31 +364,17 @@ def min_pool_size(trace: Trace, config: ConfigLike = None, capacity: Optional[Si
         free_run = ev.run([cfg.replace(max_pool_size=None)], probe=True)[0]
         if free_run.ooms:
             return None
-        g = granularity
-        # hi passes: a cap at or above the uncapped peak changes nothing.
-        hi = -(-free_run.peak_reserved // g) * g
-        # lo fails: below the floor some moment needs more live bytes than the cap.
-        floor = trace.peak_live()
-        lo = (floor - 1) // g * g if floor > 0 else 0
-        initial = int(cfg.initial_pool_size)  # parsed to bytes by PoolConfig
-        if initial > 0:  # a cap below the initial pool is not a valid config
-            lo = max(lo, (initial - 1) // g * g)
-        if hi <= g:
-            return g
-        while hi - lo > g:
-            steps = (hi - lo) // g
-            k = min(ev.jobs, steps - 1)
-            points = sorted({lo + max(1, (steps * (i + 1)) // (k + 1)) * g for i in range(k)})
-            points = [p for p in points if lo < p < hi]
-            res = ev.run([cfg.replace(max_pool_size=p) for p in points], probe=True)
-            new_lo, new_hi = lo, hi
-            for p, r in zip(points, res):
-                if r.ooms == 0:
-                    new_hi = p
-                    break
-                new_lo = p
-            lo, hi = new_lo, new_hi
-        return hi
+        # Below the floor some moment needs more live bytes than the cap; a cap below the
+        # initial pool is not a valid config; a cap at or above the uncapped peak changes
+        # nothing, so that one passes without a probe (Note [Capacity bisection]).
+        floor = max(trace.peak_live(), int(cfg.initial_pool_size))  # parsed to bytes by PoolConfig
+
+        def probe(caps: Sequence[int]) -> List[bool]:
+            return [r.ooms == 0 for r in ev.run([cfg.replace(max_pool_size=c) for c in caps], probe=True)]
+
+        found = min_capacity(probe, floor=floor, start=max(free_run.peak_reserved, 1), step=granularity,
+                             width=ev.jobs, start_passes=True)
+        return found.capacity
     finally:
         if _evaluator is None:
             ev.close()
@@ -364,12 +452,19 @@ def suggest_config(
                        else min_pool_size(trace, base_cfg, cap, _evaluator=ev))
         if objective == "pool_size" and default_min is not None and (best_min is None or default_min < best_min):
             best, best_min = default, default_min  # never worse than the base settings
+        exp_cand, exp_min = None, None
+        if allow_expandable and not base_cfg.expandable_segments:
+            exp_cfg = base_cfg.replace(expandable_segments=True)
+            exp_cand = ev.run([exp_cfg], probe=True)[0]
+            exp_min = min_pool_size(trace, exp_cfg, cap, _evaluator=ev)
         # Fragmentation at peak for the rows people read first.
         shown = [base_cfg, best.config] + [c.config for c in _distinct(ranked)[:detail]]
         ev.run(shown, at_peak=True)
         table = sorted((ev.cache[k] for k in ev.searched), key=lambda c: (c.key(), len(c.conf)))
         best = ev.cache[best.config.to_string()]
         default = ev.cache[default.config.to_string()]
+        if exp_cand is not None:
+            exp_cand = ev.cache[exp_cand.config.to_string()]
     finally:
         ev.close()
     capped = best.config.replace(max_pool_size=best_min) if best_min is not None else best.config
@@ -378,7 +473,8 @@ def suggest_config(
         objective=objective, default=default, best=best, config=best.config,
         pypool_conf=best.conf, min_pool_size=best_min, min_pool_size_default=default_min,
         pypool_conf_capped=pretty_conf(capped), candidates=table, replays=ev.replays,
-        seconds=time.perf_counter() - t0)
+        seconds=time.perf_counter() - t0, expandable=exp_cand, min_pool_size_expandable=exp_min,
+        allocations=int((trace.actions == 0).sum()))
 
 
 _SIZE_KEYS = {"max_pool_size", "min_block_size", "small_size", "small_segment_size", "large_segment_size",
