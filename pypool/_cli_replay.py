@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", metavar="DIR",
                         help="write fragmentation reports (text, HTML, PNG) of the pool at peak reserved and at the end")
     parser.add_argument("--save-trace", metavar="PATH", help="also save the trace in pypool format (.gz to compress)")
+    from ._cli_compare import add_compare_arguments
+
+    add_compare_arguments(parser)
 
 
 class CliError(Exception):
@@ -154,16 +157,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"pypool replay: error: {e}", file=sys.stderr)
         return 2
     reports = write_reports(result, args.report) if args.report else None
+    from ._cli_compare import replay_capacity
+
+    cap_lines, cap_json, cap_rc = replay_capacity(trace, cfg, cap, args)
     if args.json:
         d = result.to_dict()
         if "torch" in trace.meta:
             d["torch"] = trace.meta["torch"]
         if reports is not None:
             d["report"] = reports
+        d.update(cap_json)
         print(json.dumps(d))
     else:
         print(result.to_text())
         for line in _torch_lines(trace, result):
+            print(line)
+        for line in cap_lines:
             print(line)
         if reports is not None:
             if reports["files"]:
@@ -172,4 +181,4 @@ def run(args: argparse.Namespace) -> int:
                 print(f"report problem     {reports['error']}", file=sys.stderr)
     if reports is not None and not reports["files"]:
         return 1
-    return 0
+    return cap_rc

@@ -109,7 +109,9 @@ def main():
         torch.cuda.empty_cache()
         torch.cuda.synchronize()
 
-    def replay():
+    def replay(counts=None):
+        """One pass; the device calls are read before the closing synchronize (which is
+        the measurement's, not the allocator's)."""
         live = [None] * num_ids
         oom_at = None
         try:
@@ -127,6 +129,8 @@ def main():
                         break
                 else:
                     live[ids[i]] = None
+            if counts is not None:
+                counts.update(sim.counts())
         finally:
             del live
         torch.cuda.synchronize()
@@ -148,8 +152,9 @@ def main():
     lib.pypoolsim_reset_peak(0)
     lib.pypoolsim_reset_counters()
     t0 = time.perf_counter()
-    oom = replay()
-    out["calls_cold"] = sim.counts()
+    cold = {}
+    oom = replay(cold)
+    out["calls_cold"] = cold
     out["replay_s"] = time.perf_counter() - t0
     out["peak_reserved"] = int(torch.cuda.max_memory_reserved(dev))
     out["device_peak"] = int(lib.pypoolsim_device_peak(0)) - base
@@ -176,8 +181,8 @@ def main():
         set_capacity(cap)
         try:
             lib.pypoolsim_reset_counters()
-            r = replay()
-            calls = sim.counts()
+            calls = {}
+            r = replay(calls)
         finally:
             teardown()
             set_capacity(total0)

@@ -154,6 +154,9 @@ class SizingAdvice:
     torch: List[Any] = field(default_factory=list)
     #: Why PyTorch's rows are missing (what to install), or None.
     torch_note: Optional[str] = None
+    #: The replays at the smallest cap ("default", "expandable", "best"): device calls under
+    #: memory pressure.
+    at_min: Dict[str, Candidate] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -167,20 +170,31 @@ class SizingAdvice:
             "replays": self.replays, "seconds": self.seconds,
             "expandable": self.expandable.to_dict() if self.expandable is not None else None,
             "min_pool_size_expandable": self.min_pool_size_expandable, "allocations": self.allocations,
-            "min_capacity": [r for r in self.capacity_rows()],
+            "min_capacity": self.capacity_rows(),
             "torch": [r.to_dict() for r in self.torch], "torch_note": self.torch_note,
         }
 
     def capacity_rows(self) -> List[Dict[str, Any]]:
         """The headline: smallest capacity without OOM for pypool's defaults, expandable
         segments and the suggestion, then PyTorch's rows (if measured)."""
+        am = self.at_min
         rows = [pypool_row("pypool defaults", self.default, self.min_pool_size_default, self.peak_live,
-                           self.allocations)]
+                           self.allocations, am.get("default"))]
         if self.expandable is not None:
             rows.append(pypool_row("pypool expandable", self.expandable, self.min_pool_size_expandable,
-                                   self.peak_live, self.allocations))
-        rows.append(pypool_row("pypool suggested", self.best, self.min_pool_size, self.peak_live, self.allocations))
-        rows += [torch_row_dict(t) for t in self.torch]
+                                   self.peak_live, self.allocations, am.get("expandable")))
+        rows.append(pypool_row("pypool suggested", self.best, self.min_pool_size, self.peak_live, self.allocations,
+                               am.get("best")))
+        # PyTorch: its two modes, then the best PYTORCH_CUDA_ALLOC_CONF found when it is
+        # another one (every setting tried is in the JSON).
+        rows += [torch_row_dict(t) for t in self.torch[:2]]
+        ok = [t for t in self.torch if t.min_capacity is not None]
+        if ok and len(self.torch) > 2:
+            best = min(ok, key=_torch_rank)
+            if best not in self.torch[:2]:
+                d = torch_row_dict(best)
+                d["label"] = "PyTorch best conf"
+                rows.append(d)
         return rows
 
     def to_text(self, top: int = 10) -> str:
@@ -196,9 +210,9 @@ class SizingAdvice:
         ]
         if self.torch_note:
             lines.append(f"PyTorch rows: not measured: {self.torch_note}")
-        tb = [t for t in self.torch[2:] if t.min_capacity is not None]
-        if tb and len(self.torch) >= 2:
-            best_t = min(self.torch, key=_torch_rank)
+        tb = [t for t in self.torch if t.min_capacity is not None]
+        if tb and len(self.torch) > 2:
+            best_t = min(tb, key=_torch_rank)
             lines.append(f"PYTORCH_CUDA_ALLOC_CONF for PyTorch's own allocator: {best_t.conf or '(unset: native is best)'}"
                          + (f" ({format_size(best_t.min_capacity)} min capacity, {len(self.torch)} settings tried)"
                             if best_t.min_capacity else ""))
@@ -232,15 +246,19 @@ class SizingAdvice:
 
 
 def pypool_row(label: str, c: Optional[Candidate], min_cap: Optional[int], floor: int,
-               allocations: int) -> Dict[str, Any]:
+               allocations: int, at_min: Optional[Candidate] = None) -> Dict[str, Any]:
     """One pypool row of the capacity table (an offline replay: device frees stand for the
-    calls that synchronize a real GPU, each ``cudaFree`` or unmap does)."""
+    calls that synchronize a real GPU, each ``cudaFree`` or unmap does); ``at_min``: the
+    replay capped at ``min_cap``."""
     frees = c.num_device_free if c is not None else None
+    fm = at_min.num_device_free if at_min is not None else None
     return {"label": label, "source": "pypool replay", "conf": c.conf if c is not None else None,
             "min_capacity": min_cap, "over_floor": (min_cap / floor) if (min_cap and floor) else None,
             "peak_reserved": c.peak_reserved if c is not None else None,
             "device_allocs": c.num_device_alloc if c is not None else None, "device_frees": frees,
             "sync": frees, "sync_per_1k_allocs": (1000.0 * frees / allocations) if (frees is not None and allocations) else None,
+            "sync_at_min": fm,
+            "sync_at_min_per_1k_allocs": (1000.0 * fm / allocations) if (fm is not None and allocations) else None,
             "error": None}
 
 
@@ -252,6 +270,7 @@ def torch_row_dict(t: Any) -> Dict[str, Any]:
             "device_allocs": (mem.get("cudaMalloc", 0) + mem.get("cuMemCreate", 0)) if t.calls else None,
             "device_frees": (mem.get("cudaFree", 0) + mem.get("cuMemRelease", 0)) if t.calls else None,
             "sync": (t.calls or {}).get("sync"), "sync_per_1k_allocs": t.sync_per_k(),
+            "sync_at_min": (t.calls_at_min or {}).get("sync"), "sync_at_min_per_1k_allocs": t.sync_per_k(at_min=True),
             "error": t.error or (t.note if t.min_capacity is None else None)}
 
 
@@ -268,7 +287,7 @@ def capacity_table(rows: Sequence[Mapping[str, Any]], floor: int, step: int = GR
     head = (f"smallest capacity without out-of-memory ({step // MiB} MiB steps; floor = peak live "
             f"{mib(floor)} MiB)")
     lines = [head, f"  {'':<22} {'min cap MiB':>11} {'x floor':>7} {'peak rsv MiB':>12} {'dev.alloc':>9} "
-             f"{'dev.free':>8} {'sync':>6} {'sync/1k':>7}  settings"]
+             f"{'dev.free':>8} {'sync':>6} {'sync/1k':>7} {'@min/1k':>7}  settings"]
     for r in rows:
         if r.get("min_capacity") is None and r.get("error"):
             lines.append(f"  {r['label']:<22} {'-':>11} {'-':>7} {mib(r.get('peak_reserved')):>12}  {r['error']}")
@@ -279,14 +298,19 @@ def capacity_table(rows: Sequence[Mapping[str, Any]], floor: int, step: int = GR
             f"  {r['label']:<22} {mib(r.get('min_capacity')):>11} {'-' if of is None else f'{of:.3f}':>7} "
             f"{mib(r.get('peak_reserved')):>12} {'-' if r.get('device_allocs') is None else r['device_allocs']:>9} "
             f"{'-' if r.get('device_frees') is None else r['device_frees']:>8} "
-            f"{'-' if r.get('sync') is None else r['sync']:>6} {'-' if spk is None else f'{spk:.2f}':>7}  "
+            f"{'-' if r.get('sync') is None else r['sync']:>6} {'-' if spk is None else f'{spk:.2f}':>7} "
+            f"{'-' if r.get('sync_at_min_per_1k_allocs') is None else format(r['sync_at_min_per_1k_allocs'], '.2f'):>7}  "
             + (("PYTORCH_CUDA_ALLOC_CONF=" + r["conf"]) if r.get("source", "").startswith("PyTorch") and r.get("conf")
                else (r.get("conf") or "(defaults)") if not r.get("source", "").startswith("PyTorch") else "(unset)"))
-    lines.append("  pypool rows: offline replays with max_pool_size as the capacity (device frees counted as "
-                 "synchronizing); PyTorch rows: the real allocator on the simulated device, device calls "
-                 "counted by it (whole device, from an empty cache)" if any(
-                     str(r.get("source", "")).startswith("PyTorch") for r in rows)
-                 else "  offline replays with max_pool_size as the capacity (device frees counted as synchronizing)")
+    note = ("  dev.alloc, dev.free, sync: on the whole device from an empty cache; sync/1k: synchronizing "
+            "calls per 1,000 allocations there, @min/1k: at the smallest capacity. pypool rows: offline "
+            "replays with max_pool_size as the capacity (device frees counted as synchronizing)")
+    if any(str(r.get("source", "")).startswith("PyTorch") for r in rows):
+        note += ("; PyTorch rows: its allocator on the simulated device in a child process, device calls "
+                 "counted there")
+    import textwrap
+
+    lines += textwrap.wrap(note, 110, initial_indent="", subsequent_indent="  ")
     return "\n".join(lines)
 
 
@@ -465,6 +489,11 @@ def suggest_config(
         default = ev.cache[default.config.to_string()]
         if exp_cand is not None:
             exp_cand = ev.cache[exp_cand.config.to_string()]
+        at_min: Dict[str, Candidate] = {}
+        for key, c, m in (("default", default, default_min), ("expandable", exp_cand, exp_min),
+                          ("best", best, best_min)):
+            if c is not None and m is not None:
+                at_min[key] = ev.run([c.config.replace(max_pool_size=m)], probe=True)[0]
     finally:
         ev.close()
     capped = best.config.replace(max_pool_size=best_min) if best_min is not None else best.config
@@ -473,7 +502,7 @@ def suggest_config(
         objective=objective, default=default, best=best, config=best.config,
         pypool_conf=best.conf, min_pool_size=best_min, min_pool_size_default=default_min,
         pypool_conf_capped=pretty_conf(capped), candidates=table, replays=ev.replays,
-        seconds=time.perf_counter() - t0, expandable=exp_cand, min_pool_size_expandable=exp_min,
+        seconds=time.perf_counter() - t0, expandable=exp_cand, min_pool_size_expandable=exp_min, at_min=at_min,
         allocations=int((trace.actions == 0).sum()))
 
 

@@ -100,8 +100,8 @@ def find_torch_python(explicit: Optional[str] = None) -> str:
     why = _has_cuda_torch_here()
     if why is None:
         return sys.executable
-    raise TorchUnavailable(f"PyTorch's rows need a CUDA build of torch ({why} in {sys.executable}); "
-                           + install_hint())
+    raise TorchUnavailable(f"PyTorch's rows need a CUDA build of torch, and {sys.executable} has none "
+                           f"({why}); " + install_hint())
 
 
 @dataclass
