@@ -36,16 +36,19 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     add_torch_arguments(parser)
 
 
-def torch_rows_or_note(trace: Trace, args: argparse.Namespace, search: bool) -> Tuple[List[Any], Optional[str]]:
+def torch_rows_or_note(trace: Trace, args: argparse.Namespace, search: bool,
+                       capacity: Optional[int] = None) -> Tuple[List[Any], Optional[str]]:
     """PyTorch's rows (baselines, plus the PYTORCH_CUDA_ALLOC_CONF search if ``search``),
     or why they cannot run (what to install)."""
     from .torch_compare import TORCH_BASELINES, TorchUnavailable, suggest_torch_conf, torch_rows
 
     jobs = max(1, int(getattr(args, "torch_jobs", 2) or 1))
+    # The simulated device has the replay's capacity (the bisection never needs more).
+    memory: Any = capacity if capacity is not None else "80GiB"
     try:
-        rows = torch_rows(trace, TORCH_BASELINES, python=args.torch_python, jobs=jobs)
+        rows = torch_rows(trace, TORCH_BASELINES, python=args.torch_python, jobs=jobs, memory=memory)
         if search and not any(r.error for r in rows):
-            rest = suggest_torch_conf(trace, python=args.torch_python, baselines=rows, jobs=jobs)
+            rest = suggest_torch_conf(trace, python=args.torch_python, baselines=rows, jobs=jobs, memory=memory)
             rows = rows + [r for r in rest if r not in rows]
     except TorchUnavailable as e:
         return [], str(e)
@@ -74,7 +77,7 @@ def replay_capacity(trace: Trace, cfg: PoolConfig, cap: Optional[int], args: arg
         rows.append(pypool_row(label, Candidate.from_result(c, r), m, floor, allocations, at_min))
     note = None
     if compare:
-        trows, note = torch_rows_or_note(trace, args, search=False)
+        trows, note = torch_rows_or_note(trace, args, search=False, capacity=cap)
         rows += [torch_row_dict(t) for t in trows]
     lines = ["", capacity_table(rows, floor)]
     rc = 0

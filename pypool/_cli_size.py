@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
             cands = [PoolConfig.from_string(c, base) for c in args.candidates] if args.candidates else None
         except (TypeError, ValueError) as e:
             raise CliError(str(e)) from None
+        if args.torch_jobs < 1:
+            raise CliError(f"--torch-jobs: must be >= 1, got {args.torch_jobs}")
         if args.jobs is not None and args.jobs < 1:
             raise CliError(f"--jobs: must be >= 1, got {args.jobs}")
         advice = suggest_config(trace, capacity=cap, objective=args.objective, candidates=cands,
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_torch:
             from ._cli_compare import torch_rows_or_note
 
-            advice.torch, advice.torch_note = torch_rows_or_note(trace, args, search=not args.no_torch_search)
+            advice.torch, advice.torch_note = torch_rows_or_note(trace, args, search=not args.no_torch_search,
+                                                                 capacity=cap)
     except CliError as e:
         print(f"pypool size: error: {e}", file=sys.stderr)
         return 2

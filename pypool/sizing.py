@@ -271,7 +271,7 @@ def torch_row_dict(t: Any) -> Dict[str, Any]:
             "device_frees": (mem.get("cudaFree", 0) + mem.get("cuMemRelease", 0)) if t.calls else None,
             "sync": (t.calls or {}).get("sync"), "sync_per_1k_allocs": t.sync_per_k(),
             "sync_at_min": (t.calls_at_min or {}).get("sync"), "sync_at_min_per_1k_allocs": t.sync_per_k(at_min=True),
-            "error": t.error or (t.note if t.min_capacity is None else None)}
+            "error": t.error or (t.note if t.min_capacity is None else None), "attempts": t.attempts}
 
 
 def _torch_rank(t: Any) -> Tuple[bool, int, int, int]:

@@ -135,6 +135,8 @@ class TorchRow:
     error: Optional[str] = None
     seconds: float = 0.0
     torch_version: Optional[str] = None
+    #: The bisection's probes in order: ``[capacity, passed]``.
+    attempts: List[List[Any]] = field(default_factory=list)
 
     @property
     def over_floor(self) -> Optional[float]:
@@ -205,6 +207,7 @@ def _one(python: str, tpath: str, trace: Trace, label: str, conf: str, memory: A
     row.calls_at_min = out.get("calls_at_min")
     row.note = out.get("note")
     row.torch_version = out.get("torch")
+    row.attempts = out.get("attempts") or []
     return row
 
 
