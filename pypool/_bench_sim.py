@@ -874,6 +874,36 @@ def memory_table(sim: Dict[str, Any]) -> str:
                       right=[False, True, False, True, True, True, True, True, False])
 
 
+def side_by_side_table(sim: Dict[str, Any]) -> str:
+    """The headline: smallest capacity (x floor) of every allocator per workload, side by
+    side, and the synchronizing device calls per 1,000 allocations (whole device, cold /
+    at the smallest capacity)."""
+    from ._bench_report import text_table
+
+    allocs, cell = _index(sim)
+    rows = []
+    for sc in [s for s in sim.get("scenarios_run", []) if s.startswith("minmem:")]:
+        got = [cell.get((sc, a)) for a in allocs]
+        floor = next((r.get("floor") for r in got if r and r.get("floor")), None)
+        line = [sc[7:], _mib(floor)]
+        for r in got:
+            if r is None or r.get("error") or r.get("min_capacity") is None:
+                line.append("error" if r is not None and r.get("error") else "-")
+            else:
+                line.append(f"{_mib(r['min_capacity'])} ({r.get('min_capacity_over_floor', 0):.3f})")
+        for r in got:
+            if r is None or r.get("error"):
+                line.append("-")
+                continue
+            cc, cm = r.get("calls_cold") or {}, r.get("calls_at_min") or {}
+            line.append(f"{_per_k(cc.get('sync') if cc else None, r.get('allocations'))} / "
+                        f"{_per_k(cm.get('sync') if cm else None, r.get('allocations'))}")
+        rows.append(line)
+    return text_table(["workload", "floor MiB"] + [f"{a} MiB (x floor)" for a in allocs]
+                      + [f"{a} sync/1k" for a in allocs], rows,
+                      right=[False] + [True] * (1 + 2 * len(allocs)))
+
+
 def calls_table(sim: Dict[str, Any]) -> str:
     from ._bench_report import text_table
 
@@ -994,6 +1024,11 @@ def sim_tables(sim: Dict[str, Any]) -> str:
                   f"simulated device capacity (2 MiB steps) with no out-of-memory error, bisected in "
                   f"the child; confirmed = a fresh child passes at that capacity and runs out of "
                   f"memory 2 MiB below")
+    parts.append("\n".join(textwrap.wrap(
+        "Smallest simulated device capacity without out-of-memory, side by side (2 MiB steps; x floor = "
+        "over peak live requested bytes); sync/1k = device calls that synchronize a real GPU per 1,000 "
+        "allocations of the workload, cold on the whole device / in the passing replay at the smallest "
+        "capacity", 100)) + "\n" + side_by_side_table(sim))
     parts.append("\n".join(textwrap.wrap(floor_note, 100)) + "\n" + memory_table(sim))
     calls_note = ("Device calls during one replay (every CUDA runtime and driver entry point, counted by "
                   "the simulation; most are torch's cudaGetDevice and context queries): cold = from an "
