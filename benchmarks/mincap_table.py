@@ -5,7 +5,11 @@ simulated device in child processes, see pypool.torch_compare) and writes a Mark
 and the raw JSON. Usage (from the repository root, pypool installed)::
 
     PYPOOL_TORCH_PYTHON=.venv-sim/bin/python .venv/bin/python -P benchmarks/mincap_table.py \
-        benchmarks/results/2026-12-01-mincap
+        benchmarks/results/2026-12-01-simdevice-mincap
+
+writes ``<prefix>.json`` (``environment`` and one ``pypool size --json`` object per trace)
+and ``<prefix>.txt`` (header and tables). ``--from-json PREFIX.json`` renders the tables of
+an earlier run again without running anything.
 
 Not a pytest file: it takes minutes (the PYTORCH_CUDA_ALLOC_CONF search replays each trace
 about a hundred times through real torch).
@@ -47,7 +51,31 @@ def _sync(r: Optional[Dict[str, Any]]) -> str:
     return ("-" if a is None else f"{a:.2f}") + " / " + ("-" if b is None else f"{b:.2f}")
 
 
-def main(out_prefix: str) -> int:
+def _environment() -> Dict[str, Any]:
+    import datetime
+    import platform
+
+    import pypool
+
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
+    except OSError:
+        pass
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "pypool": getattr(pypool, "__version__", "?"), "load_average": list(os.getloadavg()),
+            "torch_python": os.environ.get("PYPOOL_TORCH_PYTHON", ""),
+            "command": "python -P benchmarks/mincap_table.py " + " ".join(sys.argv[1:])}
+
+
+def main(out_prefix: str, from_json: Optional[str] = None) -> int:
+    if from_json:
+        with open(from_json) as f:
+            saved = json.load(f)
+        return render(saved["environment"], saved["results"], out_prefix)
+    env = _environment()
     results = []
     for w, scale in WORKLOADS:
         t0 = time.time()
@@ -62,7 +90,20 @@ def main(out_prefix: str) -> int:
         results.append(d)
         print(f"{w}: {time.time() - t0:.0f} s", file=sys.stderr)
     with open(out_prefix + ".json", "w") as f:
-        json.dump(results, f, indent=1)
+        json.dump({"environment": env, "results": results}, f, indent=1)
+    return render(env, results, out_prefix)
+
+
+def render(env: Dict[str, Any], results: List[Dict[str, Any]], out_prefix: str) -> int:
+    torch_v = next((t.get("torch_version") for d in results for t in d["torch"] if t.get("torch_version")), "?")
+    header = [f"pypool minimum-capacity table -- {env['date']}",
+              f"CPU: {env['cpu']} ({env['cores']} cores); pypool {env['pypool']}, python {env['python']}, "
+              f"torch {torch_v} (PyTorch's rows)",
+              "load average at start (1/5/15 min): " + (" ".join(f"{x:.2f}" for x in env["load_average"])
+                                                         if env.get("load_average") else env.get("note", "-")),
+              "device: PyTorch's rows on pypool's SIMULATED CUDA device (1 x 80GiB of host memory, no GPU "
+              "used); pypool's rows: offline replays (null backend), max_pool_size as the capacity",
+              f"command: PYPOOL_TORCH_PYTHON={env.get('torch_python') or '?'} {env['command']}", ""]
     lines = ["| trace (floor MiB) | PyTorch native | PyTorch expandable | PyTorch best conf | pypool default | "
              "pypool expandable | pypool suggested |", "|---|---:|---:|---:|---:|---:|---:|"]
     sync = ["| trace | PyTorch native | PyTorch expandable | pypool default | pypool expandable | pypool suggested |",
@@ -82,7 +123,7 @@ def main(out_prefix: str) -> int:
                     f"{_sync(rows.get('pypool suggested'))} |")
         confs.append(f"- {name}: pypool suggested `{rows['pypool suggested']['conf'] or '(defaults)'}`; "
                      f"PyTorch best `PYTORCH_CUDA_ALLOC_CONF={(best_t or {}).get('conf') or '(unset)'}`")
-    text = "\n".join(
+    text = "\n".join(header + 
         ["Smallest capacity without out-of-memory, MiB (× floor), 2 MiB steps; floor = peak live requested bytes.",
          "PyTorch: torch " + str(next((t.get("torch_version") for d in results for t in d["torch"]
                                         if t.get("torch_version")), "?"))
@@ -91,14 +132,19 @@ def main(out_prefix: str) -> int:
         + lines + ["", "Synchronizing device calls per 1,000 allocations: whole device from an empty cache / "
                    "at the smallest capacity (pypool: device frees).", ""] + sync + ["", "Settings:"] + confs
         + ["", "Commands (one per trace):"] + [f"    {d['command']}" for d in results]) + "\n"
-    with open(out_prefix + ".md", "w") as f:
+    with open(out_prefix + ".txt", "w") as f:
         f.write(text)
     print(text)
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    src = None
+    if len(args) == 3 and args[1] == "--from-json":
+        src = args[2]
+        args = args[:1]
+    if len(args) != 1:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(args[0], src))
