@@ -46,6 +46,13 @@ def torch_rows_or_note(trace: Trace, args: argparse.Namespace, search: bool,
     # The simulated device has the replay's capacity (the bisection never needs more).
     memory: Any = capacity if capacity is not None else "80GiB"
     try:
+        from .torch_compare import TORCH_GRID, find_torch_python
+
+        py = find_torch_python(args.torch_python)
+        # Minutes on a long trace: say what is running (stderr, so --json stays clean).
+        n = len(TORCH_BASELINES) + (len(TORCH_GRID) if search else 0)
+        print(f"pypool: running PyTorch's allocator on the simulated device ({n} settings, {jobs} at a time, "
+              f"{py})...", file=sys.stderr, flush=True)
         rows = torch_rows(trace, TORCH_BASELINES, python=args.torch_python, jobs=jobs, memory=memory)
         if search and not any(r.error for r in rows):
             rest = suggest_torch_conf(trace, python=args.torch_python, baselines=rows, jobs=jobs, memory=memory)
