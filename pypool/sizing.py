@@ -87,12 +87,14 @@ class Candidate:
     events_per_second: float
     fragmentation: Optional[float] = None
     num_device_free: int = 0
+    num_segment_unmap: int = 0
 
     @classmethod
     def from_result(cls, cfg: PoolConfig, r: ReplayResult) -> "Candidate":
+        unmaps = int(r.pool.memory_stats().get("num_segment_unmap", 0)) if r.pool is not None else 0
         return cls(cfg, pretty_conf(cfg), r.peak_reserved, r.peak_allocated, r.utilization,
                    r.allocated_utilization, r.ooms, r.num_device_alloc, r.events_per_second, r.fragmentation,
-                   r.num_device_free)
+                   r.num_device_free, unmaps)
 
     def key(self) -> Tuple[int, int, int]:
         """Ranking: no out-of-memory first, then least reserved, then fewest device
@@ -247,15 +249,16 @@ class SizingAdvice:
 
 def pypool_row(label: str, c: Optional[Candidate], min_cap: Optional[int], floor: int,
                allocations: int, at_min: Optional[Candidate] = None) -> Dict[str, Any]:
-    """One pypool row of the capacity table (an offline replay: device frees stand for the
-    calls that synchronize a real GPU, each ``cudaFree`` or unmap does); ``at_min``: the
-    replay capped at ``min_cap``."""
-    frees = c.num_device_free if c is not None else None
-    fm = at_min.num_device_free if at_min is not None else None
+    """One pypool row of the capacity table (an offline replay: device frees and expandable
+    segment unmaps stand for the calls that synchronize a real GPU; an unmap of n granules
+    is n such calls on a device, so for expandable segments this undercounts); ``at_min``:
+    the replay capped at ``min_cap``."""
+    frees = (c.num_device_free + c.num_segment_unmap) if c is not None else None
+    fm = (at_min.num_device_free + at_min.num_segment_unmap) if at_min is not None else None
     return {"label": label, "source": "pypool replay", "conf": c.conf if c is not None else None,
             "min_capacity": min_cap, "over_floor": (min_cap / floor) if (min_cap and floor) else None,
             "peak_reserved": c.peak_reserved if c is not None else None,
-            "device_allocs": c.num_device_alloc if c is not None else None, "device_frees": frees,
+            "device_allocs": c.num_device_alloc if c is not None else None, "device_frees": c.num_device_free if c is not None else None,
             "sync": frees, "sync_per_1k_allocs": (1000.0 * frees / allocations) if (frees is not None and allocations) else None,
             "sync_at_min": fm,
             "sync_at_min_per_1k_allocs": (1000.0 * fm / allocations) if (fm is not None and allocations) else None,
@@ -304,7 +307,8 @@ def capacity_table(rows: Sequence[Mapping[str, Any]], floor: int, step: int = GR
                else (r.get("conf") or "(defaults)") if not r.get("source", "").startswith("PyTorch") else "(unset)"))
     note = ("  dev.alloc, dev.free, sync: on the whole device from an empty cache; sync/1k: synchronizing "
             "calls per 1,000 allocations there, @min/1k: at the smallest capacity. pypool rows: offline "
-            "replays with max_pool_size as the capacity (device frees counted as synchronizing)")
+            "replays with max_pool_size as the capacity (device frees and expandable-segment unmaps counted "
+            "as synchronizing, one per operation: a device makes one per 2 MiB granule unmapped)")
     if any(str(r.get("source", "")).startswith("PyTorch") for r in rows):
         note += ("; PyTorch rows: its allocator on the simulated device in a child process, device calls "
                  "counted there")
