@@ -470,7 +470,7 @@ def sc_minmem(ctx: Any, param: str) -> Dict[str, Any]:
     ctl = _control() if sim else None
     total0 = ctl.total(0) if ctl is not None else 0
     row: Dict[str, Any] = {"metric": "min_capacity", "workload": param, "events": rep.events,
-                           "floor": rep.floor, "scale": rep.scale}
+                           "allocations": rep.acts.count(0), "floor": rep.floor, "scale": rep.scale}
     _teardown(ctx)
     base = _used(ctx)
     row["base_used"] = base
@@ -529,22 +529,18 @@ def sc_minmem(ctx: Any, param: str) -> Dict[str, Any]:
             passed_calls[cap] = calls
         return bool(r["ok"])
 
-    lo = -(-(rep.floor + base) // STEP)
-    hi = max(lo, -(-int(row["sim_peak"]) // STEP))
-    top = total0 // STEP
-    while not attempt(hi):
-        if hi >= top:
-            row["min_capacity"] = None
-            row["min_capacity_note"] = "no capacity below the whole device passed"
-            row["attempts"] = attempts
-            return row
-        lo, hi = hi + 1, min(top, 2 * hi)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if attempt(mid):
-            hi = mid
-        else:
-            lo = mid + 1
+    # The floor counts what the device holds before the replay (Note [Capacity bisection]
+    # in pypool.mincap: one search for the advisor, this bench and the PyTorch child).
+    from .mincap import min_capacity
+
+    found = min_capacity(lambda caps: [attempt(c // STEP) for c in caps], floor=rep.floor + base,
+                         start=int(row["sim_peak"]), top=(total0 // STEP) * STEP, step=STEP)
+    if found.capacity is None:
+        row["min_capacity"] = None
+        row["min_capacity_note"] = "no capacity below the whole device passed"
+        row["attempts"] = attempts
+        return row
+    hi = found.capacity // STEP
     cap = hi * STEP
     row["min_capacity"] = cap
     # The device calls of the passing replay at that capacity: what memory pressure costs.
@@ -878,6 +874,36 @@ def memory_table(sim: Dict[str, Any]) -> str:
                       right=[False, True, False, True, True, True, True, True, False])
 
 
+def side_by_side_table(sim: Dict[str, Any]) -> str:
+    """The headline: smallest capacity (x floor) of every allocator per workload, side by
+    side, and the synchronizing device calls per 1,000 allocations (whole device, cold /
+    at the smallest capacity)."""
+    from ._bench_report import text_table
+
+    allocs, cell = _index(sim)
+    rows = []
+    for sc in [s for s in sim.get("scenarios_run", []) if s.startswith("minmem:")]:
+        got = [cell.get((sc, a)) for a in allocs]
+        floor = next((r.get("floor") for r in got if r and r.get("floor")), None)
+        line = [sc[7:], _mib(floor)]
+        for r in got:
+            if r is None or r.get("error") or r.get("min_capacity") is None:
+                line.append("error" if r is not None and r.get("error") else "-")
+            else:
+                line.append(f"{_mib(r['min_capacity'])} ({r.get('min_capacity_over_floor', 0):.3f})")
+        for r in got:
+            if r is None or r.get("error"):
+                line.append("-")
+                continue
+            cc, cm = r.get("calls_cold") or {}, r.get("calls_at_min") or {}
+            line.append(f"{_per_k(cc.get('sync') if cc else None, r.get('allocations'))} / "
+                        f"{_per_k(cm.get('sync') if cm else None, r.get('allocations'))}")
+        rows.append(line)
+    return text_table(["workload", "floor MiB"] + [f"{a} MiB (x floor)" for a in allocs]
+                      + [f"{a} sync/1k" for a in allocs], rows,
+                      right=[False] + [True] * (1 + 2 * len(allocs)))
+
+
 def calls_table(sim: Dict[str, Any]) -> str:
     from ._bench_report import text_table
 
@@ -892,10 +918,21 @@ def calls_table(sim: Dict[str, Any]) -> str:
             rows.append([sc[7:], a, f"{cc.get('total', 0):,}", f"{cc.get('sync', 0):,}",
                          f"{cw.get('total', 0):,}", f"{cw.get('sync', 0):,}",
                          f"{cm['total']:,}" if cm else "-", f"{cm['sync']:,}" if cm else "-",
+                         _per_k(cc.get("sync") if cc else None, r.get("allocations")),
+                         _per_k(cm.get("sync") if cm else None, r.get("allocations")),
                          _top_calls(cc), _top_calls(cm)])
     return text_table(["workload", "allocator", "cold", "sync", "warm", "sync", "at min cap", "sync",
+                       "sync/1k allocs cold", "at min cap",
                        "memory calls, cold pass", "memory calls at min capacity"], rows,
-                      right=[False, False, True, True, True, True, True, True, False, False])
+                      right=[False, False, True, True, True, True, True, True, True, True, False, False])
+
+
+def _per_k(sync: Optional[int], allocations: Optional[int]) -> str:
+    """Synchronizing device calls per 1,000 allocations of the trace (the issue's measure:
+    at most PyTorch native's + 1)."""
+    if sync is None or not allocations:
+        return "-"
+    return f"{1000 * sync / allocations:.2f}"
 
 
 def _pairs_table(sim: Dict[str, Any], kind: str) -> str:
@@ -987,12 +1024,18 @@ def sim_tables(sim: Dict[str, Any]) -> str:
                   f"simulated device capacity (2 MiB steps) with no out-of-memory error, bisected in "
                   f"the child; confirmed = a fresh child passes at that capacity and runs out of "
                   f"memory 2 MiB below")
+    parts.append("\n".join(textwrap.wrap(
+        "Smallest simulated device capacity without out-of-memory, side by side (2 MiB steps; x floor = "
+        "over peak live requested bytes); sync/1k = device calls that synchronize a real GPU per 1,000 "
+        "allocations of the workload, cold on the whole device / in the passing replay at the smallest "
+        "capacity", 100)) + "\n" + side_by_side_table(sim))
     parts.append("\n".join(textwrap.wrap(floor_note, 100)) + "\n" + memory_table(sim))
     calls_note = ("Device calls during one replay (every CUDA runtime and driver entry point, counted by "
                   "the simulation; most are torch's cudaGetDevice and context queries): cold = from an "
                   "empty cache on the whole device, warm = the second pass, at min cap = the passing "
                   "replay at the smallest capacity (from an empty cache); sync = calls that synchronize "
-                  "a real device (cudaFree, cuMemUnmap, ...)")
+                  "a real device (cudaFree, cuMemUnmap, ...); sync/1k allocs = those per 1,000 allocations of the "
+                  "workload")
     parts.append("\n".join(textwrap.wrap(calls_note, 100)) + "\n" + calls_table(sim))
     def wrap(text: str) -> str:
         return "\n".join(textwrap.wrap(text, 100))

@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write fragmentation reports (text, HTML, PNG) of the pool at peak reserved and at the "
                              "end, and first_oom.* at the first out-of-memory failure if there was one")
     parser.add_argument("--save-trace", metavar="PATH", help="also save the trace in pypool format (.gz to compress)")
+    from ._cli_compare import add_compare_arguments
+
+    add_compare_arguments(parser)
 
 
 class CliError(Exception):
@@ -254,6 +257,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"pypool replay: error: {e}", file=sys.stderr)
         return 2
     reports = write_reports(result, args.report) if args.report else None
+    from ._cli_compare import replay_capacity
+
+    cap_lines, cap_json, cap_rc = replay_capacity(trace, cfg, cap, args)
     if args.json:
         d = result.to_dict()
         if "torch" in trace.meta:
@@ -261,10 +267,13 @@ def run(args: argparse.Namespace) -> int:
             d["recorded_by"] = trace.meta.get("allocator")
         if reports is not None:
             d["report"] = reports
+        d.update(cap_json)
         print(json.dumps(d))
     else:
         print(result.to_text())
         for line in _torch_lines(trace, result):
+            print(line)
+        for line in cap_lines:
             print(line)
         if reports is not None:
             if reports["files"]:
@@ -279,4 +288,4 @@ def run(args: argparse.Namespace) -> int:
                   f"memory under the {format_size(result.limit)} limit ({result.limit_source}); "
                   f"exit status {RC_DID_NOT_FIT}", file=sys.stderr)
         return RC_DID_NOT_FIT
-    return 0
+    return cap_rc

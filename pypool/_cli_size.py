@@ -23,8 +23,9 @@ HELP = "suggest pool settings (PYPOOL_CONF) and the smallest max_pool_size for a
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_trace_arguments(parser)
-    parser.add_argument("--objective", choices=OBJECTIVES, default="reserved",
-                        help="minimize peak reserved memory (default) or the smallest OOM-free max_pool_size")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="pool_size",
+                        help="minimize the smallest OOM-free max_pool_size (pool_size, default: the smallest "
+                             "device the trace fits on) or peak reserved memory on a roomy device (reserved)")
     parser.add_argument("--base", default="", help="settings to start from and compare against (PYPOOL_CONF string)")
     parser.add_argument("--candidates", nargs="+", metavar="CONF",
                         help="compare these PYPOOL_CONF strings (plus the base) instead of searching")
@@ -33,12 +34,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=None, help="parallel replays (default: min(4, CPUs))")
     parser.add_argument("--top", type=int, default=10, help="rows of the candidate table to print (default 10)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="skip PyTorch's rows (by default, when a CUDA build of torch is available, its "
+                             "own allocator runs on the simulated device beside pypool)")
+    parser.add_argument("--no-torch-search", action="store_true",
+                        help="PyTorch's two modes only: do not search PYTORCH_CUDA_ALLOC_CONF settings")
+    from ._cli_compare import add_torch_arguments
+
+    add_torch_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         # Options first, so that a typo fails before a long load.
         cap = capacity_arg(args)
+        if args.torch_jobs < 1:
+            raise CliError(f"--torch-jobs: must be >= 1, got {args.torch_jobs}")
         if args.jobs is not None and args.jobs < 1:
             raise CliError(f"--jobs: must be >= 1, got {args.jobs}")
         if args.top < 1:
@@ -61,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
             check_config_fits(c, capacity, flag)
         advice = suggest_config(trace, capacity=cap, objective=args.objective, candidates=cands,
                                 jobs=args.jobs, base=base, allow_expandable=not args.no_expandable)
+        if not args.no_torch:
+            from ._cli_compare import torch_rows_or_note
+
+            advice.torch, advice.torch_note = torch_rows_or_note(trace, args, search=not args.no_torch_search,
+                                                                 capacity=cap)
     except CliError as e:
         print(f"pypool size: error: {e}", file=sys.stderr)
         return 2

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .config import PoolConfig, SizeLike, format_size, parse_size
+from .mincap import STEP, min_capacity
 from .replay import ConfigLike, ReplayResult, default_capacity, replay
 from .trace import Trace
 
@@ -45,7 +46,7 @@ __all__ = ["SizingAdvice", "Candidate", "suggest_config", "min_pool_size", "pret
 
 MiB = 1 << 20
 GiB = 1 << 30
-GRANULARITY = 2 * MiB  # bisection step for max_pool_size (the large pool's rounding)
+GRANULARITY = STEP  # bisection step for max_pool_size (the large pool's rounding; pypool.mincap)
 OBJECTIVES = ("reserved", "pool_size")
 
 # Each knob: the alternatives tried by the coordinate descent, as field changes.
@@ -85,11 +86,15 @@ class Candidate:
     num_device_alloc: int
     events_per_second: float
     fragmentation: Optional[float] = None
+    num_device_free: int = 0
+    num_segment_unmap: int = 0
 
     @classmethod
     def from_result(cls, cfg: PoolConfig, r: ReplayResult) -> "Candidate":
+        unmaps = int(r.pool.memory_stats().get("num_segment_unmap", 0)) if r.pool is not None else 0
         return cls(cfg, pretty_conf(cfg), r.peak_reserved, r.peak_allocated, r.utilization,
-                   r.allocated_utilization, r.ooms, r.num_device_alloc, r.events_per_second, r.fragmentation)
+                   r.allocated_utilization, r.ooms, r.num_device_alloc, r.events_per_second, r.fragmentation,
+                   r.num_device_free, unmaps)
 
     def key(self) -> Tuple[int, int, int]:
         """Ranking: no out-of-memory first, then least reserved, then fewest device
@@ -140,6 +145,20 @@ class SizingAdvice:
     replays: int = 0
     seconds: float = 0.0
     granularity: int = GRANULARITY
+    #: The base settings with expandable segments: figures and smallest cap (None when the
+    #: search was not allowed expandable segments or the base has them already).
+    expandable: Optional[Candidate] = None
+    min_pool_size_expandable: Optional[int] = None
+    #: Allocation events of the trace (for synchronizing calls per 1,000 allocations).
+    allocations: int = 0
+    #: PyTorch's own allocator on the simulated device (:mod:`pypool.torch_compare`), best
+    #: first after the two baselines; filled by ``pypool size`` when it can run them.
+    torch: List[Any] = field(default_factory=list)
+    #: Why PyTorch's rows are missing (what to install), or None.
+    torch_note: Optional[str] = None
+    #: The replays at the smallest cap ("default", "expandable", "best"): device calls under
+    #: memory pressure.
+    at_min: Dict[str, Candidate] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -151,7 +170,34 @@ class SizingAdvice:
             "pypool_conf_capped": self.pypool_conf_capped, "granularity": self.granularity,
             "candidates": [c.to_dict() for c in self.candidates],
             "replays": self.replays, "seconds": self.seconds,
+            "expandable": self.expandable.to_dict() if self.expandable is not None else None,
+            "min_pool_size_expandable": self.min_pool_size_expandable, "allocations": self.allocations,
+            "min_capacity": self.capacity_rows(),
+            "torch": [r.to_dict() for r in self.torch], "torch_note": self.torch_note,
         }
+
+    def capacity_rows(self) -> List[Dict[str, Any]]:
+        """The headline: smallest capacity without OOM for pypool's defaults, expandable
+        segments and the suggestion, then PyTorch's rows (if measured)."""
+        am = self.at_min
+        rows = [pypool_row("pypool defaults", self.default, self.min_pool_size_default, self.peak_live,
+                           self.allocations, am.get("default"))]
+        if self.expandable is not None:
+            rows.append(pypool_row("pypool expandable", self.expandable, self.min_pool_size_expandable,
+                                   self.peak_live, self.allocations, am.get("expandable")))
+        rows.append(pypool_row("pypool suggested", self.best, self.min_pool_size, self.peak_live, self.allocations,
+                               am.get("best")))
+        # PyTorch: its two modes, then the best PYTORCH_CUDA_ALLOC_CONF found when it is
+        # another one (every setting tried is in the JSON).
+        rows += [torch_row_dict(t) for t in self.torch[:2]]
+        ok = [t for t in self.torch if t.min_capacity is not None]
+        if ok and len(self.torch) > 2:
+            best = min(ok, key=_torch_rank)
+            if best not in self.torch[:2]:
+                d = torch_row_dict(best)
+                d["label"] = "PyTorch best conf"
+                rows.append(d)
+        return rows
 
     def to_text(self, top: int = 10) -> str:
         def pct(x: Optional[float]) -> str:
@@ -161,6 +207,19 @@ class SizingAdvice:
         lines = [
             f"trace            {self.trace_name or '(unnamed)'}: {self.events:,} events, "
             f"peak live (floor) {format_size(self.peak_live)}",
+            "",
+            capacity_table(self.capacity_rows(), self.peak_live, self.granularity),
+        ]
+        if self.torch_note:
+            lines.append(f"PyTorch rows: not measured: {self.torch_note}")
+        tb = [t for t in self.torch if t.min_capacity is not None]
+        if tb and len(self.torch) > 2:
+            best_t = min(tb, key=_torch_rank)
+            lines.append(f"PYTORCH_CUDA_ALLOC_CONF for PyTorch's own allocator: {best_t.conf or '(unset: native is best)'}"
+                         + (f" ({format_size(best_t.min_capacity)} min capacity, {len(self.torch)} settings tried)"
+                            if best_t.min_capacity else ""))
+        lines += [
+            "",
             f"defaults         peak reserved {format_size(d.peak_reserved)}, utilization {d.utilization:.3f}"
             + (f", {d.ooms} OOM" if d.ooms else ""),
             f"suggested        peak reserved {format_size(b.peak_reserved)}, utilization {b.utilization:.3f}"
@@ -186,6 +245,77 @@ class SizingAdvice:
             lines.append(f"... {len(rows) - top} more distinct results (--top to see them)")
         lines.append(f"{self.replays} replays in {self.seconds:.1f} s")
         return "\n".join(lines)
+
+
+def pypool_row(label: str, c: Optional[Candidate], min_cap: Optional[int], floor: int,
+               allocations: int, at_min: Optional[Candidate] = None) -> Dict[str, Any]:
+    """One pypool row of the capacity table (an offline replay: device frees and expandable
+    segment unmaps stand for the calls that synchronize a real GPU; an unmap of n granules
+    is n such calls on a device, so for expandable segments this undercounts); ``at_min``:
+    the replay capped at ``min_cap``."""
+    frees = (c.num_device_free + c.num_segment_unmap) if c is not None else None
+    fm = (at_min.num_device_free + at_min.num_segment_unmap) if at_min is not None else None
+    return {"label": label, "source": "pypool replay", "conf": c.conf if c is not None else None,
+            "min_capacity": min_cap, "over_floor": (min_cap / floor) if (min_cap and floor) else None,
+            "peak_reserved": c.peak_reserved if c is not None else None,
+            "device_allocs": c.num_device_alloc if c is not None else None, "device_frees": c.num_device_free if c is not None else None,
+            "sync": frees, "sync_per_1k_allocs": (1000.0 * frees / allocations) if (frees is not None and allocations) else None,
+            "sync_at_min": fm,
+            "sync_at_min_per_1k_allocs": (1000.0 * fm / allocations) if (fm is not None and allocations) else None,
+            "error": None}
+
+
+def torch_row_dict(t: Any) -> Dict[str, Any]:
+    """A :class:`pypool.torch_compare.TorchRow` as a row of the capacity table."""
+    mem = (t.calls or {}).get("memory_calls") or {}
+    return {"label": t.label, "source": "PyTorch on the simulated device", "conf": t.conf,
+            "min_capacity": t.min_capacity, "over_floor": t.over_floor, "peak_reserved": t.peak_reserved,
+            "device_allocs": (mem.get("cudaMalloc", 0) + mem.get("cuMemCreate", 0)) if t.calls else None,
+            "device_frees": (mem.get("cudaFree", 0) + mem.get("cuMemRelease", 0)) if t.calls else None,
+            "sync": (t.calls or {}).get("sync"), "sync_per_1k_allocs": t.sync_per_k(),
+            "sync_at_min": (t.calls_at_min or {}).get("sync"), "sync_at_min_per_1k_allocs": t.sync_per_k(at_min=True),
+            "error": t.error or (t.note if t.min_capacity is None else None), "attempts": t.attempts}
+
+
+def _torch_rank(t: Any) -> Tuple[bool, int, int, int]:
+    big = 1 << 62
+    return (t.min_capacity is None, t.min_capacity or big, t.peak_reserved or big, len(t.conf))
+
+
+def capacity_table(rows: Sequence[Mapping[str, Any]], floor: int, step: int = GRANULARITY) -> str:
+    """The minimum-capacity table: one line per row of :meth:`SizingAdvice.capacity_rows`."""
+    def mib(v: Optional[int]) -> str:
+        return "-" if v is None else f"{v / MiB:,.0f}"
+
+    head = (f"smallest capacity without out-of-memory ({step // MiB} MiB steps; floor = peak live "
+            f"{mib(floor)} MiB)")
+    lines = [head, f"  {'':<22} {'min cap MiB':>11} {'x floor':>7} {'peak rsv MiB':>12} {'dev.alloc':>9} "
+             f"{'dev.free':>8} {'sync':>6} {'sync/1k':>7} {'@min/1k':>7}  settings"]
+    for r in rows:
+        if r.get("min_capacity") is None and r.get("error"):
+            lines.append(f"  {r['label']:<22} {'-':>11} {'-':>7} {mib(r.get('peak_reserved')):>12}  {r['error']}")
+            continue
+        of = r.get("over_floor")
+        spk = r.get("sync_per_1k_allocs")
+        lines.append(
+            f"  {r['label']:<22} {mib(r.get('min_capacity')):>11} {'-' if of is None else f'{of:.3f}':>7} "
+            f"{mib(r.get('peak_reserved')):>12} {'-' if r.get('device_allocs') is None else r['device_allocs']:>9} "
+            f"{'-' if r.get('device_frees') is None else r['device_frees']:>8} "
+            f"{'-' if r.get('sync') is None else r['sync']:>6} {'-' if spk is None else f'{spk:.2f}':>7} "
+            f"{'-' if r.get('sync_at_min_per_1k_allocs') is None else format(r['sync_at_min_per_1k_allocs'], '.2f'):>7}  "
+            + (("PYTORCH_CUDA_ALLOC_CONF=" + r["conf"]) if r.get("source", "").startswith("PyTorch") and r.get("conf")
+               else (r.get("conf") or "(defaults)") if not r.get("source", "").startswith("PyTorch") else "(unset)"))
+    note = ("  dev.alloc, dev.free, sync: on the whole device from an empty cache; sync/1k: synchronizing "
+            "calls per 1,000 allocations there, @min/1k: at the smallest capacity. pypool rows: offline "
+            "replays with max_pool_size as the capacity (device frees and expandable-segment unmaps counted "
+            "as synchronizing, one per operation: a device makes one per 2 MiB granule unmapped)")
+    if any(str(r.get("source", "")).startswith("PyTorch") for r in rows):
+        note += ("; PyTorch rows: its allocator on the simulated device in a child process, device calls "
+                 "counted there")
+    import textwrap
+
+    lines += textwrap.wrap(note, 110, initial_indent="", subsequent_indent="  ")
+    return "\n".join(lines)
 
 
 class _Evaluator:
@@ -262,31 +392,17 @@ def min_pool_size(trace: Trace, config: ConfigLike = None, capacity: Optional[Si
         free_run = ev.run([cfg.replace(max_pool_size=None)], probe=True)[0]
         if free_run.ooms:
             return None
-        g = granularity
-        # hi passes: a cap at or above the uncapped peak changes nothing.
-        hi = -(-free_run.peak_reserved // g) * g
-        # lo fails: below the floor some moment needs more live bytes than the cap.
-        floor = trace.peak_live()
-        lo = (floor - 1) // g * g if floor > 0 else 0
-        initial = int(cfg.initial_pool_size)  # parsed to bytes by PoolConfig
-        if initial > 0:  # a cap below the initial pool is not a valid config
-            lo = max(lo, (initial - 1) // g * g)
-        if hi <= g:
-            return g
-        while hi - lo > g:
-            steps = (hi - lo) // g
-            k = min(ev.jobs, steps - 1)
-            points = sorted({lo + max(1, (steps * (i + 1)) // (k + 1)) * g for i in range(k)})
-            points = [p for p in points if lo < p < hi]
-            res = ev.run([cfg.replace(max_pool_size=p) for p in points], probe=True)
-            new_lo, new_hi = lo, hi
-            for p, r in zip(points, res):
-                if r.ooms == 0:
-                    new_hi = p
-                    break
-                new_lo = p
-            lo, hi = new_lo, new_hi
-        return hi
+        # Below the floor some moment needs more live bytes than the cap; a cap below the
+        # initial pool is not a valid config; a cap at or above the uncapped peak changes
+        # nothing, so that one passes without a probe (Note [Capacity bisection]).
+        floor = max(trace.peak_live(), int(cfg.initial_pool_size))  # parsed to bytes by PoolConfig
+
+        def probe(caps: Sequence[int]) -> List[bool]:
+            return [r.ooms == 0 for r in ev.run([cfg.replace(max_pool_size=c) for c in caps], probe=True)]
+
+        found = min_capacity(probe, floor=floor, start=max(free_run.peak_reserved, 1), step=granularity,
+                             width=ev.jobs, start_passes=True)
+        return found.capacity
     finally:
         if _evaluator is None:
             ev.close()
@@ -358,18 +474,35 @@ def suggest_config(
         best = ranked[0]
         if objective == "pool_size":
             best, best_min = _best_by_pool_size(ev, _distinct(ranked)[:3])
+            # Note [Descent on the smallest cap]: the settings that reserve least on a
+            # roomy device are not always those that fit the smallest device.
+            d_best, d_min = _descend_pool_size(ev, base_cfg, allow_expandable)
+            if d_min is not None and (best_min is None or d_min < best_min):
+                best, best_min = d_best, d_min
         else:
             best_min = min_pool_size(trace, best.config, cap, _evaluator=ev)
         default_min = (best_min if best.conf == default.conf
                        else min_pool_size(trace, base_cfg, cap, _evaluator=ev))
         if objective == "pool_size" and default_min is not None and (best_min is None or default_min < best_min):
             best, best_min = default, default_min  # never worse than the base settings
+        exp_cand, exp_min = None, None
+        if allow_expandable and not base_cfg.expandable_segments:
+            exp_cfg = base_cfg.replace(expandable_segments=True)
+            exp_cand = ev.run([exp_cfg], probe=True)[0]
+            exp_min = min_pool_size(trace, exp_cfg, cap, _evaluator=ev)
         # Fragmentation at peak for the rows people read first.
         shown = [base_cfg, best.config] + [c.config for c in _distinct(ranked)[:detail]]
         ev.run(shown, at_peak=True)
         table = sorted((ev.cache[k] for k in ev.searched), key=lambda c: (c.key(), len(c.conf)))
         best = ev.cache[best.config.to_string()]
         default = ev.cache[default.config.to_string()]
+        if exp_cand is not None:
+            exp_cand = ev.cache[exp_cand.config.to_string()]
+        at_min: Dict[str, Candidate] = {}
+        for key, c, m in (("default", default, default_min), ("expandable", exp_cand, exp_min),
+                          ("best", best, best_min)):
+            if c is not None and m is not None:
+                at_min[key] = ev.run([c.config.replace(max_pool_size=m)], probe=True)[0]
     finally:
         ev.close()
     capped = best.config.replace(max_pool_size=best_min) if best_min is not None else best.config
@@ -378,7 +511,8 @@ def suggest_config(
         objective=objective, default=default, best=best, config=best.config,
         pypool_conf=best.conf, min_pool_size=best_min, min_pool_size_default=default_min,
         pypool_conf_capped=pretty_conf(capped), candidates=table, replays=ev.replays,
-        seconds=time.perf_counter() - t0)
+        seconds=time.perf_counter() - t0, expandable=exp_cand, min_pool_size_expandable=exp_min, at_min=at_min,
+        allocations=int((trace.actions == 0).sum()))
 
 
 _SIZE_KEYS = {"max_pool_size", "min_block_size", "small_size", "small_segment_size", "large_segment_size",
@@ -446,6 +580,85 @@ def _descend_from(ev: _Evaluator, start: PoolConfig, max_passes: int = 3) -> Poo
         if not changed:
             break
     return current
+
+
+#: Knobs of the descent on the smallest cap: those of KNOBS, plus the two that act only
+#: under pressure (they do nothing on a roomy device, so the reserved descent cannot see them).
+#: The growth policy is tried together with each threshold: exact-size growth alone can fit
+#: worse (cached exact segments are freed only at OOM), with early release better (on
+#: recorded_gpt_train: 1.170 and 1.029 x floor, defaults 1.057), and a descent that changes
+#: one knob at a time would not find the pair.
+_GC_VALUES = (0.0, 0.6, 0.8)
+_POOL_SIZE_KNOBS: Dict[str, List[Dict[str, Any]]] = {
+    **{k: v for k, v in KNOBS.items() if k not in ("expandable_segments", "growth")},
+    "growth": [dict(g, garbage_collection_threshold=t) for g in KNOBS["growth"] for t in _GC_VALUES],
+    "garbage_collection_threshold": [{"garbage_collection_threshold": t} for t in _GC_VALUES],
+    "reclaim_before_grow": [{"reclaim_before_grow": v} for v in (True, False)],
+}
+
+
+def _min_below(ev: _Evaluator, cfgs: Sequence[PoolConfig], bound: int) -> List[Optional[int]]:
+    """For each config, its smallest cap if that is below ``bound`` (a passing cap), else
+    None. One replay at ``bound - step`` settles every config that cannot beat the bound
+    (Note [Descent on the smallest cap])."""
+    g = GRANULARITY
+    floor = ev.trace.peak_live()
+    if bound - g < floor:
+        return [None] * len(cfgs)
+    valid = [c for c in cfgs if int(c.initial_pool_size) <= bound - g]
+    res = dict(zip((c.to_string() for c in valid),
+                   ev.run([c.replace(max_pool_size=bound - g) for c in valid], probe=True)))
+    out: List[Optional[int]] = []
+    for c in cfgs:
+        r = res.get(c.to_string())
+        if r is None or r.ooms:
+            out.append(None)
+            continue
+        f = max(floor, int(c.initial_pool_size))
+
+        def probe(caps: Sequence[int], c: PoolConfig = c) -> List[bool]:
+            return [x.ooms == 0 for x in ev.run([c.replace(max_pool_size=p) for p in caps], probe=True)]
+
+        out.append(min_capacity(probe, floor=f, start=bound - g, step=g, width=ev.jobs, start_passes=True).capacity)
+    return out
+
+
+def _descend_pool_size(ev: _Evaluator, base: PoolConfig, allow_expandable: bool,
+                       max_passes: int = 3) -> Tuple[Candidate, Optional[int]]:
+    """Coordinate descent with the smallest OOM-free cap as the objective, from the base
+    settings and from them with expandable segments.
+
+    Note [Descent on the smallest cap]: bisecting every candidate would cost a hundred
+    replays each; but a candidate matters only if it beats the best cap so far, and one
+    replay capped one step below that settles it (allocators are close to monotone in
+    their cap; a candidate that fails there is dropped, one that passes is bisected
+    downward). So most candidates cost one replay, run in parallel per knob.
+    """
+    starts = [base]
+    if allow_expandable and not base.expandable_segments:
+        starts += _variants(base, [{"expandable_segments": True}])
+    best: Optional[Tuple[int, PoolConfig]] = None
+    for start in starts:
+        cur_min = min_pool_size(ev.trace, start, ev.capacity, _evaluator=ev)
+        if cur_min is None:
+            continue
+        current = start
+        knobs = [k for k in _POOL_SIZE_KNOBS if not (start.expandable_segments and k in _INERT_WITH_EXPANDABLE)]
+        for _ in range(max_passes):
+            changed = False
+            for knob in knobs:
+                variants = [v for v in _variants(current, _POOL_SIZE_KNOBS[knob]) if v != current]
+                for v, m in zip(variants, _min_below(ev, variants, cur_min)):
+                    if m is not None and m < cur_min:
+                        current, cur_min, changed = v, m, True
+            if not changed:
+                break
+        if best is None or cur_min < best[0]:
+            best = (cur_min, current)
+    if best is None:
+        return ev.run([base])[0], None
+    ev.run([best[1]])  # among the compared settings (the table)
+    return ev.cache[best[1].to_string()], best[0]
 
 
 def _best_by_pool_size(ev: _Evaluator, top: Sequence[Candidate]) -> Tuple[Candidate, Optional[int]]:

@@ -191,3 +191,20 @@ def test_garbage_collection_threshold_releases_before_growing() -> None:
     # Below the threshold nothing is released early.
     gc_high = replay(t, {"max_pool_size": 100 * MiB, "garbage_collection_threshold": 0.95})
     assert gc_high.peak_reserved == 90 * MiB and gc_high.num_device_free == 0
+
+
+def test_pool_size_objective_descends_on_the_cap_itself() -> None:
+    """The best settings for the smallest device are not among the best few by peak reserved
+    on a roomy one: on the recorded GPT trace (its first 30%, which holds the peak) exact
+    growth with early release fits in less than the former search's pick (growth:fixed,
+    1 GiB steps: 6126 MiB; this pair: 6100 MiB)."""
+    from pypool.workloads import generate
+
+    t = generate("recorded_gpt_train", scale=0.3)
+    adv = suggest_config(t, objective="pool_size", jobs=2)
+    pair = min_pool_size(t, "growth:exact,garbage_collection_threshold:0.6")
+    assert pair is not None and adv.min_pool_size is not None
+    assert adv.min_pool_size <= pair
+    capped = adv.config.replace(max_pool_size=adv.min_pool_size)
+    assert replay(t, capped).ooms == 0
+    assert replay(t, adv.config.replace(max_pool_size=adv.min_pool_size - GRANULARITY)).ooms > 0

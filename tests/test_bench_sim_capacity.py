@@ -1,0 +1,35 @@
+"""The simulated-device bench's side-by-side capacity table and sync calls per 1,000
+allocations, from a canned result (no simulation needed)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from pypool import _bench_sim
+
+MiB = 1 << 20
+
+
+def _row(a: str, cap: int, sync_cold: int, sync_min: int) -> Dict[str, Any]:
+    return {"scenario": "minmem:kv_cache", "allocator": a, "metric": "min_capacity", "workload": "kv_cache",
+            "floor": 1000 * MiB, "allocations": 4000, "peak_reserved": cap, "sim_peak": cap,
+            "min_capacity": cap, "min_capacity_over_floor": cap / (1000 * MiB), "attempts": [],
+            "calls_cold": {"total": 100, "sync": sync_cold, "by_name": {}},
+            "calls_at_min": {"total": 100, "sync": sync_min, "by_name": {}}}
+
+
+def test_side_by_side_capacities_and_sync_per_thousand() -> None:
+    allocs = list(_bench_sim.SIM_ALLOCATORS)
+    rows: List[Dict[str, Any]] = [_row(a, (1200 - 40 * k) * MiB, k, 2 * k + 1) for k, a in enumerate(allocs)]
+    sim = {"allocators": allocs, "scenarios": rows, "children": {}, "scenarios_run": ["minmem:kv_cache"]}
+    table = _bench_sim.side_by_side_table(sim)
+    head, _, line = table.splitlines()[:3]
+    assert [f"{a} MiB (x floor)" in head for a in allocs] == [True] * 4
+    assert line.startswith("kv_cache") and "1,000" in line
+    for k in range(4):
+        cap = 1200 - 40 * k
+        assert f"{cap:,} ({cap / 1000:.3f})" in line
+        assert f"{1000 * k / 4000:.2f} / {1000 * (2 * k + 1) / 4000:.2f}" in line
+    text = _bench_sim.sim_tables(sim)
+    assert table in text and text.index(table) < text.index("min capacity MiB")
+    assert "sync/1k allocs cold" in _bench_sim.calls_table(sim)

@@ -1,0 +1,91 @@
+"""Smallest capacity as the headline of ``pypool size`` / ``pypool replay`` and the PyTorch
+comparison's refusal without a CUDA build of torch (CPU only; the comparison itself runs
+in tests/gpu/test_torch_compare.py on the simulated device)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import List
+
+import pytest
+
+import pypool
+from pypool import torch_compare
+from pypool.replay import replay
+from pypool.sizing import suggest_config
+from pypool.workloads import generate
+
+PKG_PARENT = str(Path(pypool.__file__).resolve().parent.parent)
+MiB = 1 << 20
+
+
+def _cli(args: List[str], **env_extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = PKG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(env_extra)
+    # cwd: not the source tree, whose pypool/ has no compiled core.
+    return subprocess.run([sys.executable, "-m", "pypool", *args], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tempfile.gettempdir())
+
+
+def test_size_headline_rows_are_the_smallest_caps() -> None:
+    t = generate("growing_batch", scale=0.05)
+    adv = suggest_config(t, jobs=2, objective="pool_size")
+    rows = {r["label"]: r for r in adv.capacity_rows()}
+    assert list(rows) == ["pypool defaults", "pypool expandable", "pypool suggested"]
+    for r in rows.values():
+        cap = r["min_capacity"]
+        assert cap % (2 * MiB) == 0 and cap >= t.peak_live()
+        assert r["over_floor"] == pytest.approx(cap / t.peak_live())
+        conf = r["conf"] + ("," if r["conf"] else "")
+        assert replay(t, f"{conf}max_pool_size:{cap}").ooms == 0
+        assert replay(t, f"{conf}max_pool_size:{cap - 2 * MiB}").ooms > 0
+        assert r["sync_at_min_per_1k_allocs"] is not None
+    assert rows["pypool suggested"]["min_capacity"] <= rows["pypool defaults"]["min_capacity"]
+    text = adv.to_text()
+    assert text.index("smallest capacity without out-of-memory") < text.index("PYPOOL_CONF")
+
+
+def test_size_cli_json_has_capacity_rows_and_says_what_to_install() -> None:
+    # A Python that is not there: PyTorch's rows are skipped with the install hint.
+    proc = _cli(["size", "--workload", "kv_cache", "--scale", "0.02", "--json", "--jobs", "1"],
+                PYPOOL_TORCH_PYTHON="/nonexistent/python")
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert [r["label"] for r in d["min_capacity"]][:1] == ["pypool defaults"]
+    assert d["objective"] == "pool_size" and d["torch"] == []
+    assert "pip install torch==2.14.1" in d["torch_note"] and "PYPOOL_TORCH_PYTHON" in d["torch_note"]
+
+
+def test_replay_prints_min_capacity_and_compare_refuses_without_cuda_torch() -> None:
+    proc = _cli(["replay", "--workload", "kv_cache", "--scale", "0.02"])
+    assert proc.returncode == 0, proc.stderr
+    assert "smallest capacity without out-of-memory" in proc.stdout and "pypool expandable" not in proc.stdout
+    proc = _cli(["replay", "--workload", "kv_cache", "--scale", "0.02", "--compare",
+                 "--torch-python", "/nonexistent/python"])
+    assert proc.returncode == 1
+    assert "pypool expandable" in proc.stdout  # pypool's rows still come
+    assert "--torch-python: /nonexistent/python is not an executable file" in proc.stderr
+    assert "pip install torch==2.14.1" in proc.stderr
+
+
+def test_no_cuda_torch_here_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pypool import simdevice
+
+    if not simdevice.available():
+        pytest.skip("the simulated device is not built into this pypool")
+    monkeypatch.delenv(torch_compare.TORCH_PYTHON_ENV, raising=False)
+    monkeypatch.setattr(torch_compare, "_has_cuda_torch_here", lambda: "a CPU-only build")
+    with pytest.raises(torch_compare.TorchUnavailable, match="pip install torch==2.14.1") as e:
+        torch_compare.find_torch_python()
+    assert "--torch-python" in str(e.value) and sys.executable in str(e.value)
+    monkeypatch.setattr(torch_compare, "_has_cuda_torch_here", lambda: None)
+    assert torch_compare.find_torch_python() == sys.executable
+    monkeypatch.setenv(torch_compare.TORCH_PYTHON_ENV, sys.executable)
+    monkeypatch.setattr(torch_compare, "_has_cuda_torch_here", lambda: "a CPU-only build")
+    assert torch_compare.find_torch_python() == sys.executable
