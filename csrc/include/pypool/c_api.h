@@ -38,7 +38,7 @@ enum pypool_error {
   PYPOOL_OK = 0,
   PYPOOL_ERROR_OUT_OF_MEMORY = 1,    /* the pool cannot get the memory (message says why) */
   PYPOOL_ERROR_INVALID_DEVICE = 2,   /* device index out of range */
-  PYPOOL_ERROR_INVALID_ARGUMENT = 3, /* e.g. a size beyond any device (over 1 PiB) */
+  PYPOOL_ERROR_INVALID_ARGUMENT = 3, /* a bad argument other than the device */
   PYPOOL_ERROR_BACKEND = 4,          /* the device or driver failed */
   PYPOOL_ERROR_INTERNAL = 5          /* anything else */
 };
