@@ -777,15 +777,26 @@ def explain_oom(pool: Any, size: int, stream: int = 0, error: Optional[str] = No
     ``FragmentationReport.from_pool(pool).to_text()`` for the whole picture.
     ``error`` is the pool's own out-of-memory message, quoted at the end. Used by
     ``python -m pypool replay`` for ``first_oom.txt`` in ``--report`` directories.
+
+    Raises ``TypeError`` / ``ValueError`` naming the argument for a ``pool`` that is not a
+    :class:`pypool.Pool`, a ``size`` outside 1 byte .. 1 PiB or a ``stream`` outside
+    0 .. 2**64 - 1.
     """
     from . import _core
+    from ._pool import Pool, _check_int, _check_stream
 
+    if not isinstance(pool, Pool):
+        raise TypeError(f"pool: expected a pypool.Pool, got {type(pool).__name__}")
+    # Note [Ranges before the binding] (in _pool.py): checked here, so that a bad size names
+    # the argument instead of failing in pybind11; a request of 0 bytes never fails.
+    _check_int(size, "size", 1, int(_core.MAX_REQUEST), "(bytes; 1 PiB at most)")
+    _check_stream(stream)
     if isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or max_blocks < 0:
         raise ValueError(f"max_blocks: expected an int >= 0, got {max_blocks!r}")
     cfg = pool._pool.config
-    rounded = int(_core.round_size(cfg, size)) if size > 0 else 0
-    kind = _core.pool_for(cfg, rounded) if rounded else "small"
-    need = int(_core.min_segment_size(cfg, rounded)) if rounded else 0
+    rounded = int(_core.round_size(cfg, size))
+    kind = _core.pool_for(cfg, rounded)
+    need = int(_core.min_segment_size(cfg, rounded))
     limit, limit_name = pool_limit(pool)
     rep = FragmentationReport.from_segments(pool.segments())
     headroom = max(0, limit - rep.reserved)
