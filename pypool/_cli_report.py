@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Set
 
 HELP = "fragmentation report of a memory snapshot file (pypool's or torch's) or of a device's pool"
 
@@ -87,6 +87,20 @@ def _check_fields(d: Any, at: str, ints: Any) -> None:
             raise ValueError(f"{at}: {key!r} must be a non-negative int, got {v!r}"[:300])
 
 
+def _snapshot_devices(snap: Dict[str, Any]) -> Set[int]:
+    """The devices a snapshot describes: those of its segments, one per entry of torch's
+    ``device_traces`` (a device may have a trace but no segment), and a pypool snapshot's
+    own device."""
+    devices = {seg.get("device", 0) for seg in snap["segments"]}
+    traces = snap.get("device_traces")
+    if isinstance(traces, list):
+        devices.update(range(len(traces)))
+    extra = snap.get("pypool")
+    if isinstance(extra, dict) and isinstance(extra.get("device"), int):
+        devices.add(extra["device"])
+    return {d for d in devices if isinstance(d, int) and not isinstance(d, bool)}
+
+
 def run(args: argparse.Namespace) -> int:
     from .fragmentation import FragmentationReport, fragmentation
 
@@ -101,6 +115,14 @@ def run(args: argparse.Namespace) -> int:
             return _fail(str(exc))
         except OSError as exc:
             return _fail(f"{args.snapshot}: cannot read: {exc.strerror or exc}")
+        if args.device is not None:
+            known = _snapshot_devices(data)
+            if args.device not in known:
+                # An empty report for a device the file does not have would read as
+                # "0 B reserved" on that device: refuse, as replay --device does.
+                have = ", ".join(str(d) for d in sorted(known)) or "none"
+                return _fail(f"--device {args.device}: {args.snapshot} has no device {args.device} "
+                             f"(its devices: {have})")
         try:
             report = FragmentationReport.from_snapshot(data, device=args.device)
         except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
