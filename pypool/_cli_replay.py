@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     if not result.completed:
         if not args.json:
             print(f"pypool replay: the trace did not complete: {result.ooms:,} allocations ran out of "
-                  f"memory under the {format_size(result.limit)} limit ({result.limit_source}); "
+                  f"memory under the {result.limit_text()}; "
                   f"exit status {RC_DID_NOT_FIT}", file=sys.stderr)
         return RC_DID_NOT_FIT
     return 0

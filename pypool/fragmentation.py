@@ -38,7 +38,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .config import format_size
 
-__all__ = ["Figures", "FragmentationReport", "fragmentation", "explain_oom", "pool_limit",
+__all__ = ["Figures", "FragmentationReport", "fragmentation", "explain_oom", "pool_limit", "expandable_bound",
            "EXTERNAL_FRAGMENTATION_DEFINITION"]
 
 # Printed wherever the figure is shown: alone, "74.7%" alarms more than it should.
@@ -765,6 +765,30 @@ def pool_limit(pool: Any) -> Tuple[int, str]:
     return total, "device capacity"
 
 
+def expandable_bound(cfg: Any, segments: Sequence[Mapping[str, Any]], rounded: int,
+                     stream: int) -> Optional[Dict[str, int]]:
+    """With expandable segments, how a large request of ``rounded`` bytes on ``stream``
+    would grow that stream's expandable segment: ``grow`` (bytes to map beyond its free
+    tail), ``mapped``, ``range`` (its virtual range, ``expandable_reserve``) and
+    ``blocked`` (1 when the growth passes the end of the range; growth is in whole
+    granules, so a growth within a granule of the end may be blocked too). None when
+    expandable segments are off."""
+    if not cfg.expandable_segments:
+        return None
+    seg = next((s for s in segments if s.get("is_expandable") and s.get("segment_type") == "large"
+                and s.get("stream") == stream), None)
+    if seg is None:
+        rng = int(cfg.expandable_reserve)
+        return {"grow": rounded, "mapped": 0, "range": rng, "blocked": int(rounded > rng)}
+    blocks = seg.get("blocks") or []
+    tail = blocks[-1] if blocks else None
+    tail_free = int(tail["size"]) if tail is not None and tail.get("state") == "inactive" else 0
+    grow = rounded - min(tail_free, rounded)
+    mapped = int(seg["total_size"])
+    rng = int(seg.get("reserved_va") or cfg.expandable_reserve)
+    return {"grow": grow, "mapped": mapped, "range": rng, "blocked": int(mapped + grow > rng)}
+
+
 def explain_oom(pool: Any, size: int, stream: int = 0, error: Optional[str] = None,
                 max_blocks: int = 10) -> str:
     """Why a request of ``size`` bytes on ``stream`` finds no memory in ``pool``: the limit
@@ -798,20 +822,35 @@ def explain_oom(pool: Any, size: int, stream: int = 0, error: Optional[str] = No
     kind = _core.pool_for(cfg, rounded)
     need = int(_core.min_segment_size(cfg, rounded))
     limit, limit_name = pool_limit(pool)
-    rep = FragmentationReport.from_segments(pool.segments())
+    raw_segments = pool.segments()
+    rep = FragmentationReport.from_segments(raw_segments)
     headroom = max(0, limit - rep.reserved)
+    vmm = expandable_bound(cfg, raw_segments, rounded, stream) if kind == "large" else None
+    if vmm is not None:
+        need = vmm["grow"]
+        grows = f"growing stream {_stream_name(stream)}'s expandable segment needs {format_size(need)} more"
+    else:
+        grows = f"a new segment for it needs at least {format_size(need)}"
     lines = [
         f"out of memory: a request for {format_size(size)} ({size:,} B) on stream "
         f"{_stream_name(stream)} could not be served",
-        f"  rounded to {format_size(rounded)}, {kind} pool; a new segment for it needs at least "
-        f"{format_size(need)}",
+        f"  rounded to {format_size(rounded)}, {kind} pool; {grows}",
         f"limit        {format_size(limit)} ({limit_name})",
         f"reserved     {format_size(rep.reserved)} in {rep.segments} segments; "
         f"{format_size(headroom)} left under the limit"
-        + (f", less than the {format_size(need)} a new segment needs" if headroom < need else ""),
-        f"allocated    {format_size(rep.allocated)} in {rep.allocated_blocks} live blocks "
-        f"(requested {format_size(rep.requested)})",
+        + (f", less than the {format_size(need)} "
+           + ("the growth" if vmm is not None else "a new segment") + " needs" if headroom < need else ""),
     ]
+    if vmm is not None and vmm["blocked"]:
+        # Note [Expandable reserve]: each (stream, large pool) has one expandable segment,
+        # a virtual range of expandable_reserve bytes that cannot grow past its end: that
+        # binds before the device or the cap when they are larger.
+        lines.append(f"expandable   stream {_stream_name(stream)}'s expandable segment has "
+                     f"{format_size(vmm['mapped'])} mapped of its {format_size(vmm['range'])} virtual range "
+                     f"(expandable_reserve): {format_size(need)} more does not fit in it, whatever "
+                     "the limit above; raise expandable_reserve")
+    lines.append(f"allocated    {format_size(rep.allocated)} in {rep.allocated_blocks} live blocks "
+                 f"(requested {format_size(rep.requested)})")
     if rep.pending_free:
         lines.append(f"pending free {format_size(rep.pending_free)} in {rep.pending_blocks} blocks "
                      "(freed, waiting for another stream's work; not usable yet)")

@@ -167,3 +167,42 @@ def test_capture_stacks_must_be_a_bool(value: Any) -> None:
     with pytest.raises(TypeError, match="capture_stacks: expected True or False"):
         pypool.LeakWatch(capture_stacks=value, pool=pool)
     pool.check_invariants()
+
+
+# ---------------------------------------------------------------- expandable_reserve
+
+TiB = 1 << 40
+
+
+def test_replay_names_the_expandable_reserve_when_it_binds(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # Two 1 TiB blocks on one stream: its expandable segment's 1 TiB virtual range is full
+    # after the first, with 99 TiB of the device still free. The replay used to blame the
+    # "100.00 TiB limit (device capacity)" with "99.00 TiB left under the limit".
+    trace = pypool.trace.Trace.from_events([("a", 1, TiB), ("a", 2, TiB)], name="two-tib")
+    r = pypool.replay.replay(trace, {"expandable_segments": True}, capacity=100 * TiB)
+    assert not r.completed and r.first_oom is not None
+    assert r.first_oom["expandable_reserve"] == TiB
+    text = r.to_text()
+    assert "under the 1.00 TiB expandable_reserve of stream 0's expandable segment" in text
+    assert "the 100.00 TiB limit (device capacity) was not reached" in text
+    explained = pypool.replay.first_oom_text(r)
+    assert explained is not None
+    assert "1.00 TiB mapped of its 1.00 TiB virtual range (expandable_reserve)" in explained
+    assert "a new segment" not in explained.split("\n\n")[1]  # it grows in place
+    # Without expandable segments nothing changes.
+    r2 = pypool.replay.replay(trace, capacity=TiB + (1 << 30))
+    assert r2.first_oom is not None and "expandable_reserve" not in r2.first_oom
+    assert "limit (device capacity)" in r2.to_text()
+
+
+def test_readme_configuration_table_has_every_field() -> None:
+    # The issue: expandable_reserve was missing from the table.
+    import dataclasses
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = set(re.findall(r"^\| `(\w+)` \|", readme, re.M))
+    missing = [f.name for f in dataclasses.fields(pypool.PoolConfig) if f.name not in rows]
+    # growth_step is explained in the growth row.
+    assert [m for m in missing if m != "growth_step"] == [], missing
