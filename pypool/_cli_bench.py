@@ -35,9 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _write(path: str, text: str) -> None:
     d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    try:
+        os.makedirs(d, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        # A failed write (a full disk) carries no file name; Note [CLI errors] prints it.
+        if not e.filename:
+            e.filename = path
+        raise
 
 
 def _output_problem(flag: str, path: str) -> Optional[str]:

@@ -204,8 +204,13 @@ def write_reports(result: ReplayResult, directory: str) -> Dict[str, Any]:
          f"{name}: the pool at peak reserved (after event {result.peak_event} of {result.events})"),
         ("end", result.pool, f"{name}: the pool at the end of the replay ({result.events} events)"),
     ]
-    if result.first_oom_pool is not None:
-        pools.append(("first_oom", result.first_oom_pool, f"{name}: the pool at the first out-of-memory failure"))
+    if result.first_oom_pool is not None and result.first_oom is not None:
+        fo = result.first_oom
+        # The picture has no other text saying what failed: the caption does.
+        pools.append(("first_oom", result.first_oom_pool,
+                      f"{name}: the pool at the first out-of-memory failure, after {fo['event']:,} of "
+                      f"{result.events:,} events: a request for {format_size(fo['size'])} on stream "
+                      f"{fo['stream']} failed under the {result.limit_text()}"))
     for label, pool, what in pools:
         if pool is None:
             continue
@@ -246,7 +251,10 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--config: {e}") from None
         trace = load_trace(args)
         if args.save_trace:
-            trace.save(args.save_trace)
+            try:
+                trace.save(args.save_trace)
+            except OSError as e:  # a write error (a full disk) carries no file name
+                raise CliError(f"--save-trace {args.save_trace}: cannot write: {e.strerror or e}") from None
         capacity = cap if cap is not None else default_capacity(trace)
         check_config_fits(cfg, capacity, "--config")
         result = replay(trace, cfg, capacity=capacity, at_peak=True)
@@ -275,7 +283,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if not result.completed:
         if not args.json:
-            print(f"pypool replay: the trace did not complete: {result.ooms:,} allocations ran out of "
+            print(f"pypool replay: the trace did not complete: {result.ooms:,} "
+                  f"{'allocation' if result.ooms == 1 else 'allocations'} ran out of "
                   f"memory under the {result.limit_text()}; "
                   f"exit status {RC_DID_NOT_FIT}", file=sys.stderr)
         return RC_DID_NOT_FIT

@@ -72,6 +72,7 @@ def _load(path: str) -> Dict[str, Any]:
     return snap
 
 
+_U64_MAX = (1 << 64) - 1
 _SEGMENT_INTS = ("device", "address", "total_size", "allocated_size", "active_size", "requested_size", "stream")
 _BLOCK_INTS = ("address", "size", "requested_size")
 
@@ -83,8 +84,12 @@ def _check_fields(d: Any, at: str, ints: Any) -> None:
         raise ValueError(f"{at}: expected a dict, got {type(d).__name__}")
     for key in ints:
         v = d.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise ValueError(f"{at}: {key!r} must be a non-negative int, got {v!r}"[:300])
+        # At most 2**64 - 1: what a 64-bit allocator can report. A damaged file's 2**70
+        # used to be printed as "1073741824.00 TiB reserved".
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _U64_MAX):
+            from .trace import _show
+
+            raise ValueError(f"{at}: {key!r} must be a non-negative int of at most 64 bits, got {_show(v)}")
 
 
 def _snapshot_devices(snap: Dict[str, Any]) -> Set[int]:
@@ -140,7 +145,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(report.to_text())
     # File notices go to stderr so that --json output stays one JSON document.
     if args.html:
-        report.save_html(args.html)
+        try:
+            report.save_html(args.html)
+        except OSError as exc:  # named here: a write error (a full disk) carries no file name
+            return _fail(f"--html {args.html}: cannot write: {exc.strerror or exc}")
         print(f"wrote {args.html}", file=sys.stderr)
     if args.png:
         try:
@@ -148,5 +156,7 @@ def run(args: argparse.Namespace) -> int:
         except ImportError as exc:  # a missing extra, not bad input: status 1
             print(f"pypool report: {exc}", file=sys.stderr)
             return 1
+        except OSError as exc:
+            return _fail(f"--png {args.png}: cannot write: {exc.strerror or exc}")
         print(f"wrote {args.png}", file=sys.stderr)
     return 0

@@ -171,8 +171,8 @@ class ReplayResult:
                     f"{format_size(fo['size'])} on stream {fo['stream']} failed with "
                     f"{format_size(fo['live'])} live ({format_size(fo['allocated'])} allocated, "
                     f"{format_size(fo['reserved'])} reserved)")
-            lines.append(f"out of memory      {self.ooms:,} allocations failed in all; the replay went on "
-                         f"without them ({self.skipped_events:,} frees of them skipped)")
+            lines.append(f"out of memory      {_count(self.ooms, 'allocation')} failed in all; the replay went on "
+                         f"without them ({_count(self.skipped_events, 'free')} of them skipped)")
             lines.append(f"peak live (floor)  {format_size(self.peak_live)} in the trace, "
                          f"{self.peak_live / self.limit:.2f}x the limit" if self.limit else
                          f"peak live (floor)  {format_size(self.peak_live)} in the trace")
@@ -313,6 +313,11 @@ def replay(
     if at_peak and len(trace):
         _fill_at_peak(result, trace, cfg, cap, backend)
     return result
+
+
+def _count(n: int, noun: str) -> str:
+    """"1 allocation", "3,006 allocations"."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _fill_first_oom(result: ReplayResult, trace: Trace, cfg: PoolConfig, cap: int, backend: str,

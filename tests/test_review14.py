@@ -206,3 +206,69 @@ def test_readme_configuration_table_has_every_field() -> None:
     missing = [f.name for f in dataclasses.fields(pypool.PoolConfig) if f.name not in rows]
     # growth_step is explained in the growth row.
     assert [m for m in missing if m != "growth_step"] == [], missing
+
+
+# ---------------------------------------------------------------- smaller truths
+
+
+def test_report_refuses_sizes_past_64_bits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Was printed as "reserved 1073741824.00 TiB".
+    path = tmp_path / "huge.pickle"
+    path.write_bytes(pickle.dumps({"segments": [{"device": 0, "total_size": 2**70, "blocks": []}],
+                                   "device_traces": [[]]}))
+    line = _one_line_error(capsys, main(["report", str(path)]), "report")
+    assert "segments[0]: 'total_size' must be a non-negative int of at most 64 bits" in line
+
+
+def test_write_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    seg = {"device": 0, "address": 0, "total_size": 2 << 20, "stream": 0, "segment_type": "small",
+           "blocks": [{"address": 0, "size": 2 << 20, "requested_size": 0, "state": "inactive"}]}
+    snap = tmp_path / "s.pickle"
+    snap.write_bytes(pickle.dumps({"segments": [seg], "device_traces": [[]]}))
+    # Was "pypool report: error: No space left on device", naming no file.
+    rc = main(["report", str(snap), "--html", "/dev/full"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pypool report: error: --html /dev/full: cannot write: No space left" in err, err
+    line = _one_line_error(capsys, main(["replay", "--workload", "random", "--scale", "0.01",
+                                         "--save-trace", "/dev/full"]), "replay")
+    assert "--save-trace /dev/full: cannot write" in line
+
+
+def test_info_checks_pypool_conf(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # `pypool info`, the command for checking a set-up, said nothing of a PYPOOL_CONF that
+    # get_pool() and install() then refuse.
+    monkeypatch.setenv("PYPOOL_CONF", "max_pool_size:-1")
+    rc = main(["info"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "PYPOOL_CONF" in out
+    assert err.strip().splitlines()[-1].startswith("pypool info: error: PYPOOL_CONF='max_pool_size:-1': ")
+    monkeypatch.setenv("PYPOOL_CONF", "max_pool_size:1GiB")
+    assert main(["info", "--json"]) == 0
+    import json
+
+    d = json.loads(capsys.readouterr().out)
+    assert d["PYPOOL_CONF"] == "max_pool_size:1GiB" and d["PYPOOL_CONF_error"] is None
+
+
+def test_first_oom_picture_says_what_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # The PNG's only text about the failure is its caption: it said "the pool at the first
+    # out-of-memory failure" and nothing of the request or the limit.
+    captions: Dict[str, Any] = {}
+
+    def fake_png(self: Any, path: Any, max_segments: int = 64, dpi: int = 100, caption: Any = None) -> str:
+        captions[Path(path).name] = caption
+        return str(path)
+
+    monkeypatch.setattr(pypool.FragmentationReport, "save_png", fake_png)
+    trace = tmp_path / "t.trace"
+    trace.write_text("# pypool-trace v1\na 1 629145600\na 2 629145600\n")
+    rc = main(["replay", str(trace), "--capacity", "1GiB", "--report", str(tmp_path / "r")])
+    out, err = capsys.readouterr()
+    assert rc == 3
+    assert ("a request for 600.00 MiB on stream 0 failed under the 1.00 GiB limit (device capacity)"
+            in captions["first_oom.png"])
+    # One failure is "1 allocation", not "1 allocations".
+    assert "1 allocation failed in all" in out and "1 allocation ran out of memory" in err
