@@ -272,3 +272,21 @@ def test_first_oom_picture_says_what_failed(tmp_path: Path, monkeypatch: pytest.
             in captions["first_oom.png"])
     # One failure is "1 allocation", not "1 allocations".
     assert "1 allocation failed in all" in out and "1 allocation ran out of memory" in err
+
+
+def test_readme_simulated_device_floors_say_their_scale() -> None:
+    # The README showed kv_cache's floor as 16.48 GiB in one table and 16,018 MiB in the
+    # next without saying why: the simulated-device run replays generated workloads at
+    # --scale 0.5. Each floor there must be that scale's, and the text must say so.
+    import re
+
+    from pypool.workloads import generate
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    part = readme[readme.index("**Simulated-device figures**"):]
+    part = part[:part.index("What the counts show")]
+    assert "`--scale 0.5`" in part
+    rows = dict(re.findall(r"^\| (transformer|growing_batch|kv_cache|random) \| ([\d,]+) MiB \|", part, re.M))
+    assert sorted(rows) == ["growing_batch", "kv_cache", "random", "transformer"], rows
+    for name, floor in rows.items():
+        assert int(floor.replace(",", "")) == round(generate(name, seed=0, scale=0.5).peak_live() / (1 << 20)), name
