@@ -227,6 +227,8 @@ class FragmentationReport(Figures):
             if "segments" not in snapshot:
                 raise ValueError("snapshot: no 'segments' key; is this a torch memory snapshot?")
             segments = snapshot["segments"]
+            if not isinstance(segments, (list, tuple)):
+                raise TypeError(f"snapshot: 'segments' must be a list, got {type(segments).__name__}")
             extra = snapshot.get("pypool") or {}
         elif isinstance(snapshot, (list, tuple)):
             segments, extra = snapshot, {}
@@ -408,6 +410,10 @@ class FragmentationReport(Figures):
         """
         if isinstance(max_segments, bool) or not isinstance(max_segments, int) or max_segments < 1:
             raise ValueError(f"max_segments: expected an int >= 1, got {max_segments!r}")
+        # The figure is 12 inches wide: 1000 dpi is already 12,000 pixels; dpi=10**5 ended in
+        # std::bad_alloc inside matplotlib.
+        if isinstance(dpi, bool) or not isinstance(dpi, int) or not 1 <= dpi <= 1000:
+            raise ValueError(f"dpi: expected an int in 1..1000, got {dpi!r}")
         _render_png(self, path, max_segments, dpi, caption)
         return os.fspath(path)
 
@@ -432,44 +438,70 @@ def _bucket_label(b: Mapping[str, int]) -> str:
     return f"[{format_size(b['low'])}, {format_size(b['high'])})"
 
 
+_U64_MAX = (1 << 64) - 1
+
+
+def _field(d: Mapping[str, Any], key: str, at: str, default: Any = None) -> int:
+    """``d[key]`` as a byte count or address: an int in 0..2**64-1 (what a 64-bit
+    allocator can report), or ValueError naming where. A snapshot is user input: a damaged
+    one used to give negative sizes in the report, or int()'s own message."""
+    v = d.get(key, default)
+    if v is None:
+        v = 0
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _U64_MAX:
+        shown = repr(v) if not isinstance(v, int) or v.bit_length() < 200 else f"an int of {v.bit_length()} bits"
+        raise ValueError(f"{at}: {key!r} must be a non-negative int of at most 64 bits, got {shown[:80]}")
+    return v
+
+
 def _normalize_segment(seg: Mapping[str, Any], index: int) -> Dict[str, Any]:
     """A segment dict from pypool or torch, reduced to the keys the report uses, with
     block addresses filled in when a snapshot left them out."""
+    at = f"segments[{index}]"
     if not isinstance(seg, Mapping):
-        raise TypeError(f"segments[{index}]: expected a dict, got {type(seg).__name__}")
+        raise TypeError(f"{at}: expected a dict, got {type(seg).__name__}")
     for key in ("total_size", "blocks"):
         if key not in seg:
-            raise ValueError(f"segments[{index}]: missing key {key!r}")
-    address = int(seg.get("address") or 0)
+            raise ValueError(f"{at}: missing key {key!r}")
+    if not isinstance(seg["blocks"], (list, tuple)):
+        raise TypeError(f"{at}.blocks: expected a list, got {type(seg['blocks']).__name__}")
+    address = _field(seg, "address", at)
     # Snapshots torch builds from a profile have no segment type: say so rather than guess.
     kind = seg.get("segment_type") or "unknown"
-    stream = int(seg.get("stream", 0) or 0)
+    if not isinstance(kind, str):
+        raise TypeError(f"{at}: 'segment_type' must be a str, got {type(kind).__name__}")
+    stream = _field(seg, "stream", at)
     blocks = []
     offset = address
     for j, b in enumerate(seg["blocks"]):
+        bat = f"{at}.blocks[{j}]"
+        if not isinstance(b, Mapping):
+            raise TypeError(f"{bat}: expected a dict, got {type(b).__name__}")
         state = b.get("state")
         if state not in _STATES:
-            raise ValueError(f"segments[{index}].blocks[{j}]: unknown state {state!r} "
-                             f"(expected one of {_STATES})")
-        size = int(b["size"])
-        addr = int(b["address"]) if b.get("address") is not None else offset
+            raise ValueError(f"{bat}: unknown state {state!r} "
+                             f"(expected one of {_STATES})"[:300])
+        if "size" not in b:
+            raise ValueError(f"{bat}: missing key 'size'")
+        size = _field(b, "size", bat)
+        addr = _field(b, "address", bat) if b.get("address") is not None else offset
         if state == "active_allocated":
             # Old torch snapshots keep the requested size in the block's history.
             if "requested_size" in b:
-                req = int(b["requested_size"])
-            elif b.get("history"):
-                req = int(b["history"][0].get("real_size", size))
+                req = _field(b, "requested_size", bat)
+            elif b.get("history") and isinstance(b["history"], list) and isinstance(b["history"][0], Mapping):
+                req = _field(b["history"][0], "real_size", f"{bat}.history[0]", size)
             else:
                 req = size
         else:
             req = 0
         blocks.append({"address": addr, "size": size, "requested_size": req, "state": state,
-                       "stream": int(b.get("stream", stream) or 0)})
+                       "stream": _field(b, "stream", bat, stream)})
         offset = addr + size
     return {
         "device": seg.get("device"),
         "address": address,
-        "total_size": int(seg["total_size"]),
+        "total_size": _field(seg, "total_size", at),
         "segment_type": kind,
         "stream": stream,
         "is_expandable": bool(seg.get("is_expandable", False)),

@@ -290,3 +290,32 @@ def test_readme_simulated_device_floors_say_their_scale() -> None:
     assert sorted(rows) == ["growing_batch", "kv_cache", "random", "transformer"], rows
     for name, floor in rows.items():
         assert int(floor.replace(",", "")) == round(generate(name, seed=0, scale=0.5).peak_live() / (1 << 20)), name
+
+
+# ---------------------------------------------------------------- FragmentationReport API
+
+
+@pytest.mark.parametrize(("snapshot", "exc", "words"), [
+    ({"segments": 5}, TypeError, "'segments' must be a list"),                 # was "'int' object is not iterable"
+    ({"segments": [{"total_size": -5, "blocks": []}]}, ValueError,             # was a report with -5 B reserved
+     "segments[0]: 'total_size' must be a non-negative int"),
+    ({"segments": [{"total_size": 2**70, "blocks": []}]}, ValueError, "at most 64 bits"),
+    ({"segments": [{"total_size": 10, "blocks": 3}]}, TypeError, "segments[0].blocks: expected a list"),
+    ({"segments": [{"total_size": 10, "blocks": [7]}]}, TypeError, "segments[0].blocks[0]: expected a dict"),
+    ({"segments": [{"total_size": 10, "blocks": [{"size": "x", "state": "inactive"}]}]}, ValueError,
+     "segments[0].blocks[0]: 'size' must be"),                                 # was int()'s "invalid literal"
+    ({"segments": [{"total_size": 10, "blocks": [{"state": "inactive"}]}]}, ValueError,
+     "segments[0].blocks[0]: missing key 'size'"),                             # was KeyError: 'size'
+])
+def test_from_snapshot_names_the_damaged_field(snapshot: Dict[str, Any], exc: type, words: str) -> None:
+    with pytest.raises(exc) as e:
+        pypool.FragmentationReport.from_snapshot(snapshot)
+    assert words in str(e.value), str(e.value)
+
+
+def test_save_png_checks_dpi(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    rep = pypool.Pool(backend="null", capacity="1GiB").fragmentation()
+    for dpi in (0, -1, 10**5, 1.5):  # 10**5 ended in std::bad_alloc inside matplotlib
+        with pytest.raises(ValueError, match="dpi: expected an int in 1..1000"):
+            rep.save_png(tmp_path / "x.png", dpi=dpi)  # type: ignore[arg-type]
