@@ -319,3 +319,23 @@ def test_save_png_checks_dpi(tmp_path: Path) -> None:
     for dpi in (0, -1, 10**5, 1.5):  # 10**5 ended in std::bad_alloc inside matplotlib
         with pytest.raises(ValueError, match="dpi: expected an int in 1..1000"):
             rep.save_png(tmp_path / "x.png", dpi=dpi)  # type: ignore[arg-type]
+
+
+def test_bench_html_wraps_the_table_definitions() -> None:
+    # The definitions above bench's tables (what pypool/glibc time means) are single lines
+    # of ~300 characters: in the HTML page's scrolling box they ran off the right edge.
+    import html as html_mod
+    import json
+    import re
+
+    from pypool import _bench_report
+
+    results = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "results" /
+                          "2026-11-22-cpu-bench.json").read_text())
+    page = _bench_report.render_html(results)
+    pre = html_mod.unescape(re.search(r"<pre>(.*)</pre>", page, re.S).group(1))  # type: ignore[union-attr]
+    prose = [ln for ln in pre.splitlines() if "  " not in ln.strip()]
+    assert prose and max(len(ln) for ln in prose) <= 110, max(prose, key=len)
+    assert "pypool/glibc time = pypool's median time / glibc's" in " ".join(ln.strip() for ln in pre.splitlines())
+    # The terminal tables are unchanged (tests and users grep them).
+    assert "below 1 pypool is faster" in _bench_report.format_tables(results)
