@@ -154,6 +154,31 @@ def check_config_fits(cfg: PoolConfig, capacity: int, flag: str) -> None:
     if initial > capacity:
         raise CliError(f"{flag}: initial_pool_size ({format_size(initial)}) is more than "
                        f"the replay's device capacity ({format_size(capacity)}); lower it or raise --capacity")
+    if not initial:
+        return
+    # The pool reserves initial_pool_size when it is made, under every limit: the cap,
+    # memory_fraction of the capacity, expandable_reserve. Making it once on the null
+    # backend (no memory touched) is the exact test; an OutOfMemoryError here used to
+    # escape the replay as a traceback.
+    from . import _core
+    from ._pool import Pool
+
+    try:
+        Pool(backend="null", capacity=capacity, config=cfg)
+    except _core.OutOfMemoryError:
+        limits = [(capacity, "the replay's device capacity")]
+        if cfg.max_pool_size is not None:
+            limits.append((int(cfg.max_pool_size), "max_pool_size"))
+        if cfg.memory_fraction is not None:
+            limits.append((int(cfg.memory_fraction * capacity), f"memory_fraction {cfg.memory_fraction:g} "
+                                                                f"of {format_size(capacity)}"))
+        if cfg.expandable_segments:
+            limits.append((int(cfg.expandable_reserve), "expandable_reserve, the most one expandable "
+                                                        "segment can hold"))
+        low, what = min(limits)
+        raise CliError(f"{flag}: initial_pool_size ({format_size(initial)}) cannot be reserved when the "
+                       f"pool is made: the limit is {format_size(low)} ({what}), less than it needs "
+                       "once rounded; lower initial_pool_size") from None
 
 
 def _torch_lines(trace: Trace, result: ReplayResult) -> List[str]:

@@ -339,3 +339,23 @@ def test_bench_html_wraps_the_table_definitions() -> None:
     assert "pypool/glibc time = pypool's median time / glibc's" in " ".join(ln.strip() for ln in pre.splitlines())
     # The terminal tables are unchanged (tests and users grep them).
     assert "below 1 pypool is faster" in _bench_report.format_tables(results)
+
+
+@pytest.mark.parametrize(("command", "flag", "conf", "words"), [
+    ("replay", "--config", "memory_fraction:0.1,initial_pool_size:50GiB",
+     "the limit is 8.00 GiB (memory_fraction 0.1 of 80.00 GiB)"),
+    ("replay", "--config", "expandable_segments:true,initial_pool_size:2TiB", "(expandable_reserve"),
+    ("size", "--base", "memory_fraction:0.1,initial_pool_size:50GiB", "memory_fraction 0.1"),
+])
+def test_initial_pool_size_under_every_limit(command: str, flag: str, conf: str, words: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # initial_pool_size within the capacity but over memory_fraction's cap or the
+    # expandable_reserve: the pool's OutOfMemoryError escaped as a traceback (rc 1).
+    trace = tmp_path / "t.trace"
+    trace.write_text("# pypool-trace v1\na 1 4096\n")
+    argv = [command, str(trace), flag, conf] + (["--capacity", "80GiB"] if "memory_fraction" in conf
+                                                 else ["--capacity", "4TiB"])
+    if command == "size":
+        argv += ["--jobs", "1"]
+    line = _one_line_error(capsys, main(argv), command)
+    assert f"{flag}: initial_pool_size" in line and words in line, line
