@@ -353,6 +353,22 @@ def _html_figures(results: Dict[str, Any]) -> List[str]:
     return figs
 
 
+def _wrap_prose(text: str, width: int = 110) -> str:
+    """The tables' text with its long prose lines (the definitions above each table: a
+    table row has runs of spaces between columns, prose has none) wrapped at ``width``.
+    In the page's scrolling box an unwrapped definition ran off to the right, hiding
+    what the ratio column means."""
+    import textwrap
+
+    out: List[str] = []
+    for line in text.split("\n"):
+        if len(line) > width and "  " not in line.strip():
+            out.extend(textwrap.wrap(line, width, break_on_hyphens=False, subsequent_indent="  "))
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
 def render_html(results: Dict[str, Any]) -> str:
     """A self-contained page (inline SVG and CSS, no external reference) of the results."""
     env = results.get("environment", {})
@@ -362,7 +378,7 @@ def render_html(results: Dict[str, Any]) -> str:
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape('-' if v is None else str(v))}</td></tr>"
         for k, v in env.items() if not isinstance(v, (list, dict)))
     figs = "\n".join(f'<div class="fig">{f}</div>' for f in _html_figures(results))
-    tables = html.escape(format_tables(results))
+    tables = html.escape(_wrap_prose(format_tables(results)))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>pypool bench</title>
 <style>

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Optional
 
 HELP = "benchmark pypool against glibc (CPU) or PyTorch's allocators (GPU, or the simulated device)"
 
@@ -34,15 +35,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _write(path: str, text: str) -> None:
     d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    try:
+        os.makedirs(d, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        # A failed write (a full disk) carries no file name; Note [CLI errors] prints it.
+        if not e.filename:
+            e.filename = path
+        raise
+
+
+def _output_problem(flag: str, path: str) -> Optional[str]:
+    """Why ``path`` cannot take an output file, or None. Checked before the benchmarks
+    run: they take minutes, and a bad path found only afterwards throws their figures away.
+    """
+    if os.path.isdir(path):
+        return f"{flag} {path}: is a directory; give a file name"
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)  # what _write does afterwards anyway
+    except OSError as e:
+        return f"{flag} {path}: cannot create its directory: {e.strerror or e}"
+    if not os.access(parent, os.W_OK):
+        return f"{flag} {path}: its directory {parent} is not writable"
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
     from . import _bench_report, bench
 
     mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
+    for flag, path in (("--json", args.json), ("--html", args.html), ("--png", args.png)):
+        problem = _output_problem(flag, path) if path else None
+        if problem:
+            print(f"pypool bench: error: {problem}", file=sys.stderr)
+            return 2
     if args.sim_memory is not None and args.device != "sim":
         print("pypool bench: --sim-memory goes with --device sim", file=sys.stderr)
         return 2

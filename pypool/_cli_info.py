@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import _core, __version__
@@ -32,6 +33,18 @@ def run(args: argparse.Namespace) -> int:
         "registry_backend": _core.registry_backend(),
         "registry_devices": _core.registry_devices(),
     }
+    # What a pool made now would get (Note [Pools before install]): a bad value raises in
+    # get_pool() and install(), so the command meant for checking a set-up says so here.
+    conf_error = None
+    if "PYPOOL_CONF" in os.environ:
+        from .config import PoolConfig
+
+        try:
+            PoolConfig.from_env()
+        except (TypeError, ValueError) as e:
+            conf_error = str(e)
+        info["PYPOOL_CONF"] = os.environ["PYPOOL_CONF"]
+        info["PYPOOL_CONF_error"] = conf_error
     if args.json:
         if not compiled:
             info["warning"] = NO_CUDA_BACKEND
@@ -41,4 +54,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{k:24} {v}")
     if not compiled:
         print(NO_CUDA_BACKEND, file=sys.stderr)
+    if conf_error:
+        print(f"pypool info: error: {conf_error}", file=sys.stderr)
+        return 2
     return 0

@@ -157,6 +157,31 @@ def check_config_fits(cfg: PoolConfig, capacity: int, flag: str) -> None:
     if initial > capacity:
         raise CliError(f"{flag}: initial_pool_size ({format_size(initial)}) is more than "
                        f"the replay's device capacity ({format_size(capacity)}); lower it or raise --capacity")
+    if not initial:
+        return
+    # The pool reserves initial_pool_size when it is made, under every limit: the cap,
+    # memory_fraction of the capacity, expandable_reserve. Making it once on the null
+    # backend (no memory touched) is the exact test; an OutOfMemoryError here used to
+    # escape the replay as a traceback.
+    from . import _core
+    from ._pool import Pool
+
+    try:
+        Pool(backend="null", capacity=capacity, config=cfg)
+    except _core.OutOfMemoryError:
+        limits = [(capacity, "the replay's device capacity")]
+        if cfg.max_pool_size is not None:
+            limits.append((int(cfg.max_pool_size), "max_pool_size"))
+        if cfg.memory_fraction is not None:
+            limits.append((int(cfg.memory_fraction * capacity), f"memory_fraction {cfg.memory_fraction:g} "
+                                                                f"of {format_size(capacity)}"))
+        if cfg.expandable_segments:
+            limits.append((int(cfg.expandable_reserve), "expandable_reserve, the most one expandable "
+                                                        "segment can hold"))
+        low, what = min(limits)
+        raise CliError(f"{flag}: initial_pool_size ({format_size(initial)}) cannot be reserved when the "
+                       f"pool is made: the limit is {format_size(low)} ({what}), less than it needs "
+                       "once rounded; lower initial_pool_size") from None
 
 
 def _torch_lines(trace: Trace, result: ReplayResult) -> List[str]:
@@ -207,8 +232,13 @@ def write_reports(result: ReplayResult, directory: str) -> Dict[str, Any]:
          f"{name}: the pool at peak reserved (after event {result.peak_event} of {result.events})"),
         ("end", result.pool, f"{name}: the pool at the end of the replay ({result.events} events)"),
     ]
-    if result.first_oom_pool is not None:
-        pools.append(("first_oom", result.first_oom_pool, f"{name}: the pool at the first out-of-memory failure"))
+    if result.first_oom_pool is not None and result.first_oom is not None:
+        fo = result.first_oom
+        # The picture has no other text saying what failed: the caption does.
+        pools.append(("first_oom", result.first_oom_pool,
+                      f"{name}: the pool at the first out-of-memory failure, after {fo['event']:,} of "
+                      f"{result.events:,} events: a request for {format_size(fo['size'])} on stream "
+                      f"{fo['stream']} failed under the {result.limit_text()}"))
     for label, pool, what in pools:
         if pool is None:
             continue
@@ -249,7 +279,10 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--config: {e}") from None
         trace = load_trace(args)
         if args.save_trace:
-            trace.save(args.save_trace)
+            try:
+                trace.save(args.save_trace)
+            except OSError as e:  # a write error (a full disk) carries no file name
+                raise CliError(f"--save-trace {args.save_trace}: cannot write: {e.strerror or e}") from None
         capacity = cap if cap is not None else default_capacity(trace)
         check_config_fits(cfg, capacity, "--config")
         result = replay(trace, cfg, capacity=capacity, at_peak=True)
@@ -284,8 +317,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if not result.completed:
         if not args.json:
-            print(f"pypool replay: the trace did not complete: {result.ooms:,} allocations ran out of "
-                  f"memory under the {format_size(result.limit)} limit ({result.limit_source}); "
+            print(f"pypool replay: the trace did not complete: {result.ooms:,} "
+                  f"{'allocation' if result.ooms == 1 else 'allocations'} ran out of "
+                  f"memory under the {result.limit_text()}; "
                   f"exit status {RC_DID_NOT_FIT}", file=sys.stderr)
         return RC_DID_NOT_FIT
     return cap_rc

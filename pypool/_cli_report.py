@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Set
 
 HELP = "fragmentation report of a memory snapshot file (pypool's or torch's) or of a device's pool"
 
@@ -72,6 +72,7 @@ def _load(path: str) -> Dict[str, Any]:
     return snap
 
 
+_U64_MAX = (1 << 64) - 1
 _SEGMENT_INTS = ("device", "address", "total_size", "allocated_size", "active_size", "requested_size", "stream")
 _BLOCK_INTS = ("address", "size", "requested_size")
 
@@ -83,8 +84,26 @@ def _check_fields(d: Any, at: str, ints: Any) -> None:
         raise ValueError(f"{at}: expected a dict, got {type(d).__name__}")
     for key in ints:
         v = d.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise ValueError(f"{at}: {key!r} must be a non-negative int, got {v!r}"[:300])
+        # At most 2**64 - 1: what a 64-bit allocator can report. A damaged file's 2**70
+        # used to be printed as "1073741824.00 TiB reserved".
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _U64_MAX):
+            from .trace import _show
+
+            raise ValueError(f"{at}: {key!r} must be a non-negative int of at most 64 bits, got {_show(v)}")
+
+
+def _snapshot_devices(snap: Dict[str, Any]) -> Set[int]:
+    """The devices a snapshot describes: those of its segments, one per entry of torch's
+    ``device_traces`` (a device may have a trace but no segment), and a pypool snapshot's
+    own device."""
+    devices = {seg.get("device", 0) for seg in snap["segments"]}
+    traces = snap.get("device_traces")
+    if isinstance(traces, list):
+        devices.update(range(len(traces)))
+    extra = snap.get("pypool")
+    if isinstance(extra, dict) and isinstance(extra.get("device"), int):
+        devices.add(extra["device"])
+    return {d for d in devices if isinstance(d, int) and not isinstance(d, bool)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,6 +120,14 @@ def run(args: argparse.Namespace) -> int:
             return _fail(str(exc))
         except OSError as exc:
             return _fail(f"{args.snapshot}: cannot read: {exc.strerror or exc}")
+        if args.device is not None:
+            known = _snapshot_devices(data)
+            if args.device not in known:
+                # An empty report for a device the file does not have would read as
+                # "0 B reserved" on that device: refuse, as replay --device does.
+                have = ", ".join(str(d) for d in sorted(known)) or "none"
+                return _fail(f"--device {args.device}: {args.snapshot} has no device {args.device} "
+                             f"(its devices: {have})")
         try:
             report = FragmentationReport.from_snapshot(data, device=args.device)
         except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
@@ -118,7 +145,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(report.to_text())
     # File notices go to stderr so that --json output stays one JSON document.
     if args.html:
-        report.save_html(args.html)
+        try:
+            report.save_html(args.html)
+        except OSError as exc:  # named here: a write error (a full disk) carries no file name
+            return _fail(f"--html {args.html}: cannot write: {exc.strerror or exc}")
         print(f"wrote {args.html}", file=sys.stderr)
     if args.png:
         try:
@@ -126,5 +156,7 @@ def run(args: argparse.Namespace) -> int:
         except ImportError as exc:  # a missing extra, not bad input: status 1
             print(f"pypool report: {exc}", file=sys.stderr)
             return 1
+        except OSError as exc:
+            return _fail(f"--png {args.png}: cannot write: {exc.strerror or exc}")
         print(f"wrote {args.png}", file=sys.stderr)
     return 0

@@ -38,7 +38,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .config import format_size
 
-__all__ = ["Figures", "FragmentationReport", "fragmentation", "explain_oom", "pool_limit",
+__all__ = ["Figures", "FragmentationReport", "fragmentation", "explain_oom", "pool_limit", "expandable_bound",
            "EXTERNAL_FRAGMENTATION_DEFINITION"]
 
 # Printed wherever the figure is shown: alone, "74.7%" alarms more than it should.
@@ -227,6 +227,8 @@ class FragmentationReport(Figures):
             if "segments" not in snapshot:
                 raise ValueError("snapshot: no 'segments' key; is this a torch memory snapshot?")
             segments = snapshot["segments"]
+            if not isinstance(segments, (list, tuple)):
+                raise TypeError(f"snapshot: 'segments' must be a list, got {type(segments).__name__}")
             extra = snapshot.get("pypool") or {}
         elif isinstance(snapshot, (list, tuple)):
             segments, extra = snapshot, {}
@@ -408,6 +410,10 @@ class FragmentationReport(Figures):
         """
         if isinstance(max_segments, bool) or not isinstance(max_segments, int) or max_segments < 1:
             raise ValueError(f"max_segments: expected an int >= 1, got {max_segments!r}")
+        # The figure is 12 inches wide: 1000 dpi is already 12,000 pixels; dpi=10**5 ended in
+        # std::bad_alloc inside matplotlib.
+        if isinstance(dpi, bool) or not isinstance(dpi, int) or not 1 <= dpi <= 1000:
+            raise ValueError(f"dpi: expected an int in 1..1000, got {dpi!r}")
         _render_png(self, path, max_segments, dpi, caption)
         return os.fspath(path)
 
@@ -432,44 +438,70 @@ def _bucket_label(b: Mapping[str, int]) -> str:
     return f"[{format_size(b['low'])}, {format_size(b['high'])})"
 
 
+_U64_MAX = (1 << 64) - 1
+
+
+def _field(d: Mapping[str, Any], key: str, at: str, default: Any = None) -> int:
+    """``d[key]`` as a byte count or address: an int in 0..2**64-1 (what a 64-bit
+    allocator can report), or ValueError naming where. A snapshot is user input: a damaged
+    one used to give negative sizes in the report, or int()'s own message."""
+    v = d.get(key, default)
+    if v is None:
+        v = 0
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _U64_MAX:
+        shown = repr(v) if not isinstance(v, int) or v.bit_length() < 200 else f"an int of {v.bit_length()} bits"
+        raise ValueError(f"{at}: {key!r} must be a non-negative int of at most 64 bits, got {shown[:80]}")
+    return v
+
+
 def _normalize_segment(seg: Mapping[str, Any], index: int) -> Dict[str, Any]:
     """A segment dict from pypool or torch, reduced to the keys the report uses, with
     block addresses filled in when a snapshot left them out."""
+    at = f"segments[{index}]"
     if not isinstance(seg, Mapping):
-        raise TypeError(f"segments[{index}]: expected a dict, got {type(seg).__name__}")
+        raise TypeError(f"{at}: expected a dict, got {type(seg).__name__}")
     for key in ("total_size", "blocks"):
         if key not in seg:
-            raise ValueError(f"segments[{index}]: missing key {key!r}")
-    address = int(seg.get("address") or 0)
+            raise ValueError(f"{at}: missing key {key!r}")
+    if not isinstance(seg["blocks"], (list, tuple)):
+        raise TypeError(f"{at}.blocks: expected a list, got {type(seg['blocks']).__name__}")
+    address = _field(seg, "address", at)
     # Snapshots torch builds from a profile have no segment type: say so rather than guess.
     kind = seg.get("segment_type") or "unknown"
-    stream = int(seg.get("stream", 0) or 0)
+    if not isinstance(kind, str):
+        raise TypeError(f"{at}: 'segment_type' must be a str, got {type(kind).__name__}")
+    stream = _field(seg, "stream", at)
     blocks = []
     offset = address
     for j, b in enumerate(seg["blocks"]):
+        bat = f"{at}.blocks[{j}]"
+        if not isinstance(b, Mapping):
+            raise TypeError(f"{bat}: expected a dict, got {type(b).__name__}")
         state = b.get("state")
         if state not in _STATES:
-            raise ValueError(f"segments[{index}].blocks[{j}]: unknown state {state!r} "
-                             f"(expected one of {_STATES})")
-        size = int(b["size"])
-        addr = int(b["address"]) if b.get("address") is not None else offset
+            raise ValueError(f"{bat}: unknown state {state!r} "
+                             f"(expected one of {_STATES})"[:300])
+        if "size" not in b:
+            raise ValueError(f"{bat}: missing key 'size'")
+        size = _field(b, "size", bat)
+        addr = _field(b, "address", bat) if b.get("address") is not None else offset
         if state == "active_allocated":
             # Old torch snapshots keep the requested size in the block's history.
             if "requested_size" in b:
-                req = int(b["requested_size"])
-            elif b.get("history"):
-                req = int(b["history"][0].get("real_size", size))
+                req = _field(b, "requested_size", bat)
+            elif b.get("history") and isinstance(b["history"], list) and isinstance(b["history"][0], Mapping):
+                req = _field(b["history"][0], "real_size", f"{bat}.history[0]", size)
             else:
                 req = size
         else:
             req = 0
         blocks.append({"address": addr, "size": size, "requested_size": req, "state": state,
-                       "stream": int(b.get("stream", stream) or 0)})
+                       "stream": _field(b, "stream", bat, stream)})
         offset = addr + size
     return {
         "device": seg.get("device"),
         "address": address,
-        "total_size": int(seg["total_size"]),
+        "total_size": _field(seg, "total_size", at),
         "segment_type": kind,
         "stream": stream,
         "is_expandable": bool(seg.get("is_expandable", False)),
@@ -765,6 +797,30 @@ def pool_limit(pool: Any) -> Tuple[int, str]:
     return total, "device capacity"
 
 
+def expandable_bound(cfg: Any, segments: Sequence[Mapping[str, Any]], rounded: int,
+                     stream: int) -> Optional[Dict[str, int]]:
+    """With expandable segments, how a large request of ``rounded`` bytes on ``stream``
+    would grow that stream's expandable segment: ``grow`` (bytes to map beyond its free
+    tail), ``mapped``, ``range`` (its virtual range, ``expandable_reserve``) and
+    ``blocked`` (1 when the growth passes the end of the range; growth is in whole
+    granules, so a growth within a granule of the end may be blocked too). None when
+    expandable segments are off."""
+    if not cfg.expandable_segments:
+        return None
+    seg = next((s for s in segments if s.get("is_expandable") and s.get("segment_type") == "large"
+                and s.get("stream") == stream), None)
+    if seg is None:
+        rng = int(cfg.expandable_reserve)
+        return {"grow": rounded, "mapped": 0, "range": rng, "blocked": int(rounded > rng)}
+    blocks = seg.get("blocks") or []
+    tail = blocks[-1] if blocks else None
+    tail_free = int(tail["size"]) if tail is not None and tail.get("state") == "inactive" else 0
+    grow = rounded - min(tail_free, rounded)
+    mapped = int(seg["total_size"])
+    rng = int(seg.get("reserved_va") or cfg.expandable_reserve)
+    return {"grow": grow, "mapped": mapped, "range": rng, "blocked": int(mapped + grow > rng)}
+
+
 def explain_oom(pool: Any, size: int, stream: int = 0, error: Optional[str] = None,
                 max_blocks: int = 10) -> str:
     """Why a request of ``size`` bytes on ``stream`` finds no memory in ``pool``: the limit
@@ -777,30 +833,56 @@ def explain_oom(pool: Any, size: int, stream: int = 0, error: Optional[str] = No
     ``FragmentationReport.from_pool(pool).to_text()`` for the whole picture.
     ``error`` is the pool's own out-of-memory message, quoted at the end. Used by
     ``python -m pypool replay`` for ``first_oom.txt`` in ``--report`` directories.
+
+    Raises ``TypeError`` / ``ValueError`` naming the argument for a ``pool`` that is not a
+    :class:`pypool.Pool`, a ``size`` outside 1 byte .. 1 PiB or a ``stream`` outside
+    0 .. 2**64 - 1.
     """
     from . import _core
+    from ._pool import Pool, _check_int, _check_stream
 
+    if not isinstance(pool, Pool):
+        raise TypeError(f"pool: expected a pypool.Pool, got {type(pool).__name__}")
+    # Note [Ranges before the binding] (in _pool.py): checked here, so that a bad size names
+    # the argument instead of failing in pybind11; a request of 0 bytes never fails.
+    _check_int(size, "size", 1, int(_core.MAX_REQUEST), "(bytes; 1 PiB at most)")
+    _check_stream(stream)
     if isinstance(max_blocks, bool) or not isinstance(max_blocks, int) or max_blocks < 0:
         raise ValueError(f"max_blocks: expected an int >= 0, got {max_blocks!r}")
     cfg = pool._pool.config
-    rounded = int(_core.round_size(cfg, size)) if size > 0 else 0
-    kind = _core.pool_for(cfg, rounded) if rounded else "small"
-    need = int(_core.min_segment_size(cfg, rounded)) if rounded else 0
+    rounded = int(_core.round_size(cfg, size))
+    kind = _core.pool_for(cfg, rounded)
+    need = int(_core.min_segment_size(cfg, rounded))
     limit, limit_name = pool_limit(pool)
-    rep = FragmentationReport.from_segments(pool.segments())
+    raw_segments = pool.segments()
+    rep = FragmentationReport.from_segments(raw_segments)
     headroom = max(0, limit - rep.reserved)
+    vmm = expandable_bound(cfg, raw_segments, rounded, stream) if kind == "large" else None
+    if vmm is not None:
+        need = vmm["grow"]
+        grows = f"growing stream {_stream_name(stream)}'s expandable segment needs {format_size(need)} more"
+    else:
+        grows = f"a new segment for it needs at least {format_size(need)}"
     lines = [
         f"out of memory: a request for {format_size(size)} ({size:,} B) on stream "
         f"{_stream_name(stream)} could not be served",
-        f"  rounded to {format_size(rounded)}, {kind} pool; a new segment for it needs at least "
-        f"{format_size(need)}",
+        f"  rounded to {format_size(rounded)}, {kind} pool; {grows}",
         f"limit        {format_size(limit)} ({limit_name})",
         f"reserved     {format_size(rep.reserved)} in {rep.segments} segments; "
         f"{format_size(headroom)} left under the limit"
-        + (f", less than the {format_size(need)} a new segment needs" if headroom < need else ""),
-        f"allocated    {format_size(rep.allocated)} in {rep.allocated_blocks} live blocks "
-        f"(requested {format_size(rep.requested)})",
+        + (f", less than the {format_size(need)} "
+           + ("the growth" if vmm is not None else "a new segment") + " needs" if headroom < need else ""),
     ]
+    if vmm is not None and vmm["blocked"]:
+        # Note [Expandable reserve]: each (stream, large pool) has one expandable segment,
+        # a virtual range of expandable_reserve bytes that cannot grow past its end: that
+        # binds before the device or the cap when they are larger.
+        lines.append(f"expandable   stream {_stream_name(stream)}'s expandable segment has "
+                     f"{format_size(vmm['mapped'])} mapped of its {format_size(vmm['range'])} virtual range "
+                     f"(expandable_reserve): {format_size(need)} more does not fit in it, whatever "
+                     "the limit above; raise expandable_reserve")
+    lines.append(f"allocated    {format_size(rep.allocated)} in {rep.allocated_blocks} live blocks "
+                 f"(requested {format_size(rep.requested)})")
     if rep.pending_free:
         lines.append(f"pending free {format_size(rep.pending_free)} in {rep.pending_blocks} blocks "
                      "(freed, waiting for another stream's work; not usable yet)")

@@ -560,8 +560,15 @@ def track_leaks(capture_stacks: bool = True, device: Any = None,
 
     Allocations made before the scope are never reported, nor are cached free blocks.
     """
+    _check_bool(capture_stacks, "capture_stacks")
     core, d = _resolve_pool(pool, device)
     return LeakTracker(core, d, capture_stacks)
+
+
+def _check_bool(value: Any, name: str) -> None:
+    # bool("false") is True: a string here would silently switch stack capture on.
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}"[:200])
 
 
 # ---------------------------------------------------------------------------- LeakWatch
@@ -735,6 +742,7 @@ class LeakWatch:
             raise ValueError("min_growth: must be > 0")
         if callback is not None and not callable(callback):
             raise TypeError(f"callback: expected a callable, got {type(callback).__name__}")
+        _check_bool(capture_stacks, "capture_stacks")
         self.warmup = warmup
         self.window = window
         self.min_growth = growth

@@ -32,7 +32,7 @@ import numpy as np
 from . import _core
 from ._pool import Pool
 from .config import PoolConfig, SizeLike, format_size, parse_size
-from .fragmentation import pool_limit
+from .fragmentation import expandable_bound, pool_limit
 from .trace import ALLOC, Trace
 
 __all__ = ["ReplayResult", "replay", "replay_workload", "free_block_summary", "default_capacity",
@@ -119,6 +119,18 @@ class ReplayResult:
         """True when every allocation of the trace succeeded."""
         return self.ooms == 0
 
+    def limit_text(self) -> str:
+        """"80.00 GiB limit (device capacity)": the limit the replay ran under; when the
+        first failure was a stream's expandable segment reaching the end of its virtual
+        range (``expandable_reserve``), that range, which binds below the limit."""
+        text = f"{format_size(self.limit)} limit ({self.limit_source})"
+        fo = self.first_oom or {}
+        rng = fo.get("expandable_reserve")
+        if rng is not None:
+            return (f"{format_size(int(rng))} expandable_reserve of stream {fo['stream']}'s "
+                    f"expandable segment (its virtual range; the {text} was not reached)")
+        return text
+
     @property
     def overhead(self) -> float:
         """``peak_reserved / peak_live`` (1.0 = no memory beyond the floor); ``nan`` when
@@ -148,7 +160,7 @@ class ReplayResult:
             f"trace              {self.name or '(unnamed)'}: {self.events:,} events",
             f"config             {self.config or '(defaults)'}",
         ]
-        limit = f"{format_size(self.limit)} limit ({self.limit_source})"
+        limit = self.limit_text()
         if not self.completed:
             lines.append(f"RESULT             DOES NOT FIT: the trace needs {format_size(self.peak_live)} live "
                          f"at its peak; the pool could not serve it under the {limit}")
@@ -159,8 +171,8 @@ class ReplayResult:
                     f"{format_size(fo['size'])} on stream {fo['stream']} failed with "
                     f"{format_size(fo['live'])} live ({format_size(fo['allocated'])} allocated, "
                     f"{format_size(fo['reserved'])} reserved)")
-            lines.append(f"out of memory      {self.ooms:,} allocations failed in all; the replay went on "
-                         f"without them ({self.skipped_events:,} frees of them skipped)")
+            lines.append(f"out of memory      {_count(self.ooms, 'allocation')} failed in all; the replay went on "
+                         f"without them ({_count(self.skipped_events, 'free')} of them skipped)")
             lines.append(f"peak live (floor)  {format_size(self.peak_live)} in the trace, "
                          f"{self.peak_live / self.limit:.2f}x the limit" if self.limit else
                          f"peak live (floor)  {format_size(self.peak_live)} in the trace")
@@ -303,6 +315,11 @@ def replay(
     return result
 
 
+def _count(n: int, noun: str) -> str:
+    """"1 allocation", "3,006 allocations"."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _fill_first_oom(result: ReplayResult, trace: Trace, cfg: PoolConfig, cap: int, backend: str,
                     k: int) -> None:
     """Rebuild the pool just before the first failed allocation (event ``k``; the replay
@@ -328,6 +345,14 @@ def _fill_first_oom(result: ReplayResult, trace: Trace, cfg: PoolConfig, cap: in
         "reserved": int(st["reserved_bytes.all.current"]),
         "error": error,
     }
+    # Note [Expandable reserve] (fragmentation.py): with expandable segments the stream's
+    # virtual range can be what failed, far below the device or the cap.
+    core_cfg = pool._pool.config
+    rounded = int(_core.round_size(core_cfg, size))
+    if _core.pool_for(core_cfg, rounded) == "large":
+        vmm = expandable_bound(core_cfg, pool.segments(), rounded, stream)
+        if vmm is not None and vmm["blocked"]:
+            result.first_oom["expandable_reserve"] = vmm["range"]
     result.first_oom_pool = pool
 
 

@@ -183,16 +183,23 @@ class _PlainUnpickler(pickle.Unpickler):
 
 
 def load_snapshot(path: PathLike) -> Dict[str, Any]:
-    """Read a snapshot pickle (pypool's or torch's ``_dump_snapshot``) safely: only plain
-    data is accepted. A bare list of segments (older torch) becomes ``{"segments": ...}``.
+    """Read a snapshot pickle (pypool's or torch's ``_dump_snapshot``, gzipped or not)
+    safely: only plain data is accepted. A bare list of segments (older torch) becomes
+    ``{"segments": ...}``. A file that is not a readable snapshot raises ``ValueError``
+    naming it; ``OSError`` when it cannot be read at all.
     """
     _check_path(path)
-    with open(path, "rb") as f:
-        data = _PlainUnpickler(f).load()
+    # A snapshot file is user input: corrupt, truncated or gzipped data (which
+    # ``python -m pypool report`` reads) must give a ValueError naming the file, not the
+    # unpickler's own exception (UnpicklingError, EOFError, RecursionError, ...).
+    from .trace import _read_maybe_gzipped, _safe_unpickle
+
+    where = os.fsdecode(os.fspath(path))
+    data = _safe_unpickle(_read_maybe_gzipped(path), where)
     if isinstance(data, list):
         data = {"segments": data, "device_traces": []}
     if not isinstance(data, dict) or "segments" not in data:
-        raise ValueError(f"{os.fspath(path)}: not a memory snapshot (no 'segments')")
+        raise ValueError(f"{where}: not a memory snapshot (no 'segments')")
     return data
 
 

@@ -571,13 +571,13 @@ class Trace:
         events: List[Tuple[Any, ...]] = []
         for i, e in enumerate(entries):
             a = e.get("action")
-            if a == "alloc" or a in free_names:
+            # isinstance first: an unhashable action (a list) must not reach the set.
+            if isinstance(a, str) and (a == "alloc" or a in free_names):
                 at = f"snapshot: device_traces[{dev}][{i}] ({a!r})"
                 addr = _entry_int(e, "addr", at, 0, (1 << 64) - 1)
                 t = e.get("time_us", 0)
-                if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))
-                                      or not math.isfinite(t)):
-                    raise ValueError(f"{at}: 'time_us' must be a finite number, got {t!r}")
+                if t is not None and not _is_finite_number(t):
+                    raise ValueError(f"{at}: 'time_us' must be a finite number, got {_show(t)}")
                 if a == "alloc":
                     size = _entry_int(e, "size", at, 1, MAX_SIZE)
                     stream = (0 if e.get("stream") is None
@@ -639,22 +639,44 @@ def _entry_int(e: Mapping[str, Any], key: str, at: str, lo: int, hi: int) -> int
         raise ValueError(f"{at}: missing field {key!r}")
     v = e[key]
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"{at}: {key!r} must be an int, got {type(v).__name__} {v!r}"[:200])
+        raise ValueError(f"{at}: {key!r} must be an int, got {type(v).__name__} {_show(v)}")
     if not lo <= v <= hi:
-        raise ValueError(f"{at}: {key!r} must be in {lo}..{hi}, got {v}")
+        raise ValueError(f"{at}: {key!r} must be in {lo}..{hi}, got {_show(v)}")
     return v
+
+
+def _is_finite_number(t: Any) -> bool:
+    """A real number (not a bool) that is finite as a float: an int too large for a
+    float (``10**400``) is not, and must not raise OverflowError from math.isfinite."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        return False
+    try:
+        return math.isfinite(t)
+    except OverflowError:
+        return False
+
+
+def _show(v: Any, limit: int = 80) -> str:
+    """``repr(v)`` for an error message, cut to ``limit`` characters. A hostile file can
+    hold an int of 5,000 digits, whose repr raises ValueError (Python's int-to-str limit)
+    and would otherwise replace the message naming the field."""
+    try:
+        text = repr(v)
+    except ValueError:
+        return f"an int of {v.bit_length()} bits" if isinstance(v, int) else f"a {type(v).__name__}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _event_int(v: Any, i: int, name: str, lo: int, hi: int, what: str = "") -> int:
     """A from_events field as an int in lo..hi, or ValueError naming the event."""
     if v is None or isinstance(v, bool):
-        raise ValueError(f"events[{i}]: {what}{name} must be an int in {lo}..{hi}, got {v!r}")
+        raise ValueError(f"events[{i}]: {what}{name} must be an int in {lo}..{hi}, got {_show(v)}")
     try:
         n = int(v)
     except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"events[{i}]: {what}{name} must be an int in {lo}..{hi}, got {v!r}"[:200]) from None
+        raise ValueError(f"events[{i}]: {what}{name} must be an int in {lo}..{hi}, got {_show(v)}") from None
     if n != v or not lo <= n <= hi:
-        raise ValueError(f"events[{i}]: {what}{name} must be an int in {lo}..{hi}, got {v!r}"[:200])
+        raise ValueError(f"events[{i}]: {what}{name} must be an int in {lo}..{hi}, got {_show(v)}")
     return n
 
 
@@ -662,9 +684,9 @@ def _event_time(t: Any, i: int) -> float:
     try:
         f = float(t or 0.0)
     except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"events[{i}]: time_us must be a number, got {t!r}"[:200]) from None
+        raise ValueError(f"events[{i}]: time_us must be a number, got {_show(t)}") from None
     if not math.isfinite(f):
-        raise ValueError(f"events[{i}]: time_us must be finite, got {t!r}")
+        raise ValueError(f"events[{i}]: time_us must be finite, got {_show(t)}")
     return f
 
 
