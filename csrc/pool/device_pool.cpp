@@ -269,6 +269,42 @@ __attribute__((always_inline)) inline Block* DevicePool::fallback_locked(
   return b;
 }
 
+namespace {
+// free() of a block used on other streams (record_stream): records one event per stream.
+// Out of line and cold, so that the common free() keeps a small frame (inlined here it
+// cost the cache-hit malloc+free pair ~10 ns, 43 -> 54 ns).
+__attribute__((noinline, cold)) void record_free_events(DevicePool::Impl& m, Block* b) {
+  // Note [record_stream]: make room in every FIFO, then record every event, so a
+  // throwing backend (or bad_alloc) leaves the pool unchanged (as documented).
+  // One pending_events count per stream; more than fit would wrap it to 0 and hand the
+  // block out while still in use (its streams are distinct, so this is only reachable
+  // with billions of them).
+  if (b->uses->size() > UINT32_MAX)
+    throw std::length_error("pypool: free(): more record_stream streams on one block than it can count");
+  for (Stream s : *b->uses) {
+    DevicePool::Impl::EventFifo& f = m.fifo_for(s);
+    f.q.reserve(f.q.size() + 1);
+  }
+  std::size_t n = 0;
+  try {
+    for (Stream s : *b->uses) {
+      const Event ev = m.be.record_event(s);
+      m.fifo_for(s).q.emplace_back(ev, b);  // no allocation: reserved above
+      ++n;
+    }
+  } catch (...) {
+    for (std::size_t i = 0; i < n; ++i) {
+      DevicePool::Impl::EventFifo& f = m.fifo_for((*b->uses)[i]);
+      m.be.release_event(f.q.back().first);
+      f.q.pop_back();
+    }
+    throw;
+  }
+  m.npending += n;
+  b->pending_events = static_cast<decltype(b->pending_events)>(n);
+}
+}  // namespace
+
 void DevicePool::free(void* p) {
   if (p == nullptr) return;
   Impl& m = *impl_;
@@ -277,36 +313,7 @@ void DevicePool::free(void* p) {
   detail::PtrMap::Entry* e = m.live.lookup(addr);
   Block* b = e != nullptr ? e->block : nullptr;
   if (b == nullptr || b->state != BlockState::kAllocated) throw_bad_pointer_locked("free", addr);
-  if (b->uses != nullptr && !b->uses->empty()) {
-    // Note [record_stream]: make room in every FIFO, then record every event, so a
-    // throwing backend (or bad_alloc) leaves the pool unchanged (as documented).
-    // One pending_events count per stream; more than fit would wrap it to 0 and hand the
-    // block out while still in use (its streams are distinct, so this is only reachable
-    // with billions of them).
-    if (b->uses->size() > UINT32_MAX)
-      throw std::length_error("pypool: free(): more record_stream streams on one block than it can count");
-    for (Stream s : *b->uses) {
-      Impl::EventFifo& f = m.fifo_for(s);
-      f.q.reserve(f.q.size() + 1);
-    }
-    std::size_t n = 0;
-    try {
-      for (Stream s : *b->uses) {
-        const Event ev = m.be.record_event(s);
-        m.fifo_for(s).q.emplace_back(ev, b);  // no allocation: reserved above
-        ++n;
-      }
-    } catch (...) {
-      for (std::size_t i = 0; i < n; ++i) {
-        Impl::EventFifo& f = m.fifo_for((*b->uses)[i]);
-        m.be.release_event(f.q.back().first);
-        f.q.pop_back();
-      }
-      throw;
-    }
-    m.npending += n;
-    b->pending_events = static_cast<decltype(b->pending_events)>(n);
-  }
+  if (b->uses != nullptr && !b->uses->empty()) record_free_events(m, b);
   const PoolKind k = b->seg->index->kind;
   Impl::sub(m.st.allocation, k, 1);
   Impl::sub(m.st.allocated_bytes, k, static_cast<std::int64_t>(b->size));

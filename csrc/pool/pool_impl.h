@@ -387,7 +387,7 @@ struct DevicePool::Impl {
   // Frees the blocks whose last event completed (Note [Event FIFOs]). An entry leaves
   // its FIFO before anything that can throw, so a throwing backend never leaves an
   // entry to be counted twice; at worst an event is not returned to the backend.
-  void process_events() {
+  __attribute__((noinline)) void process_events() {  // off the hot path: inlined into malloc it cost the cache-hit pair ~10 ns
     for (EventFifo& f : fifos) {
       while (f.head < f.q.size()) {
         auto [ev, b] = f.q[f.head];
