@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from ._cli_replay import CliError, add_trace_arguments, capacity_arg, check_config_fits, load_trace
+from ._cli_replay import RC_DID_NOT_FIT, CliError, add_trace_arguments, capacity_arg, check_config_fits, load_trace
 from .config import PoolConfig
 from .replay import default_capacity
 from .sizing import OBJECTIVES, suggest_config
@@ -23,6 +23,8 @@ HELP = "suggest pool settings (PYPOOL_CONF) and the smallest max_pool_size for a
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_trace_arguments(parser)
+    parser.epilog = (f"exit status: 0 when a setting runs the trace within the capacity; {RC_DID_NOT_FIT} when "
+                     "none tried does (the trace does not fit); 2 for bad input")
     parser.add_argument("--objective", choices=OBJECTIVES, default="pool_size",
                         help="minimize the smallest OOM-free max_pool_size (pool_size, default: the smallest "
                              "device the trace fits on) or peak reserved memory on a roomy device (reserved)")
@@ -84,4 +86,5 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(advice.to_dict()))
     else:
         print(advice.to_text(top=args.top))
-    return 0
+    # As replay: 3 when the trace does not fit in the capacity with any setting tried.
+    return RC_DID_NOT_FIT if advice.best.ooms else 0

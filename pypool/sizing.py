@@ -204,6 +204,14 @@ class SizingAdvice:
             return "   -" if x is None else f"{x:5.3f}"
 
         d, b = self.default, self.best
+
+        def outcome(c: Candidate) -> str:
+            # A replay that ran out of memory did not run the trace: its utilization is of
+            # what it could allocate, so it is not shown as if it were a result.
+            if c.ooms:
+                return f"DOES NOT FIT: {c.ooms:,} allocations ran out of memory (peak reserved {format_size(c.peak_reserved)})"
+            return f"peak reserved {format_size(c.peak_reserved)}, utilization {c.utilization:.3f}"
+
         lines = [
             f"trace            {self.trace_name or '(unnamed)'}: {self.events:,} events, "
             f"peak live (floor) {format_size(self.peak_live)}",
@@ -220,16 +228,26 @@ class SizingAdvice:
                             if best_t.min_capacity else ""))
         lines += [
             "",
-            f"defaults         peak reserved {format_size(d.peak_reserved)}, utilization {d.utilization:.3f}"
-            + (f", {d.ooms} OOM" if d.ooms else ""),
-            f"suggested        peak reserved {format_size(b.peak_reserved)}, utilization {b.utilization:.3f}"
-            + (f", {b.ooms} OOM" if b.ooms else "")
-            + (f"  ({(1 - b.peak_reserved / d.peak_reserved) * 100:.1f}% less)" if d.peak_reserved > b.peak_reserved else ""),
-            f"PYPOOL_CONF      {self.pypool_conf or '(defaults are best)'}",
-            f"min pool size    {format_size(self.min_pool_size)}"
-            + (f" (defaults: {format_size(self.min_pool_size_default)})" if self.min_pool_size_default is not None else "")
-            + f"; no OOM at that cap, OOM {format_size(self.granularity)} below",
-            f"capped           PYPOOL_CONF={self.pypool_conf_capped}",
+            f"defaults         {outcome(d)}",
+            f"suggested        {outcome(b)}"
+            + (f"  ({(1 - b.peak_reserved / d.peak_reserved) * 100:.1f}% less)"
+               if d.peak_reserved > b.peak_reserved and not b.ooms else ""),
+        ]
+        if b.ooms:
+            lines += [
+                f"DOES NOT FIT     no setting tried runs this trace within the "
+                f"{format_size(self.capacity)} capacity (its floor, the peak of live bytes, is "
+                f"{format_size(self.peak_live)}): give a capacity of at least the floor",
+            ]
+        else:
+            lines += [
+                f"PYPOOL_CONF      {self.pypool_conf or '(defaults are best)'}",
+                f"min pool size    {format_size(self.min_pool_size)}"
+                + (f" (defaults: {format_size(self.min_pool_size_default)})" if self.min_pool_size_default is not None else "")
+                + f"; no OOM at that cap, OOM {format_size(self.granularity)} below",
+                f"capped           PYPOOL_CONF={self.pypool_conf_capped}",
+            ]
+        lines += [
             "",
             "util = peak live / peak reserved, alloc = peak allocated / peak reserved, frag = external",
             "fragmentation at peak reserved (- = not measured), dev.alloc = device allocations",

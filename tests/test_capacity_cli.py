@@ -89,3 +89,18 @@ def test_no_cuda_torch_here_names_the_install(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv(torch_compare.TORCH_PYTHON_ENV, sys.executable)
     monkeypatch.setattr(torch_compare, "_has_cuda_torch_here", lambda: "a CPU-only build")
     assert torch_compare.find_torch_python() == sys.executable
+
+
+def test_size_says_plainly_when_the_trace_does_not_fit(tmp_path: Path) -> None:
+    # Issue 14 (review): with a capacity below the floor, size printed "utilization 1.000",
+    # "min pool size unlimited; no OOM at that cap" and an empty "capped PYPOOL_CONF=", rc 0.
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-P", "-m", "pypool", "size", "--workload", "kv_cache", "--scale", "0.05",
+                        "--capacity", "1MiB", "--no-torch", "--jobs", "1"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    assert "DOES NOT FIT" in r.stdout and "1.00 MiB capacity" in r.stdout
+    assert "utilization" not in r.stdout.split("DOES NOT FIT")[0].splitlines()[-1]
+    assert "min pool size" not in r.stdout and "capped           PYPOOL_CONF=" not in r.stdout
