@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
             base = PoolConfig.from_string(args.base)
         except (TypeError, ValueError) as e:
             raise CliError(f"--base: {e}") from None
+        if base.max_pool_size is not None or base.memory_fraction is not None:
+            # The cap is what size searches for: a cap in the base was silently replaced.
+            raise CliError("--base: max_pool_size / memory_fraction is what size finds (the smallest cap that "
+                           "runs the trace); give the device's size with --capacity instead")
         cands = None
         if args.candidates:
             cands = []

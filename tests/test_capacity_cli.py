@@ -104,3 +104,15 @@ def test_size_says_plainly_when_the_trace_does_not_fit(tmp_path: Path) -> None:
     assert "DOES NOT FIT" in r.stdout and "1.00 MiB capacity" in r.stdout
     assert "utilization" not in r.stdout.split("DOES NOT FIT")[0].splitlines()[-1]
     assert "min pool size" not in r.stdout and "capped           PYPOOL_CONF=" not in r.stdout
+
+
+def test_size_refuses_a_cap_in_the_base(tmp_path: Path) -> None:
+    # A cap in --base was silently replaced by the search (review of issue 14).
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-P", "-m", "pypool", "size", "--workload", "kv_cache", "--scale", "0.05",
+                        "--base", "max_pool_size:1GiB", "--no-torch"],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 2 and "--capacity" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
