@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 import pytest
 
@@ -88,4 +88,37 @@ def test_no_cuda_torch_here_names_the_install(monkeypatch: pytest.MonkeyPatch) -
     assert torch_compare.find_torch_python() == sys.executable
     monkeypatch.setenv(torch_compare.TORCH_PYTHON_ENV, sys.executable)
     monkeypatch.setattr(torch_compare, "_has_cuda_torch_here", lambda: "a CPU-only build")
+    monkeypatch.setattr(torch_compare, "_probe_python", lambda path: None)
     assert torch_compare.find_torch_python() == sys.executable
+
+
+def test_torch_python_that_is_not_a_cuda_torch_python_is_refused_up_front(tmp_path: Any) -> None:
+    # A program that is not Python (exit 0, no output) and a Python whose torch is the CPU
+    # build both ran every child and printed per-row errors with exit status 0.
+    from pypool import simdevice
+
+    if not simdevice.available():
+        pytest.skip("the simulated device is not built into this pypool")
+    fake = tmp_path / "notpython"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    proc = _cli(["replay", "--workload", "kv_cache", "--scale", "0.02", "--compare", "--torch-python", str(fake)])
+    assert proc.returncode == 1, proc.stderr
+    assert f"--torch-python: {fake} is not a Python that pypool could run" in proc.stderr
+    assert "pip install torch==2.14.1" in proc.stderr and "PyTorch native" not in proc.stdout
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or torch_compare._has_cuda_torch_here() is None:
+        return  # the CPU-torch case needs this Python to have the CPU build
+    proc = _cli(["replay", "--workload", "kv_cache", "--scale", "0.02", "--compare"],
+                PYPOOL_TORCH_PYTHON=sys.executable)
+    assert proc.returncode == 1, proc.stderr
+    assert f"PYPOOL_TORCH_PYTHON: {sys.executable} has a CPU-only build of torch" in proc.stderr
+
+
+def test_replay_torch_jobs_must_be_positive() -> None:
+    # replay clamped --torch-jobs 0 or -3 to 1 silently, where size refuses it.
+    for bad in ("0", "-3"):
+        proc = _cli(["replay", "--workload", "kv_cache", "--scale", "0.02", "--compare", "--torch-jobs", bad])
+        assert proc.returncode == 2, proc.stderr
+        assert f"argument --torch-jobs: must be >= 1, got {bad}" in proc.stderr
