@@ -674,7 +674,10 @@ def _set_allocator_settings(env: str, name: str) -> None:
         if _state.config is None:
             return
         current = memory._installed_config or _state.config
-        changed = _torch_conf.changed_fields(current, fields)
+        try:
+            changed = _torch_conf.changed_fields(current, fields)
+        except ValueError as e:  # PoolConfig's field names are not the keys the user wrote
+            raise ValueError(f"_set_allocator_settings({env!r}): {e}") from None
         if not changed:
             return
         devices = _core.registry_devices()
