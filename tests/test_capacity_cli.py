@@ -122,3 +122,22 @@ def test_replay_torch_jobs_must_be_positive() -> None:
         proc = _cli(["replay", "--workload", "kv_cache", "--scale", "0.02", "--compare", "--torch-jobs", bad])
         assert proc.returncode == 2, proc.stderr
         assert f"argument --torch-jobs: must be >= 1, got {bad}" in proc.stderr
+
+
+@pytest.mark.parametrize("workload", ["recorded_gpt_decode", "recorded_cnn_growing_batch"])
+def test_readme_capacity_tables_match_what_size_prints_now(workload: str) -> None:
+    # The README quoted pypool expandable at 0.00 sync/1k on recorded_gpt_decode while
+    # `pypool size` printed 0.02 (its sync count changed after the table was made). Checks
+    # the pypool columns of both tables for the two traces that replay in about a second.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    proc = _cli(["size", "--workload", workload, "--json"], PYPOOL_TORCH_PYTHON="/nonexistent/python")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["label"]: r for r in json.loads(proc.stdout)["min_capacity"]}
+    labels = ("pypool defaults", "pypool expandable", "pypool suggested")
+    MiB = 1 << 20
+    caps = [f"{rows[k]['min_capacity'] / MiB:,.0f} ({rows[k]['over_floor']:.3f})" for k in labels]
+    sync = [f"{rows[k]['sync_per_1k_allocs']:.2f} / {rows[k]['sync_at_min_per_1k_allocs']:.2f}" for k in labels]
+    cap_line = next(ln for ln in readme.splitlines() if ln.startswith(f"| {workload} (") and ln.count("|") == 8)
+    sync_line = next(ln for ln in readme.splitlines() if ln.startswith(f"| {workload} | 0") and ln.count("|") == 7)
+    assert [c.strip() for c in cap_line.split("|")[5:8]] == caps, (cap_line, caps)
+    assert [c.strip() for c in sync_line.split("|")[4:7]] == sync, (sync_line, sync)
