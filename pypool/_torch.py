@@ -415,7 +415,12 @@ def _use_torch_oom(torch: Any) -> int:
 def torch_oom_enabled() -> bool:
     """True when an out-of-memory under pypool raises ``torch.OutOfMemoryError`` (else a
     ``RuntimeError`` with the same message)."""
-    return _state.torch_oom == 1
+    if _state.torch_oom != 1:
+        return False
+    from . import library_path
+
+    # The C side turns it off by itself on a c10::OutOfMemoryError larger than assumed.
+    return bool(ctypes.CDLL(library_path()).pypool_torch_oom_active())
 
 
 # ---------------------------------------------------------------------------- torch stats
