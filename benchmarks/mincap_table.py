@@ -130,7 +130,7 @@ def render(env: Dict[str, Any], results: List[Dict[str, Any]], out_prefix: str) 
          + " on pypool's simulated device (child processes); pypool: offline replays with max_pool_size as "
            "the capacity. Generated workloads shortened (×scale).", ""]
         + lines + ["", "Synchronizing device calls per 1,000 allocations: whole device from an empty cache / "
-                   "at the smallest capacity (pypool: device frees).", ""] + sync + ["", "Settings:"] + confs
+                   "at the smallest capacity (pypool: device frees and expandable-segment unmaps, one per operation).", ""] + sync + ["", "Settings:"] + confs
         + ["", "Commands (one per trace):"] + [f"    {d['command']}" for d in results]) + "\n"
     with open(out_prefix + ".txt", "w") as f:
         f.write(text)

@@ -16,6 +16,17 @@ from .trace import Trace
 MiB = 1 << 20
 
 
+def _positive_jobs(text: str) -> int:
+    # A type, not a clamp: replay used to take 0 or -3 as 1 where size refused them.
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return n
+
+
 def add_torch_arguments(parser: argparse.ArgumentParser) -> None:
     """``--torch-python``: the Python with a CUDA build of torch for PyTorch's rows."""
     from .torch_compare import TORCH_PYTHON_ENV
@@ -24,7 +35,7 @@ def add_torch_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a Python with a CUDA build of torch (a separate venv is fine; pypool need not "
                              f"be installed there) for PyTorch's rows; default ${TORCH_PYTHON_ENV}, else this "
                              "Python if its torch is a CUDA build")
-    parser.add_argument("--torch-jobs", type=int, default=2, metavar="N",
+    parser.add_argument("--torch-jobs", type=_positive_jobs, default=2, metavar="N",
                         help="PyTorch children run at once (default 2)")
 
 

@@ -415,7 +415,12 @@ def _use_torch_oom(torch: Any) -> int:
 def torch_oom_enabled() -> bool:
     """True when an out-of-memory under pypool raises ``torch.OutOfMemoryError`` (else a
     ``RuntimeError`` with the same message)."""
-    return _state.torch_oom == 1
+    if _state.torch_oom != 1:
+        return False
+    from . import library_path
+
+    # The C side turns it off by itself on a c10::OutOfMemoryError larger than assumed.
+    return bool(ctypes.CDLL(library_path()).pypool_torch_oom_active())
 
 
 # ---------------------------------------------------------------------------- torch stats
@@ -674,7 +679,10 @@ def _set_allocator_settings(env: str, name: str) -> None:
         if _state.config is None:
             return
         current = memory._installed_config or _state.config
-        changed = _torch_conf.changed_fields(current, fields)
+        try:
+            changed = _torch_conf.changed_fields(current, fields)
+        except ValueError as e:  # PoolConfig's field names are not the keys the user wrote
+            raise ValueError(f"_set_allocator_settings({env!r}): {e}") from None
         if not changed:
             return
         devices = _core.registry_devices()

@@ -125,6 +125,24 @@ def _divisions(value: str, source: str, warn: List[str]) -> int:
     return chosen
 
 
+def _max_split(mb: int, value: str, source: str, warn: List[str]) -> int:
+    """``max_split_size_mb``: torch accepts 20 (its large-segment size) and up. pypool
+    needs more than ``large_segment_size`` (a fresh segment must stay splittable; torch
+    splits fresh segments whatever max_split_size is), so 20 becomes the next 2 MiB step,
+    which treats every 2 MiB-rounded size the same way, said in a warning."""
+    if mb < 20:
+        raise ValueError(f"{source}: max_split_size_mb must be >= 20 (PyTorch's minimum), got {value!r}")
+    default = PoolConfig()
+    large, step = int(default.large_segment_size), int(default.round_large)
+    size = mb * MiB
+    if size <= large:
+        size = large + step
+        warn.append(f"max_split_size_mb:{value} is at or below pypool's large_segment_size "
+                    f"({large // MiB} MiB), which max_split_size must exceed; "
+                    f"using {size // MiB} MiB (cached blocks of 20 MiB stay splittable)")
+    return size
+
+
 def translate(text: str, source: str = "PYTORCH_CUDA_ALLOC_CONF") -> Tuple[Dict[str, Any], List[str]]:
     """Map a torch allocator setting string to PoolConfig fields.
 
@@ -141,7 +159,7 @@ def translate(text: str, source: str = "PYTORCH_CUDA_ALLOC_CONF") -> Tuple[Dict[
                 mb = int(value)
             except ValueError:
                 raise ValueError(f"{source}: max_split_size_mb expects an integer number of MiB, got {value!r}") from None
-            fields["max_split_size"] = mb * MiB
+            fields["max_split_size"] = _max_split(mb, value, source, warn)
         elif key == "roundup_power2_divisions":
             fields["round_up_divisions"] = _divisions(value, source, warn)
         elif key == "garbage_collection_threshold":
@@ -197,7 +215,12 @@ def from_env(base: Optional[PoolConfig] = None) -> PoolConfig:
         return base
     fields, lines = translate(text, name)
     warn_all(lines, name)
-    return base.replace(**fields) if fields else base
+    try:
+        return base.replace(**fields) if fields else base
+    except ValueError as e:
+        # Name the variable, as PYPOOL_CONF's errors do: PoolConfig's field names are not
+        # the torch keys the user wrote (round_up_divisions for roundup_power2_divisions).
+        raise ValueError(f"{name}={text!r}: {e}") from None
 
 
 def changed_fields(cfg: PoolConfig, fields: Mapping[str, Any]) -> Dict[str, Any]:

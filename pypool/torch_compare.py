@@ -82,6 +82,42 @@ def _has_cuda_torch_here() -> Optional[str]:
     return _torch_has_cuda_libs()
 
 
+# Run by a candidate Python: the same file check as _has_cuda_torch_here, without
+# importing torch (seconds), and a marker that a non-Python program cannot print.
+_PROBE = (
+    "import importlib.util, os\n"
+    "s = importlib.util.find_spec('torch')\n"
+    "locs = list(s.submodule_search_locations or []) if s else []\n"
+    "cuda = any(os.path.exists(os.path.join(l, 'lib', 'libc10_cuda.so')) for l in locs)\n"
+    "print('pypool-probe:' + ('cuda' if cuda else 'cpu' if locs else 'none'))\n"
+)
+_probed: Dict[str, Optional[str]] = {}
+
+
+def _probe_python(path: str) -> Optional[str]:
+    """None when ``path`` is a Python whose torch is a CUDA build, else why not (the
+    children would each fail, one row at a time, with exit status 0 for a non-Python)."""
+    if path in _probed:
+        return _probed[path]
+    try:
+        proc = subprocess.run([path, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+        lines = proc.stdout.strip().splitlines()
+        tag = lines[-1] if lines and proc.returncode == 0 else f"exit status {proc.returncode}"
+    except (OSError, subprocess.SubprocessError) as e:
+        tag = f"error: {e}"
+    why: Optional[str]
+    if tag == "pypool-probe:cuda":
+        why = None
+    elif tag == "pypool-probe:cpu":
+        why = "has a CPU-only build of torch (no torch/lib/libc10_cuda.so); it needs the CUDA build"
+    elif tag == "pypool-probe:none":
+        why = "has no torch installed"
+    else:
+        why = f"is not a Python that pypool could run ({tag[:200]})"
+    _probed[path] = why
+    return why
+
+
 def find_torch_python(explicit: Optional[str] = None) -> str:
     """The Python that runs PyTorch's children: ``explicit``, else ``$PYPOOL_TORCH_PYTHON``,
     else this Python if its torch is a CUDA build. Raises :class:`TorchUnavailable` saying
@@ -96,6 +132,9 @@ def find_torch_python(explicit: Optional[str] = None) -> str:
             path = os.path.expanduser(path)
             if not (os.path.isfile(path) and os.access(path, os.X_OK)):
                 raise TorchUnavailable(f"{source}: {path} is not an executable file; {install_hint()}")
+            why = _probe_python(path)
+            if why is not None:
+                raise TorchUnavailable(f"{source}: {path} {why}; {install_hint()}")
             return path
     why = _has_cuda_torch_here()
     if why is None:

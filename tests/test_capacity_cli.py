@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 import pytest
 
@@ -88,6 +88,7 @@ def test_no_cuda_torch_here_names_the_install(monkeypatch: pytest.MonkeyPatch) -
     assert torch_compare.find_torch_python() == sys.executable
     monkeypatch.setenv(torch_compare.TORCH_PYTHON_ENV, sys.executable)
     monkeypatch.setattr(torch_compare, "_has_cuda_torch_here", lambda: "a CPU-only build")
+    monkeypatch.setattr(torch_compare, "_probe_python", lambda path: None)
     assert torch_compare.find_torch_python() == sys.executable
 
 
@@ -116,3 +117,54 @@ def test_size_refuses_a_cap_in_the_base(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 2 and "--capacity" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_torch_python_that_is_not_a_cuda_torch_python_is_refused_up_front(tmp_path: Any) -> None:
+    # A program that is not Python (exit 0, no output) and a Python whose torch is the CPU
+    # build both ran every child and printed per-row errors with exit status 0.
+    from pypool import simdevice
+
+    if not simdevice.available():
+        pytest.skip("the simulated device is not built into this pypool")
+    fake = tmp_path / "notpython"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    proc = _cli(["replay", "--workload", "kv_cache", "--scale", "0.02", "--compare", "--torch-python", str(fake)])
+    assert proc.returncode == 1, proc.stderr
+    assert f"--torch-python: {fake} is not a Python that pypool could run" in proc.stderr
+    assert "pip install torch==2.14.1" in proc.stderr and "PyTorch native" not in proc.stdout
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None or torch_compare._has_cuda_torch_here() is None:
+        return  # the CPU-torch case needs this Python to have the CPU build
+    proc = _cli(["replay", "--workload", "kv_cache", "--scale", "0.02", "--compare"],
+                PYPOOL_TORCH_PYTHON=sys.executable)
+    assert proc.returncode == 1, proc.stderr
+    assert f"PYPOOL_TORCH_PYTHON: {sys.executable} has a CPU-only build of torch" in proc.stderr
+
+
+def test_replay_torch_jobs_must_be_positive() -> None:
+    # replay clamped --torch-jobs 0 or -3 to 1 silently, where size refuses it.
+    for bad in ("0", "-3"):
+        proc = _cli(["replay", "--workload", "kv_cache", "--scale", "0.02", "--compare", "--torch-jobs", bad])
+        assert proc.returncode == 2, proc.stderr
+        assert f"argument --torch-jobs: must be >= 1, got {bad}" in proc.stderr
+
+
+@pytest.mark.parametrize("workload", ["recorded_gpt_decode", "recorded_cnn_growing_batch"])
+def test_readme_capacity_tables_match_what_size_prints_now(workload: str) -> None:
+    # The README quoted pypool expandable at 0.00 sync/1k on recorded_gpt_decode while
+    # `pypool size` printed 0.02 (its sync count changed after the table was made). Checks
+    # the pypool columns of both tables for the two traces that replay in about a second.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    proc = _cli(["size", "--workload", workload, "--json"], PYPOOL_TORCH_PYTHON="/nonexistent/python")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["label"]: r for r in json.loads(proc.stdout)["min_capacity"]}
+    labels = ("pypool defaults", "pypool expandable", "pypool suggested")
+    MiB = 1 << 20
+    caps = [f"{rows[k]['min_capacity'] / MiB:,.0f} ({rows[k]['over_floor']:.3f})" for k in labels]
+    sync = [f"{rows[k]['sync_per_1k_allocs']:.2f} / {rows[k]['sync_at_min_per_1k_allocs']:.2f}" for k in labels]
+    cap_line = next(ln for ln in readme.splitlines() if ln.startswith(f"| {workload} (") and ln.count("|") == 8)
+    sync_line = next(ln for ln in readme.splitlines() if ln.startswith(f"| {workload} | 0") and ln.count("|") == 7)
+    assert [c.strip() for c in cap_line.split("|")[5:8]] == caps, (cap_line, caps)
+    assert [c.strip() for c in sync_line.split("|")[4:7]] == sync, (sync_line, sync)

@@ -90,6 +90,27 @@ def test_pytorch_alloc_conf_is_read_first(monkeypatch: pytest.MonkeyPatch) -> No
         assert _torch_conf.from_env().max_split_size == 128 * MiB
 
 
+def test_max_split_size_mb_20_torchs_minimum_is_accepted_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch accepts max_split_size_mb:20 (>= its 20 MiB large buffer); install() raised
+    # "PoolConfig.max_split_size: must be larger than large_segment_size".
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:20")
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    with pytest.warns(TorchSettingWarning, match="max_split_size_mb:20 .*using 22 MiB"):
+        cfg = _torch_conf.from_env()
+    assert cfg.max_split_size == 22 * MiB
+    with pytest.raises(ValueError, match=r"PYTORCH_CUDA_ALLOC_CONF: max_split_size_mb must be >= 20 \(PyTorch's minimum\), got '19'"):
+        translate("max_split_size_mb:19")
+
+
+def test_values_pool_config_refuses_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # roundup_power2_divisions:3 said only "PoolConfig.round_up_divisions: ...", a field the
+    # user never wrote.
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "roundup_power2_divisions:3")
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    with pytest.raises(ValueError, match=r"^PYTORCH_CUDA_ALLOC_CONF='roundup_power2_divisions:3': PoolConfig.round_up_divisions"):
+        _torch_conf.from_env()
+
+
 # ---------------------------------------------------------------------------- OOM text
 
 

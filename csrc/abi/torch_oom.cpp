@@ -18,9 +18,14 @@
 //     __cxx11 for torch, and pypool enables this only when it is built with that ABI;
 //   * c10::SourceLocation is {const char*, const char*, uint32_t} (unchanged since
 //     2018; trivially copyable, so passed the same way whatever its name);
-//   * sizeof(c10::OutOfMemoryError) fits kExceptionBytes: 128 bytes in torch 2.13 and
-//     2.14, 1024 reserved; tests/gpu/test_torch_parity.py compiles sizeof against the
-//     installed torch's headers and fails if it ever outgrows the reserve;
+//   * sizeof(c10::OutOfMemoryError) fits kUsableBytes: 128 bytes in torch 2.13 and
+//     2.14, 1024 allowed; tests/gpu/test_torch_parity.py compiles sizeof against the
+//     installed torch's headers and fails if it ever outgrows that. At run time, for a
+//     torch that was never tested, the buffer is kExceptionBytes (4x more) filled with a
+//     pattern: if the constructor wrote past kUsableBytes the layout is not the one
+//     assumed, so the object is destroyed, the feature turned off for the process and
+//     pypool's own type thrown (a layout over kExceptionBytes would still overflow; that
+//     is 32x today's size);
 //   * its destructor is vtable slot 0 (the complete-object destructor of a class whose
 //     primary base is std::exception, Itanium C++ ABI), since libc10 exports none.
 // Only Linux/Itanium-ABI builds do this (dlopen/dlsym, __cxa_*); elsewhere, or when any
@@ -29,6 +34,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -45,7 +51,9 @@
 
 namespace {
 
-constexpr std::size_t kExceptionBytes = 1024;
+constexpr std::size_t kUsableBytes = 1024;
+constexpr std::size_t kExceptionBytes = 4 * kUsableBytes;
+constexpr unsigned char kFill = 0xA5;
 
 #if PYPOOL_TORCH_OOM
 // Same layout as c10::SourceLocation.
@@ -71,13 +79,24 @@ void destroy(void* obj) {
 
 [[noreturn]] void throw_c10(Ctor ctor, std::type_info* type, const char* msg) {
   void* obj = __cxxabiv1::__cxa_allocate_exception(kExceptionBytes);
-  std::memset(obj, 0, kExceptionBytes);
+  std::memset(obj, kFill, kExceptionBytes);
   try {
     ctor(obj, SourceLocation{"pypool_malloc", __FILE__, static_cast<std::uint32_t>(__LINE__)},
          std::string(msg));
   } catch (...) {
     __cxxabiv1::__cxa_free_exception(obj);
     throw pypool::OutOfMemoryError(msg);
+  }
+  const auto* tail = static_cast<const unsigned char*>(obj) + kUsableBytes;
+  for (std::size_t i = 0; i < kExceptionBytes - kUsableBytes; ++i) {
+    if (tail[i] != kFill) {  // an object larger than assumed: not torch's known layout
+      destroy(obj);
+      __cxxabiv1::__cxa_free_exception(obj);
+      g_ctor.store(nullptr, std::memory_order_release);
+      std::fprintf(stderr, "pypool: c10::OutOfMemoryError is larger than %zu bytes in this torch; "
+                   "out-of-memory errors are RuntimeError from now on\n", kUsableBytes);
+      throw pypool::OutOfMemoryError(msg);
+    }
   }
   __cxxabiv1::__cxa_throw(obj, type, &destroy);
 }
@@ -127,6 +146,15 @@ int pypool_use_torch_oom(const char* libc10_path) {
 #endif
 }
 
-size_t pypool_torch_oom_capacity(void) { return kExceptionBytes; }
+size_t pypool_torch_oom_capacity(void) { return kUsableBytes; }
+
+int pypool_torch_oom_active(void) {
+#if PYPOOL_TORCH_OOM
+  return g_ctor.load(std::memory_order_acquire) != nullptr &&
+         g_type.load(std::memory_order_acquire) != nullptr;
+#else
+  return 0;
+#endif
+}
 
 }  // extern "C"

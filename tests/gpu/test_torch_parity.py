@@ -316,6 +316,27 @@ print("CHILD OK")
 """)
 
 
+def test_max_split_size_mb_20_is_accepted_as_torch_accepts_it(run_child: RunChild) -> None:
+    # torch's minimum, 20, made install() and _set_allocator_settings raise
+    # "PoolConfig.max_split_size: must be larger than large_segment_size".
+    run_child(PRELUDE + """
+from pypool._torch_conf import TorchSettingWarning
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    cfg = pypool.install()
+assert cfg.max_split_size == 22 * MiB, cfg
+assert any("max_split_size_mb:20" in str(w.message) for w in caught if issubclass(w.category, TorchSettingWarning))
+import torch
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    torch._C._accelerator_setAllocatorSettings("max_split_size_mb:20")
+    torch._C._accelerator_setAllocatorSettings("max_split_size_mb:40")
+assert pm.get_pool(0).config.max_split_size == 40 * MiB
+x = torch.empty(3 * MiB, dtype=torch.uint8, device="cuda")
+print("CHILD OK")
+""", env={"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:20"})
+
+
 # ---------------------------------------------------------------------------- history
 
 

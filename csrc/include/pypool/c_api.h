@@ -63,8 +63,11 @@ PYPOOL_API void pypool_record_stream(void* ptr, void* stream);
  * constructor / type_info missing, -4 pypool not built with the C++11 string ABI,
  * -5 not a Linux Itanium-ABI build); Note [torch OutOfMemoryError]. */
 PYPOOL_API int pypool_use_torch_oom(const char* libc10_path);
-/* Bytes reserved for the c10::OutOfMemoryError object (>= its sizeof, checked by tests). */
+/* Bytes the c10::OutOfMemoryError object may take (>= its sizeof, checked by tests; a
+ * larger one is caught at run time and turns the feature off). */
 PYPOOL_API size_t pypool_torch_oom_capacity(void);
+/* 1 while pypool_malloc throws c10::OutOfMemoryError (it can turn itself off, see above). */
+PYPOOL_API int pypool_torch_oom_active(void);
 /* Errors swallowed at this boundary since the process started. */
 PYPOOL_API uint64_t pypool_error_count(void);
 
