@@ -52,9 +52,11 @@ void fork_prepare() {
   for (DevicePool::Impl* m : *g_pools) {
     m->grow_mu.lock();
     m->mu.lock();
-    // A shrink runs without grow_mu (Note [Shrink outside grow_mu]): let it finish, so
-    // the child never inherits a segment claimed by a thread it does not have.
-    while (m->shrinking != 0) m->vmm_cv.wait(m->mu);
+    // A shrink runs without grow_mu (Note [Shrink outside grow_mu]), and so does the
+    // synchronize of empty_cache's pending frees: let them finish, so the child never
+    // inherits a segment claimed, or blocks taken out of the event FIFOs, by a thread it
+    // does not have.
+    while (m->shrinking != 0 || m->syncing != 0) m->vmm_cv.wait(m->mu);
   }
 }
 void fork_after() {
@@ -247,18 +249,24 @@ __attribute__((always_inline)) inline Block* DevicePool::fallback_locked(
   // cannot help it (Note [Device pre-check]).
   if (b == nullptr && !room.never) {
     ++m.st.num_alloc_retries;
-    // Memory that only waits for another stream is not "out of memory".
-    sync_pending_locked(lk);
-    release_cached_locked(lk, /*respect_threshold=*/false);
-    b = take(true);
-    if (b == nullptr) b = grow_locked(lk, idx, rounded, room);
-  }
-  // Note [Shrink outside grow_mu]: an expandable tail being unmapped by another thread
-  // still counts in reserved(); wait for it to reach the device, then try once more.
-  if (b == nullptr && !room.never && m.shrinking != 0) {
-    while (m.shrinking != 0) m.vmm_cv.wait(lk);
-    b = take(true);
-    if (b == nullptr) b = grow_locked(lk, idx, rounded, room);
+    // Note [Shrink outside grow_mu]: an expandable tail being unmapped by another thread
+    // still counts in reserved(), and blocks whose events another thread's empty_cache is
+    // synchronizing are neither free nor pending in a FIFO. Either comes back without
+    // grow_mu, so a retry that fails while one is in flight, or after one finished since
+    // the retry began (the device snapshot of the growth may predate it), waits for it
+    // and goes round again. Each round needs another thread to have finished a release
+    // (this thread's own releases, made before it looked, do not count).
+    for (;;) {
+      const std::uint64_t epoch = m.release_epoch, own = Impl::own_releases;
+      // Memory that only waits for another stream is not "out of memory".
+      sync_pending_locked(lk);
+      release_cached_locked(lk, /*respect_threshold=*/false);
+      b = take(true);
+      if (b == nullptr) b = grow_locked(lk, idx, rounded, room);
+      if (b != nullptr || room.never) break;
+      while (m.shrinking != 0 || m.syncing != 0) m.vmm_cv.wait(lk);
+      if (m.release_epoch - epoch == Impl::own_releases - own) break;  // nothing new came back
+    }
   }
   if (b == nullptr) {
     ++m.st.num_ooms;
@@ -388,7 +396,11 @@ void DevicePool::throw_bad_pointer_locked(const char* op, std::uintptr_t addr) c
 //     in flight (the retry, sync included, runs under grow_mu too);
 //   * the release paths (empty_cache, release_all_cached, garbage collection, reclaim,
 //     the OOM retry) all run with grow_mu held; waiting for record_stream events
-//     (sync_pending_locked) needs neither lock held while it blocks.
+//     (sync_pending_locked) needs neither lock held while it blocks. Two exceptions,
+//     both from empty_cache and both waiting for a stream: its sync_pending_locked and
+//     its shrink of expandable tails run without grow_mu (Note [Shrink outside
+//     grow_mu]); they are counted (Impl::syncing, Impl::shrinking, Impl::release_epoch)
+//     and the OOM retry waits for them and goes round again.
 // Lock order: grow_mu, then mu (a VMM claim, FreeIndex::vmm_busy, is taken under mu). mu is never held while blocking on
 // grow_mu (malloc only try_locks it with mu held).
 Block* DevicePool::grow_locked(std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
@@ -506,6 +518,7 @@ void DevicePool::sync_pending_locked(std::unique_lock<SpinMutex>& lk) {
   }
   m.npending = 0;
   ++m.st.num_sync_all_streams;
+  ++m.syncing;  // a grower that finds no room waits for these (fallback_locked)
   lk.unlock();
   std::size_t synced = 0;
   std::exception_ptr err;
@@ -536,6 +549,8 @@ void DevicePool::sync_pending_locked(std::unique_lock<SpinMutex>& lk) {
     } catch (...) {
     }
   }
+  --m.syncing;
+  m.released();  // notifies vmm_cv
   if (err) std::rethrow_exception(err);
 }
 

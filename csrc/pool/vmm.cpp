@@ -363,7 +363,7 @@ void shrink_one(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, Segment* s
   }
   idx->vmm_busy = false;
   --m.shrinking;
-  m.vmm_cv.notify_all();
+  m.released();  // notifies vmm_cv
 }
 
 }  // namespace
