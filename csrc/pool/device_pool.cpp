@@ -210,14 +210,34 @@ __attribute__((always_inline)) inline Block* DevicePool::fallback_locked(
   // [growth mutex, search again] -> garbage collection -> reclaim -> grow -> wait for
   // pending frees, release everything cached and retry (free list, then grow) -> out of
   // memory.
+  DeviceRoom room;
+  std::unique_lock<std::mutex> gk(m.grow_mu, std::defer_lock);
+  // Note [Shrink outside grow_mu]: a shrink of this stream's expandable segment runs
+  // without grow_mu and holds its claim while it waits for the stream. Waiting for the
+  // claim with grow_mu held (in vmm_grow) would make every other stream's growth wait
+  // for this stream's kernels, so the wait happens with grow_mu dropped, and the cache is
+  // searched again after it. From the check to vmm_grow's claim mu stays held.
+  auto grow = [&]() -> Block* {
+    if (cfg_.expandable_segments && kind == PoolKind::kLarge) {
+      while (idx->vmm_busy) {
+        gk.unlock();  // never blocks: fine with mu held
+        m.vmm_cv.wait(lk, [&] { return !idx->vmm_busy; });
+        lk.unlock();
+        gk.lock();
+        lk.lock();
+        if (m.npending != 0) m.process_events();
+        if (Block* f = take(true)) return f;
+      }
+    }
+    return grow_locked(lk, idx, rounded, room);
+  };
   Block* b = take(true);
   if (b != nullptr) return b;
   // Note [Growth and release protocol]: from here on this thread may change the pool's
   // device footprint, so it holds grow_mu. Waiting for it means another thread is
   // growing or releasing; what that thread did may serve this request, so search again
   // before growing. (try_lock first: no lock drop when nobody else is growing.)
-  std::unique_lock<std::mutex> gk(m.grow_mu, std::try_to_lock);
-  if (!gk.owns_lock()) {
+  if (!gk.try_lock()) {
     lk.unlock();
     gk.lock();
     lk.lock();
@@ -243,8 +263,7 @@ __attribute__((always_inline)) inline Block* DevicePool::fallback_locked(
     b = take(false);
   }
   if (b != nullptr) return b;
-  DeviceRoom room;
-  b = grow_locked(lk, idx, rounded, room);
+  b = grow();
   // A growth beyond the whole device is refused without the retry: releasing the cache
   // cannot help it (Note [Device pre-check]).
   if (b == nullptr && !room.never) {
@@ -262,7 +281,7 @@ __attribute__((always_inline)) inline Block* DevicePool::fallback_locked(
       sync_pending_locked(lk);
       release_cached_locked(lk, /*respect_threshold=*/false);
       b = take(true);
-      if (b == nullptr) b = grow_locked(lk, idx, rounded, room);
+      if (b == nullptr) b = grow();
       if (b != nullptr || room.never) break;
       while (m.shrinking != 0 || m.syncing != 0) m.vmm_cv.wait(lk);
       if (m.release_epoch - epoch == Impl::own_releases - own) break;  // nothing new came back

@@ -754,6 +754,47 @@ static void test_oom_retry_after_shrink_finished() {
   EXPECT(ok, ok ? "consistent afterwards" : why.c_str());
 }
 
+// Bug (review of Note [Shrink outside grow_mu]): a grower on stream 1 whose segment was
+// being shrunk waited for the claim (FreeIndex::vmm_busy) while holding grow_mu, so a
+// growth on stream 2 waited for grow_mu, that is for stream 1's kernels: the 250 ms of
+// issue 13 bug 12a again, through a second thread. Now a grower drops grow_mu while it
+// waits for a shrink of its own segment.
+static void test_grower_waiting_for_shrink_does_not_hold_grow_mu() {
+  std::printf("vmm: a grower waiting for its stream's shrink does not block growth on stream 2\n");
+  auto be = std::make_shared<SweepBackend>();
+  DevicePool pool(vmm_config(), be);
+  void* a2 = pool.malloc(4 * MiB, 2);
+  void* a = pool.malloc(20 * MiB, 1);
+  pool.free(a);
+  be->close_gate(1);
+  std::thread shrinker([&] { pool.empty_cache(); });
+  const bool entered = be->wait_entered(std::chrono::seconds(20));
+  EXPECT(entered, "the shrink waits for stream 1");
+  void* g1 = nullptr;
+  std::thread grower1([&] { g1 = pool.malloc(40 * MiB, 1); });  // waits for stream 1's shrink
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::atomic<bool> grown{false}, watchdog_fired{false};
+  std::thread watchdog([&] {
+    for (int i = 0; i < 1000 && !grown; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!grown) { watchdog_fired = true; be->open_gate(); }
+  });
+  void* b = pool.malloc(40 * MiB, 2);  // more than its free tail: grows stream 2's segment
+  grown = true;
+  EXPECT(!watchdog_fired, "growth on stream 2 finished while a stream 1 grower waited for the shrink");
+  be->open_gate();
+  shrinker.join();
+  grower1.join();
+  watchdog.join();
+  EXPECT(g1 != nullptr, "the stream 1 grower is served after the shrink");
+  pool.free(g1);
+  pool.free(b);
+  pool.free(a2);
+  pool.empty_cache();
+  std::string why;
+  const bool ok = consistent(pool, *be, &why);
+  EXPECT(ok, ok ? "consistent afterwards" : why.c_str());
+}
+
 // Bug: set_history turned history on before its ring existed; when making the ring
 // failed (record_history(max_entries=1 << 58) in Python), the next allocation wrote into
 // a ring that did not exist (SIGSEGV). Here the ring's allocation is made to fail.
@@ -820,6 +861,7 @@ int main(int argc, char** argv) {
       {"shrink_wait_does_not_block_other_streams", test_shrink_wait_does_not_block_other_streams},
       {"unmap_in_flight_counts_against_cap", test_unmap_in_flight_counts_against_cap},
       {"oom_retry_waits_for_other_sync", test_oom_retry_waits_for_other_sync},
+      {"grower_waiting_for_shrink", test_grower_waiting_for_shrink_does_not_hold_grow_mu},
       {"oom_retry_after_shrink_finished", test_oom_retry_after_shrink_finished},
       {"sweep_fixed", [] { sweep("malloc / free / record_stream / empty_cache, fixed segments", Config{}, scenario_fixed); }},
       {"sweep_vmm", [] { sweep("VMM grow / shrink, expandable segments", vmm_config(), scenario_vmm); }},
