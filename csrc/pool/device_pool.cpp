@@ -52,11 +52,12 @@ void fork_prepare() {
   for (DevicePool::Impl* m : *g_pools) {
     m->grow_mu.lock();
     m->mu.lock();
-    // A shrink runs without grow_mu (Note [Shrink outside grow_mu]), and so does the
-    // synchronize of empty_cache's pending frees: let them finish, so the child never
-    // inherits a segment claimed, or blocks taken out of the event FIFOs, by a thread it
-    // does not have.
-    while (m->shrinking != 0 || m->syncing != 0) m->vmm_cv.wait(m->mu);
+    // A shrink runs without grow_mu (Note [Shrink outside grow_mu]): let it finish, so
+    // the child never inherits a segment claimed by a thread it does not have. (Not
+    // empty_cache's synchronize of pending frees, which waits for events the forking
+    // thread itself may be due to complete; a child forked meanwhile keeps those blocks
+    // pending: memory it does not reuse, never memory reused early.)
+    while (m->shrinking != 0) m->vmm_cv.wait(m->mu);
   }
 }
 void fork_after() {
