@@ -795,6 +795,43 @@ static void test_grower_waiting_for_shrink_does_not_hold_grow_mu() {
   EXPECT(ok, ok ? "consistent afterwards" : why.c_str());
 }
 
+// Bug (review of Note [Shrink outside grow_mu]): each shrink reserved room for one more
+// quarantine entry, but two shrinks can now be in flight at once (two empty_cache
+// threads, or one beside the OOM retry), both counting on the same spare slot; when both
+// unmaps failed the second entry's push_back reallocated inside a noexcept function, and
+// a std::bad_alloc there was std::terminate. Each shrink now reserves a slot for every
+// operation in flight.
+static void test_two_failed_shrinks_have_quarantine_room() {
+  std::printf("vmm: two shrinks in flight both fail to unmap, then bad_alloc\n");
+  auto be = std::make_shared<SweepBackend>();
+  {
+    DevicePool pool(vmm_config(), be);
+    // Stream 2's segment first: stream 1's (newer) heads the list, so r1 meets it first.
+    void* a2 = pool.malloc(4 * MiB, 2);
+    void* b2 = pool.malloc(20 * MiB, 2);
+    void* a1 = pool.malloc(4 * MiB, 1);
+    void* b1 = pool.malloc(20 * MiB, 1);
+    pool.free(b2);
+    pool.free(b1);
+    be->close_gate(1);
+    std::thread r1([&] { pool.empty_cache(); });  // waits for stream 1
+    be->wait_entered(std::chrono::seconds(20));
+    be->throw_unmap_at = 1;
+    pool.empty_cache();  // skips stream 1 (claimed), stream 2's unmap fails: quarantined
+    be->throw_unmap_at = 1;
+    fault::arm(1);  // the next bookkeeping allocation anywhere throws
+    be->open_gate();
+    r1.join();  // stream 1's unmap fails: a second quarantine entry
+    fault::disarm();
+    std::string why;
+    const bool ok = consistent(pool, *be, &why);
+    EXPECT(ok, ok ? "both ranges quarantined, device == reserved" : why.c_str());
+    pool.free(a1);
+    pool.free(a2);
+  }
+  EXPECT(be->h->live_allocations() == 0 && be->h->used() == 0, "the destructor hands everything back");
+}
+
 // Bug: set_history turned history on before its ring existed; when making the ring
 // failed (record_history(max_entries=1 << 58) in Python), the next allocation wrote into
 // a ring that did not exist (SIGSEGV). Here the ring's allocation is made to fail.
@@ -861,6 +898,7 @@ int main(int argc, char** argv) {
       {"shrink_wait_does_not_block_other_streams", test_shrink_wait_does_not_block_other_streams},
       {"unmap_in_flight_counts_against_cap", test_unmap_in_flight_counts_against_cap},
       {"oom_retry_waits_for_other_sync", test_oom_retry_waits_for_other_sync},
+      {"two_failed_shrinks", test_two_failed_shrinks_have_quarantine_room},
       {"grower_waiting_for_shrink", test_grower_waiting_for_shrink_does_not_hold_grow_mu},
       {"oom_retry_after_shrink_finished", test_oom_retry_after_shrink_finished},
       {"sweep_fixed", [] { sweep("malloc / free / record_stream / empty_cache, fixed segments", Config{}, scenario_fixed); }},
