@@ -53,7 +53,10 @@ void fork_prepare() {
     m->grow_mu.lock();
     m->mu.lock();
     // A shrink runs without grow_mu (Note [Shrink outside grow_mu]): let it finish, so
-    // the child never inherits a segment claimed by a thread it does not have.
+    // the child never inherits a segment claimed by a thread it does not have. (Not
+    // empty_cache's synchronize of pending frees, which waits for events the forking
+    // thread itself may be due to complete; a child forked meanwhile keeps those blocks
+    // pending: memory it does not reuse, never memory reused early.)
     while (m->shrinking != 0) m->vmm_cv.wait(m->mu);
   }
 }
@@ -208,14 +211,34 @@ __attribute__((always_inline)) inline Block* DevicePool::fallback_locked(
   // [growth mutex, search again] -> garbage collection -> reclaim -> grow -> wait for
   // pending frees, release everything cached and retry (free list, then grow) -> out of
   // memory.
+  DeviceRoom room;
+  std::unique_lock<std::mutex> gk(m.grow_mu, std::defer_lock);
+  // Note [Shrink outside grow_mu]: a shrink of this stream's expandable segment runs
+  // without grow_mu and holds its claim while it waits for the stream. Waiting for the
+  // claim with grow_mu held (in vmm_grow) would make every other stream's growth wait
+  // for this stream's kernels, so the wait happens with grow_mu dropped, and the cache is
+  // searched again after it. From the check to vmm_grow's claim mu stays held.
+  auto grow = [&]() -> Block* {
+    if (cfg_.expandable_segments && kind == PoolKind::kLarge) {
+      while (idx->vmm_busy) {
+        gk.unlock();  // never blocks: fine with mu held
+        m.vmm_cv.wait(lk, [&] { return !idx->vmm_busy; });
+        lk.unlock();
+        gk.lock();
+        lk.lock();
+        if (m.npending != 0) m.process_events();
+        if (Block* f = take(true)) return f;
+      }
+    }
+    return grow_locked(lk, idx, rounded, room);
+  };
   Block* b = take(true);
   if (b != nullptr) return b;
   // Note [Growth and release protocol]: from here on this thread may change the pool's
   // device footprint, so it holds grow_mu. Waiting for it means another thread is
   // growing or releasing; what that thread did may serve this request, so search again
   // before growing. (try_lock first: no lock drop when nobody else is growing.)
-  std::unique_lock<std::mutex> gk(m.grow_mu, std::try_to_lock);
-  if (!gk.owns_lock()) {
+  if (!gk.try_lock()) {
     lk.unlock();
     gk.lock();
     lk.lock();
@@ -241,24 +264,29 @@ __attribute__((always_inline)) inline Block* DevicePool::fallback_locked(
     b = take(false);
   }
   if (b != nullptr) return b;
-  DeviceRoom room;
-  b = grow_locked(lk, idx, rounded, room);
+  b = grow();
   // A growth beyond the whole device is refused without the retry: releasing the cache
   // cannot help it (Note [Device pre-check]).
   if (b == nullptr && !room.never) {
     ++m.st.num_alloc_retries;
-    // Memory that only waits for another stream is not "out of memory".
-    sync_pending_locked(lk);
-    release_cached_locked(lk, /*respect_threshold=*/false);
-    b = take(true);
-    if (b == nullptr) b = grow_locked(lk, idx, rounded, room);
-  }
-  // Note [Shrink outside grow_mu]: an expandable tail being unmapped by another thread
-  // still counts in reserved(); wait for it to reach the device, then try once more.
-  if (b == nullptr && !room.never && m.shrinking != 0) {
-    while (m.shrinking != 0) m.vmm_cv.wait(lk);
-    b = take(true);
-    if (b == nullptr) b = grow_locked(lk, idx, rounded, room);
+    // Note [Shrink outside grow_mu]: an expandable tail being unmapped by another thread
+    // still counts in reserved(), and blocks whose events another thread's empty_cache is
+    // synchronizing are neither free nor pending in a FIFO. Either comes back without
+    // grow_mu, so a retry that fails while one is in flight, or after one finished since
+    // the retry began (the device snapshot of the growth may predate it), waits for it
+    // and goes round again. Each round needs another thread to have finished a release
+    // (this thread's own releases, made before it looked, do not count).
+    for (;;) {
+      const std::uint64_t epoch = m.release_epoch, own = Impl::own_releases;
+      // Memory that only waits for another stream is not "out of memory".
+      sync_pending_locked(lk);
+      release_cached_locked(lk, /*respect_threshold=*/false);
+      b = take(true);
+      if (b == nullptr) b = grow();
+      if (b != nullptr || room.never) break;
+      while (m.shrinking != 0 || m.syncing != 0) m.vmm_cv.wait(lk);
+      if (m.release_epoch - epoch == Impl::own_releases - own) break;  // nothing new came back
+    }
   }
   if (b == nullptr) {
     ++m.st.num_ooms;
@@ -395,7 +423,11 @@ void DevicePool::throw_bad_pointer_locked(const char* op, std::uintptr_t addr) c
 //     in flight (the retry, sync included, runs under grow_mu too);
 //   * the release paths (empty_cache, release_all_cached, garbage collection, reclaim,
 //     the OOM retry) all run with grow_mu held; waiting for record_stream events
-//     (sync_pending_locked) needs neither lock held while it blocks.
+//     (sync_pending_locked) needs neither lock held while it blocks. Two exceptions,
+//     both from empty_cache and both waiting for a stream: its sync_pending_locked and
+//     its shrink of expandable tails run without grow_mu (Note [Shrink outside
+//     grow_mu]); they are counted (Impl::syncing, Impl::shrinking, Impl::release_epoch)
+//     and the OOM retry waits for them and goes round again.
 // Lock order: grow_mu, then mu (a VMM claim, FreeIndex::vmm_busy, is taken under mu). mu is never held while blocking on
 // grow_mu (malloc only try_locks it with mu held).
 Block* DevicePool::grow_locked(std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
@@ -513,6 +545,7 @@ void DevicePool::sync_pending_locked(std::unique_lock<SpinMutex>& lk) {
   }
   m.npending = 0;
   ++m.st.num_sync_all_streams;
+  ++m.syncing;  // a grower that finds no room waits for these (fallback_locked)
   lk.unlock();
   std::size_t synced = 0;
   std::exception_ptr err;
@@ -543,6 +576,8 @@ void DevicePool::sync_pending_locked(std::unique_lock<SpinMutex>& lk) {
     } catch (...) {
     }
   }
+  --m.syncing;
+  m.released();  // notifies vmm_cv
   if (err) std::rethrow_exception(err);
 }
 

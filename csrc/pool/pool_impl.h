@@ -218,6 +218,22 @@ struct DevicePool::Impl {
   // segment to finish (FreeIndex::vmm_busy, Note [VMM segments]); waits with mu.
   std::condition_variable_any vmm_cv;
   std::size_t shrinking = 0;  // tails being unmapped now (Note [Shrink outside grow_mu])
+  // Threads synchronizing record_stream events they took out of the FIFOs
+  // (sync_pending_locked), with mu dropped: their blocks come back free when they finish.
+  std::size_t syncing = 0;
+  // Bumped (under mu, then vmm_cv notified) whenever a shrink or such a synchronize
+  // finishes: a grower that failed compares it to see whether memory may have come back
+  // since it looked (Note [Shrink outside grow_mu]).
+  std::uint64_t release_epoch = 0;
+  // Bumps this thread made itself (the OOM retry's own sync and shrink): they need no
+  // round more, and counting them would keep a retry going round while other streams
+  // keep recording events.
+  static inline thread_local std::uint64_t own_releases = 0;
+  void released() noexcept {
+    ++release_epoch;
+    ++own_releases;
+    vmm_cv.notify_all();
+  }
   // Bytes counted in reserved_bytes that belong to no segment: tails being unmapped
   // (still counted against the cap until the device has them back) and quarantined
   // ranges (Note [Unmap failure]). reserved == sum of segment sizes + detached.

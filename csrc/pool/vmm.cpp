@@ -12,7 +12,8 @@
 // shrink claims it under the pool lock, drops the lock for the backend calls (which may
 // block), and gives it back under the lock; another thread that wants to change the same
 // segment waits on vmm_cv (parked, not spinning), so no two threads map the same
-// addresses. The claim is per (stream, large) index, not per pool: a shrink waiting for
+// addresses. A grower that finds its segment claimed by a shrink waits with grow_mu
+// dropped (fallback_locked), so other streams' growth never waits for this stream. The claim is per (stream, large) index, not per pool: a shrink waiting for
 // its stream's kernels (below) holds up growth on that stream only. (One vmm_mu per
 // pool made every stream's growth wait for that stream: 250 ms seen.) empty_cache skips a
 // segment whose claim is held instead of waiting for it.
@@ -107,8 +108,20 @@ class VmmClaim {
   std::unique_lock<SpinMutex>& lk_;
 };
 
-// Lock held; capacity for one more entry in m.quarantine reserved. `handles`: granules
-// still mapped from `addr` on, already counted in reserved_bytes and in detached.
+// Note [Quarantine room]: every grow or shrink in flight may add one quarantine entry
+// when it finishes, inside noexcept code, so each reserves room for all of them before it
+// drops the lock: the entries there are, one per shrink in flight (Impl::shrinking, which
+// does not count the caller yet), one for a growth in flight (at most one, under
+// grow_mu), and one for the caller. Shrinks run outside grow_mu (Note [Shrink outside
+// grow_mu]), so two can be in flight; with room for one each, the second entry's
+// push_back reallocated and a std::bad_alloc there was std::terminate.
+std::size_t quarantine_room(const DevicePool::Impl& m) noexcept {
+  return m.quarantine.size() + m.shrinking + 1 + 1;
+}
+
+// Lock held; capacity for one more entry in m.quarantine reserved (quarantine_room).
+// `handles`: granules still mapped from `addr` on, already counted in reserved_bytes
+// and in detached.
 // `seg`: the segment the range was cut from (sealed here), or nullptr with the virtual
 // range [va, va + va_size) it lies in, which the entry then owns.
 void quarantine_locked(DevicePool::Impl& m, Segment* seg, PoolKind kind, std::uintptr_t addr,
@@ -179,7 +192,7 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
     s->chunks->reserve(s->chunks->size() + k);
   }
   m.arena.reserve();
-  m.quarantine.reserve(m.quarantine.size() + 1);
+  m.quarantine.reserve(quarantine_room(m));
   std::vector<PhysHandle> handles;
   handles.reserve(k);
 
@@ -294,7 +307,7 @@ void shrink_one(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, Segment* s
   std::vector<PhysHandle> handles;  // granules from cut on, still mapped
   try {
     handles.assign(s->chunks->end() - static_cast<std::ptrdiff_t>(k), s->chunks->end());
-    m.quarantine.reserve(m.quarantine.size() + 1);
+    m.quarantine.reserve(quarantine_room(m));
   } catch (...) {
     return;  // s stays as it is (Note [Exception safety])
   }
@@ -363,7 +376,7 @@ void shrink_one(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, Segment* s
   }
   idx->vmm_busy = false;
   --m.shrinking;
-  m.vmm_cv.notify_all();
+  m.released();  // notifies vmm_cv
 }
 
 }  // namespace

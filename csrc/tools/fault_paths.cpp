@@ -261,6 +261,7 @@ class SweepBackend final : public Backend {
   int throw_dealloc_at = 0;  // k-th deallocate from now throws
   std::atomic<int> double_maps{0};
   std::atomic<std::size_t> peak_used{0};
+  std::function<void()> after_mem_info;  // runs inside mem_info, after the snapshot
 
   // Gate: while closed, synchronize_event of an event on `stream` (0: any) blocks
   // (wait_entered() says a caller is waiting).
@@ -329,7 +330,9 @@ class SweepBackend final : public Backend {
   }
   MemInfo do_mem_info() override {
     fault::Suspend s;
-    return h->mem_info();
+    const MemInfo mi = h->mem_info();
+    if (after_mem_info) after_mem_info();  // a test's hook: the snapshot is taken, not yet used
+    return mi;
   }
   const char* do_name() const noexcept override { return "sweep"; }
   bool do_supports_vmm() const noexcept override { return true; }
@@ -671,6 +674,162 @@ static void test_unmap_in_flight_counts_against_cap() {
   EXPECT(be->peak_used.load() <= 64 * MiB, "the device never held more than the cap");
 }
 
+// Bug (review of the merged protocol): empty_cache takes record_stream events out of their
+// FIFOs and synchronizes them with no lock held. A grower that missed the cache then
+// found nothing pending in its own retry (sync_pending_locked saw npending == 0),
+// nothing to release, and declared out of memory while the only block it needed was a
+// moment from free. Now a grower waits for another thread's synchronize to finish (as it
+// waits for a shrink) and retries.
+static void test_oom_retry_waits_for_other_sync() {
+  std::printf("OOM retry: waits for pending frees another thread is synchronizing\n");
+  auto be = std::make_shared<SweepBackend>();
+  Config c;
+  c.max_pool_size = 40 * MiB;
+  DevicePool pool(c, be);
+  void* a = pool.malloc(30 * MiB, 1);
+  pool.record_stream(a, 9);
+  be->h->hold_stream(9);  // stream 9's kernels still use a
+  pool.free(a);           // pending free
+  be->close_gate(9);
+  std::thread releaser([&] { pool.empty_cache(); });
+  const bool entered = be->wait_entered(std::chrono::seconds(20));
+  EXPECT(entered, "empty_cache synchronizes stream 9's event");
+  std::thread opener([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    be->h->release_stream(9);
+    be->open_gate();  // whether or not the growth waits for it
+  });
+  void* b = nullptr;
+  std::string err;
+  try { b = pool.malloc(30 * MiB, 1); } catch (const OutOfMemoryError& e) { err = e.what(); }
+  opener.join();
+  releaser.join();
+  EXPECT(b != nullptr, b != nullptr ? "no spurious OOM" : ("spurious OOM: " + err.substr(0, 160)).c_str());
+  if (b != nullptr) pool.free(b);
+  pool.empty_cache();
+  std::string why;
+  const bool ok = consistent(pool, *be, &why);
+  EXPECT(ok, ok ? "consistent afterwards" : why.c_str());
+}
+
+// Bug (review): the fallback waited for a shrink only if one was still in flight when it
+// looked. A grower whose device snapshot (mem_info) was taken while another thread's
+// shrink still held the granules, and which looked after that shrink had finished, saw
+// nothing in flight and declared out of memory with the memory back on the device. The
+// hook finishes the shrink exactly in that window. Now any release that finished since
+// the retry began sends the grower round once more.
+static void test_oom_retry_after_shrink_finished() {
+  std::printf("OOM retry: a shrink that finished after the device snapshot\n");
+  auto be = std::make_shared<SweepBackend>();
+  be->h->set_capacity(64 * MiB);
+  DevicePool pool(vmm_config(), be);
+  void* a = pool.malloc(60 * MiB, 1);
+  pool.free(a);
+  be->close_gate(1);
+  std::atomic<bool> shrunk{false};
+  std::thread shrinker([&] { pool.empty_cache(); shrunk = true; });
+  const bool entered = be->wait_entered(std::chrono::seconds(20));
+  EXPECT(entered, "the shrink waits for stream 1");
+  // The growth on stream 2 asks mem_info twice (first try, then the retry after the
+  // release): on the second, let the shrink finish before the grower looks again.
+  int asked = 0;
+  be->after_mem_info = [&] {
+    if (++asked != 2) return;
+    be->open_gate();
+    for (int i = 0; i < 2000 && !shrunk; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  };
+  void* b = nullptr;
+  std::string err;
+  try { b = pool.malloc(60 * MiB, 2); } catch (const OutOfMemoryError& e) { err = e.what(); }
+  be->after_mem_info = nullptr;
+  be->open_gate();
+  shrinker.join();
+  EXPECT(b != nullptr, b != nullptr ? "no spurious OOM" : ("spurious OOM: " + err.substr(0, 160)).c_str());
+  if (b != nullptr) pool.free(b);
+  pool.empty_cache();
+  std::string why;
+  const bool ok = consistent(pool, *be, &why);
+  EXPECT(ok, ok ? "consistent afterwards" : why.c_str());
+}
+
+// Bug (review of Note [Shrink outside grow_mu]): a grower on stream 1 whose segment was
+// being shrunk waited for the claim (FreeIndex::vmm_busy) while holding grow_mu, so a
+// growth on stream 2 waited for grow_mu, that is for stream 1's kernels: the 250 ms of
+// issue 13 bug 12a again, through a second thread. Now a grower drops grow_mu while it
+// waits for a shrink of its own segment.
+static void test_grower_waiting_for_shrink_does_not_hold_grow_mu() {
+  std::printf("vmm: a grower waiting for its stream's shrink does not block growth on stream 2\n");
+  auto be = std::make_shared<SweepBackend>();
+  DevicePool pool(vmm_config(), be);
+  void* a2 = pool.malloc(4 * MiB, 2);
+  void* a = pool.malloc(20 * MiB, 1);
+  pool.free(a);
+  be->close_gate(1);
+  std::thread shrinker([&] { pool.empty_cache(); });
+  const bool entered = be->wait_entered(std::chrono::seconds(20));
+  EXPECT(entered, "the shrink waits for stream 1");
+  void* g1 = nullptr;
+  std::thread grower1([&] { g1 = pool.malloc(40 * MiB, 1); });  // waits for stream 1's shrink
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::atomic<bool> grown{false}, watchdog_fired{false};
+  std::thread watchdog([&] {
+    for (int i = 0; i < 1000 && !grown; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!grown) { watchdog_fired = true; be->open_gate(); }
+  });
+  void* b = pool.malloc(40 * MiB, 2);  // more than its free tail: grows stream 2's segment
+  grown = true;
+  EXPECT(!watchdog_fired, "growth on stream 2 finished while a stream 1 grower waited for the shrink");
+  be->open_gate();
+  shrinker.join();
+  grower1.join();
+  watchdog.join();
+  EXPECT(g1 != nullptr, "the stream 1 grower is served after the shrink");
+  pool.free(g1);
+  pool.free(b);
+  pool.free(a2);
+  pool.empty_cache();
+  std::string why;
+  const bool ok = consistent(pool, *be, &why);
+  EXPECT(ok, ok ? "consistent afterwards" : why.c_str());
+}
+
+// Bug (review of Note [Shrink outside grow_mu]): each shrink reserved room for one more
+// quarantine entry, but two shrinks can now be in flight at once (two empty_cache
+// threads, or one beside the OOM retry), both counting on the same spare slot; when both
+// unmaps failed the second entry's push_back reallocated inside a noexcept function, and
+// a std::bad_alloc there was std::terminate. Each shrink now reserves a slot for every
+// operation in flight.
+static void test_two_failed_shrinks_have_quarantine_room() {
+  std::printf("vmm: two shrinks in flight both fail to unmap, then bad_alloc\n");
+  auto be = std::make_shared<SweepBackend>();
+  {
+    DevicePool pool(vmm_config(), be);
+    // Stream 2's segment first: stream 1's (newer) heads the list, so r1 meets it first.
+    void* a2 = pool.malloc(4 * MiB, 2);
+    void* b2 = pool.malloc(20 * MiB, 2);
+    void* a1 = pool.malloc(4 * MiB, 1);
+    void* b1 = pool.malloc(20 * MiB, 1);
+    pool.free(b2);
+    pool.free(b1);
+    be->close_gate(1);
+    std::thread r1([&] { pool.empty_cache(); });  // waits for stream 1
+    be->wait_entered(std::chrono::seconds(20));
+    be->throw_unmap_at = 1;
+    pool.empty_cache();  // skips stream 1 (claimed), stream 2's unmap fails: quarantined
+    be->throw_unmap_at = 1;
+    fault::arm(1);  // the next bookkeeping allocation anywhere throws
+    be->open_gate();
+    r1.join();  // stream 1's unmap fails: a second quarantine entry
+    fault::disarm();
+    std::string why;
+    const bool ok = consistent(pool, *be, &why);
+    EXPECT(ok, ok ? "both ranges quarantined, device == reserved" : why.c_str());
+    pool.free(a1);
+    pool.free(a2);
+  }
+  EXPECT(be->h->live_allocations() == 0 && be->h->used() == 0, "the destructor hands everything back");
+}
+
 // Bug: set_history turned history on before its ring existed; when making the ring
 // failed (record_history(max_entries=1 << 58) in Python), the next allocation wrote into
 // a ring that did not exist (SIGSEGV). Here the ring's allocation is made to fail.
@@ -736,6 +895,10 @@ int main(int argc, char** argv) {
        }},
       {"shrink_wait_does_not_block_other_streams", test_shrink_wait_does_not_block_other_streams},
       {"unmap_in_flight_counts_against_cap", test_unmap_in_flight_counts_against_cap},
+      {"oom_retry_waits_for_other_sync", test_oom_retry_waits_for_other_sync},
+      {"two_failed_shrinks", test_two_failed_shrinks_have_quarantine_room},
+      {"grower_waiting_for_shrink", test_grower_waiting_for_shrink_does_not_hold_grow_mu},
+      {"oom_retry_after_shrink_finished", test_oom_retry_after_shrink_finished},
       {"sweep_fixed", [] { sweep("malloc / free / record_stream / empty_cache, fixed segments", Config{}, scenario_fixed); }},
       {"sweep_vmm", [] { sweep("VMM grow / shrink, expandable segments", vmm_config(), scenario_vmm); }},
       {"sweep_vmm_backend_faults", [] {
