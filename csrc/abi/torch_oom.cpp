@@ -38,7 +38,7 @@
 #include <cstring>
 #include <string>
 
-#include "pypool/allocator.h"
+#include "pypool/device_pool.h"
 #include "pypool/c_api.h"
 
 #if defined(__linux__) && defined(__GXX_ABI_VERSION)

@@ -14,7 +14,7 @@
 #include <thread>
 #include <vector>
 
-#include "pypool/allocator.h"
+#include "pypool/device_pool.h"
 #include "pypool/backends.h"
 #include "pypool/c_api.h"
 #include "pypool/host_backend.h"
@@ -94,7 +94,7 @@ py::list segments_list(const std::vector<SegmentInfo>& segs) {
 // references to the code objects; line numbers and strings are only made when a report
 // asks (context_frames). A Python-level walk cost 4-17 us per allocation; this costs
 // well under one. The table is guarded by the GIL. The hook runs before the pool lock is
-// taken (see allocator.h), so taking the GIL here cannot deadlock with the pool.
+// taken (see device_pool.h), so taking the GIL here cannot deadlock with the pool.
 struct StackKeyHash {
   std::size_t operator()(const std::vector<std::uintptr_t>& v) const noexcept {
     std::size_t h = 1469598103934665603ull;

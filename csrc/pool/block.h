@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "pypool/allocator.h"
+#include "pypool/device_pool.h"
 
 namespace pypool::detail {
 

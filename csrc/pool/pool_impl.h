@@ -17,7 +17,7 @@
 #include "block.h"
 #include "free_index.h"
 #include "ptr_map.h"
-#include "pypool/allocator.h"
+#include "pypool/device_pool.h"
 #include "pypool/size_policy.h"
 
 namespace pypool {

@@ -32,7 +32,7 @@
 #include <thread>
 #include <vector>
 
-#include "pypool/allocator.h"
+#include "pypool/device_pool.h"
 #include "pypool/host_backend.h"
 
 using namespace pypool;

@@ -29,7 +29,7 @@
 #include <unordered_set>
 #include <vector>
 
-#include "pypool/allocator.h"
+#include "pypool/device_pool.h"
 #include "pypool/backends.h"
 #include "pypool/host_backend.h"
 

@@ -9,7 +9,7 @@
 #include <thread>
 #include <vector>
 
-#include "pypool/allocator.h"
+#include "pypool/device_pool.h"
 #include "pypool/c_api.h"
 #include "pypool/host_backend.h"
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "pypool/allocator.h"
+#include "pypool/device_pool.h"
 
 namespace pypool {
 
