@@ -1,0 +1,120 @@
+// pypool._core, Python stack capture: the context hook that records the calling thread's
+// Python stack at each allocation, and the look-up of those stacks for reports.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "bindings.h"
+#include "pypool/device_pool.h"
+#include "pypool/registry.h"
+
+namespace pypool::bindings {
+
+namespace {
+
+// Note [Native stack capture]: while capture is on, each allocation records the Python
+// stack of the calling thread. The walk runs here in C++ (public frame API), keyed on
+// (code object, instruction offset) pairs and interned in a table that holds strong
+// references to the code objects; line numbers and strings are only made when a report
+// asks (context_frames). A Python-level walk cost 4-17 us per allocation; this costs
+// well under one. The table is guarded by the GIL. The hook runs before the pool lock is
+// taken (see device_pool.h), so taking the GIL here cannot deadlock with the pool.
+struct StackKeyHash {
+  std::size_t operator()(const std::vector<std::uintptr_t>& v) const noexcept {
+    std::size_t h = 1469598103934665603ull;
+    for (std::uintptr_t x : v) h = (h ^ x) * 1099511628211ull;
+    return h;
+  }
+};
+struct StackTable {
+  std::unordered_map<std::vector<std::uintptr_t>, std::uint64_t, StackKeyHash> ids;
+  std::vector<std::vector<std::pair<PyObject*, int>>> stacks{1};  // id 0 = none
+};
+StackTable& stack_table() {
+  static auto* t = new StackTable();  // leaked: code objects stay alive to exit
+  return *t;
+}
+constexpr int kMaxFrames = 48;
+
+}  // namespace
+
+std::uint64_t native_context_hook(void*) {
+  // At interpreter shutdown a thread without a Python state must not take the GIL
+  // (CPython would end it with pthread_exit, unwinding through torch's frames).
+#if PY_VERSION_HEX >= 0x030D0000
+  if (!Py_IsInitialized() || Py_IsFinalizing()) return 0;
+#else
+  if (!Py_IsInitialized() || _Py_IsFinalizing()) return 0;
+#endif
+  py::gil_scoped_acquire gil;
+  PyFrameObject* f = PyThreadState_GetFrame(PyThreadState_Get());  // new reference
+  if (f == nullptr) return 0;  // a thread with no Python frames (autograd workers)
+  thread_local std::vector<std::uintptr_t> key;
+  key.clear();
+  for (int n = 0; f != nullptr && n < kMaxFrames; ++n) {
+    PyCodeObject* code = PyFrame_GetCode(f);  // new reference
+#if PY_VERSION_HEX >= 0x030B0000
+    const int where = PyFrame_GetLasti(f);
+#else
+    const int where = PyFrame_GetLineNumber(f);
+#endif
+    key.push_back(reinterpret_cast<std::uintptr_t>(code));
+    key.push_back(static_cast<std::uintptr_t>(where));
+    Py_DECREF(code);  // the table takes its own reference below when the stack is new
+    PyFrameObject* back = PyFrame_GetBack(f);
+    Py_DECREF(f);
+    f = back;
+  }
+  Py_XDECREF(f);
+  StackTable& t = stack_table();
+  auto it = t.ids.find(key);
+  if (it != t.ids.end()) return it->second;
+  std::vector<std::pair<PyObject*, int>> stack;
+  for (std::size_t i = 0; i < key.size(); i += 2) {
+    auto* code = reinterpret_cast<PyObject*>(key[i]);
+    Py_INCREF(code);
+    stack.emplace_back(code, static_cast<int>(key[i + 1]));
+  }
+  const std::uint64_t id = t.stacks.size();
+  t.stacks.push_back(std::move(stack));
+  t.ids.emplace(key, id);
+  return id;
+}
+
+namespace {
+
+py::list context_frames(std::uint64_t id) {
+  py::list out;
+  StackTable& t = stack_table();
+  if (id == 0 || id >= t.stacks.size()) return out;
+  for (const auto& [obj, where] : t.stacks[id]) {
+    auto* code = reinterpret_cast<PyCodeObject*>(obj);
+#if PY_VERSION_HEX >= 0x030B0000
+    const int line = PyCode_Addr2Line(code, where);
+#else
+    const int line = where;
+#endif
+    py::dict d;
+    d["filename"] = py::reinterpret_borrow<py::object>(code->co_filename);
+    d["line"] = line;
+    d["name"] = py::reinterpret_borrow<py::object>(code->co_name);
+    out.append(d);
+  }
+  return out;
+}
+
+}  // namespace
+
+void init_stack_capture(py::module_& m) {
+  m.def("context_frames", &context_frames, py::arg("context"),
+        "The Python stack recorded for a context id, innermost frame first.");
+  m.def("context_count", [] { return stack_table().stacks.size() - 1; });
+  m.def("registry_capture_new_pools", [](bool on) {
+    Registry::instance().set_capture_new_pools(on ? &native_context_hook : nullptr, nullptr, on);
+  });
+}
+
+}  // namespace pypool::bindings
