@@ -34,10 +34,9 @@ const char* state_name(BlockState s) {
 
 py::dict stats_dict(const Stats& s) {
   py::dict d;
-  static const char* kTypes[3] = {"all", "small_pool", "large_pool"};
   auto put = [&](const char* name, const StatArray& a) {
-    for (int i = 0; i < 3; ++i) {
-      const std::string p = std::string(name) + "." + kTypes[i] + ".";
+    for (int i = 0; i < kNumStatTypes; ++i) {
+      const std::string p = std::string(name) + "." + kStatTypeNames[i] + ".";
       d[py::str(p + "current")] = a[i].current;
       d[py::str(p + "peak")] = a[i].peak;
       d[py::str(p + "allocated")] = a[i].allocated();

@@ -68,8 +68,8 @@ py::dict replay_trace(DevicePool& pool, py::array_t<std::int8_t, py::array::c_st
         const Stats s = pool.stats();
         s_event.push_back(static_cast<std::int64_t>(i));
         s_live.push_back(static_cast<std::int64_t>(live));
-        s_alloc.push_back(s.allocated_bytes[0].current);
-        s_reserved.push_back(s.reserved_bytes[0].current);
+        s_alloc.push_back(s.allocated_bytes[kStatAll].current);
+        s_reserved.push_back(s.reserved_bytes[kStatAll].current);
       }
     }
   }

@@ -771,7 +771,7 @@ void DevicePool::check_invariants() const {
   // Recomputed from a walk into torch's [all, small, large] arrays, independently of the
   // per-kind bookkeeping (Note [Stats by kind]), and compared with its snapshot.
   auto add = [](StatArray& a, PoolKind k, std::int64_t n) {
-    a[0].add(n);
+    a[kStatAll].add(n);
     a[kind_index(k)].add(n);
   };
   const Stats st = m.st.snapshot();
@@ -846,7 +846,7 @@ void DevicePool::check_invariants() const {
   for (int k = 0; k < kNumPoolKinds; ++k)
     add(calc.reserved_bytes, static_cast<PoolKind>(k), static_cast<std::int64_t>(m.detached[k]));
   if (m.live.size() != live_blocks) fail("live map holds blocks that are in no segment");
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < kNumStatTypes; ++i) {
 #define PYPOOL_CHECK_STAT(name)                                                           \
   if (calc.name[i].current != st.name[i].current)                                         \
     fail(std::string("stat " #name "[") + std::to_string(i) + "] is " +                   \

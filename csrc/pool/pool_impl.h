@@ -52,7 +52,9 @@ inline std::string hex(std::uintptr_t p) {
   return buf;
 }
 
-inline int kind_index(PoolKind k) { return 1 + static_cast<int>(k); }
+inline StatType kind_index(PoolKind k) {
+  return k == PoolKind::kSmall ? kStatSmallPool : kStatLargePool;
+}
 
 // Note [Stats by kind]: every array stat changes for one pool kind at a time, and "all"
 // is the sum of the two kinds, so the pool keeps each stat per kind only, plus the peak
@@ -83,11 +85,11 @@ struct KindStat {
     StatArray a;
     for (int i = 0; i < kNumPoolKinds; ++i) {
       a[kind_index(static_cast<PoolKind>(i))] = kind[i];
-      a[0].current += kind[i].current;
-      a[0].freed += kind[i].freed;
-      a[0].base += kind[i].base;
+      a[kStatAll].current += kind[i].current;
+      a[kStatAll].freed += kind[i].freed;
+      a[kStatAll].base += kind[i].base;
     }
-    a[0].peak = all_peak;
+    a[kStatAll].peak = all_peak;
     return a;
   }
 };

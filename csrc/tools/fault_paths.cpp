@@ -160,8 +160,8 @@ static void test_free_record_event_throws() {
   // The caller retries the free (the pool said it is unchanged):
   try { pool.free(p); } catch (const std::exception& e) { std::printf("  (retry free threw: %s)\n", e.what()); }
   const Stats s = pool.stats();
-  std::printf("  allocated_bytes.current after retry = %lld (expect 0)\n", (long long)s.allocated_bytes[0].current);
-  EXPECT(s.allocated_bytes[0].current == 0, "allocated_bytes returns to 0, not negative");
+  std::printf("  allocated_bytes.current after retry = %lld (expect 0)\n", (long long)s.allocated_bytes[kStatAll].current);
+  EXPECT(s.allocated_bytes[kStatAll].current == 0, "allocated_bytes returns to 0, not negative");
 }
 
 // process_events(): query_event throws mid-scan; the pending vector keeps stale entries
@@ -373,7 +373,7 @@ class SweepBackend final : public Backend {
   int waiting_ = 0;
 };
 
-static std::int64_t reserved_of(DevicePool& p) { return p.stats().reserved_bytes[0].current; }
+static std::int64_t reserved_of(DevicePool& p) { return p.stats().reserved_bytes[kStatAll].current; }
 
 // What the device holds equals what the pool reports, and the invariants hold.
 static bool consistent(DevicePool& pool, SweepBackend& be, std::string* why) {
@@ -873,7 +873,7 @@ static void test_pending_events_do_not_wrap() {
   EXPECT(st == BlockState::kPendingFree, "the block waits for its 65,536 events");
   pool.free(pool.malloc(512, 0));  // processes them
   std::string why;
-  const bool ok = invariants_ok(pool, &why) && pool.stats().active_bytes[0].current == 0;
+  const bool ok = invariants_ok(pool, &why) && pool.stats().active_bytes[kStatAll].current == 0;
   EXPECT(ok, ok ? "and is free once they completed" : why.c_str());
 }
 

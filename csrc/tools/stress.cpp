@@ -88,8 +88,8 @@ int run(bool expandable, int threads, int ops) {
   const Stats s = pool.stats();
   std::printf("stress expandable=%d: %ld ooms, %lld device allocs, reserved after release %lld\n",
               expandable, ooms.load(), static_cast<long long>(s.num_device_alloc),
-              static_cast<long long>(s.reserved_bytes[0].current));
-  if (s.allocation[0].current != 0 || s.active[0].current != 0) {
+              static_cast<long long>(s.reserved_bytes[kStatAll].current));
+  if (s.allocation[kStatAll].current != 0 || s.active[kStatAll].current != 0) {
     std::fprintf(stderr, "live blocks remain after all frees\n");
     return 1;
   }

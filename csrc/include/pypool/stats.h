@@ -11,26 +11,27 @@
 
 namespace pypool {
 
-// X(name)
-#define PYPOOL_ARRAY_STATS(X) \
-  X(allocation)               \
-  X(segment)                  \
-  X(active)                   \
-  X(inactive_split)           \
-  X(allocated_bytes)          \
-  X(reserved_bytes)           \
-  X(active_bytes)             \
-  X(inactive_split_bytes)     \
-  X(requested_bytes)
+// X(name): a StatArray each, one Stat per StatType.
+#define PYPOOL_ARRAY_STATS(X)                                                            \
+  X(allocation)           /* blocks allocated and not yet freed */                       \
+  X(segment)              /* segments (expandable: one per virtual range) */             \
+  X(active)               /* blocks allocated, or freed with stream events pending */    \
+  X(inactive_split)       /* free blocks in a split segment (the fragments) */           \
+  X(allocated_bytes)      /* bytes of `allocation` blocks (block sizes, not requests) */ \
+  X(reserved_bytes)       /* bytes the device holds for the pool, unmaps in flight too */ \
+  X(active_bytes)         /* bytes of `active` blocks */                                 \
+  X(inactive_split_bytes) /* bytes of `inactive_split` blocks */                         \
+  X(requested_bytes)      /* bytes callers asked for, over `allocation` blocks */
 
-#define PYPOOL_SCALAR_STATS(X) \
-  X(num_alloc_retries)         \
-  X(num_ooms)                  \
-  X(num_device_alloc)          \
-  X(num_device_free)           \
-  X(num_sync_all_streams)      \
-  X(num_segment_map)           \
-  X(num_segment_unmap)
+// X(name): one count each, the number of times since the last reset_accumulated.
+#define PYPOOL_SCALAR_STATS(X)                                                            \
+  X(num_alloc_retries)    /* mallocs that released the cache and retried */               \
+  X(num_ooms)             /* mallocs that failed after the whole fallback chain */        \
+  X(num_device_alloc)     /* segments the device gave (expandable: new virtual ranges) */ \
+  X(num_device_free)      /* segments the device took back */                             \
+  X(num_sync_all_streams) /* waits for all pending record_stream events */                \
+  X(num_segment_map)      /* growths of an expandable segment (granules mapped) */        \
+  X(num_segment_unmap)    /* shrinks of an expandable segment (granules unmapped) */
 
 constexpr int kStatsVersion = 1;
 
@@ -58,8 +59,11 @@ struct Stat {
   }
 };
 
-// Index 0 = all, 1 = small_pool, 2 = large_pool (torch's StatType order).
-using StatArray = std::array<Stat, 3>;
+// The index into a StatArray, in torch's StatType order (AGGREGATE, SMALL_POOL,
+// LARGE_POOL); kStatTypeNames gives the key each has in memory_stats().
+enum StatType : int { kStatAll = 0, kStatSmallPool = 1, kStatLargePool = 2, kNumStatTypes = 3 };
+inline constexpr const char* kStatTypeNames[kNumStatTypes] = {"all", "small_pool", "large_pool"};
+using StatArray = std::array<Stat, kNumStatTypes>;
 
 struct Stats {
 #define PYPOOL_DECLARE_ARRAY(name) StatArray name;
