@@ -161,7 +161,6 @@ struct DeviceRoom {
 struct Quarantined {
   std::uintptr_t addr = 0;
   std::vector<PhysHandle> handles;  // granules from addr on, still mapped
-  PoolKind kind = PoolKind::kLarge;
   std::uintptr_t va = 0;
   std::size_t va_size = 0;
 };
@@ -192,10 +191,6 @@ struct DevicePool::Impl {
   FreeIndex* last_index[kNumPoolKinds] = {nullptr, nullptr};
   Segment* segs = nullptr;  // intrusive list of all segments
   PoolStats st;  // Note [Stats by kind]
-  // Bytes a grower is obtaining from the backend with mu dropped. Only the grower that
-  // holds grow_mu ever has bytes in flight, so every other cap check (all made under
-  // grow_mu) sees 0 here (Note [Growth and release protocol]).
-  std::size_t inflight = 0;
   double fraction = 0.0;
   std::size_t cap = Config::kUnlimited;
   std::uint64_t seq = 0;
@@ -208,7 +203,6 @@ struct DevicePool::Impl {
     Stream stream;
     std::vector<std::pair<Event, Block*>> q;
     std::size_t head = 0;
-    std::size_t size() const noexcept { return q.size() - head; }
   };
   std::vector<EventFifo> fifos;
   std::size_t npending = 0;  // entries over all FIFOs: the hot path's one test
@@ -507,8 +501,10 @@ struct DevicePool::Impl {
     return want;
   }
 
+  // Called with grow_mu held, when no other growth or release has bytes in flight
+  // (Note [Growth and release protocol]): reserved() is then what the device holds.
   bool fits_cap(std::size_t n) const {
-    const std::size_t used = reserved() + inflight;
+    const std::size_t used = reserved();
     return cap == Config::kUnlimited || (used <= cap && n <= cap - used);
   }
 

@@ -124,13 +124,12 @@ std::size_t quarantine_room(const DevicePool::Impl& m) noexcept {
 // and in detached.
 // `seg`: the segment the range was cut from (sealed here), or nullptr with the virtual
 // range [va, va + va_size) it lies in, which the entry then owns.
-void quarantine_locked(DevicePool::Impl& m, Segment* seg, PoolKind kind, std::uintptr_t addr,
+void quarantine_locked(DevicePool::Impl& m, Segment* seg, std::uintptr_t addr,
                        std::vector<PhysHandle>&& handles, std::uintptr_t va,
                        std::size_t va_size) noexcept {
   Quarantined q;
   q.addr = addr;
   q.handles = std::move(handles);
-  q.kind = kind;
   if (seg != nullptr) {
     if (!seg->sealed) {
       q.va = seg->addr;
@@ -196,7 +195,6 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
   std::vector<PhysHandle> handles;
   handles.reserve(k);
 
-  m.inflight += need;
   lk.unlock();
   void* range = nullptr;
   std::uintptr_t at = 0;
@@ -205,7 +203,6 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
     if (s == nullptr) range = m.be.vmm_reserve(va);
   } catch (...) {
     lk.lock();
-    m.inflight -= need;
     throw;
   }
   if (s != nullptr || range != nullptr) {
@@ -220,7 +217,6 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
     }
   }
   lk.lock();
-  m.inflight -= need;
   if (!mapped) {
     if (!handles.empty()) {
       // The rollback of a failed growth could not unmap these (Note [Unmap failure]).
@@ -228,7 +224,7 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
       const auto bytes = static_cast<std::int64_t>(handles.size() * g);
       DevicePool::Impl::add(m.st.reserved_bytes, kind, bytes);
       m.detached[static_cast<int>(kind)] += handles.size() * g;
-      quarantine_locked(m, s, kind, at, std::move(handles), reinterpret_cast<std::uintptr_t>(range), va);
+      quarantine_locked(m, s, at, std::move(handles), reinterpret_cast<std::uintptr_t>(range), va);
     }
     return nullptr;
   }
@@ -368,7 +364,7 @@ void shrink_one(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, Segment* s
   DevicePool::Impl::sub(m.st.reserved_bytes, s->kind, static_cast<std::int64_t>(unmapped));
   m.detached[static_cast<int>(s->kind)] -= unmapped;
   if (unmapped > 0) ++m.st.num_segment_unmap;
-  if (failed) quarantine_locked(m, s, s->kind, cut, std::move(handles), 0, 0);
+  if (failed) quarantine_locked(m, s, cut, std::move(handles), 0, 0);
   if (whole) {
     if (!failed) ++m.st.num_device_free;
     delete s->chunks;
