@@ -213,11 +213,11 @@ __attribute__((always_inline)) inline Block* DevicePool::fallback_locked(
   // memory.
   DeviceRoom room;
   std::unique_lock<std::mutex> gk(m.grow_mu, std::defer_lock);
-  // Note [Shrink outside grow_mu]: a shrink of this stream's expandable segment runs
-  // without grow_mu and holds its claim while it waits for the stream. Waiting for the
-  // claim with grow_mu held (in vmm_grow) would make every other stream's growth wait
-  // for this stream's kernels, so the wait happens with grow_mu dropped, and the cache is
-  // searched again after it. From the check to vmm_grow's claim mu stays held.
+  // A shrink of this stream's expandable segment runs without grow_mu and holds its claim
+  // while it waits for the stream (Note [Shrink outside grow_mu]). Waiting for the claim
+  // with grow_mu held (in vmm_grow) would make every other stream's growth wait for this
+  // stream's kernels, so the wait happens with grow_mu dropped, and the cache is searched
+  // again after it. From the check to vmm_grow's claim mu stays held.
   auto grow = [&]() -> Block* {
     if (cfg_.expandable_segments && kind == PoolKind::kLarge) {
       while (idx->vmm_busy) {
@@ -234,10 +234,10 @@ __attribute__((always_inline)) inline Block* DevicePool::fallback_locked(
   };
   Block* b = take(true);
   if (b != nullptr) return b;
-  // Note [Growth and release protocol]: from here on this thread may change the pool's
-  // device footprint, so it holds grow_mu. Waiting for it means another thread is
-  // growing or releasing; what that thread did may serve this request, so search again
-  // before growing. (try_lock first: no lock drop when nobody else is growing.)
+  // From here on this thread may change the pool's device footprint, so it holds grow_mu
+  // (Note [Growth and release protocol]). Waiting for it means another thread is growing
+  // or releasing; what that thread did may serve this request, so search again before
+  // growing. (try_lock first: no lock drop when nobody else is growing.)
   if (!gk.try_lock()) {
     lk.unlock();
     gk.lock();
@@ -269,13 +269,14 @@ __attribute__((always_inline)) inline Block* DevicePool::fallback_locked(
   // cannot help it (Note [Device pre-check]).
   if (b == nullptr && !room.never) {
     ++m.st.num_alloc_retries;
-    // Note [Shrink outside grow_mu]: an expandable tail being unmapped by another thread
-    // still counts in reserved(), and blocks whose events another thread's empty_cache is
-    // synchronizing are neither free nor pending in a FIFO. Either comes back without
-    // grow_mu, so a retry that fails while one is in flight, or after one finished since
-    // the retry began (the device snapshot of the growth may predate it), waits for it
-    // and goes round again. Each round needs another thread to have finished a release
-    // (this thread's own releases, made before it looked, do not count).
+    // An expandable tail being unmapped by another thread still counts in reserved(), and
+    // blocks whose events another thread's empty_cache is synchronizing are neither free
+    // nor pending in a FIFO. Either comes back without grow_mu
+    // (Note [Shrink outside grow_mu]), so a retry that fails while one is in flight, or
+    // after one finished since the retry began (the device snapshot of the growth may
+    // predate it), waits for it and goes round again. Each round needs another thread to
+    // have finished a release (this thread's own releases, made before it looked, do not
+    // count).
     for (;;) {
       const std::uint64_t epoch = m.release_epoch, own = Impl::own_releases;
       // Memory that only waits for another stream is not "out of memory".
@@ -407,16 +408,17 @@ void DevicePool::throw_bad_pointer_locked(const char* op, std::uintptr_t addr) c
 }
 
 // Note [Growth and release protocol]: every change of the pool's device footprint (a
-// segment allocated or freed, granules mapped or unmapped) happens under grow_mu, a
-// blocking std::mutex held across the backend call, as PyTorch holds its allocator
-// mutex across cudaMalloc/cudaFree. The spin lock `mu` is dropped for the backend call
-// itself, so cache hits, frees and stats on every stream go on meanwhile; only threads
-// that want to grow or release wait, and they park in the kernel instead of spinning.
-// Consequences:
-//   * a cap check (fits_cap) is only made under grow_mu, when no other thread has
-//     bytes in flight in either direction: reserved() is exactly what the device holds
-//     for this pool. A segment being released still counts against the cap until the
-//     backend has it back, because no grower can look before grow_mu is released;
+// segment allocated or freed, granules mapped or unmapped) but two releases (below)
+// happens under grow_mu, a blocking std::mutex held across the backend call, as PyTorch
+// holds its allocator mutex across cudaMalloc/cudaFree. The spin lock `mu` is dropped
+// for the backend call itself, so cache hits, frees and stats on every stream go on
+// meanwhile; only threads that want to grow or release wait, and they park in the
+// kernel instead of spinning. Consequences:
+//   * a cap check (fits_cap) is only made under grow_mu, when no other growth is in
+//     flight, and bytes being released still count in reserved() until the backend has
+//     them back: a segment being released counts against the cap until then, because
+//     no grower can look before grow_mu is released, and a tail being unmapped outside
+//     grow_mu stays in Impl::detached;
 //   * a thread that misses the cache and finds grow_mu taken waits for it, then
 //     searches the cache again before it grows: the growth it waited for may serve it,
 //     and it never declares out-of-memory while another thread's growth or release is
@@ -425,11 +427,12 @@ void DevicePool::throw_bad_pointer_locked(const char* op, std::uintptr_t addr) c
 //     the OOM retry) all run with grow_mu held; waiting for record_stream events
 //     (sync_pending_locked) needs neither lock held while it blocks. Two exceptions,
 //     both from empty_cache and both waiting for a stream: its sync_pending_locked and
-//     its shrink of expandable tails run without grow_mu (Note [Shrink outside
-//     grow_mu]); they are counted (Impl::syncing, Impl::shrinking, Impl::release_epoch)
-//     and the OOM retry waits for them and goes round again.
-// Lock order: grow_mu, then mu (a VMM claim, FreeIndex::vmm_busy, is taken under mu). mu is never held while blocking on
-// grow_mu (malloc only try_locks it with mu held).
+//     its shrink of expandable tails run without grow_mu
+//     (Note [Shrink outside grow_mu]); they are counted (Impl::syncing,
+//     Impl::shrinking, Impl::release_epoch) and the OOM retry waits for them and goes
+//     round again.
+// Lock order: grow_mu, then mu (a VMM claim, FreeIndex::vmm_busy, is taken under mu). mu
+// is never held while blocking on grow_mu (malloc only try_locks it with mu held).
 Block* DevicePool::grow_locked(std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
                                std::size_t rounded, DeviceRoom& room) {
   Impl& m = *impl_;
@@ -591,7 +594,7 @@ void DevicePool::release_cached(bool respect_threshold) {
     std::unique_lock<SpinMutex> lk(m.mu);
     sync_pending_locked(lk);
   }
-  // Note [Growth and release protocol]: grow_mu before mu, held across the backend frees.
+  // grow_mu before mu, held across the backend frees (Note [Growth and release protocol]).
   std::unique_lock<std::mutex> gk(m.grow_mu);
   std::unique_lock<SpinMutex> lk(m.mu);
   release_cached_locked(lk, respect_threshold, 0, nullptr, /*shrink_vmm=*/false);
@@ -602,7 +605,13 @@ void DevicePool::release_cached(bool respect_threshold) {
   // grow_mu released: the per-index claim (FreeIndex::vmm_busy) keeps it apart from a
   // growth of the same segment, the tail keeps counting in reserved() until the device
   // has it back (Impl::detached), and a grower that finds no room while a shrink is in
-  // flight waits for it before it declares out of memory (fallback_locked).
+  // flight waits for it before it declares out of memory (fallback_locked). A grower that
+  // needs the claimed segment waits for the claim with grow_mu dropped, so other streams
+  // grow meanwhile. empty_cache's wait for record_stream events (sync_pending_locked,
+  // above) runs without grow_mu too, for the same reason. Both are counted
+  // (Impl::shrinking, Impl::syncing) and bump Impl::release_epoch when they finish, so an
+  // OOM retry that fails while one is in flight, or after one finished since it looked,
+  // waits for it and goes round again.
   lk.unlock();
   gk.unlock();
   lk.lock();

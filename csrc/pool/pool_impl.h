@@ -206,9 +206,10 @@ struct DevicePool::Impl {
   };
   std::vector<EventFifo> fifos;
   std::size_t npending = 0;  // entries over all FIFOs: the hot path's one test
-  // Note [Growth and release protocol] (device_pool.cpp): held across every backend
-  // call that changes the pool's device footprint. Taken before mu, never while
-  // holding mu (try_lock aside).
+  // Held across every backend call that changes the pool's device footprint, but for
+  // the two releases of Note [Shrink outside grow_mu]
+  // (Note [Growth and release protocol] in device_pool.cpp). Taken before mu, never
+  // while holding mu (try_lock aside).
   mutable std::mutex grow_mu;
   // Wakes threads waiting for another thread's grow or shrink of the same expandable
   // segment to finish (FreeIndex::vmm_busy, Note [VMM segments]); waits with mu.

@@ -12,10 +12,11 @@
 // shrink claims it under the pool lock, drops the lock for the backend calls (which may
 // block), and gives it back under the lock; another thread that wants to change the same
 // segment waits on vmm_cv (parked, not spinning), so no two threads map the same
-// addresses. A grower that finds its segment claimed by a shrink waits with grow_mu
-// dropped (fallback_locked), so other streams' growth never waits for this stream. The claim is per (stream, large) index, not per pool: a shrink waiting for
-// its stream's kernels (below) holds up growth on that stream only. (One vmm_mu per
-// pool made every stream's growth wait for that stream: 250 ms seen.) empty_cache skips a
+// addresses. The claim is per (stream, large) index, not per pool, and a shrink holds it
+// without grow_mu (Note [Shrink outside grow_mu]): a shrink waiting for its stream's
+// kernels (below) holds up growth on that stream only, and a grower that finds its
+// segment claimed waits with grow_mu dropped (fallback_locked), so no other stream's
+// growth waits behind it (a lock per pool there cost 250 ms). empty_cache skips a
 // segment whose claim is held instead of waiting for it.
 //
 // Note [Unmap failure]: a tail being unmapped leaves its segment at once but stays in

@@ -1,16 +1,28 @@
 // The caching block-pool allocator for one device.
 //
-// Note [Locking rule]: every public method of DevicePool takes the pool's spin lock
-// (Impl::mu) and never calls another public method; private methods (suffix _locked or
-// documented "lock held") assume it is held. Nothing that can block runs under the spin
-// lock: backend calls that may block (allocate / deallocate / event synchronize /
-// mem_info / VMM map and unmap) are made with it RELEASED, and walks over every block
-// (check_invariants, segments) are linear or O(n log n). Growth and release are serialized by a second,
-// blocking mutex (Impl::grow_mu) held across those backend calls (Note [Growth and
-// release protocol] in device_pool.cpp): a cache hit never waits for it. Waiting for
-// record_stream events takes them out of the pool's FIFOs under the spin lock and
-// synchronizes with no lock held. Event record/query never block and are made under
-// the spin lock.
+// Note [Locking rule]: a pool has two locks, taken in this order.
+//   * Impl::grow_mu, a blocking std::mutex, is held across the backend calls that grow
+//     or release the pool's device memory (allocate, deallocate, VMM map and unmap, and
+//     the mem_info pre-check before a growth) and across the OOM retry: these calls can
+//     take milliseconds, and a thread that waits for them parks in the kernel
+//     (Note [Growth and release protocol] in csrc/pool/device_pool.cpp). Two releases in
+//     empty_cache wait for a stream's kernels and hold neither lock
+//     (Note [Shrink outside grow_mu]). check_invariants holds grow_mu to keep growth and
+//     release out of its walk.
+//   * Impl::mu, a spin lock (Note [Spin mutex]), guards the pool's state: blocks, free
+//     indexes, the pointer map, stats, the event FIFOs, the trace ring. Every public method
+//     that reads or changes that state takes it, and mu is not recursive, so no public
+//     method is called with it held; private methods (suffix _locked, or documented "lock
+//     held") assume it is held. mu is never held across a backend call that can block:
+//     those above run with mu dropped, and so do mem_info for set_memory_fraction, event
+//     synchronize (record_stream events are taken out of the FIFOs under mu first) and the
+//     context hook (it may take the GIL). Under mu run cache hits, frees and their
+//     bookkeeping, event record / query / release (they do not block), and the walks over
+//     every block or segment (check_invariants, segments, live_blocks, a release's scan
+//     for free segments, a foreign pointer's lookup): linear or O(n log n), and a cache
+//     hit waits for them.
+// A thread waits for grow_mu only with mu dropped (malloc try_locks it with mu held), and
+// waits for another thread's VMM claim or shrink on vmm_cv, which drops mu.
 #pragma once
 
 #include <atomic>

@@ -1,9 +1,13 @@
 // The pool lock.
 //
-// Note [Spin mutex]: the pool's critical sections are a few hundred instructions and
-// never include a blocking call (Note [Locking rule]), so a test-and-test-and-set lock
-// beats std::mutex on the hot path: one atomic exchange to lock, a plain release store
-// to unlock, no call into libc. Under contention it spins briefly, then yields.
+// Note [Spin mutex]: the pool lock (Impl::mu) is taken by every malloc and free, and the
+// usual critical section, a cache hit or a free, is a few hundred instructions that never
+// wait for the device: backend calls that can block run with it dropped (Note [Locking
+// rule]). So a test-and-test-and-set lock beats std::mutex on the hot path: one atomic
+// exchange to lock, a plain release store to unlock, no call into libc. Under contention
+// it spins briefly, then yields, which also covers the rare long sections (the walks of
+// check_invariants and segments). Waits that can last, for a growth or release in flight,
+// are on the blocking grow_mu instead, where waiters park.
 #pragma once
 
 #include <atomic>
