@@ -8,7 +8,7 @@ suite's machinery is reused as is: every allocator runs in its own child process
 :func:`pypool.simdevice.environ`), and this module adds the scenarios that only the
 simulation can answer, plus the parent-side confirmation runs and the report.
 
-What is measured (Note [Simulated bench figures]):
+Note [Simulated bench figures]: what is measured.
 
 * **Memory** (exact; the simulation is truthful about capacity). Each bundled workload
   (:mod:`pypool.workloads`) is replayed as real tensors (``torch.empty`` of each

@@ -492,8 +492,8 @@ def suggest_config(
         best = ranked[0]
         if objective == "pool_size":
             best, best_min = _best_by_pool_size(ev, _distinct(ranked)[:3])
-            # Note [Descent on the smallest cap]: the settings that reserve least on a
-            # roomy device are not always those that fit the smallest device.
+            # The settings that reserve least on a roomy device are not always those that
+            # fit the smallest device (Note [Descent on the smallest cap]).
             d_best, d_min = _descend_pool_size(ev, base_cfg, allow_expandable)
             if d_min is not None and (best_min is None or d_min < best_min):
                 best, best_min = d_best, d_min

@@ -164,8 +164,9 @@ static void test_free_record_event_throws() {
   EXPECT(s.allocated_bytes[kStatAll].current == 0, "allocated_bytes returns to 0, not negative");
 }
 
-// process_events(): query_event throws mid-scan; the pending vector keeps stale entries
-// (events already released, blocks already freed) that the next scan processes again.
+// process_events(): query_event throws mid-scan. The single vector of pending events the
+// pool once kept (one FIFO per stream now, Note [Event FIFOs]) was left with stale entries
+// (events already released, blocks already freed) that the next scan processed again.
 static void test_process_events_query_throws() {
   std::printf("process_events(): query_event throws mid-scan\n");
   auto be = std::make_shared<FlakyBackend>();
@@ -189,9 +190,9 @@ static void test_process_events_query_throws() {
 }
 
 
-// Worse: a not-ready entry compacted to the front before the throw is left twice in the
-// vector; when its event completes it is counted twice and a block with another event
-// still pending goes back to the free list early (device use-after-free on CUDA).
+// Worse, in that vector: a not-ready entry compacted to the front before the throw was
+// left there twice; when its event completed it was counted twice and a block with another
+// event still pending went back to the free list early (device use-after-free on CUDA).
 static void test_process_events_premature_free() {
   std::printf("process_events(): duplicate entry frees a block before its other event\n");
   auto be = std::make_shared<FlakyBackend>();
@@ -221,8 +222,8 @@ static void test_process_events_premature_free() {
   EXPECT(c_still_pending, "c stays pending while its stream-4 event is not complete");
 }
 
-// Note [Device pre-check]: when mem_info throws or reports nothing, the pool grows and
-// fails exactly as without the pre-check: the backend call decides.
+// When mem_info throws or reports nothing, the pool grows and fails exactly as without
+// the pre-check: the backend call decides (Note [Device pre-check]).
 static void test_mem_info_cannot_tell() {
   for (int mode : {1, 2}) {
     std::printf("malloc(): mem_info %s\n", mode == 1 ? "throws" : "reports {0, 0}");
