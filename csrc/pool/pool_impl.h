@@ -514,8 +514,9 @@ struct DevicePool::Impl {
     return want;
   }
 
-  // Called with grow_mu held, when no other growth or release has bytes in flight
-  // (Note [Growth and release protocol]): reserved() is then what the device holds.
+  // Called with grow_mu held: no other growth is in flight, and bytes being released
+  // still count in reserved() until the device has them back, so the cap is never passed
+  // (Note [Growth and release protocol]).
   bool fits_cap(std::size_t n) const {
     const std::size_t used = reserved();
     return cap == Config::kUnlimited || (used <= cap && n <= cap - used);

@@ -16,8 +16,8 @@
 // without grow_mu (Note [Shrink outside grow_mu]): a shrink waiting for its stream's
 // kernels (below) holds up growth on that stream only, and a grower that finds its
 // segment claimed waits with grow_mu dropped (fallback_locked), so no other stream's
-// growth waits behind it (a lock per pool there cost 250 ms). empty_cache skips a
-// segment whose claim is held instead of waiting for it.
+// growth waits behind it (the per-pool lock this replaced made every stream wait: 250 ms
+// seen). empty_cache skips a segment whose claim is held instead of waiting for it.
 //
 // Note [Unmap failure]: a tail being unmapped leaves its segment at once but stays in
 // reserved_bytes (Impl::detached) until the device has it back, so it keeps counting
