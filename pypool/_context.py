@@ -2,9 +2,9 @@
 
 While capture is on for a pool, the core records the calling thread's Python stack on
 each allocation and stores an integer id for it with the block and its trace entries
-(Note [Native stack capture] in csrc/bindings/module.cpp: the walk is done in C++ and
-stacks are interned, so the same call site gives the same id). :func:`frames` turns an
-id into ``[{filename, line, name}]`` only when a report asks.
+(Note [Native stack capture] in csrc/bindings/stack_capture.cpp: the walk is done in
+C++ and stacks are interned, so the same call site gives the same id). :func:`frames`
+turns an id into ``[{filename, line, name}]`` only when a report asks.
 
 Capture is refcounted per pool so that a leak tracker and memory history can both ask
 for it; :func:`capture_new_registry_pools` keeps it on for the registry's pools for the

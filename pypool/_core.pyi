@@ -1,4 +1,4 @@
-"""Type stub of the native module ``pypool._core`` (csrc/bindings/module.cpp).
+"""Type stub of the native module ``pypool._core`` (csrc/bindings/).
 
 Private: use the ``pypool`` package. Kept in step with the binding by hand.
 """
