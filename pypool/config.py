@@ -60,9 +60,9 @@ def format_size(n: Optional[float]) -> str:
     raise AssertionError("unreachable")
 
 
-# Note [PoolConfig from the table]: the fields are declared once, in C++ (Note [Config
-# X-macro] in csrc/include/pypool/config.h), and `_core.CONFIG_FIELDS` lists them as
-# (name, kind, native default, doc). PoolConfig itself stays a dataclass written out
+# Note [PoolConfig from the table]: the fields are declared once, in C++
+# (Note [Config X-macro] in csrc/include/pypool/config.h), and `_core.CONFIG_FIELDS` lists
+# them as (name, kind, native default, doc). PoolConfig itself stays a dataclass written out
 # field by field, so that mypy and editors know each attribute's type (a class built from
 # the table at run time would be `Any` to them). Everything else derives from the table:
 # which fields are sizes, optional or floats, the conversions to and from the native

@@ -6,9 +6,10 @@
 // to_string (csrc/config/config.cpp), the pybind11 attributes and the table
 // `_core.CONFIG_FIELDS` (csrc/bindings/config.cpp) all expand that list. The Python side
 // derives from the table: PoolConfig's conversions to and from the native config, the
-// PYPOOL_CONF parser and the snapshot's allocator_settings (pypool/config.py, Note
-// [PoolConfig from the table]). A field added here reaches all of them, and an import-time
-// check makes PoolConfig fail loudly until its own declaration has it too.
+// PYPOOL_CONF parser and the snapshot's allocator_settings
+// (Note [PoolConfig from the table] in pypool/config.py). A field added here reaches all
+// of them, and an import-time check makes PoolConfig fail loudly until its own
+// declaration has it too.
 //
 // Note [Pool sizing]: how much a pool reserves beyond what requests need, set by
 // initial_pool_size, growth, growth_step, release_threshold, garbage_collection_threshold
@@ -20,8 +21,8 @@
 //   * growth / growth_step: the size of a new large-pool segment (want_segment in
 //     csrc/pool/pool_impl.h): `segment` is PyTorch's sizes (policy::segment_size), `exact`
 //     only what the request needs, `double` as much as is reserved so far, `fixed` at least
-//     growth_step. A grown segment stays below max_split_size so it can still be split.
-//     The small pool always uses small_segment_size.
+//     growth_step. For a request below max_split_size, a grown segment stays below it too,
+//     so it can still be split. growth does not apply to the small pool.
 //   * release_threshold: cached bytes empty_cache keeps (release_cached_locked), so a
 //     training loop that empties the cache every step does not return and re-reserve its
 //     working set. The out-of-memory retry ignores it.
