@@ -3,7 +3,7 @@
 Private: use the ``pypool`` package. Kept in step with the binding by hand.
 """
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, ClassVar, Dict, List, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -17,7 +17,12 @@ class InvalidPointerError(ValueError): ...
 class InvariantError(AssertionError): ...
 class BackendError(RuntimeError): ...
 
+# csrc/bindings/config.cpp. CONFIG_FIELDS: (name, kind, native default, doc) per Config
+# field, in declaration order (Note [Config X-macro] in csrc/include/pypool/config.h).
+CONFIG_FIELDS: Tuple[Tuple[str, str, Any, str], ...]
+
 class GrowthPolicy:
+    __members__: ClassVar[Dict[str, "GrowthPolicy"]]
     segment: "GrowthPolicy"
     exact: "GrowthPolicy"
     double: "GrowthPolicy"
@@ -48,6 +53,8 @@ class Config:
     reclaim_before_grow: bool
     def __init__(self) -> None: ...
     def validate(self) -> None: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __ne__(self, other: object) -> bool: ...
 
 def round_size(config: Config, size: int) -> int: ...
 def pool_for(config: Config, rounded: int) -> str: ...

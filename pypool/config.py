@@ -6,7 +6,7 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from . import _core
 
@@ -60,13 +60,52 @@ def format_size(n: Optional[float]) -> str:
     raise AssertionError("unreachable")
 
 
-_GROWTH = ("segment", "exact", "double", "fixed")
-_SIZE_FIELDS = (
-    "max_pool_size", "min_block_size", "small_size", "small_segment_size", "large_segment_size",
-    "min_large_alloc", "round_large", "max_split_size", "expandable_reserve",
-    "initial_pool_size", "growth_step", "release_threshold",
-)
-_OPTIONAL_SIZES = ("max_pool_size", "max_split_size")
+# Note [PoolConfig from the table]: the fields are declared once, in C++
+# (Note [Config X-macro] in csrc/include/pypool/config.h), and `_core.CONFIG_FIELDS` lists
+# them as (name, kind, native default, doc). PoolConfig itself stays a dataclass written out
+# field by field, so that mypy and editors know each attribute's type (a class built from
+# the table at run time would be `Any` to them). Everything else derives from the table:
+# which fields are sizes, optional or floats, the conversions to and from the native
+# config (to_core / from_core), the PYPOOL_CONF parser (_parse_value) and the snapshot's
+# allocator_settings. _check_against_table() refuses, at import, a PoolConfig whose field
+# names or order differ from the table; tests/test_config_table.py checks the defaults.
+_TABLE = {name: kind for name, kind, _default, _doc in _core.CONFIG_FIELDS}
+
+
+def _of_kind(*kinds: str) -> Tuple[str, ...]:
+    return tuple(name for name, kind in _TABLE.items() if kind in kinds)
+
+
+_GROWTH = tuple(_core.GrowthPolicy.__members__)
+_SIZE_FIELDS = _of_kind("size", "optional_size")
+_OPTIONAL_SIZES = _of_kind("optional_size")
+_BOOL_FIELDS = _of_kind("bool")
+_INT_FIELDS = _of_kind("int")
+# Floats in the order __post_init__ has always checked them.
+_FLOAT_FIELDS = _of_kind("fraction") + _of_kind("optional_fraction")
+_OPTIONAL_FLOATS = _of_kind("optional_fraction")
+
+
+def _to_native(kind: str, value: Any) -> Any:
+    """A PoolConfig value as the native field takes it (None = UNLIMITED / 0.0 = off)."""
+    if kind == "optional_size" and value is None:
+        return _core.UNLIMITED
+    if kind == "optional_fraction" and value is None:
+        return 0.0
+    if kind == "growth":
+        return getattr(_core.GrowthPolicy, value)
+    return value
+
+
+def _from_native(kind: str, value: Any) -> Any:
+    """The inverse of _to_native."""
+    if kind == "optional_size" and value == _core.UNLIMITED:
+        return None
+    if kind == "optional_fraction" and value == 0:
+        return None
+    if kind == "growth":
+        return value.name
+    return value
 
 
 @dataclass(frozen=True)
@@ -139,20 +178,21 @@ class PoolConfig:
                 raise ValueError(f"PoolConfig.{name}: must be <= 1 PiB ({_core.MAX_REQUEST} bytes, "
                                  f"the largest size pypool handles){hint}; got {size}")
             object.__setattr__(self, name, size)
-        if isinstance(self.round_up_divisions, bool) or not isinstance(self.round_up_divisions, int):
-            raise TypeError(f"PoolConfig.round_up_divisions: expected an int, got "
-                            f"{type(self.round_up_divisions).__name__}")
+        for name in _INT_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"PoolConfig.{name}: expected an int, got {type(v).__name__}")
         if not 0 <= self.round_up_divisions <= 64:
             raise ValueError("PoolConfig.round_up_divisions: must be 0, 1 or a power of two <= 64, "
                              f"got {self.round_up_divisions}")
-        for name in ("expandable_segments", "reclaim_before_grow"):
+        for name in _BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"PoolConfig.{name}: expected a bool")
         if self.growth not in _GROWTH:
             raise ValueError(f"PoolConfig.growth: must be one of {_GROWTH}, got {self.growth!r}")
-        for name in ("garbage_collection_threshold", "memory_fraction"):
+        for name in _FLOAT_FIELDS:
             v = getattr(self, name)
-            if v is None and name == "memory_fraction":
+            if v is None and name in _OPTIONAL_FLOATS:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise TypeError(f"PoolConfig.{name}: expected a float")
@@ -169,16 +209,14 @@ class PoolConfig:
     def to_core(self) -> "_core.Config":
         """The native config (used by the pools)."""
         c = _core.Config()
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if f.name == "memory_fraction":
-                v = 0.0 if v is None else v
-            if f.name in _OPTIONAL_SIZES and v is None:
-                v = _core.UNLIMITED
-            if f.name == "growth":
-                v = getattr(_core.GrowthPolicy, v)
-            setattr(c, f.name, v)
+        for name, kind in _TABLE.items():
+            setattr(c, name, _to_native(kind, getattr(self, name)))
         return c
+
+    @classmethod
+    def from_core(cls, core: "_core.Config") -> "PoolConfig":
+        """A native config (``Pool``'s ``_pool.config``, the registry's) as a PoolConfig."""
+        return cls(**{name: _from_native(kind, getattr(core, name)) for name, kind in _TABLE.items()})
 
     def replace(self, **changes: Any) -> "PoolConfig":
         """A copy with some fields changed (validated)."""
@@ -258,25 +296,38 @@ class PoolConfig:
 
 
 def _parse_value(key: str, raw: str) -> Any:
+    kind = _TABLE[key]
     low = raw.lower()
-    if key in ("expandable_segments", "reclaim_before_grow"):
+    if kind == "bool":
         if low in ("true", "1", "yes", "on"):
             return True
         if low in ("false", "0", "no", "off"):
             return False
         raise ValueError(f"PYPOOL_CONF: {key} expects true/false, got {raw!r}")
-    if key == "round_up_divisions":
+    if kind == "int":
         try:
             return int(raw)
         except ValueError:
             raise ValueError(f"PYPOOL_CONF: {key} expects an integer, got {raw!r}") from None
-    if key in ("garbage_collection_threshold", "memory_fraction"):
-        if key == "memory_fraction" and low in ("none", "off"):
+    if kind in ("fraction", "optional_fraction"):
+        if kind == "optional_fraction" and low in ("none", "off"):
             return None
         try:
             return float(raw)
         except ValueError:
             raise ValueError(f"PYPOOL_CONF: {key} expects a number, got {raw!r}") from None
-    if key == "growth":
+    if kind == "growth":
         return low
     return raw  # sizes: parsed (with the field name) by __post_init__
+
+
+def _check_against_table() -> None:
+    names = tuple(f.name for f in fields(PoolConfig))
+    if names != tuple(_TABLE):
+        raise ImportError(
+            "pypool: PoolConfig's fields differ from the native config table "
+            f"(Note [PoolConfig from the table]): PoolConfig has {names}, _core.CONFIG_FIELDS "
+            f"has {tuple(_TABLE)}; the C++ module and the Python package are out of step")
+
+
+_check_against_table()

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .config import PoolConfig, SizeLike, format_size, parse_size
+from .config import _SIZE_FIELDS, PoolConfig, SizeLike, format_size, parse_size
 from .mincap import STEP, min_capacity
 from .replay import ConfigLike, ReplayResult, default_capacity, replay
 from .trace import Trace
@@ -533,9 +533,7 @@ def suggest_config(
         allocations=int((trace.actions == 0).sum()))
 
 
-_SIZE_KEYS = {"max_pool_size", "min_block_size", "small_size", "small_segment_size", "large_segment_size",
-              "min_large_alloc", "round_large", "max_split_size", "expandable_reserve",
-              "initial_pool_size", "growth_step", "release_threshold"}
+_SIZE_KEYS = frozenset(_SIZE_FIELDS)  # from the config table (Note [PoolConfig from the table])
 
 
 def pretty_conf(cfg: PoolConfig) -> str:

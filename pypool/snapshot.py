@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Optional, Union
 from . import _context, _core
 from ._pool import Pool
 from ._target import resolve_pool
+from .config import PoolConfig
 
 __all__ = ["snapshot", "record_history", "dump_snapshot", "load_snapshot"]
 
@@ -42,13 +43,6 @@ _lock = threading.Lock()
 _capturing: Dict[int, Any] = {}
 
 MAX_HISTORY = 1 << 26  # ring entries record_history accepts (each is tens of bytes)
-
-_CONFIG_FIELDS = (
-    "max_pool_size", "min_block_size", "small_size", "small_segment_size", "large_segment_size",
-    "min_large_alloc", "round_large", "round_up_divisions", "max_split_size",
-    "expandable_segments", "expandable_reserve", "initial_pool_size", "growth", "growth_step",
-    "release_threshold", "garbage_collection_threshold",
-)
 
 
 def record_history(
@@ -282,20 +276,15 @@ def _trace(history: List[Dict[str, Any]], frames_of: _FrameCache) -> List[Dict[s
 
 def _settings(cfg: Any) -> Dict[str, Any]:
     d: Dict[str, Any] = {"allocator": "pypool"}
-    for name in _CONFIG_FIELDS:
-        v = getattr(cfg, name)
-        if name in ("max_pool_size", "max_split_size") and v == _core.UNLIMITED:
-            v = None
-        elif name == "growth":
-            v = v.name
-        d[name] = v
+    # Every field of the table (Note [PoolConfig from the table]), as PoolConfig has it:
+    # None for an unlimited size or memory_fraction off, growth by name.
+    settings = PoolConfig.from_core(cfg)
+    d.update(settings.to_dict())
     # The names torch itself reports, where pypool has the same setting.
     d["PYTORCH_CUDA_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
     # The settings in effect, in PYPOOL_CONF syntax (not the variable, which install()'s
     # arguments override and which may have changed since the pool was made).
-    from .memory import _config_of
-
-    d["PYPOOL_CONF"] = _config_of(cfg).to_string()
+    d["PYPOOL_CONF"] = settings.to_string()
     d["roundup_power2_divisions"] = cfg.round_up_divisions
     return d
 

@@ -12,6 +12,9 @@ namespace pypool::bindings {
 
 namespace py = pybind11;
 
+// config.cpp: GrowthPolicy, Config and the field table CONFIG_FIELDS (Note [Config
+// X-macro]).
+void init_config(py::module_& m);
 // conversions.cpp: size policy, backends, DevicePool, the registry and the C ABI; C++
 // results become dicts and lists with the keys torch and the Python package use.
 void init_conversions(py::module_& m);

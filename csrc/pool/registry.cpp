@@ -29,7 +29,7 @@ void Registry::configure(const std::string& backend, const Config& cfg, std::siz
     kind = cuda_device_count(&why) > 0 ? "cuda" : "host";
   }
   if (any) {
-    if (kind == kind_ && cfg.to_string() == cfg_.to_string() && host_capacity == host_capacity_)
+    if (kind == kind_ && cfg == cfg_ && host_capacity == host_capacity_)
       return;
     throw std::logic_error(
         "pypool is already in use with a different configuration (backend '" + kind_ +
@@ -114,7 +114,7 @@ void Registry::reset() {
   std::lock_guard<std::mutex> g(mu_);
   for (auto& p : pools_) {
     DevicePool* pool = p.load();
-    if (pool != nullptr && pool->stats().allocation[0].current != 0)
+    if (pool != nullptr && pool->stats().allocation[kStatAll].current != 0)
       throw std::logic_error("pypool: cannot reset the registry while device " +
                              std::to_string(pool->device()) + " has live allocations");
   }

@@ -1,5 +1,37 @@
 // Pool configuration. Validated once (validate()) when a pool is built; the pool never
 // re-checks it on the hot path.
+//
+// Note [Config X-macro]: every field is declared once, in PYPOOL_CONFIG_FIELDS below (the
+// way Note [Stats X-macro] in stats.h declares the stats). The struct's members, ==,
+// to_string (csrc/config/config.cpp), the pybind11 attributes and the table
+// `_core.CONFIG_FIELDS` (csrc/bindings/config.cpp) all expand that list. The Python side
+// derives from the table: PoolConfig's conversions to and from the native config, the
+// PYPOOL_CONF parser and the snapshot's allocator_settings
+// (Note [PoolConfig from the table] in pypool/config.py). A field added here reaches all
+// of them, and an import-time check makes PoolConfig fail loudly until its own
+// declaration has it too.
+//
+// Note [Pool sizing]: how much a pool reserves beyond what requests need, set by
+// initial_pool_size, growth, growth_step, release_threshold, garbage_collection_threshold
+// and reclaim_before_grow.
+//   * initial_pool_size: the constructor allocates and frees one block that large on the
+//     default stream (DevicePool::DevicePool), so the first steps find it cached. It is an
+//     ordinary cached segment afterwards: empty_cache frees it unless release_threshold
+//     keeps it.
+//   * growth / growth_step: the size of a new large-pool segment (want_segment in
+//     csrc/pool/pool_impl.h): `segment` is PyTorch's sizes (policy::segment_size), `exact`
+//     only what the request needs, `double` as much as is reserved so far, `fixed` at least
+//     growth_step. For a request below max_split_size, a grown segment stays below it too,
+//     so it can still be split. growth does not apply to the small pool.
+//   * release_threshold: cached bytes empty_cache keeps (release_cached_locked), so a
+//     training loop that empties the cache every step does not return and re-reserve its
+//     working set. The out-of-memory retry ignores it.
+//   * garbage_collection_threshold: a fraction of the cap; a malloc that would grow the
+//     pool past it first releases the cached segments (the whole cache, the threshold
+//     ignored), like PyTorch's setting of the same name.
+//   * reclaim_before_grow: Note [Reclaim before grow] in csrc/pool/device_pool.cpp.
+// The order in which a malloc that finds no free block tries these is the fallback chain
+// in DevicePool::fallback_locked (csrc/pool/device_pool.cpp).
 #pragma once
 
 #include <cstddef>
@@ -16,32 +48,78 @@ enum class GrowthPolicy : std::uint8_t {
   kFixed = 3,    // at least growth_step bytes
 };
 
+// How a field reads and prints outside C++ (its name in `_core.CONFIG_FIELDS`, which
+// pypool/config.py converts by): kOptionalSize is kUnlimited <-> None, kOptionalFraction
+// is 0.0 <-> None, kGrowth is the GrowthPolicy <-> its name.
+enum class ConfigKind : std::uint8_t {
+  kSize,              // "size": bytes; Python also takes "512MiB"
+  kOptionalSize,      // "optional_size": bytes, or kUnlimited
+  kCount,             // "int"
+  kFraction,          // "fraction": a float in [0, 1)
+  kOptionalFraction,  // "optional_fraction": a float in (0, 1], 0 = off
+  kBool,              // "bool"
+  kGrowth,            // "growth": a GrowthPolicy
+};
+
+inline const char* config_kind_name(ConfigKind k) {
+  switch (k) {
+    case ConfigKind::kSize: return "size";
+    case ConfigKind::kOptionalSize: return "optional_size";
+    case ConfigKind::kCount: return "int";
+    case ConfigKind::kFraction: return "fraction";
+    case ConfigKind::kOptionalFraction: return "optional_fraction";
+    case ConfigKind::kBool: return "bool";
+    case ConfigKind::kGrowth: return "growth";
+  }
+  return "?";
+}
+
+// X(type, name, default, kind, doc), in the order of to_string's output. Defaults may
+// name Config::kUnlimited as kUnlimited (the list expands inside the struct).
+#define PYPOOL_CONFIG_FIELDS(X)                                                                \
+  X(std::size_t, max_pool_size, kUnlimited, kOptionalSize, "cap on reserved bytes")            \
+  X(double, memory_fraction, 0.0, kOptionalFraction,                                           \
+    "0 = off; else cap = fraction * device total")                                             \
+  X(std::size_t, min_block_size, 512, kSize, "every size rounds up to a multiple")             \
+  X(std::size_t, small_size, std::size_t(1) << 20, kSize, "requests <= this go to the small pool") \
+  X(std::size_t, small_segment_size, std::size_t(2) << 20, kSize, "segment size of the small pool") \
+  X(std::size_t, large_segment_size, std::size_t(20) << 20, kSize,                             \
+    "default segment size of the large pool")                                                  \
+  X(std::size_t, min_large_alloc, std::size_t(10) << 20, kSize,                                \
+    "larger requests get their own segment")                                                   \
+  X(std::size_t, round_large, std::size_t(2) << 20, kSize, "... rounded up to this")           \
+  X(unsigned, round_up_divisions, 0, kCount, "0/1 = off; else power-of-two divisions")         \
+  X(std::size_t, max_split_size, kUnlimited, kOptionalSize, "blocks this large are never split") \
+  X(bool, expandable_segments, false, kBool, "VMM segments that grow in place")                \
+  X(std::size_t, expandable_reserve, std::size_t(1) << 40, kSize, "VA reserved per VMM segment") \
+  X(std::size_t, initial_pool_size, 0, kSize,                                                  \
+    "reserved at construction (Note [Pool sizing])")                                           \
+  X(GrowthPolicy, growth, GrowthPolicy::kSegment, kGrowth,                                     \
+    "size of a new large segment (Note [Pool sizing])")                                        \
+  X(std::size_t, growth_step, 0, kSize, "for growth=fixed")                                    \
+  X(std::size_t, release_threshold, 0, kSize, "cached bytes empty_cache keeps")                \
+  X(double, garbage_collection_threshold, 0.0, kFraction, "0 = off; fraction of the cap")      \
+  X(bool, reclaim_before_grow, true, kBool, "Note [Reclaim before grow]")
+
 struct Config {
   static constexpr std::size_t kUnlimited = std::numeric_limits<std::size_t>::max();
 
-  std::size_t max_pool_size = kUnlimited;      // cap on reserved bytes
-  double memory_fraction = 0.0;                // 0 = off; else cap = fraction * device total
-  std::size_t min_block_size = 512;            // every size rounds up to a multiple
-  std::size_t small_size = 1u << 20;           // requests <= this go to the small pool
-  std::size_t small_segment_size = 2u << 20;   // segment size of the small pool
-  std::size_t large_segment_size = 20u << 20;  // default segment size of the large pool
-  std::size_t min_large_alloc = 10u << 20;     // larger requests get their own segment
-  std::size_t round_large = 2u << 20;          // ... rounded up to this
-  unsigned round_up_divisions = 0;             // 0/1 = off; else power-of-two divisions
-  std::size_t max_split_size = kUnlimited;     // blocks this large are never split
-  bool expandable_segments = false;            // VMM segments that grow in place
-  std::size_t expandable_reserve = std::size_t(1) << 40;  // VA reserved per VMM segment
-  // Sizing (see Note [Pool sizing]).
-  std::size_t initial_pool_size = 0;           // reserved at construction
-  GrowthPolicy growth = GrowthPolicy::kSegment;
-  std::size_t growth_step = 0;                 // for kFixed
-  std::size_t release_threshold = 0;           // cached bytes empty_cache keeps
-  double garbage_collection_threshold = 0.0;   // 0 = off; fraction of the cap
-  bool reclaim_before_grow = true;             // Note [Reclaim before grow]
+#define PYPOOL_DECLARE_FIELD(type, name, def, kind, doc) type name = def;
+  PYPOOL_CONFIG_FIELDS(PYPOOL_DECLARE_FIELD)
+#undef PYPOOL_DECLARE_FIELD
 
   // Throws std::invalid_argument naming the offending field.
   void validate() const;
+  // "name:value,..." over every field ("unlimited" for kUnlimited sizes, growth as its
+  // number): the registry's mismatch message.
   std::string to_string() const;
+
+  bool operator==(const Config& o) const {
+#define PYPOOL_FIELD_EQ(type, name, def, kind, doc) &&name == o.name
+    return true PYPOOL_CONFIG_FIELDS(PYPOOL_FIELD_EQ);
+#undef PYPOOL_FIELD_EQ
+  }
+  bool operator!=(const Config& o) const { return !(*this == o); }
 };
 
 }  // namespace pypool
