@@ -63,7 +63,7 @@ test: $(STAMP) sanitize chromium
 # kernels) and run on a real GPU. Plus `pypool bench --device sim` end to end (smoke).
 test-sim: $(SIM_STAMP)
 	PYPOOL_REQUIRE_GPU=1 $(SIM_PY) -P -m pypool simdevice --devices 2 -- \
-	  $(SIM_PY) -P -m pytest -q -rs tests/gpu tests/test_bench_cli.py::test_bench_sim_smoke
+	  $(SIM_PY) -P -m pytest -q -rs tests/gpu tests/bench/test_bench_cli.py::test_bench_sim_smoke
 
 test-py: $(STAMP)
 	$(PY) -P -m pytest -q tests

@@ -22,7 +22,7 @@ from pypool.config import PoolConfig
 from pypool.leaks import (LeakError, LeakReport, LeakWarning, LeakWatch, LeakWatchReport,
                           format_stack, track_leaks)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PKG_PARENT = str(Path(pypool.__file__).resolve().parent.parent)  # the pypool under test
 MiB = 1 << 20
 
