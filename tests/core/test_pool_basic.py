@@ -7,6 +7,7 @@ import random
 from typing import Any, Callable, Dict, List, Tuple
 
 import pypool
+from pypool import _core
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -395,3 +396,31 @@ def test_reclaim_before_grow(make_pool: Callable[..., pypool.Pool], pool_ok: Cal
     y = off.malloc(14 * MiB)
     assert off.memory_reserved() == 26 * MiB
     off.free(y)
+
+
+def _pool(backend=None, **fields):
+    c = _core.Config()
+    for k, v in fields.items():
+        setattr(c, k, v)
+    return _core.DevicePool(c, backend or _core.HostBackend(1 << 34))
+
+
+def _alternate_streams(reclaim: bool) -> dict:
+    p = _pool(reclaim_before_grow=reclaim)
+    for _ in range(100):
+        for stream in (1, 2):  # e.g. a compute stream and a copy stream
+            p.free(p.malloc(8 << 20, stream))
+    p.check_invariants()
+    return p.memory_stats()
+
+
+def test_reclaim_before_grow_does_not_thrash_between_streams() -> None:
+    # Reclaim used to give back other streams' cached segments: with two streams taking
+    # turns, every allocation freed the other's segment and made a new one (on CUDA a
+    # device synchronization per allocation). It now reclaims only the requesting
+    # stream's segments.
+    for reclaim in (False, True):
+        s = _alternate_streams(reclaim)
+        assert s["num_device_alloc"] == 2 and s["num_device_free"] == 0, (reclaim, s["num_device_alloc"])
+
+

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import pytest
 
 import pypool
+from pypool import _core
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -302,3 +303,25 @@ def test_expandable_reserves_less_for_alternating_sizes() -> None:
     # segments; the expandable segment coalesces into one range that fits each batch.
     assert grow < fixed and grow < fixed_no_reclaim
     assert grow <= live_peak + 2 * MiB
+
+
+def _pool(backend=None, **fields):
+    c = _core.Config()
+    for k, v in fields.items():
+        setattr(c, k, v)
+    return _core.DevicePool(c, backend or _core.HostBackend(1 << 34))
+
+
+def test_null_backend_never_hands_out_an_address_twice() -> None:
+    # The null backend's address counter used to wrap: with 2^49-byte reserves per
+    # expandable segment, later streams' segments overlapped earlier ones.
+    p = _pool(_core.make_null_backend(1 << 40), expandable_segments=True, expandable_reserve=1 << 49)
+    ptrs = []
+    for s in range(40):
+        try:
+            ptrs.append(p.malloc(32 << 20, s))
+        except _core.OutOfMemoryError:
+            break  # address space exhausted: refused, not reused
+    assert len(ptrs) > 4
+    assert len(set(ptrs)) == len(ptrs)
+    p.check_invariants()
