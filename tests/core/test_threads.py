@@ -1,5 +1,7 @@
 """Threads malloc and free through one shared Pool at once (the binding releases the GIL
-around malloc / free / empty_cache), then the pool must be intact with nothing live."""
+around malloc / free / empty_cache), then the pool must be intact with nothing live.
+A generic suite: every test runs on each backend (pool_backends.py; cuda in
+tests/gpu/test_generic_cuda.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 
 import pypool
+from pool_backends import Backend
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -64,8 +67,8 @@ def run_threads(pool: pypool.Pool, shared_stream: bool) -> None:
 
 
 @pytest.mark.parametrize("shared_stream", [True, False], ids=["one-stream", "stream-per-thread"])
-def test_threads_fixed_segments(shared_stream: bool, make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
-    pool = make_pool()
+def test_threads_fixed_segments(shared_stream: bool, backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = backend()
     run_threads(pool, shared_stream)
     pool_ok(pool)
     st = pool.memory_stats()
@@ -76,24 +79,24 @@ def test_threads_fixed_segments(shared_stream: bool, make_pool: Callable[..., py
     assert pool.live_blocks() == []
     pool.empty_cache()
     pool_ok(pool)
-    assert pool.backend.used == 0
+    backend.check_used(pool, 0)
 
 
-def test_threads_expandable(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
-    pool = make_pool(expandable_segments=True)
+def test_threads_expandable(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = backend(expandable_segments=True)
     run_threads(pool, shared_stream=True)
     pool_ok(pool)
     assert pool.memory_allocated() == 0
     pool.empty_cache()
     pool_ok(pool)
-    assert pool.backend.used == 0
+    backend.check_used(pool, 0)
     assert pool.segments() == []
 
 
-def test_threads_under_memory_pressure(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+def test_threads_under_memory_pressure(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
     # A tight device: threads hit release-and-retry and OOM while others grow, release
     # and free; whatever happens, the accounting must close.
-    pool = make_pool(capacity="96MiB")
+    pool = backend.with_limit("96MiB")
     errors: List[BaseException] = []
     ooms = [0] * N_THREADS
 
@@ -128,12 +131,12 @@ def test_threads_under_memory_pressure(make_pool: Callable[..., pypool.Pool], po
     assert st["num_ooms"] == sum(ooms)
     assert st["reserved_bytes.all.peak"] <= 96 * MiB
     pool.empty_cache()
-    assert pool.backend.used == 0
+    backend.check_used(pool, 0)
 
 
-def test_concurrent_readers(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+def test_concurrent_readers(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
     # Stats, segments and the invariant walk run while other threads allocate.
-    pool = make_pool()
+    pool = backend()
     stop = threading.Event()
     errors: List[BaseException] = []
 
