@@ -185,6 +185,7 @@ def test_expandable_reserve_too_small() -> None:
     pool.check_invariants()
 
 
+# A native pool from raw Config fields: the core's own checks, with no PoolConfig in front.
 def _pool(backend=None, **fields):
     c = _core.Config()
     for k, v in fields.items():

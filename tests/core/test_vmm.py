@@ -297,6 +297,7 @@ def test_expandable_reserves_less_for_alternating_sizes(backend: Backend) -> Non
     assert grow <= live_peak + 2 * MiB
 
 
+# A native pool from raw Config fields: the core's own checks, with no PoolConfig in front.
 def _pool(backend=None, **fields):
     c = _core.Config()
     for k, v in fields.items():
