@@ -11,12 +11,12 @@ the simulated device under ``make test-sim``, and on a real GPU).
 What a test may not assume on every backend is said here once: the null backend never
 backs its addresses (nothing may write to a pool's memory), and a GPU has its own size
 (``capacity`` is refused for cuda) and its own users (the driver's free figure is not
-the pool's alone).
+the pool's alone), and its streams are real ones (``Backend.stream``).
 """
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -34,6 +34,7 @@ class Backend:
     def __init__(self, name: str) -> None:
         self.name = name
         self._made: List[pypool.Pool] = []
+        self._streams: Dict[int, Any] = {}  # k -> torch.cuda.Stream (cuda only)
 
     def __call__(self, capacity: Any = None, **kwargs: Any) -> pypool.Pool:
         if capacity is not None and self.name == "cuda":
@@ -44,6 +45,20 @@ class Backend:
         pool = pypool.Pool(backend=self.name, capacity=capacity, **kwargs)
         self._made.append(pool)
         return pool
+
+    def stream(self, k: int) -> int:
+        """The test's stream number ``k`` as this backend takes it: ``k`` itself on host and
+        null (any integer names a stream there); on cuda a stream of device 0 made for this
+        test, the same one for the same ``k`` (0 stays the default stream). The pool records
+        events on a segment's stream (before unmapping a grown expandable segment, say),
+        and the driver takes only real handles."""
+        if self.name != "cuda" or k == 0:
+            return k
+        if k not in self._streams:
+            import torch  # tests/gpu has it (tests/conftest.py's GPU check imports it)
+
+            self._streams[k] = torch.cuda.Stream(device=0)
+        return int(self._streams[k].cuda_stream)
 
     def with_limit(self, limit: Any, **kwargs: Any) -> pypool.Pool:
         """A pool that can hold no more than ``limit`` bytes, for tests where the bound only
@@ -66,7 +81,8 @@ class Backend:
     def close(self) -> None:
         for pool in self._made:
             check_pool(pool)
-        self._made.clear()
+        self._made.clear()  # the pools go first: destroying one may wait for its streams
+        self._streams.clear()
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"

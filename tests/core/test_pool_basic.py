@@ -283,6 +283,7 @@ def test_no_overlap_between_live_blocks(backend: Backend, pool_ok: Callable[[pyp
     rng = random.Random(1234)
     pool = backend()
     live: Dict[int, int] = {}
+    streams = [0, 0, backend.stream(1)]
     for step in range(1500):
         if live and rng.random() < 0.45:
             p = rng.choice(list(live))
@@ -290,7 +291,7 @@ def test_no_overlap_between_live_blocks(backend: Backend, pool_ok: Callable[[pyp
             del live[p]
         else:
             size = rng.choice([rng.randint(1, 8 * KiB), rng.randint(1, 2 * MiB), rng.randint(1, 24 * MiB)])
-            p = pool.malloc(size, stream=rng.choice([0, 0, 1]))
+            p = pool.malloc(size, stream=rng.choice(streams))
             assert p not in live
             live[p] = pool.size_of(p)
         if step % 100 == 0:
@@ -311,13 +312,13 @@ def test_live_blocks_and_seq(backend: Backend) -> None:
     pool = backend()
     a = pool.malloc(100)
     mark = pool._pool.next_seq
-    b = pool.malloc(200, stream=5)
+    b = pool.malloc(200, stream=backend.stream(5))
     c = pool.malloc(3 * MiB)
     pool.free(c)
     blocks = pool.live_blocks()
     assert [x["address"] for x in blocks] == [a, b]
     assert [x["requested_size"] for x in blocks] == [100, 200]
-    assert blocks[1]["stream"] == 5
+    assert blocks[1]["stream"] == backend.stream(5)
     assert [x["address"] for x in pool.live_blocks(min_seq=mark)] == [b]
     pool.free(a)
     pool.free(b)
@@ -403,7 +404,7 @@ def test_reclaim_before_grow(backend: Backend, pool_ok: Callable[[pypool.Pool], 
 def _alternate_streams(backend: Backend, reclaim: bool) -> dict:
     p = backend(reclaim_before_grow=reclaim)
     for _ in range(100):
-        for stream in (1, 2):  # e.g. a compute stream and a copy stream
+        for stream in (backend.stream(1), backend.stream(2)):  # e.g. a compute stream and a copy stream
             p.free(p.malloc(8 << 20, stream))
     p.check_invariants()
     return p.memory_stats()

@@ -48,12 +48,12 @@ def worker(pool: pypool.Pool, seed: int, stream: int, errors: List[BaseException
         errors.append(e)
 
 
-def run_threads(pool: pypool.Pool, shared_stream: bool) -> None:
+def run_threads(pool: pypool.Pool, shared_stream: bool, backend: Backend) -> None:
     errors: List[BaseException] = []
     owned: Dict[int, int] = {}  # ptr -> owner; dict ops are atomic under the GIL
     start = threading.Barrier(N_THREADS)
     threads = [
-        threading.Thread(target=worker, args=(pool, 100 + t, 0 if shared_stream else t + 1, errors, start, owned))
+        threading.Thread(target=worker, args=(pool, 100 + t, 0 if shared_stream else backend.stream(t + 1), errors, start, owned))
         for t in range(N_THREADS)
     ]
     for t in threads:
@@ -69,7 +69,7 @@ def run_threads(pool: pypool.Pool, shared_stream: bool) -> None:
 @pytest.mark.parametrize("shared_stream", [True, False], ids=["one-stream", "stream-per-thread"])
 def test_threads_fixed_segments(shared_stream: bool, backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
     pool = backend()
-    run_threads(pool, shared_stream)
+    run_threads(pool, shared_stream, backend)
     pool_ok(pool)
     st = pool.memory_stats()
     assert st["allocated_bytes.all.current"] == 0
@@ -84,7 +84,7 @@ def test_threads_fixed_segments(shared_stream: bool, backend: Backend, pool_ok: 
 
 def test_threads_expandable(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
     pool = backend(expandable_segments=True)
-    run_threads(pool, shared_stream=True)
+    run_threads(pool, shared_stream=True, backend=backend)
     pool_ok(pool)
     assert pool.memory_allocated() == 0
     pool.empty_cache()
@@ -99,6 +99,7 @@ def test_threads_under_memory_pressure(backend: Backend, pool_ok: Callable[[pypo
     pool = backend.with_limit("96MiB")
     errors: List[BaseException] = []
     ooms = [0] * N_THREADS
+    streams = [0, backend.stream(1)]
 
     def pressure(t: int) -> None:
         rng = random.Random(7 + t)
@@ -109,7 +110,7 @@ def test_threads_under_memory_pressure(backend: Backend, pool_ok: Callable[[pypo
                     pool.free(live.pop(rng.randrange(len(live))))
                 else:
                     try:
-                        live.append(pool.malloc(rng.choice([rng.randint(1, 256 * KiB), rng.randint(1 * MiB, 16 * MiB)]), stream=t % 2))
+                        live.append(pool.malloc(rng.choice([rng.randint(1, 256 * KiB), rng.randint(1 * MiB, 16 * MiB)]), stream=streams[t % 2]))
                     except pypool.OutOfMemoryError:
                         ooms[t] += 1
             for p in live:
@@ -153,7 +154,7 @@ def test_concurrent_readers(backend: Backend, pool_ok: Callable[[pypool.Pool], N
     r = threading.Thread(target=reader)
     r.start()
     try:
-        run_threads(pool, shared_stream=False)
+        run_threads(pool, shared_stream=False, backend=backend)
     finally:
         stop.set()
         r.join(timeout=60)

@@ -174,13 +174,14 @@ def test_small_requests_use_fixed_segments(backend: Backend, pool_ok: Callable[[
 
 def test_one_expandable_segment_per_stream(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
     pool = backend(expandable_segments=True)
-    a = pool.malloc(3 * MiB, stream=1)
-    b = pool.malloc(3 * MiB, stream=2)
-    c = pool.malloc(3 * MiB, stream=1)
+    s1, s2 = backend.stream(1), backend.stream(2)
+    a = pool.malloc(3 * MiB, stream=s1)
+    b = pool.malloc(3 * MiB, stream=s2)
+    c = pool.malloc(3 * MiB, stream=s1)
     segs = expandable(pool)
-    assert sorted(s["stream"] for s in segs) == [1, 2]
+    assert sorted(s["stream"] for s in segs) == sorted([s1, s2])
     by_stream = {s["stream"]: s for s in segs}
-    assert by_stream[1]["total_size"] == 6 * MiB and by_stream[2]["total_size"] == 4 * MiB
+    assert by_stream[s1]["total_size"] == 6 * MiB and by_stream[s2]["total_size"] == 4 * MiB
     assert c == a + 3 * MiB
     for p in (a, b, c):
         pool.free(p)
@@ -240,13 +241,14 @@ def test_accounting_identities(backend: Backend, pool_ok: Callable[[pypool.Pool]
     rng = random.Random(5)
     pool = backend.with_limit("512MiB", expandable_segments=True)
     live: List[int] = []
+    streams = [0, backend.stream(3)]
     for step in range(600):
         if live and rng.random() < 0.45:
             pool.free(live.pop(rng.randrange(len(live))))
         else:
             size = rng.choice([rng.randint(1, 64 << 10), rng.randint(1 * MiB, 8 * MiB), rng.randint(8 * MiB, 30 * MiB)])
             try:
-                live.append(pool.malloc(size, stream=rng.choice([0, 3])))
+                live.append(pool.malloc(size, stream=rng.choice(streams)))
             except pypool.OutOfMemoryError:
                 pass  # checked precisely in test_oom_faults / test_out_of_memory
         if step % 60 == 0:
