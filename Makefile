@@ -59,11 +59,12 @@ test: $(STAMP) sanitize chromium
 	$(PY) -P -m pytest -q benchmarks --benchmark-disable
 	$(MAKE) test-sim
 
-# tests/gpu on two simulated devices; kernel-marked tests skip there (they need real
+# tests/gpu on two simulated devices (with the generic suites of tests/core on the cuda
+# backend: tests/gpu/test_generic_cuda.py); kernel-marked tests skip there (they need real
 # kernels) and run on a real GPU. Plus `pypool bench --device sim` end to end (smoke).
 test-sim: $(SIM_STAMP)
 	PYPOOL_REQUIRE_GPU=1 $(SIM_PY) -P -m pypool simdevice --devices 2 -- \
-	  $(SIM_PY) -P -m pytest -q -rs tests/gpu tests/test_bench_cli.py::test_bench_sim_smoke
+	  $(SIM_PY) -P -m pytest -q -rs tests/gpu tests/bench/test_bench_cli.py::test_bench_sim_smoke
 
 test-py: $(STAMP)
 	$(PY) -P -m pytest -q tests

@@ -5,6 +5,9 @@ false (torch is imported only when such a test was collected, so a CPU run stays
 
 Fixtures that hand back functions (``pool_ok``, ``pool_state``) are the shared checks the
 core tests run after every step: they read the pool only through its public Python API.
+
+``backend`` makes pools on each backend for the backend-generic suites (pool_backends.py):
+host and null here, cuda under tests/gpu (its conftest overrides the fixture).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple
 import pytest
 
 import pypool
+from pool_backends import CPU_BACKENDS, Backend
 from pool_model import check_pool
 
 # Note [GPU skip]: deciding once per session keeps ``import torch`` (seconds on a slow
@@ -89,6 +93,14 @@ def make_pool() -> Iterator[Callable[..., pypool.Pool]]:
     yield make
     for pool in made:
         check_pool(pool)
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """Factory for pools on one backend; a test taking it runs once per backend."""
+    made = Backend(request.param)
+    yield made
+    made.close()
 
 
 @pytest.fixture(scope="session")

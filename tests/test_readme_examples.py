@@ -133,3 +133,12 @@ def test_readme_block_runs(line: int, lang: str, code: str, scratch: Tuple[Path,
         pytest.fail(f"{where}: a block without a language: give it one (or teach this test what it is)")
     else:
         pytest.fail(f"{where}: this test does not know how to run a ```{lang} block; add it here")
+
+
+def test_readme_mentions_setup_and_extras() -> None:
+    readme = README
+    if not readme.exists():
+        pytest.skip("no README beside the tests")
+    text = readme.read_text()
+    assert "PYPOOL_NO_APT" in text and "chromium" in text.lower()
+    assert "matplotlib" in text and "CUDA toolkit" in text

@@ -13,11 +13,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Iterator, Optional, Sequence
 
 import pytest
 
 import pypool
+from pool_backends import Backend
 
 # Where this process imported pypool from: the source tree or site-packages.
 PYPOOL_PARENT = str(Path(pypool.__file__).resolve().parent.parent)
@@ -70,3 +71,12 @@ def run_child(tmp_path: Path) -> RunChild:
         return run_child_script(script, tmp_path, args, env, name)
 
     return run
+
+
+@pytest.fixture(params=["cuda"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The generic suites' pools on the CUDA backend, in this process (test_generic_cuda.py);
+    overrides tests/conftest.py's host and null."""
+    made = Backend(request.param)
+    yield made
+    made.close()

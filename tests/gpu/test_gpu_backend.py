@@ -5,7 +5,7 @@ pypool installed with ``expandable_segments=True``; each scenario runs in a chil
 process so that a driver fault cannot take the test session down, and so that the
 torch scenario can install pypool. CI runs them on the simulated device (the CUDA
 backend then talks to pypool's stand-in libcuda); the same pool logic is also tested on
-the host backend (tests/test_vmm.py, tests/test_streams.py).
+the host backend (tests/core/test_vmm.py, tests/core/host/test_streams.py).
 """
 
 from __future__ import annotations

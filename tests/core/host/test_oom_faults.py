@@ -188,6 +188,18 @@ def test_fail_allocation_at_counts_calls(make_pool: Callable[..., pypool.Pool], 
     pool_ok(pool)
 
 
+def test_fault_injection_while_mapping(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = make_pool(expandable_segments=True)
+    pool.backend.fail_allocation_at(2)  # the second granule of the first growth fails
+    a = pool.malloc(5 * MiB)  # retry maps all three granules again
+    st = pool.memory_stats()
+    assert st["num_alloc_retries"] == 1 and st["num_ooms"] == 0
+    assert pool.backend.used == 6 * MiB
+    assert pool.memory_reserved() == 6 * MiB
+    pool_ok(pool)
+    pool.free(a)
+
+
 def test_byte_budget(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None], pool_state: Callable[..., Any]) -> None:
     pool = make_pool()
     be = pool.backend

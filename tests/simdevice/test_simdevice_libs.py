@@ -23,7 +23,7 @@ from sim_child import ok, run_audited, run_lib_child
 
 pytestmark = pytest.mark.skipif(not simdevice.available(), reason="pypool built without the simulated device")
 
-SYMBOLS = Path(__file__).resolve().parents[1] / "csrc" / "simdevice" / "symbols"
+SYMBOLS = Path(__file__).resolve().parents[2] / "csrc" / "simdevice" / "symbols"
 
 PRELUDE = """
 import ctypes as C, sys

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -19,6 +20,7 @@ from pypool.workloads import WORKLOADS, generate
 
 MiB = 1 << 20
 GiB = 1 << 30
+ROOT = Path(__file__).resolve().parents[2]
 
 SMALL = {"transformer": 0.02, "growing_batch": 0.03, "kv_cache": 0.02, "random": 0.01}
 
@@ -224,3 +226,71 @@ def test_cli_replay_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     assert "no such file" in capsys.readouterr().err
     assert main(["replay", "--workload", "random", "--scale", "0.01", "--config", "bogus:1"]) == 2
     assert "unknown option 'bogus'" in capsys.readouterr().err
+
+
+# Issue 14, "figures that mislead": the source a replay names, and the README's workloads table.
+
+
+def test_replaying_pypools_own_snapshot_does_not_say_pytorch(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    entries: List[Dict[str, Any]] = [{"action": "segment_alloc", "addr": 1 << 40, "size": 20 * MiB, "stream": 0}]
+    for i in range(4):
+        entries.append({"action": "alloc", "addr": (1 << 40) + i * 4 * MiB, "size": 3 * MiB, "stream": 0})
+    for i in range(4):
+        entries.append({"action": "free_completed", "addr": (1 << 40) + i * 4 * MiB, "size": 3 * MiB, "stream": 0})
+    snap = {"segments": [{"device": 0, "address": 1 << 40, "total_size": 20 * MiB, "blocks": []}],
+            "device_traces": [entries]}
+    torch_path, own_path = tmp_path / "torch.pickle", tmp_path / "pypool.pickle"
+    torch_path.write_bytes(pickle.dumps(snap))
+    own_path.write_bytes(pickle.dumps(dict(snap, pypool={"allocator": "pypool", "memory_stats": {}})))
+    assert main(["replay", str(torch_path)]) == 0
+    assert "PyTorch reserved" in capsys.readouterr().out
+    assert main(["replay", str(own_path)]) == 0
+    out = capsys.readouterr().out
+    assert "PyTorch" not in out
+    assert "by pypool (the snapshot is pypool's own)" in out and "pypool against itself" in out
+
+
+def test_pypool_snapshot_round_trip_label(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A snapshot written by pypool.dump_snapshot, with history, replays labelled pypool."""
+    pool = pypool.Pool(backend="null", capacity=8 * GiB)
+    pool._pool.set_history(True, 1000)
+    ptrs = [pool.malloc(3 * MiB) for _ in range(4)]
+    for p in ptrs:
+        pool.free(p)
+    path = tmp_path / "own.pickle"
+    pypool.dump_snapshot(path, pool=pool)
+    # An assertion, not a skip: a pypool snapshot that stopped replaying is a regression.
+    rc = main(["replay", str(path)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "PyTorch" not in out and "by pypool (the snapshot is pypool's own)" in out
+
+
+def _readme_workloads_rows() -> Dict[str, List[float]]:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("| workload | floor | default: peak reserved (×floor)")
+    rows: Dict[str, List[float]] = {}
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        ratios = [float(m) for m in re.findall(r"\((\d+\.\d+)×\)", line)]
+        rows[cells[0]] = ratios
+    return rows
+
+
+def test_readme_workloads_table_is_one_measure_and_true() -> None:
+    """The README's CPU workloads table shows reserved/floor in both columns, and the
+    figures are what a replay gives today (deterministic, so exactly reproducible)."""
+    if not (ROOT / "README.md").exists():
+        pytest.skip("no README beside the tests")
+    rows = _readme_workloads_rows()
+    assert set(rows) == {"transformer", "growing_batch", "kv_cache", "random"}
+    from pypool.workloads import generate
+
+    for name, (default, expandable) in rows.items():
+        t = generate(name)
+        for shown, cfg in ((default, None), (expandable, "expandable_segments:true")):
+            r = replay(t, cfg)
+            assert r.completed and shown == pytest.approx(r.peak_reserved / r.peak_live, abs=0.0006), (name, cfg)

@@ -19,7 +19,7 @@ import pypool
 
 pytest_plugins = ["pytester"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PKG_PARENT = str(Path(pypool.__file__).resolve().parent.parent)  # the pypool under test
 
 # The inner tests: a host registry pool 0 made before any test (so that stacks are

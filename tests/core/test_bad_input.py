@@ -185,6 +185,24 @@ def test_expandable_reserve_too_small() -> None:
     pool.check_invariants()
 
 
+# A native pool from raw Config fields: the core's own checks, with no PoolConfig in front.
+def _pool(backend=None, **fields):
+    c = _core.Config()
+    for k, v in fields.items():
+        setattr(c, k, v)
+    return _core.DevicePool(c, backend or _core.HostBackend(1 << 34))
+
+
+def test_expandable_reserve_is_bounded() -> None:
+    # An unbounded reserve used to wrap to 0 when rounded to the granularity, and every
+    # large request failed with out-of-memory.
+    with pytest.raises(ValueError, match="expandable_reserve"):
+        _pool(expandable_segments=True, expandable_reserve=_core.UNLIMITED)
+    for name in ("initial_pool_size", "growth_step", "release_threshold"):
+        with pytest.raises(ValueError, match=name):
+            _pool(**{name: 1 << 60})
+
+
 def test_set_memory_fraction_bad_values(busy_pool: Tuple[pypool.Pool, int, int, int], pool_state: Callable[..., Any], pool_ok: Callable[[pypool.Pool], None]) -> None:
     pool, *_ = busy_pool
     for bad, exc in ((-0.5, ValueError), (1.01, ValueError), (float("nan"), ValueError), (None, TypeError), (True, TypeError)):

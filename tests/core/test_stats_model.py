@@ -4,7 +4,8 @@ Rounding comes from ``pool_model.round_size`` (written from the documented polic
 from ``_core.round_size``. Where the pool hands out exactly the rounded size (small pool;
 expandable segments, which split any remainder) allocated bytes are predicted exactly;
 with fixed large segments a block may keep an unsplit remainder of up to 1 MiB, and the
-model bounds it.
+model bounds it. A generic suite: every test runs on each backend (pool_backends.py; cuda
+in tests/gpu/test_generic_cuda.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 import pool_model as pm
 import pypool
+from pool_backends import Backend
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -128,8 +130,8 @@ def run_workload(pool: pypool.Pool, model: Model, rng: random.Random, mix: str, 
 
 
 @pytest.mark.parametrize("divisions", [0, 4])
-def test_small_pool_exact(divisions: int, make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
-    pool = make_pool(round_up_divisions=divisions)
+def test_small_pool_exact(divisions: int, backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = backend(round_up_divisions=divisions)
     model = Model(divisions=divisions)
     run_workload(pool, model, random.Random(11 + divisions), "small", 1500, True, pool_ok)
     for ptr in list(model.live):
@@ -140,8 +142,8 @@ def test_small_pool_exact(divisions: int, make_pool: Callable[..., pypool.Pool],
 
 
 @pytest.mark.parametrize("divisions", [0, 4, 16])
-def test_mixed_sizes_expandable_exact(divisions: int, make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
-    pool = make_pool(round_up_divisions=divisions, expandable_segments=True)
+def test_mixed_sizes_expandable_exact(divisions: int, backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = backend(round_up_divisions=divisions, expandable_segments=True)
     model = Model(divisions=divisions)
     run_workload(pool, model, random.Random(23 + divisions), "mixed", 1500, True, pool_ok)
     for ptr in list(model.live):
@@ -151,8 +153,8 @@ def test_mixed_sizes_expandable_exact(divisions: int, make_pool: Callable[..., p
 
 
 @pytest.mark.parametrize("divisions", [0, 4])
-def test_mixed_sizes_fixed_segments(divisions: int, make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
-    pool = make_pool(round_up_divisions=divisions)
+def test_mixed_sizes_fixed_segments(divisions: int, backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = backend(round_up_divisions=divisions)
     model = Model(divisions=divisions)
     run_workload(pool, model, random.Random(37 + divisions), "mixed", 1500, False, pool_ok)
     # Allocated bytes: at least the rounded sizes, at most 1 MiB more per large block.
@@ -172,8 +174,8 @@ def test_mixed_sizes_fixed_segments(divisions: int, make_pool: Callable[..., pyp
     assert st["allocated_bytes.all.allocated"] == st["allocated_bytes.all.freed"]
 
 
-def test_peaks_and_reset(make_pool: Callable[..., pypool.Pool]) -> None:
-    pool = make_pool()
+def test_peaks_and_reset(backend: Backend) -> None:
+    pool = backend()
     a = pool.malloc(3000)  # 3072
     b = pool.malloc(5 * MiB + 1)  # 5 MiB + 512
     st = pool.memory_stats()
@@ -205,8 +207,8 @@ def test_peaks_and_reset(make_pool: Callable[..., pypool.Pool]) -> None:
     pool.free(a)
 
 
-def test_reset_accumulated_stats(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
-    pool = make_pool(capacity="64MiB")
+def test_reset_accumulated_stats(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = backend.with_limit("64MiB")
     a = pool.malloc(1000)
     b = pool.malloc(2000)
     pool.free(b)
@@ -224,8 +226,8 @@ def test_reset_accumulated_stats(make_pool: Callable[..., pypool.Pool], pool_ok:
     assert st["allocated_bytes.all.freed"] == 1024
 
 
-def test_stats_keys_follow_torch(make_pool: Callable[..., pypool.Pool]) -> None:
-    st = make_pool().memory_stats()
+def test_stats_keys_follow_torch(backend: Backend) -> None:
+    st = backend().memory_stats()
     for name in ("allocation", "segment", "active", "inactive_split", "allocated_bytes",
                  "reserved_bytes", "active_bytes", "inactive_split_bytes", "requested_bytes"):
         for kind in ("all", "small_pool", "large_pool"):

@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pypool
 from pypool import _bench_report, bench
 from pypool.bench import BenchSettings, Progress, summarize
 
+ROOT = Path(__file__).resolve().parents[2]
 PKG_PARENT = str(Path(pypool.__file__).resolve().parent.parent)
 
 
@@ -549,3 +551,93 @@ def test_run_sim_confirmation_must_run_where_the_bisection_did(monkeypatch: pyte
     else:
         assert "started with 4194304 bytes in use, the bisection with 0" in c["disagreement"]
     assert "confirmation disagrees" in _bench_sim.sim_tables(out)
+
+
+def test_bench_html_wraps_the_table_definitions() -> None:
+    # The definitions above bench's tables (what pypool/glibc time means) are single lines
+    # of ~300 characters: in the HTML page's scrolling box they ran off the right edge.
+    import html as html_mod
+    import json
+    import re
+
+    from pypool import _bench_report
+
+    results = json.loads((ROOT / "benchmarks" / "results" /
+                          "2026-11-22-cpu-bench.json").read_text())
+    page = _bench_report.render_html(results)
+    pre = html_mod.unescape(re.search(r"<pre>(.*)</pre>", page, re.S).group(1))  # type: ignore[union-attr]
+    prose = [ln for ln in pre.splitlines() if "  " not in ln.strip()]
+    assert prose and max(len(ln) for ln in prose) <= 110, max(prose, key=len)
+    assert "pypool/glibc time = pypool's median time / glibc's" in " ".join(ln.strip() for ln in pre.splitlines())
+    # The terminal tables are unchanged (tests and users grep them).
+    assert "below 1 pypool is faster" in _bench_report.format_tables(results)
+
+
+def test_bench_ratio_direction_is_explicit() -> None:
+    from pypool._bench_report import cpu_timing_table, format_tables
+
+    def summ(m: float) -> Dict[str, float]:
+        return {"median": m, "p99": m, "min": m, "max": m}
+
+    slow = {"case": "pair 512 B", "unit": "ns/pair", "group": "pairs", "pypool": summ(72.0), "glibc": summ(10.0),
+            "pypool_over_glibc": 7.2, "speedup": 10 / 72}
+    fast = {"case": "pair 256 MiB", "unit": "ns/pair", "group": "pairs", "pypool": summ(58.5),
+            "glibc": summ(11102.0), "speedup": 11102 / 58.5}  # an old result: only "speedup"
+    table = cpu_timing_table([slow, fast])
+    assert "pypool/glibc time" in table.splitlines()[0]
+    assert re.search(r"pair 512 B .* 7\.20$", table, re.M)        # slower: above 1
+    assert re.search(r"pair 256 MiB .* 0\.0053$", table, re.M)    # faster: below 1
+    text = format_tables({"cpu": {"timing": [slow]}})
+    assert "below 1 pypool is faster" in text
+
+
+def test_bench_git_revision_never_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    rev = bench._git_revision()
+    assert rev and rev != "None"
+    info = bench._build_info(os.path.dirname(bench.__file__))
+    if info.get("git_revision"):
+        assert rev.startswith(info["git_revision"][:12]) or re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", rev)
+    # Outside any checkout and without build information: "unknown" and why.
+    monkeypatch.setattr(bench, "_build_info", lambda pkg: {})
+
+    def no_git(*a: Any, **k: Any) -> Any:
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    rev = bench._git_revision()
+    assert rev.startswith("unknown (git is not installed here; pypool runs from ") and "no _build_info.json" in rev
+    from pypool._bench_report import render_html
+
+    page = render_html({"environment": {"git_revision": rev}})
+    assert "None" not in page
+
+
+def test_installed_build_records_its_revision() -> None:
+    """`make install` builds from a git checkout: the wheel carries its revision."""
+    path = Path(bench.__file__).with_name("_build_info.json")
+    if not path.exists():
+        pytest.skip("pypool runs from a tree without build information")
+    info = json.loads(path.read_text())
+    assert set(info) == {"git_revision", "dirty", "reason"}
+    assert info["git_revision"] or info["reason"]
+
+
+def test_readme_cpu_ratio_is_pypool_over_glibc() -> None:
+    """The README's CPU table: the last column is pypool time / glibc time (its direction
+    is in the header), consistent with the two time columns beside it."""
+    if not (ROOT / "README.md").exists():
+        pytest.skip("no README beside the tests")
+    text = (ROOT / "README.md").read_text()
+    start = text.index("| case | pypool | glibc | pypool time / glibc time (< 1: pypool faster) |")
+    checked = 0
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        try:
+            p, g, ratio = (float(c.split()[0].replace(",", "")) for c in cells[1:4])
+        except ValueError:
+            continue  # the free-block scaling row has no glibc figure
+        assert ratio == pytest.approx(p / g, rel=0.03), line  # 2 significant digits
+        checked += 1
+    assert checked == 7

@@ -10,6 +10,8 @@ from typing import Any, Dict, List
 import numpy as np
 import pytest
 
+import pypool
+
 from pypool.trace import FORMAT_HEADER, Trace, load_torch_snapshot, torch_reserved_profile
 from pypool.workloads import WORKLOADS
 
@@ -245,3 +247,8 @@ def test_snapshot_made_by_torch_itself() -> None:
 
     r = replay(t)
     assert r.ooms == 0 and r.skipped_events == 0 and r.peak_live == t.peak_live()
+
+
+def test_from_events_names_a_giant_int() -> None:
+    with pytest.raises(ValueError, match=r"events\[0\]: .*size must be an int in 1\.\..*an int of"):
+        pypool.trace.Trace.from_events([("a", 1, 10**5000, 0, 0)])

@@ -1,5 +1,7 @@
 """Threads malloc and free through one shared Pool at once (the binding releases the GIL
-around malloc / free / empty_cache), then the pool must be intact with nothing live."""
+around malloc / free / empty_cache), then the pool must be intact with nothing live.
+A generic suite: every test runs on each backend (pool_backends.py; cuda in
+tests/gpu/test_generic_cuda.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 
 import pypool
+from pool_backends import Backend
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -45,12 +48,12 @@ def worker(pool: pypool.Pool, seed: int, stream: int, errors: List[BaseException
         errors.append(e)
 
 
-def run_threads(pool: pypool.Pool, shared_stream: bool) -> None:
+def run_threads(pool: pypool.Pool, shared_stream: bool, backend: Backend) -> None:
     errors: List[BaseException] = []
     owned: Dict[int, int] = {}  # ptr -> owner; dict ops are atomic under the GIL
     start = threading.Barrier(N_THREADS)
     threads = [
-        threading.Thread(target=worker, args=(pool, 100 + t, 0 if shared_stream else t + 1, errors, start, owned))
+        threading.Thread(target=worker, args=(pool, 100 + t, 0 if shared_stream else backend.stream(t + 1), errors, start, owned))
         for t in range(N_THREADS)
     ]
     for t in threads:
@@ -64,9 +67,9 @@ def run_threads(pool: pypool.Pool, shared_stream: bool) -> None:
 
 
 @pytest.mark.parametrize("shared_stream", [True, False], ids=["one-stream", "stream-per-thread"])
-def test_threads_fixed_segments(shared_stream: bool, make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
-    pool = make_pool()
-    run_threads(pool, shared_stream)
+def test_threads_fixed_segments(shared_stream: bool, backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = backend()
+    run_threads(pool, shared_stream, backend)
     pool_ok(pool)
     st = pool.memory_stats()
     assert st["allocated_bytes.all.current"] == 0
@@ -76,26 +79,27 @@ def test_threads_fixed_segments(shared_stream: bool, make_pool: Callable[..., py
     assert pool.live_blocks() == []
     pool.empty_cache()
     pool_ok(pool)
-    assert pool.backend.used == 0
+    backend.check_used(pool, 0)
 
 
-def test_threads_expandable(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
-    pool = make_pool(expandable_segments=True)
-    run_threads(pool, shared_stream=True)
+def test_threads_expandable(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = backend(expandable_segments=True)
+    run_threads(pool, shared_stream=True, backend=backend)
     pool_ok(pool)
     assert pool.memory_allocated() == 0
     pool.empty_cache()
     pool_ok(pool)
-    assert pool.backend.used == 0
+    backend.check_used(pool, 0)
     assert pool.segments() == []
 
 
-def test_threads_under_memory_pressure(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+def test_threads_under_memory_pressure(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
     # A tight device: threads hit release-and-retry and OOM while others grow, release
     # and free; whatever happens, the accounting must close.
-    pool = make_pool(capacity="96MiB")
+    pool = backend.with_limit("96MiB")
     errors: List[BaseException] = []
     ooms = [0] * N_THREADS
+    streams = [0, backend.stream(1)]
 
     def pressure(t: int) -> None:
         rng = random.Random(7 + t)
@@ -106,7 +110,7 @@ def test_threads_under_memory_pressure(make_pool: Callable[..., pypool.Pool], po
                     pool.free(live.pop(rng.randrange(len(live))))
                 else:
                     try:
-                        live.append(pool.malloc(rng.choice([rng.randint(1, 256 * KiB), rng.randint(1 * MiB, 16 * MiB)]), stream=t % 2))
+                        live.append(pool.malloc(rng.choice([rng.randint(1, 256 * KiB), rng.randint(1 * MiB, 16 * MiB)]), stream=streams[t % 2]))
                     except pypool.OutOfMemoryError:
                         ooms[t] += 1
             for p in live:
@@ -128,12 +132,12 @@ def test_threads_under_memory_pressure(make_pool: Callable[..., pypool.Pool], po
     assert st["num_ooms"] == sum(ooms)
     assert st["reserved_bytes.all.peak"] <= 96 * MiB
     pool.empty_cache()
-    assert pool.backend.used == 0
+    backend.check_used(pool, 0)
 
 
-def test_concurrent_readers(make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None]) -> None:
+def test_concurrent_readers(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
     # Stats, segments and the invariant walk run while other threads allocate.
-    pool = make_pool()
+    pool = backend()
     stop = threading.Event()
     errors: List[BaseException] = []
 
@@ -150,7 +154,7 @@ def test_concurrent_readers(make_pool: Callable[..., pypool.Pool], pool_ok: Call
     r = threading.Thread(target=reader)
     r.start()
     try:
-        run_threads(pool, shared_stream=False)
+        run_threads(pool, shared_stream=False, backend=backend)
     finally:
         stop.set()
         r.join(timeout=60)

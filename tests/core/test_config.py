@@ -3,6 +3,7 @@ to_string / from_string round trip."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, Type
 
 import pytest
@@ -297,3 +298,15 @@ def test_pool_memory_fraction_sets_the_cap() -> None:
     assert pool.cap == GiB // 4
     pool2 = pypool.Pool(capacity="1GiB", memory_fraction=0.5, max_pool_size="128MiB")
     assert pool2.cap == 128 * MiB  # the smaller cap wins
+
+
+def test_readme_configuration_table_has_every_field() -> None:
+    # The issue: expandable_reserve was missing from the table.
+    import dataclasses
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = set(re.findall(r"^\| `(\w+)` \|", readme, re.M))
+    missing = [f.name for f in dataclasses.fields(pypool.PoolConfig) if f.name not in rows]
+    # growth_step is explained in the growth row.
+    assert [m for m in missing if m != "growth_step"] == [], missing

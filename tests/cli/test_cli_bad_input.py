@@ -254,3 +254,123 @@ def test_a_real_process_prints_one_line(tmp_path: Path) -> None:
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr == (f"pypool replay: error: {path}: expected a torch memory snapshot (a pickled dict "
                           "with 'segments' and 'device_traces'), found a pickled list\n")
+
+
+# Issue 14 review: bad input the first pass missed (each test failed before its fix).
+
+HOSTILE = {
+    # math.isfinite(10**400) raises OverflowError: was a traceback.
+    "int-time.pickle": (_torch_snapshot([dict(GOOD_ALLOC, time_us=10**400)]),
+                        ["device_traces[0][0]", "'time_us' must be a finite number"]),
+    # repr() of a 5,000-digit int raises ValueError (Python's int-to-str limit): the message
+    # naming the field was replaced by "Exceeds the limit (4300 digits)".
+    "giant-addr.pickle": (_torch_snapshot([dict(GOOD_ALLOC, addr=10**5000)]),
+                          ["device_traces[0][0]", "'addr' must be in 0..", "an int of 16610 bits"]),
+    # A list as the action reached `a in {set}`: TypeError unhashable.
+    "list-action.pickle": (_torch_snapshot([GOOD_ALLOC, {"action": ["alloc"], "addr": 1}]), None),
+}
+
+
+@pytest.mark.parametrize("command", ["replay", "size"])
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_snapshot_entries(command: str, name: str, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    snap, words = HOSTILE[name]
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps(snap))
+    if words is None:  # an entry pypool does not use: ignored, the rest replays
+        rc = main([command, str(path), "--json"] + (["--jobs", "1"] if command == "size" else []))
+        assert rc == 0, capsys.readouterr().err
+        capsys.readouterr()
+        return
+    line = _one_line_error(capsys, main([command, str(path)]), command)
+    assert str(path) in line
+    for word in words:
+        assert word in line, line
+
+
+def test_report_refuses_a_device_the_snapshot_lacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seg = {"device": 0, "address": 0, "total_size": 2 << 20, "stream": 0, "segment_type": "small",
+           "blocks": [{"address": 0, "size": 2 << 20, "requested_size": 0, "state": "inactive"}]}
+    path = tmp_path / "snap.pickle"
+    path.write_bytes(pickle.dumps({"segments": [seg], "device_traces": [[], []]}))
+    # Device 1 has a trace list (torch writes one per device) but no segment: an empty
+    # report is the truth. Device 5 is not in the file: it used to print "0 B reserved".
+    assert main(["report", str(path), "--device", "1"]) == 0
+    capsys.readouterr()
+    line = _one_line_error(capsys, main(["report", str(path), "--device", "5"]), "report")
+    assert "has no device 5 (its devices: 0, 1)" in line
+
+
+def test_report_refuses_sizes_past_64_bits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Was printed as "reserved 1073741824.00 TiB".
+    path = tmp_path / "huge.pickle"
+    path.write_bytes(pickle.dumps({"segments": [{"device": 0, "total_size": 2**70, "blocks": []}],
+                                   "device_traces": [[]]}))
+    line = _one_line_error(capsys, main(["report", str(path)]), "report")
+    assert "segments[0]: 'total_size' must be a non-negative int of at most 64 bits" in line
+
+
+@pytest.mark.parametrize("flag", ["--json", "--html", "--png"])
+def test_bench_checks_output_paths_before_running(flag: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # Used to run every benchmark (a minute or more) and only then fail on the path.
+    line = _one_line_error(capsys, main(["bench", "--smoke", "--no-progress", flag, str(tmp_path)]), "bench")
+    assert f"{flag} {tmp_path}: is a directory" in line
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    line = _one_line_error(capsys, main(["bench", "--smoke", "--no-progress", flag,
+                                         str(blocker / "out")]), "bench")
+    assert "cannot create its directory" in line
+
+
+def test_write_errors_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    seg = {"device": 0, "address": 0, "total_size": 2 << 20, "stream": 0, "segment_type": "small",
+           "blocks": [{"address": 0, "size": 2 << 20, "requested_size": 0, "state": "inactive"}]}
+    snap = tmp_path / "s.pickle"
+    snap.write_bytes(pickle.dumps({"segments": [seg], "device_traces": [[]]}))
+    # Was "pypool report: error: No space left on device", naming no file.
+    rc = main(["report", str(snap), "--html", "/dev/full"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pypool report: error: --html /dev/full: cannot write: No space left" in err, err
+    line = _one_line_error(capsys, main(["replay", "--workload", "random", "--scale", "0.01",
+                                         "--save-trace", "/dev/full"]), "replay")
+    assert "--save-trace /dev/full: cannot write" in line
+
+
+def test_info_checks_pypool_conf(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # `pypool info`, the command for checking a set-up, said nothing of a PYPOOL_CONF that
+    # get_pool() and install() then refuse.
+    monkeypatch.setenv("PYPOOL_CONF", "max_pool_size:-1")
+    rc = main(["info"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "PYPOOL_CONF" in out
+    assert err.strip().splitlines()[-1].startswith("pypool info: error: PYPOOL_CONF='max_pool_size:-1': ")
+    monkeypatch.setenv("PYPOOL_CONF", "max_pool_size:1GiB")
+    assert main(["info", "--json"]) == 0
+    import json
+
+    d = json.loads(capsys.readouterr().out)
+    assert d["PYPOOL_CONF"] == "max_pool_size:1GiB" and d["PYPOOL_CONF_error"] is None
+
+
+@pytest.mark.parametrize(("command", "flag", "conf", "words"), [
+    ("replay", "--config", "memory_fraction:0.1,initial_pool_size:50GiB",
+     "the limit is 8.00 GiB (memory_fraction 0.1 of 80.00 GiB)"),
+    ("replay", "--config", "expandable_segments:true,initial_pool_size:2TiB", "(expandable_reserve"),
+    ("size", "--base", "expandable_segments:true,initial_pool_size:2TiB", "(expandable_reserve"),
+])
+def test_initial_pool_size_under_every_limit(command: str, flag: str, conf: str, words: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # initial_pool_size within the capacity but over memory_fraction's cap or the
+    # expandable_reserve: the pool's OutOfMemoryError escaped as a traceback (rc 1).
+    trace = tmp_path / "t.trace"
+    trace.write_text("# pypool-trace v1\na 1 4096\n")
+    argv = [command, str(trace), flag, conf] + (["--capacity", "80GiB"] if "memory_fraction" in conf
+                                                 else ["--capacity", "4TiB"])
+    if command == "size":
+        argv += ["--jobs", "1"]
+    line = _one_line_error(capsys, main(argv), command)
+    assert f"{flag}: initial_pool_size" in line and words in line, line

@@ -12,14 +12,17 @@ needed), and the fixture resets it.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import types
+from types import SimpleNamespace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
 import pypool
 from pypool import PoolConfig, _core, _torch, _torch_conf, memory
+from pypool.__main__ import main
 from pypool._torch import HOOKS, PATCHED_NAMES, InstallError
 
 MiB = 1 << 20
@@ -514,3 +517,25 @@ def test_memory_fraction_caps_a_pool_from_its_creation() -> None:
     assert pool.cap == 100 << 20
     with pytest.raises(pypool.OutOfMemoryError):
         pypool.Pool("host", capacity="1GiB", memory_fraction=0.25).malloc(300 << 20)
+
+
+def test_info_and_install_say_loudly_when_the_cuda_backend_is_missing(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from pypool import _cli_info, _torch
+
+    assert _core.cuda_backend_compiled()  # the build under test has it (needs no toolkit)
+    assert main(["info"]) == 0
+    assert "WARNING" not in capsys.readouterr().err
+    monkeypatch.setattr(_core, "cuda_backend_compiled", lambda: False)
+    assert _cli_info.run(SimpleNamespace(json=True)) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["warning"].startswith("WARNING: this pypool was built WITHOUT its CUDA backend")
+    assert "WITHOUT its CUDA backend" in err
+    assert _cli_info.run(SimpleNamespace(json=False)) == 0
+    assert "WITHOUT its CUDA backend" in capsys.readouterr().err
+
+    monkeypatch.setattr(_torch, "_native_cuda_devices", lambda: (0, "not built"))
+    fake = SimpleNamespace(__version__="2.13.0", version=SimpleNamespace(cuda="13.0", hip=None),
+                           cuda=SimpleNamespace(is_initialized=lambda: False, device_count=lambda: 1))
+    with pytest.raises(_torch.InstallError, match="built without its CUDA backend"):
+        _torch._check_torch(fake)

@@ -3,6 +3,7 @@ allocations, from a canned result (no simulation needed)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, List
 
 from pypool import _bench_sim
@@ -33,3 +34,21 @@ def test_side_by_side_capacities_and_sync_per_thousand() -> None:
     text = _bench_sim.sim_tables(sim)
     assert table in text and text.index(table) < text.index("min capacity MiB")
     assert "sync/1k allocs cold" in _bench_sim.calls_table(sim)
+
+
+def test_readme_simulated_device_floors_say_their_scale() -> None:
+    # The README showed kv_cache's floor as 16.48 GiB in one table and 16,018 MiB in the
+    # next without saying why: the simulated-device run replays generated workloads at
+    # --scale 0.5. Each floor there must be that scale's, and the text must say so.
+    import re
+
+    from pypool.workloads import generate
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    part = readme[readme.index("**Simulated-device figures**"):]
+    part = part[:part.index("What the counts show")]
+    assert "`--scale 0.5`" in part
+    rows = dict(re.findall(r"^\| (transformer|growing_batch|kv_cache|random) \| ([\d,]+) MiB \|", part, re.M))
+    assert sorted(rows) == ["growing_batch", "kv_cache", "random", "transformer"], rows
+    for name, floor in rows.items():
+        assert int(floor.replace(",", "")) == round(generate(name, seed=0, scale=0.5).peak_live() / (1 << 20)), name

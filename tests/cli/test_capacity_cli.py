@@ -156,7 +156,7 @@ def test_readme_capacity_tables_match_what_size_prints_now(workload: str) -> Non
     # The README quoted pypool expandable at 0.00 sync/1k on recorded_gpt_decode while
     # `pypool size` printed 0.02 (its sync count changed after the table was made). Checks
     # the pypool columns of both tables for the two traces that replay in about a second.
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     proc = _cli(["size", "--workload", workload, "--json"], PYPOOL_TORCH_PYTHON="/nonexistent/python")
     assert proc.returncode == 0, proc.stderr
     rows = {r["label"]: r for r in json.loads(proc.stdout)["min_capacity"]}

@@ -12,7 +12,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator, List
+from typing import Any, Iterator, List
 
 import pytest
 
@@ -22,7 +22,7 @@ from pypool.config import PoolConfig
 from pypool.leaks import (LeakError, LeakReport, LeakWarning, LeakWatch, LeakWatchReport,
                           format_stack, track_leaks)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PKG_PARENT = str(Path(pypool.__file__).resolve().parent.parent)  # the pypool under test
 MiB = 1 << 20
 
@@ -532,3 +532,14 @@ def test_exit_check_from_the_environment_alone(tmp_path: Path) -> None:
     proc = _run_script(tmp_path, src, {"PYPOOL_LEAK_CHECK": "1"})
     line = next(i for i, t in enumerate(src.splitlines(), 1) if "# EXIT-SITE" in t)
     assert f"leaky_script.py:{line} hold_on" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_capture_stacks_must_be_a_bool(value: Any) -> None:
+    pool = pypool.Pool(backend="host", capacity="64MiB")
+    # bool("false") is True: the string used to switch stack capture on.
+    with pytest.raises(TypeError, match="capture_stacks: expected True or False"):
+        pypool.track_leaks(capture_stacks=value, pool=pool)
+    with pytest.raises(TypeError, match="capture_stacks: expected True or False"):
+        pypool.LeakWatch(capture_stacks=value, pool=pool)
+    pool.check_invariants()

@@ -25,7 +25,7 @@ from sim_child import ok, run_audited, run_lib_child
 
 pytestmark = pytest.mark.skipif(not simdevice.available(), reason="pypool built without the simulated device")
 
-SIM = Path(__file__).resolve().parents[1] / "csrc" / "simdevice"
+SIM = Path(__file__).resolve().parents[2] / "csrc" / "simdevice"
 
 PRELUDE = """
 import ctypes as C, sys

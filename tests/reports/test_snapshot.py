@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 import subprocess
@@ -303,3 +304,24 @@ def test_expandable_segments_round_trip():
     assert (r.reserved, r.allocated, r.free, r.largest_free) == (8 * MiB, 5 * MiB, 3 * MiB, 3 * MiB)
     p.free(b)
     record_history(False, pool=p)
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"(" * 1000 + b".", "not a readable torch memory snapshot"),        # was UnpicklingError
+    (pickle.dumps({"segments": []})[:10], "not a readable torch memory snapshot"),  # truncated
+    (gzip.compress(pickle.dumps({"segments": []}))[:15], "corrupt or truncated gzip"),
+    (b"# pypool-trace v1\na 0 10\n", "not a readable torch memory snapshot"),
+], ids=["unpickler-error", "truncated-pickle", "truncated-gzip", "a-trace"])
+def test_load_snapshot_names_the_file(content: bytes, words: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad.pickle"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        load_snapshot(str(path))
+    assert str(path) in str(e.value) and words in str(e.value), str(e.value)
+
+
+def test_load_snapshot_reads_gzip(tmp_path: Path) -> None:
+    # A gzipped snapshot loads, as `python -m pypool report` reads it.
+    gz = tmp_path / "snap.pickle.gz"
+    gz.write_bytes(gzip.compress(pickle.dumps({"segments": [], "device_traces": [[]]})))
+    assert load_snapshot(gz)["segments"] == []

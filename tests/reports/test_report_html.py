@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,8 @@ import pypool
 from pypool.fragmentation import _COLORS, FragmentationReport
 
 MiB = 1 << 20
+GiB = 1 << 30
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -133,3 +136,78 @@ def test_headless_chromium_screenshot(report, tmp_path):
 
     assert count(_COLORS["requested"]) > 2000
     assert count(_COLORS["inactive"]) > 2000
+
+
+def test_save_png_checks_dpi(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    rep = pypool.Pool(backend="null", capacity="1GiB").fragmentation()
+    for dpi in (0, -1, 10**5, 1.5):  # 10**5 ended in std::bad_alloc inside matplotlib
+        with pytest.raises(ValueError, match="dpi: expected an int in 1..1000"):
+            rep.save_png(tmp_path / "x.png", dpi=dpi)  # type: ignore[arg-type]
+
+
+def _png_or_skip() -> None:
+    pytest.importorskip("matplotlib")
+
+
+def test_png_title_and_legend_do_not_overlap() -> None:
+    _png_or_skip()
+    from pypool.fragmentation import _png_figure
+
+    pool = pypool.Pool(backend="null", capacity=64 * GiB)
+    for i in range(40):
+        pool.malloc((i + 3) * MiB)
+    fig = _png_figure(pool.fragmentation(), max_segments=4, dpi=100,  # long title: "36 smaller ... not drawn"
+                      caption="the pool at peak reserved")
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(r)
+    (legend,) = [lg for ax in fig.axes for lg in [ax.get_legend()] if lg is not None]
+    assert "smaller segments not drawn" in fig._suptitle.get_text()
+    assert fig._suptitle.get_text().endswith("\nthe pool at peak reserved")
+    assert not title.overlaps(legend.get_window_extent(r))
+    # Segment labels say what they are.
+    labels = [t.get_text() for t in fig.axes[1].get_yticklabels()]
+    assert labels and all(re.fullmatch(r"(small|large) [\d.]+ [KMG]?i?B, stream 0", s) for s in labels), labels
+    assert fig.axes[1].get_ylabel() == "segment: pool, size, stream"
+
+
+def test_png_tiny_block_is_visible(tmp_path: Path) -> None:
+    _png_or_skip()
+    import numpy as np
+    from matplotlib.image import imread
+
+    def blue_pixels(with_block: bool) -> int:
+        pool = pypool.Pool(backend="null", capacity=8 * GiB)
+        p = pool.malloc(1024)              # 1 KiB in a 2 MiB small segment
+        if not with_block:
+            pool.free(p)
+        path = tmp_path / f"tiny{with_block}.png"
+        pool.fragmentation().save_png(path)
+        img = imread(str(path))[..., :3]
+        blue = np.array([0x2F, 0x6D, 0xB5]) / 255.0       # the "requested" colour
+        return int((np.abs(img - blue).max(axis=2) < 0.02).sum())
+
+    legend_only = blue_pixels(False)        # the legend's swatch
+    assert blue_pixels(True) - legend_only >= 4 * 20   # a bar at least ~4 px wide, full height
+
+
+def test_make_chromium_says_what_it_does(tmp_path: Path) -> None:
+    make = shutil.which("make")
+    if make is None or not (ROOT / "Makefile").exists():
+        pytest.skip("make or the source tree is missing")
+    # A PATH without chromium (and without apt-get): only the tools the recipe needs.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "id", "grep", "timeout"):
+        found = shutil.which(tool)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    env = {"PATH": str(bin_dir), "PYPOOL_NO_APT": "1", "HOME": str(tmp_path)}
+    p = subprocess.run([make, "-s", "-C", str(ROOT), "chromium"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "not installed (PYPOOL_NO_APT set): the HTML screenshot test will skip" in p.stdout
+    recipe = (ROOT / "Makefile").read_text()
+    body = recipe[recipe.index("\nchromium:"):recipe.index("\nsanitize:")]
+    assert "/dev/null 2>&1; }" not in body and "apt-get install" in body  # apt's output is shown

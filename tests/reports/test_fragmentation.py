@@ -9,14 +9,17 @@ import tempfile
 from pathlib import Path
 import sys
 import textwrap
+from typing import Any, Dict
 
 import pytest
 
 import pypool
 from pypool import _core
-from pypool.fragmentation import Figures, FragmentationReport, fragmentation
+from pypool.fragmentation import (EXTERNAL_FRAGMENTATION_DEFINITION, Figures, FragmentationReport, explain_oom,
+                                  fragmentation)
 
 KiB, MiB = 1 << 10, 1 << 20
+GiB = 1 << 30
 SMALL_SEG, LARGE_SEG = 2 * MiB, 20 * MiB
 
 
@@ -276,3 +279,77 @@ def test_snapshot_made_by_torch_from_a_cpu_profile():
     assert set(r.pools) == {"small", "large", "unknown"} and r.pools["unknown"].segments == 1
     assert "unknown pool" in r.to_text()
     del x, z
+
+
+@pytest.mark.parametrize(("kwargs", "exc", "words"), [
+    ({"size": 2**70}, ValueError, "size: must be in 1.."),      # was pybind11's message
+    ({"size": 1.5}, TypeError, "size: expected an int"),        # was pybind11's message
+    ({"size": "1GiB"}, TypeError, "size: expected an int"),     # was "'>' not supported"
+    ({"size": -5}, ValueError, "size: must be in 1.."),         # was "a request for -5 B"
+    ({"size": 0}, ValueError, "size: must be in 1.."),
+    ({"size": 4096, "stream": -1}, ValueError, "stream: must be in 0.."),  # was "stream -0x1"
+    ({"size": 4096, "stream": 2**64}, ValueError, "stream: must be in 0.."),
+])
+def test_explain_oom_checks_its_arguments(kwargs: Dict[str, Any], exc: type, words: str) -> None:
+    pool = pypool.Pool(backend="null", capacity="1GiB")
+    with pytest.raises(exc) as e:
+        explain_oom(pool, **kwargs)
+    assert words in str(e.value) and "incompatible function arguments" not in str(e.value)
+    pool.check_invariants()
+    with pytest.raises(TypeError, match="pool: expected a pypool.Pool, got int"):
+        explain_oom(5, 4096)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("snapshot", "exc", "words"), [
+    ({"segments": 5}, TypeError, "'segments' must be a list"),                 # was "'int' object is not iterable"
+    ({"segments": [{"total_size": -5, "blocks": []}]}, ValueError,             # was a report with -5 B reserved
+     "segments[0]: 'total_size' must be a non-negative int"),
+    ({"segments": [{"total_size": 2**70, "blocks": []}]}, ValueError, "at most 64 bits"),
+    ({"segments": [{"total_size": 10, "blocks": 3}]}, TypeError, "segments[0].blocks: expected a list"),
+    ({"segments": [{"total_size": 10, "blocks": [7]}]}, TypeError, "segments[0].blocks[0]: expected a dict"),
+    ({"segments": [{"total_size": 10, "blocks": [{"size": "x", "state": "inactive"}]}]}, ValueError,
+     "segments[0].blocks[0]: 'size' must be"),                                 # was int()'s "invalid literal"
+    ({"segments": [{"total_size": 10, "blocks": [{"state": "inactive"}]}]}, ValueError,
+     "segments[0].blocks[0]: missing key 'size'"),                             # was KeyError: 'size'
+])
+def test_from_snapshot_names_the_damaged_field(snapshot: Dict[str, Any], exc: type, words: str) -> None:
+    with pytest.raises(exc) as e:
+        pypool.FragmentationReport.from_snapshot(snapshot)
+    assert words in str(e.value), str(e.value)
+
+
+def test_explain_oom_sorts_free_blocks_by_reason() -> None:
+    pool = pypool.Pool(backend="null", capacity=64 * GiB, max_pool_size=64 * MiB)
+    keep = [pool.malloc(4 * MiB) for _ in range(6)]          # large pool, stream 0
+    other = [pool.malloc(8 * MiB, stream=7) for _ in range(2)]  # large pool, stream 7
+    small = pool.malloc(100 * 1024)                           # small pool
+    for p in keep[::2]:
+        pool.free(p)                                          # free 4 MiB holes on stream 0
+    pool.free(other[0])                                       # its segment stays (other[1] lives)
+    with pytest.raises(_core.OutOfMemoryError) as e:
+        pool.malloc(40 * MiB)
+    text = explain_oom(pool, 40 * MiB, 0, error=str(e.value))
+    assert "a request for 40.00 MiB" in text and "(max_pool_size)" in text
+    assert "smaller than the 40.00 MiB needed" in text
+    assert "in the small pool" in text
+    assert "cached for another stream than 0" in text
+    assert "the pool said: " in text
+    for line in text.splitlines():
+        assert "large enough and usable" not in line  # the failure proves none could serve it
+    del small
+
+
+def test_external_fragmentation_defined_where_shown() -> None:
+    pool = pypool.Pool(backend="null", capacity=8 * GiB)
+    a, b, c = (pool.malloc(30 * MiB) for _ in range(3))
+    pool.free(a)
+    pool.free(c)
+    rep = FragmentationReport.from_pool(pool)
+    text = rep.to_text()
+    row = next(line for line in text.splitlines() if line.startswith("external fragmentation "))
+    assert f"of {pypool.config.format_size(rep.free)}" in row  # beside the free bytes
+    assert EXTERNAL_FRAGMENTATION_DEFINITION in text
+    html = rep.to_html()
+    assert "external fragmentation = 1 - largest free block / free bytes" in html
+    assert f"{pypool.config.format_size(rep.free)} free in the pool with" in html
+    del b
