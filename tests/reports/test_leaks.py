@@ -253,7 +253,16 @@ def test_allocations_racing_with_scope_end_are_left_out(pool: pypool.Pool) -> No
     t.start()
     try:
         with track_leaks(pool=pool, capture_stacks=False) as tracker:
-            time.sleep(0.01)
+            # Wait for allocations inside the scope, not for a fixed time: on a loaded
+            # machine the spinner may not run at all in 10 ms (seen in CI: count 0).
+            with lock:
+                seen = len(kept)
+            deadline = time.monotonic() + 30.0
+            while time.monotonic() < deadline:
+                time.sleep(0.005)
+                with lock:
+                    if len(kept) >= seen + 20:
+                        break
     finally:
         stop.set()
         t.join()
