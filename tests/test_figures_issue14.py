@@ -19,6 +19,7 @@ import pytest
 
 import pypool
 from pypool import _core, bench
+from pypool.bench import environment as bench_environment
 from pypool.__main__ import main
 from pypool.fragmentation import EXTERNAL_FRAGMENTATION_DEFINITION, FragmentationReport, explain_oom
 from pypool.replay import first_oom_text, replay
@@ -176,7 +177,7 @@ def _png_or_skip() -> None:
 
 def test_png_title_and_legend_do_not_overlap() -> None:
     _png_or_skip()
-    from pypool.fragmentation import _png_figure
+    from pypool._fragreport import _png_figure
 
     pool = pypool.Pool(backend="null", capacity=64 * GiB)
     for i in range(40):
@@ -218,7 +219,7 @@ def test_png_tiny_block_is_visible(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- bench
 def test_bench_ratio_direction_is_explicit() -> None:
-    from pypool._bench_report import cpu_timing_table, format_tables
+    from pypool.bench.report import cpu_timing_table, format_tables
 
     def summ(m: float) -> Dict[str, float]:
         return {"median": m, "p99": m, "min": m, "max": m}
@@ -238,11 +239,11 @@ def test_bench_ratio_direction_is_explicit() -> None:
 def test_bench_git_revision_never_none(monkeypatch: pytest.MonkeyPatch) -> None:
     rev = bench._git_revision()
     assert rev and rev != "None"
-    info = bench._build_info(os.path.dirname(bench.__file__))
+    info = bench._build_info(os.path.dirname(pypool.__file__))
     if info.get("git_revision"):
         assert rev.startswith(info["git_revision"][:12]) or re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", rev)
     # Outside any checkout and without build information: "unknown" and why.
-    monkeypatch.setattr(bench, "_build_info", lambda pkg: {})
+    monkeypatch.setattr(bench_environment, "_build_info", lambda pkg: {})
 
     def no_git(*a: Any, **k: Any) -> Any:
         raise FileNotFoundError("git")
@@ -250,7 +251,7 @@ def test_bench_git_revision_never_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subprocess, "run", no_git)
     rev = bench._git_revision()
     assert rev.startswith("unknown (git is not installed here; pypool runs from ") and "no _build_info.json" in rev
-    from pypool._bench_report import render_html
+    from pypool.bench.report import render_html
 
     page = render_html({"environment": {"git_revision": rev}})
     assert "None" not in page
@@ -258,7 +259,7 @@ def test_bench_git_revision_never_none(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_installed_build_records_its_revision() -> None:
     """`make install` builds from a git checkout: the wheel carries its revision."""
-    path = Path(bench.__file__).with_name("_build_info.json")
+    path = Path(pypool.__file__).with_name("_build_info.json")
     if not path.exists():
         pytest.skip("pypool runs from a tree without build information")
     info = json.loads(path.read_text())
@@ -269,17 +270,18 @@ def test_installed_build_records_its_revision() -> None:
 # ---------------------------------------------------------------------------- no CUDA backend
 def test_info_and_install_say_loudly_when_the_cuda_backend_is_missing(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from pypool import _cli_info, _torch
+    from pypool import _torch
+    from pypool.cli import info as cli_info
 
     assert _core.cuda_backend_compiled()  # the build under test has it (needs no toolkit)
     assert main(["info"]) == 0
     assert "WARNING" not in capsys.readouterr().err
     monkeypatch.setattr(_core, "cuda_backend_compiled", lambda: False)
-    assert _cli_info.run(SimpleNamespace(json=True)) == 0
+    assert cli_info.run(SimpleNamespace(json=True)) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["warning"].startswith("WARNING: this pypool was built WITHOUT its CUDA backend")
     assert "WITHOUT its CUDA backend" in err
-    assert _cli_info.run(SimpleNamespace(json=False)) == 0
+    assert cli_info.run(SimpleNamespace(json=False)) == 0
     assert "WITHOUT its CUDA backend" in capsys.readouterr().err
 
     monkeypatch.setattr(_torch, "_native_cuda_devices", lambda: (0, "not built"))

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 import pypool
-from pypool.fragmentation import _COLORS, FragmentationReport
+from pypool._fragreport import _COLORS, FragmentationReport
 
 MiB = 1 << 20
 

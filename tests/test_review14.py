@@ -328,17 +328,17 @@ def test_bench_html_wraps_the_table_definitions() -> None:
     import json
     import re
 
-    from pypool import _bench_report
+    from pypool.bench import report as bench_report
 
     results = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "results" /
                           "2026-11-22-cpu-bench.json").read_text())
-    page = _bench_report.render_html(results)
+    page = bench_report.render_html(results)
     pre = html_mod.unescape(re.search(r"<pre>(.*)</pre>", page, re.S).group(1))  # type: ignore[union-attr]
     prose = [ln for ln in pre.splitlines() if "  " not in ln.strip()]
     assert prose and max(len(ln) for ln in prose) <= 110, max(prose, key=len)
     assert "pypool/glibc time = pypool's median time / glibc's" in " ".join(ln.strip() for ln in pre.splitlines())
     # The terminal tables are unchanged (tests and users grep them).
-    assert "below 1 pypool is faster" in _bench_report.format_tables(results)
+    assert "below 1 pypool is faster" in bench_report.format_tables(results)
 
 
 @pytest.mark.parametrize(("command", "flag", "conf", "words"), [
