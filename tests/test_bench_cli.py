@@ -17,7 +17,7 @@ import pytest
 import pypool
 from pypool import bench, simdevice
 from pypool.bench import child as bench_child
-from pypool.bench import environment as bench_environment
+from pypool.bench import provenance as bench_provenance
 from pypool.bench import gpu as bench_gpu
 from pypool.bench import report as bench_report
 from pypool.bench import runner as bench_runner
@@ -206,7 +206,7 @@ def test_run_benchmarks_cuda_glue(monkeypatch: pytest.MonkeyPatch) -> None:
         return gpu
 
     monkeypatch.setattr(bench_runner, "_cuda_available", lambda: True)
-    monkeypatch.setattr(bench_environment, "_nvidia_smi", lambda: [])
+    monkeypatch.setattr(bench_provenance, "_nvidia_smi", lambda: [])
     monkeypatch.setattr(bench_runner, "run_gpu", fake_run_gpu)
     monkeypatch.setattr(bench_runner, "run_cpu", lambda s, p: {"timing": [], "replay": []})
     res = bench.run_benchmarks(device="cuda", mode="smoke", progress=False, allocators=["native", "pypool"])

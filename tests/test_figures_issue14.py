@@ -19,7 +19,7 @@ import pytest
 
 import pypool
 from pypool import _core, bench
-from pypool.bench import environment as bench_environment
+from pypool.bench import provenance as bench_provenance
 from pypool.__main__ import main
 from pypool.fragmentation import EXTERNAL_FRAGMENTATION_DEFINITION, FragmentationReport, explain_oom
 from pypool.replay import first_oom_text, replay
@@ -243,7 +243,7 @@ def test_bench_git_revision_never_none(monkeypatch: pytest.MonkeyPatch) -> None:
     if info.get("git_revision"):
         assert rev.startswith(info["git_revision"][:12]) or re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", rev)
     # Outside any checkout and without build information: "unknown" and why.
-    monkeypatch.setattr(bench_environment, "_build_info", lambda pkg: {})
+    monkeypatch.setattr(bench_provenance, "_build_info", lambda pkg: {})
 
     def no_git(*a: Any, **k: Any) -> Any:
         raise FileNotFoundError("git")

@@ -23,7 +23,7 @@ min/max over the repeats. With few repeats p99 is close to the maximum; it is re
 anyway so quick and full runs share one schema.
 
 The package: :mod:`.common` (schema, fixed sizes, summaries, progress), :mod:`.settings`
-(work sizes of each mode, scenario lists), :mod:`.environment` (machine and revision),
+(work sizes of each mode, scenario lists), :mod:`.provenance` (machine, software and revision),
 :mod:`.cpu` (the CPU suite), :mod:`.gpu` (the parent of the GPU and simulated-device
 children), :mod:`.child` (a child process; ``python -m pypool.bench --child`` runs one),
 :mod:`.sim` (the simulated device's scenarios), :mod:`.report` (tables, HTML, PNG) and
@@ -36,7 +36,7 @@ from .common import (HOST_CAPACITY, PAIR_SIZES, PROGRESS_TAG, RANDOM_MAX_MIB, RM
                      SCALING_N_FREE, SCHEMA, Progress, Summary, summarize)
 from .common import short_size as _short_size  # noqa: F401  (the name tests and benchmarks import)
 from .cpu import _random_live_max, run_cpu, run_cpu_replays, run_cpu_timings  # noqa: F401
-from .environment import _build_info, _git_revision, command_line, environment  # noqa: F401
+from .provenance import _build_info, _git_revision, command_line, environment  # noqa: F401
 from .gpu import default_device, gpu_allocators, run_gpu
 from .runner import dumps, run_benchmarks
 from .settings import BenchSettings, gpu_scenarios

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .common import SCHEMA, Progress
 from .cpu import _count_cpu_steps, run_cpu
-from .environment import _load_average, _stdout_target, environment
+from .provenance import _load_average, _stdout_target, environment
 from .gpu import _cuda_available, check_sim, default_device, gpu_allocators, run_gpu, run_sim
 from .settings import SIM_ALLOCATORS, SIM_EXCLUDED, BenchSettings, gpu_scenarios, sim_scenarios
 
