@@ -54,6 +54,7 @@ from ._registry import (
     pending_config,
     pool_config,
     registry_kind,
+    resolve_pool,
 )
 from .config import format_size
 
@@ -226,7 +227,7 @@ _SUMMARY_ROWS = (
 )
 
 
-def _free_blocks(pool: "_core.DevicePool") -> Tuple[int, int, int]:
+def _free_blocks(pool: Pool) -> Tuple[int, int, int]:
     """(free bytes in pool, largest free block, number of free blocks)."""
     total = largest = count = 0
     for seg in pool.segments():
@@ -238,13 +239,14 @@ def _free_blocks(pool: "_core.DevicePool") -> Tuple[int, int, int]:
     return total, largest, count
 
 
-def memory_summary(device: Any = None, abbreviated: bool = False) -> str:
+def memory_summary(device: Any = None, abbreviated: bool = False, pool: Optional[Pool] = None) -> str:
     """A readable table of ``device``'s pool statistics (``torch.cuda.memory_summary``'s
     signature): current, peak, total allocated and total freed of every byte and count
     statistic, split by small and large pool unless ``abbreviated``, then the event
-    counters and the pool's fragmentation."""
-    d = checked_device(device)
-    pool = existing_pool(d)
+    counters and the pool's fragmentation. ``pool``: a :class:`Pool` of your own instead
+    (as in :func:`pypool.fragmentation`)."""
+    target, d = resolve_pool(device, pool, create=False, what="memory_summary")
+    pool = target
     stats = pool.memory_stats() if pool is not None else _zero_stats()
     backend = pool.backend_name if pool is not None else registry_kind()
     cap = stats["max_pool_size"]

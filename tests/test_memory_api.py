@@ -280,6 +280,13 @@ def test_memory_summary_is_a_readable_table() -> None:
     assert "OOMs: 0" in text
     short = memory.memory_summary(0, abbreviated=True)
     assert "from large pool" not in short and "Allocated memory" in short
+    # pool=: the same table of a pool of your own, as every report takes it.
+    assert memory.memory_summary(pool=memory.get_pool(0)) == text
+    own = pypool.Pool("host", capacity="64MiB")
+    p = own.malloc(3 * MiB)
+    mine = memory.memory_summary(pool=own)
+    assert "capacity 64.00 MiB" in mine.splitlines()[1] and "3.00 MiB" in mine
+    own.free(p)
     pool.free(ptrs[1])
     pool.free(ptrs[3])
 

@@ -158,7 +158,7 @@ class _RmmAllocator(_Allocator):
     """RMM's pool resource as torch's allocator, with RMM's statistics adaptor."""
 
     def setup(self) -> None:
-        import rmm
+        import rmm  # optional: only where RMM is installed and benchmarked
         from rmm.allocators.torch import rmm_torch_allocator
 
         # A small initial pool: RMM's default (half the GPU) would make peak reserved
@@ -624,7 +624,7 @@ def child_main(argv: Optional[List[str]] = None) -> int:
     sim = args.device == "sim"
     try:
         _check_combination(args.allocator, args.device)
-        import torch
+        import torch  # seconds to import: only once the combination is known to work
 
         interop = [int(n.split(":")[2]) for n in names
                    if n.split(":")[0] == "tspairs" and n.count(":") == 2]
