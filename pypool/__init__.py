@@ -10,7 +10,7 @@ Without a GPU, :class:`Pool` runs the same allocator on the host backend.
 
 from __future__ import annotations
 
-from . import _core
+from ._version import __version__
 from ._pool import InvalidPointerError, InvariantError, OutOfMemoryError, Pool
 from ._torch import InstallError, install, installed_config, is_installed
 from .config import PoolConfig, format_size, parse_size
@@ -31,9 +31,7 @@ from .memory import (
 from .fragmentation import FragmentationReport, fragmentation
 from .snapshot import dump_snapshot, record_history, snapshot
 from .leaks import LeakError, LeakReport, LeakWarning, LeakWatch, track_leaks
-from . import distributed, leaks, memory
-
-__version__ = "0.1.0"
+from . import _torch, distributed, leaks, memory
 
 __all__ = [
     # pools and configuration
@@ -86,4 +84,4 @@ if leaks.exit_check_requested():  # PYPOOL_LEAK_CHECK=1: report live allocations
 
 def library_path() -> str:
     """Path of the shared library holding the C ABI (what torch loads with ctypes)."""
-    return _core.__file__
+    return _torch._library_path()

@@ -1,4 +1,6 @@
-"""Python stack capture for allocations (shared by leak tracking and memory history).
+"""Python stacks of allocations: capture (shared by leak tracking and memory history) and
+the classification of their frames (whose code each frame is, the call site of an
+allocation, a stack folded for a report).
 
 While capture is on for a pool, the core records the calling thread's Python stack on
 each allocation and stores an integer id for it with the block and its trace entries
@@ -9,16 +11,28 @@ turns an id into ``[{filename, line, name}]`` only when a report asks.
 Capture is refcounted per pool so that a leak tracker and memory history can both ask
 for it; :func:`capture_new_registry_pools` keeps it on for the registry's pools for the
 rest of the process (the ``PYPOOL_LEAK_CHECK`` exit check).
+
+:func:`frame_owner` says whose code a frame is (Note [User frames]), :func:`call_site`
+picks the frame a report names, :func:`format_stack` renders a stack with library frames
+folded.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
+import sys
+import sysconfig
 import threading
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import _core
 
-__all__ = ["acquire", "release", "frames", "capture_new_registry_pools"]
+__all__ = ["acquire", "release", "frames", "capture_new_registry_pools", "frame_owner", "call_site",
+           "format_stack", "format_frame"]
+
+Frame = Dict[str, Any]
 
 _lock = threading.Lock()
 _refs: Dict[int, int] = {}  # id(native pool) -> capture refcount
@@ -68,3 +82,132 @@ def frames(context_id: int) -> List[Dict[str, Any]]:
     if context_id <= 0:
         return []
     return _core.context_frames(context_id)
+
+
+# ---------------------------------------------------------------------------- whose frames
+
+_PYPOOL_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_dir() -> Optional[str]:
+    """Directory of the torch package, found without importing torch."""
+    mod = sys.modules.get("torch")
+    origin = getattr(mod, "__file__", None) if mod is not None else None
+    if origin is None:
+        try:
+            spec = importlib.util.find_spec("torch")
+        except (ImportError, ValueError):
+            spec = None
+        origin = spec.origin if spec is not None else None
+    return os.path.dirname(os.path.abspath(origin)) + os.sep if origin else None
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_dirs() -> Tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    out = {os.path.abspath(paths[k]) + os.sep for k in ("stdlib", "platstdlib") if k in paths}
+    return tuple(sorted(out))
+
+
+@functools.lru_cache(maxsize=4096)
+def frame_owner(filename: str) -> Optional[str]:
+    """Who a frame belongs to: ``None`` for user code, else the name of the library
+    (``"pypool"``, ``"torch"``, ``"stdlib"`` or an installed package's top-level name).
+
+    Note [User frames]: a frame is the user's unless it is inside pypool, torch, the
+    standard library or an installed package (site-packages / dist-packages). The call
+    site of an allocation is its innermost user frame: for ``nn.Linear(...)`` that is the
+    line of the user's model code, not torch's ``Linear.__init__``; for a test, the test
+    function rather than pytest's machinery.
+    """
+    if filename.startswith("<frozen"):
+        return "stdlib"
+    if filename.startswith("<"):
+        return None  # "<string>", "<stdin>", notebooks: code the user typed
+    path = os.path.abspath(filename)
+    if path.startswith(_PYPOOL_DIR):
+        return "pypool"
+    torch_dir = _torch_dir()
+    if torch_dir is not None and path.startswith(torch_dir):
+        return "torch"
+    for marker in (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep):
+        i = path.rfind(marker)
+        if i >= 0:
+            rest = path[i + len(marker):]
+            top = rest.split(os.sep, 1)[0]
+            return top[:-3] if top.endswith(".py") else top
+    for d in _stdlib_dirs():
+        if path.startswith(d):
+            return "stdlib"
+    return None
+
+
+def _short_path(filename: str) -> str:
+    """A path readable in a report: relative to the working directory when below it,
+    relative to site-packages for installed code, else unchanged."""
+    if filename.startswith("<"):
+        return filename
+    path = os.path.abspath(filename)
+    try:
+        cwd = os.getcwd() + os.sep
+    except OSError:
+        cwd = None
+    if cwd is not None and path.startswith(cwd):
+        return path[len(cwd):]
+    for marker in (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep):
+        i = path.rfind(marker)
+        if i >= 0:
+            return path[i + len(marker):]
+    return filename
+
+
+def format_frame(f: Frame) -> str:
+    return f"{_short_path(f['filename'])}:{f['line']} {f['name']}"
+
+
+def _fold_label(owners: List[str]) -> str:
+    names: List[str] = []
+    for o in owners:
+        if o not in names:
+            names.append(o)
+    n = len(owners)
+    return f"… {n} {'frame' if n == 1 else 'frames'} in {', '.join(names)}"
+
+
+def format_stack(frames: Sequence[Frame], max_user_frames: int = 8) -> List[str]:
+    """Render a stack (innermost first, as :func:`frames` gives it) as
+    lines ``file:line function``: user frames shown, each run of library frames (pypool,
+    torch, the standard library, installed packages) folded into one line such as
+    ``… 3 frames in torch``. At most ``max_user_frames`` user frames are shown."""
+    lines: List[str] = []
+    run: List[str] = []
+    shown = 0
+    for i, f in enumerate(frames):
+        owner = frame_owner(f["filename"])
+        if owner is not None:
+            run.append(owner)
+            continue
+        if run:
+            lines.append(_fold_label(run))
+            run = []
+        if shown == max_user_frames:
+            rest = len(frames) - i
+            lines.append(f"… {rest} more {'frame' if rest == 1 else 'frames'}")
+            return lines
+        lines.append(format_frame(f))
+        shown += 1
+    if run:
+        lines.append(_fold_label(run))
+    return lines
+
+
+def call_site(frames: Sequence[Frame]) -> Optional[Frame]:
+    """The innermost user frame; failing that the innermost frame outside pypool."""
+    for f in frames:
+        if frame_owner(f["filename"]) is None:
+            return f
+    for f in frames:
+        if frame_owner(f["filename"]) != "pypool":
+            return f
+    return None

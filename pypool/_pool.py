@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import _core
+from ._fragreport import FragmentationReport, PoolBase
 from .config import PoolConfig, SizeLike, parse_size
-
-if TYPE_CHECKING:
-    from .fragmentation import FragmentationReport
 
 __all__ = ["Pool", "OutOfMemoryError", "InvalidPointerError", "InvariantError"]
 
@@ -63,7 +61,7 @@ def _check_capacity(value: Any) -> int:
     return cap
 
 
-class Pool:
+class Pool(PoolBase):
     """A caching block-pool allocator for one device.
 
     Args:
@@ -207,8 +205,6 @@ class Pool:
 
     def fragmentation(self) -> "FragmentationReport":
         """A :class:`~pypool.fragmentation.FragmentationReport` of this pool now."""
-        from .fragmentation import FragmentationReport
-
         return FragmentationReport.from_pool(self)
 
     def check_invariants(self) -> None:

@@ -43,7 +43,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-from . import _core, _torch_conf, memory
+from . import _core, _registry, _torch_conf, memory
 from . import snapshot as _snapshot_mod
 from .config import PoolConfig
 
@@ -135,6 +135,11 @@ def _import_torch() -> Any:
     import torch
 
     return torch
+
+
+def _library_path() -> str:
+    """The shared library holding the C ABI (what :func:`pypool.library_path` returns)."""
+    return str(_core.__file__)
 
 
 def _native_cuda_devices() -> Tuple[int, str]:
@@ -258,7 +263,7 @@ def install(
         _state.torch = torch
         _state.allocator = allocator
         _state.torch_oom = _use_torch_oom(torch)
-        memory._installed_config = cfg
+        _registry.set_installed_config(cfg)
         if patch_torch:
             _patch_torch(torch)
         log.debug("pypool installed as torch's CUDA allocator (%s)", _describe(cfg))
@@ -343,9 +348,8 @@ def _rollback_registry() -> None:
 
 def _swap_allocator(torch: Any) -> Any:
     """Register pypool's C ABI with torch, wire its hooks, make it the current allocator."""
-    from . import library_path  # here: pypool/__init__ imports this module
 
-    allocator = torch.cuda.memory.CUDAPluggableAllocator(library_path(), "pypool_malloc", "pypool_free")
+    allocator = torch.cuda.memory.CUDAPluggableAllocator(_library_path(), "pypool_malloc", "pypool_free")
     raw = allocator.allocator()
     symbols = _core.c_api_symbols()
     hooks: Dict[str, int] = {}
@@ -398,10 +402,8 @@ def _use_torch_oom(torch: Any) -> int:
     path = _libc10_path(torch)
     if path is None:
         return -1
-    from . import library_path
-
     try:
-        fn = ctypes.CDLL(library_path()).pypool_use_torch_oom
+        fn = ctypes.CDLL(_library_path()).pypool_use_torch_oom
     except (OSError, AttributeError):  # a library without the entry point
         return -5
     fn.argtypes = [ctypes.c_char_p]
@@ -417,10 +419,8 @@ def torch_oom_enabled() -> bool:
     ``RuntimeError`` with the same message)."""
     if _state.torch_oom != 1:
         return False
-    from . import library_path
-
     # The C side turns it off by itself on a c10::OutOfMemoryError larger than assumed.
-    return bool(ctypes.CDLL(library_path()).pypool_torch_oom_active())
+    return bool(ctypes.CDLL(_library_path()).pypool_torch_oom_active())
 
 
 # ---------------------------------------------------------------------------- torch stats
@@ -474,7 +474,7 @@ def _reset_for_tests() -> None:
         _state.hooks = {}
         _state.skipped_hooks = []
         _state.torch_oom = 0
-        memory._installed_config = None
+        _registry.set_installed_config(None)
 
 
 # ---------------------------------------------------------------------------- torch's names
@@ -552,7 +552,7 @@ def _history(enabled: Any, context: Any, stacks: Any, max_entries: Any, device: 
     _state.trace_frames = context in ("alloc", "all")
     devices = set(_core.registry_devices())
     if enabled is not None:
-        devices.add(memory._device_index(device))
+        devices.add(_registry.device_index(device))
     for d in sorted(devices):
         if clear or enabled is None:
             _snapshot_mod.record_history(False, device=d)
@@ -591,7 +591,7 @@ def _snapshot(device: Any = None, augment_with_fx_traces: bool = False) -> Dict[
         out["device_traces"][d] = trace
         first = first or snap
     if first is None:
-        first = _snapshot_mod.snapshot(device=memory._device_index(device))
+        first = _snapshot_mod.snapshot(device=_registry.device_index(device))
     out["allocator_settings"] = first["allocator_settings"]
     if augment_with_fx_traces:
         original = _torch_original("cuda.memory", "_snapshot")
@@ -678,7 +678,7 @@ def _set_allocator_settings(env: str, name: str) -> None:
     with _lock:
         if _state.config is None:
             return
-        current = memory._installed_config or _state.config
+        current = _registry.installed_pool_config() or _state.config
         try:
             changed = _torch_conf.changed_fields(current, fields)
         except ValueError as e:  # PoolConfig's field names are not the keys the user wrote
@@ -689,13 +689,13 @@ def _set_allocator_settings(env: str, name: str) -> None:
         if not devices:  # no pool made yet: every setting applies
             new = current.replace(**changed)
             _core.registry_configure("cuda", new.to_core(), 0)
-            memory._installed_config = new
+            _registry.set_installed_config(new)
             return
         if "memory_fraction" in changed:  # the one setting a live pool takes
             fraction = changed.pop("memory_fraction")
             for d in devices:
                 _core.registry_pool(d).set_memory_fraction(fraction or 0.0)
-            memory._installed_config = current.replace(memory_fraction=fraction)
+            _registry.set_installed_config(current.replace(memory_fraction=fraction))
         if changed:
             keys = ", ".join(f"{k}={v!r}" for k, v in sorted(changed.items()))
             warnings.warn(

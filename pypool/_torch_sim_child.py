@@ -77,7 +77,7 @@ class _Sim:
 
 def main():
     job = json.load(open(sys.argv[1]))
-    import torch
+    import torch  # here: the module ships in pypool, which must import without torch
 
     out = {"conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""), "torch": torch.__version__,
            "cuda": torch.version.cuda}

@@ -16,7 +16,9 @@ from __future__ import annotations
 import socket
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from ._registry import resolve_pool
 from .config import format_size
+from .fragmentation import fragmentation
 
 __all__ = ["gather_reports", "format_rank_table", "print_rank_table", "local_report"]
 
@@ -25,18 +27,9 @@ def local_report(device: Optional[int] = None, pool: Any = None) -> Dict[str, An
     """This process's entry of :func:`gather_reports`: ``{"rank", "world_size",
     "host", "device", "memory_stats", "fragmentation"}`` (rank 0 of 1 without
     ``torch.distributed``)."""
-    from ._target import resolve_pool
-    from .fragmentation import FragmentationReport
-
     target, d = resolve_pool(device, pool, create=False, what="gather_reports")
-    if target is None:
-        stats: Dict[str, Any] = {}
-        rep = FragmentationReport.from_segments([], device=d)
-        rep.source = "pool"
-    else:
-        stats = dict(target.memory_stats())
-        rep = FragmentationReport.from_segments(target.segments(), stats=stats, device=d)
-        rep.backend, rep.source = target.backend_name, "pool"
+    stats: Dict[str, Any] = {} if target is None else dict(target.memory_stats())
+    rep = fragmentation(d, pool=target)
     rank, world = 0, 1
     dist = _dist()
     if dist is not None:

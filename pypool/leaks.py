@@ -31,9 +31,7 @@ threads allocate concurrently: an allocation racing with the scope's end gets a 
 from __future__ import annotations
 
 import atexit
-import functools
 import gc
-import importlib.util
 import math
 import os
 import sys
@@ -47,9 +45,10 @@ from typing import (Any, Callable, Deque, Dict, Iterable, List, Optional, Sequen
                     Union)
 
 from . import _context, _core
+from ._context import Frame, format_stack
 from ._pool import Pool
+from ._registry import resolve_pool
 from .config import SizeLike, format_size, parse_size
-from .memory import _checked_device, _ensure_registry
 
 __all__ = [
     "track_leaks",
@@ -69,7 +68,6 @@ __all__ = [
 ]
 
 PoolLike = Union[Pool, "_core.DevicePool"]
-Frame = Dict[str, Any]
 
 
 class LeakError(AssertionError):
@@ -85,137 +83,6 @@ class LeakWarning(UserWarning):
 
     A ``UserWarning`` so that Python shows it by default (``ResourceWarning`` is hidden
     unless ``-W`` asks for it)."""
-
-
-# ---------------------------------------------------------------------------- frames
-
-_PYPOOL_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-@functools.lru_cache(maxsize=1)
-def _torch_dir() -> Optional[str]:
-    """Directory of the torch package, found without importing torch."""
-    mod = sys.modules.get("torch")
-    origin = getattr(mod, "__file__", None) if mod is not None else None
-    if origin is None:
-        try:
-            spec = importlib.util.find_spec("torch")
-        except (ImportError, ValueError):
-            spec = None
-        origin = spec.origin if spec is not None else None
-    return os.path.dirname(os.path.abspath(origin)) + os.sep if origin else None
-
-
-@functools.lru_cache(maxsize=1)
-def _stdlib_dirs() -> Tuple[str, ...]:
-    import sysconfig  # only when a report is rendered: keeps `import pypool` light
-
-    paths = sysconfig.get_paths()
-    out = {os.path.abspath(paths[k]) + os.sep for k in ("stdlib", "platstdlib") if k in paths}
-    return tuple(sorted(out))
-
-
-@functools.lru_cache(maxsize=4096)
-def _frame_owner(filename: str) -> Optional[str]:
-    """Who a frame belongs to: ``None`` for user code, else the name of the library
-    (``"pypool"``, ``"torch"``, ``"stdlib"`` or an installed package's top-level name).
-
-    Note [User frames]: a frame is the user's unless it is inside pypool, torch, the
-    standard library or an installed package (site-packages / dist-packages). The call
-    site of an allocation is its innermost user frame: for ``nn.Linear(...)`` that is the
-    line of the user's model code, not torch's ``Linear.__init__``; for a test, the test
-    function rather than pytest's machinery.
-    """
-    if filename.startswith("<frozen"):
-        return "stdlib"
-    if filename.startswith("<"):
-        return None  # "<string>", "<stdin>", notebooks: code the user typed
-    path = os.path.abspath(filename)
-    if path.startswith(_PYPOOL_DIR):
-        return "pypool"
-    torch_dir = _torch_dir()
-    if torch_dir is not None and path.startswith(torch_dir):
-        return "torch"
-    for marker in (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep):
-        i = path.rfind(marker)
-        if i >= 0:
-            rest = path[i + len(marker):]
-            top = rest.split(os.sep, 1)[0]
-            return top[:-3] if top.endswith(".py") else top
-    for d in _stdlib_dirs():
-        if path.startswith(d):
-            return "stdlib"
-    return None
-
-
-def _short_path(filename: str) -> str:
-    """A path readable in a report: relative to the working directory when below it,
-    relative to site-packages for installed code, else unchanged."""
-    if filename.startswith("<"):
-        return filename
-    path = os.path.abspath(filename)
-    try:
-        cwd = os.getcwd() + os.sep
-    except OSError:
-        cwd = None
-    if cwd is not None and path.startswith(cwd):
-        return path[len(cwd):]
-    for marker in (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep):
-        i = path.rfind(marker)
-        if i >= 0:
-            return path[i + len(marker):]
-    return filename
-
-
-def _format_frame(f: Frame) -> str:
-    return f"{_short_path(f['filename'])}:{f['line']} {f['name']}"
-
-
-def _fold_label(owners: List[str]) -> str:
-    names: List[str] = []
-    for o in owners:
-        if o not in names:
-            names.append(o)
-    n = len(owners)
-    return f"… {n} {'frame' if n == 1 else 'frames'} in {', '.join(names)}"
-
-
-def format_stack(frames: Sequence[Frame], max_user_frames: int = 8) -> List[str]:
-    """Render a stack (innermost first, as :func:`pypool._context.frames` gives it) as
-    lines ``file:line function``: user frames shown, each run of library frames (pypool,
-    torch, the standard library, installed packages) folded into one line such as
-    ``… 3 frames in torch``. At most ``max_user_frames`` user frames are shown."""
-    lines: List[str] = []
-    run: List[str] = []
-    shown = 0
-    for i, f in enumerate(frames):
-        owner = _frame_owner(f["filename"])
-        if owner is not None:
-            run.append(owner)
-            continue
-        if run:
-            lines.append(_fold_label(run))
-            run = []
-        if shown == max_user_frames:
-            rest = len(frames) - i
-            lines.append(f"… {rest} more {'frame' if rest == 1 else 'frames'}")
-            return lines
-        lines.append(_format_frame(f))
-        shown += 1
-    if run:
-        lines.append(_fold_label(run))
-    return lines
-
-
-def _call_site(frames: Sequence[Frame]) -> Optional[Frame]:
-    """The innermost user frame; failing that the innermost frame outside pypool."""
-    for f in frames:
-        if _frame_owner(f["filename"]) is None:
-            return f
-    for f in frames:
-        if _frame_owner(f["filename"]) != "pypool":
-            return f
-    return None
 
 
 # ---------------------------------------------------------------------------- reports
@@ -293,10 +160,10 @@ class LeakGroup:
 
 
 def _group_key_and_label(b: LeakedBlock) -> Tuple[Tuple[Any, ...], str, Optional[Frame]]:
-    site = _call_site(b.frames) if b.frames else None
+    site = _context.call_site(b.frames) if b.frames else None
     if site is not None:
         return (("site", site["filename"], site["line"], site["name"]),
-                _format_frame(site), site)
+                _context.format_frame(site), site)
     # Without a stack the best grouping left is what the allocator knows.
     return (("nostack", b.size, b.stream),
             f"(no stack) {format_size(b.size)} blocks on stream {b.stream}", None)
@@ -446,20 +313,17 @@ def _leaked_blocks(core_pool: Any, start: int, end: Optional[int], now_us: float
 # ---------------------------------------------------------------------------- which pool
 
 def _resolve_pool(pool: Optional[PoolLike], device: Any) -> Tuple[Any, int]:
-    """(native pool, device index) for ``pool=`` / ``device=``."""
+    """(native pool, device index) for ``pool=`` / ``device=``: which pool is
+    :func:`pypool._registry.resolve_pool`'s answer (the registry pool is made if needed,
+    Note [Pools before install] in memory.py); a leak scope takes one of the two."""
     if pool is not None:
         if device is not None:
             raise ValueError("pool, device: pass one of them, not both")
-        if isinstance(pool, Pool):
-            core = pool._pool
-        elif isinstance(pool, _core.DevicePool):
-            core = pool
-        else:
+        if not isinstance(pool, (Pool, _core.DevicePool)):
             raise TypeError(f"pool: expected a pypool.Pool, got {type(pool).__name__}")
-        return core, int(core.device)
-    d = _checked_device(device)
-    _ensure_registry()  # Note [Pools before install] in memory.py
-    return _core.registry_pool(d), d
+    target, d = resolve_pool(device, pool, create=True, what="track_leaks")
+    assert target is not None  # create=True always gives a pool
+    return target._pool, d
 
 
 # ---------------------------------------------------------------------------- tracker

@@ -41,15 +41,22 @@ settings, and ``install()`` with other settings than ``$PYPOOL_CONF``'s then rai
 from __future__ import annotations
 
 import collections
-import dataclasses
-import os
-import re
-import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import _core
 from ._pool import Pool
-from .config import PoolConfig, format_size
+from ._registry import HOST_DEVICES, host_capacity  # noqa: F401  (public here before the seam moved)
+from ._registry import (
+    checked_device,
+    device_index,
+    ensure_registry,
+    existing_pool,
+    pending_config,
+    pool_config,
+    registry_kind,
+    resolve_pool,
+)
+from .config import format_size
 
 __all__ = [
     "memory_stats",
@@ -67,164 +74,10 @@ __all__ = [
     "get_per_process_memory_fraction",
 ]
 
-_DEVICE_RE = re.compile(r"^\s*cuda\s*(?::\s*(\d+))?\s*$")
-
-# The PoolConfig given to install(); None when pypool was not installed. Set by
-# pypool._torch so that get_pool() reports what the user asked for (memory_fraction
-# included, which the native config does not carry).
-_installed_config: Optional[PoolConfig] = None
-
-
-# ---------------------------------------------------------------------------- devices
-
-
-def _loaded_torch() -> Any:
-    """torch if this process imported it already, else None.
-
-    Never imports torch: the statistics must stay cheap and usable without it.
-    """
-    return sys.modules.get("torch")
-
-
-def _current_device() -> int:
-    """torch's current CUDA device once torch has initialized CUDA, else 0."""
-    torch = _loaded_torch()
-    if torch is None:
-        return 0
-    try:
-        if torch.cuda.is_initialized():
-            return int(torch.cuda.current_device())
-    except Exception:  # a CPU-only or broken torch: there is no current CUDA device
-        pass
-    return 0
-
-
-def _device_index(device: Any, name: str = "device") -> int:
-    """The device index meant by ``device`` (see the module docstring)."""
-    if device is None:
-        return _current_device()
-    if isinstance(device, bool):
-        raise TypeError(f"{name}: expected None, an int, 'cuda:N' or a torch.device, got bool")
-    if isinstance(device, int):
-        index = device
-    elif isinstance(device, str):
-        m = _DEVICE_RE.match(device)
-        if m is None:
-            raise ValueError(f"{name}: expected 'cuda' or 'cuda:N', got {device!r}")
-        index = _current_device() if m.group(1) is None else int(m.group(1))
-    elif hasattr(device, "type") and hasattr(device, "index"):  # torch.device, duck-typed
-        if device.type != "cuda":
-            raise ValueError(f"{name}: expected a cuda device, got {device}")
-        index = _current_device() if device.index is None else int(device.index)
-    elif isinstance(getattr(device, "idx", None), int):  # torch.cuda.device(...) context object
-        index = device.idx
-    else:
-        raise TypeError(
-            f"{name}: expected None, an int, 'cuda:N' or a torch.device, got {type(device).__name__}"
-        )
-    if index < 0:
-        raise ValueError(f"{name}: device index must be >= 0, got {index}")
-    return index
-
 
 # ---------------------------------------------------------------------------- pools
-
-
-# Note [Pools before install] (module docstring): the host backend stands in for this
-# many devices when pypool configured the registry itself on a machine without a GPU.
-HOST_DEVICES = 1
-_FALLBACK_HOST_CAPACITY = 80 << 30
-
-
-def host_capacity() -> Tuple[int, str]:
-    """(bytes, where the figure comes from): the capacity the registry's host backend
-    gets when pypool configures it on a machine without a GPU."""
-    try:
-        n = int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        n = 0
-    if n <= 0:
-        return _FALLBACK_HOST_CAPACITY, "a fixed 80 GiB (the machine's memory size is unknown)"
-    return min(n, _core.MAX_REQUEST), "the machine's physical memory"
-
-
-def _pending_config() -> PoolConfig:
-    """The settings the registry has, or would get from ``$PYPOOL_CONF`` when configured
-    now (raises ValueError naming PYPOOL_CONF for a bad value)."""
-    if _core.registry_configured():
-        return _registry_pool_config()
-    return PoolConfig.from_env()
-
-
-def _ensure_registry() -> None:
-    """Configure the registry as install() would, unless something already did
-    (Note [Pools before install])."""
-    if _core.registry_configured():
-        return
-    cfg = PoolConfig.from_env()
-    n, _ = _core.cuda_device_count()
-    if n > 0:
-        # The same call install() makes, so install() with $PYPOOL_CONF's settings
-        # still succeeds afterwards.
-        _core.registry_configure("cuda", cfg.to_core(), 0)
-    else:
-        _core.registry_configure("host", cfg.to_core(), host_capacity()[0])
-
-
-def _registry_kind() -> str:
-    """The backend the registry's pools have or will have: 'cuda', 'host' or 'null'."""
-    if _core.registry_configured():
-        kind = str(_core.registry_backend())
-        if kind != "auto":
-            return kind
-    return "cuda" if _core.cuda_device_count()[0] > 0 else "host"
-
-
-def _checked_device(device: Any, name: str = "device") -> int:
-    """:func:`_device_index`, and the device must exist (Note [Pools before install])."""
-    d = _device_index(device, name)
-    if d < _core.MAX_DEVICES and _core.registry_has_pool(d):
-        return d  # the common case, and no device count asked
-    kind = _registry_kind()
-    if kind == "cuda":
-        n, why = _core.cuda_device_count()
-        if d >= n:
-            seen = f"devices 0..{n - 1}" if n else f"no GPU ({why})" if why else "no GPU"
-            raise ValueError(f"{name}: no CUDA device {d} (pypool sees {seen})")
-    elif d >= HOST_DEVICES:
-        raise ValueError(
-            f"{name}: no device {d}: pypool sees no GPU here, and its {kind} backend stands in "
-            f"for device 0 only")
-    return d
-
-
-def _existing_pool(device: int) -> Optional["_core.DevicePool"]:
-    """The registry's pool of ``device``, or None if it has none yet (never creates one)."""
-    if not _core.registry_has_pool(device):
-        return None
-    return _core.registry_pool(device)
-
-
-def _registry_pool_config() -> PoolConfig:
-    """The registry's settings as a PoolConfig."""
-    if _installed_config is not None:
-        return _installed_config
-    return _config_of(_core.registry_config())
-
-
-def _config_of(core: "_core.Config") -> PoolConfig:
-    """A native config as a PoolConfig."""
-    fields: Dict[str, Any] = {}
-    for f in (field.name for field in dataclasses.fields(PoolConfig)):
-        v = getattr(core, f)
-        if f == "growth":
-            v = v.name
-        elif f in ("max_pool_size", "max_split_size") and v == _core.UNLIMITED:
-            v = None
-        elif f == "memory_fraction" and v == 0:
-            v = None
-        fields[f] = v
-    return PoolConfig(**fields)
+# Which device and which pool a call means: pypool._registry (device arguments as torch
+# reads them, the registry configured as install() would, the settings a pool reports).
 
 
 def get_pool(device: Any = None) -> Pool:
@@ -238,11 +91,10 @@ def get_pool(device: Any = None) -> Pool:
 
     Raises ``ValueError`` for a device that does not exist and for a bad ``$PYPOOL_CONF``.
     """
-    d = _checked_device(device)
-    _ensure_registry()
+    d = checked_device(device)
+    ensure_registry()
     core = _core.registry_pool(d)
-    cfg = _installed_config if _installed_config is not None else _config_of(core.config)
-    return Pool._wrap(core, cfg)
+    return Pool._wrap(core, pool_config(core))
 
 
 _ZERO_TEMPLATE: Optional[Dict[str, int]] = None
@@ -257,7 +109,7 @@ def _zero_stats() -> Dict[str, int]:
         probe = _core.DevicePool(_core.Config(), _core.make_null_backend(1 << 30), 0)
         _ZERO_TEMPLATE = {k: (v if k == "stats_version" else 0) for k, v in probe.memory_stats().items()}
     stats = dict(_ZERO_TEMPLATE)
-    cap = _pending_config().max_pool_size  # what the pool will have, once made
+    cap = pending_config().max_pool_size  # what the pool will have, once made
     stats["max_pool_size"] = -1 if cap is None else int(cap)
     return stats
 
@@ -274,7 +126,7 @@ def memory_stats(device: Any = None) -> Dict[str, int]:
     ``max_pool_size`` its pool will get); a device that does not exist raises
     ``ValueError`` (Note [Pools before install]).
     """
-    pool = _existing_pool(_checked_device(device))
+    pool = existing_pool(checked_device(device))
     stats = pool.memory_stats() if pool is not None else _zero_stats()
     return collections.OrderedDict(sorted(stats.items()))
 
@@ -313,14 +165,14 @@ def max_memory_reserved(device: Any = None) -> int:
 
 def reset_peak_memory_stats(device: Any = None) -> None:
     """Set every ``*.peak`` statistic of ``device`` to its current value."""
-    pool = _existing_pool(_checked_device(device))
+    pool = existing_pool(checked_device(device))
     if pool is not None:
         pool.reset_peak_memory_stats()
 
 
 def reset_accumulated_memory_stats(device: Any = None) -> None:
     """Restart the ``*.allocated`` / ``*.freed`` totals and event counters of ``device``."""
-    pool = _existing_pool(_checked_device(device))
+    pool = existing_pool(checked_device(device))
     if pool is not None:
         pool.reset_accumulated_memory_stats()
 
@@ -348,7 +200,7 @@ def get_per_process_memory_fraction(device: Any = None) -> float:
     ``torch.cuda.set_per_process_memory_fraction`` (or :meth:`Pool.set_memory_fraction`),
     else ``memory_fraction`` from the configuration, else 1.0 (no cap from a fraction;
     ``max_pool_size`` is a separate cap). Makes no pool."""
-    pool = _existing_pool(_device_index(device))
+    pool = existing_pool(device_index(device))
     if pool is not None:
         fraction = float(pool.memory_fraction())
         if fraction == 0.0:
@@ -356,7 +208,7 @@ def get_per_process_memory_fraction(device: Any = None) -> float:
         # torch's fraction 0.0 ("no memory") is kept as the smallest positive double
         # (Note [Fraction zero] in csrc/abi/c_api.cpp).
         return 0.0 if fraction < 1e-300 else fraction
-    configured = _registry_pool_config().memory_fraction if _core.registry_configured() else None
+    configured = pending_config().memory_fraction if _core.registry_configured() else None
     return 1.0 if configured is None else float(configured)
 
 
@@ -375,7 +227,7 @@ _SUMMARY_ROWS = (
 )
 
 
-def _free_blocks(pool: "_core.DevicePool") -> Tuple[int, int, int]:
+def _free_blocks(pool: Pool) -> Tuple[int, int, int]:
     """(free bytes in pool, largest free block, number of free blocks)."""
     total = largest = count = 0
     for seg in pool.segments():
@@ -387,15 +239,16 @@ def _free_blocks(pool: "_core.DevicePool") -> Tuple[int, int, int]:
     return total, largest, count
 
 
-def memory_summary(device: Any = None, abbreviated: bool = False) -> str:
+def memory_summary(device: Any = None, abbreviated: bool = False, pool: Optional[Pool] = None) -> str:
     """A readable table of ``device``'s pool statistics (``torch.cuda.memory_summary``'s
     signature): current, peak, total allocated and total freed of every byte and count
     statistic, split by small and large pool unless ``abbreviated``, then the event
-    counters and the pool's fragmentation."""
-    d = _checked_device(device)
-    pool = _existing_pool(d)
+    counters and the pool's fragmentation. ``pool``: a :class:`Pool` of your own instead
+    (as in :func:`pypool.fragmentation`)."""
+    target, d = resolve_pool(device, pool, create=False, what="memory_summary")
+    pool = target
     stats = pool.memory_stats() if pool is not None else _zero_stats()
-    backend = pool.backend_name if pool is not None else _registry_kind()
+    backend = pool.backend_name if pool is not None else registry_kind()
     cap = stats["max_pool_size"]
     width = 78
     lines: List[str] = []

@@ -4,7 +4,7 @@ A caching allocator's peak reserved on a roomy device says how much it hoards, n
 little it needs. The measure users care about is the smallest device (or pool cap) on which
 the workload runs without out-of-memory. Three places measure it: the sizing advisor
 (offline replays under ``max_pool_size``, :mod:`pypool.sizing`), the simulated-device bench
-(real torch, the device's capacity, :mod:`pypool._bench_sim`) and the comparison with
+(real torch, the device's capacity, :mod:`pypool.bench.sim`) and the comparison with
 PyTorch's own allocator (a child process with a CUDA build of torch,
 :mod:`pypool.torch_compare`). All of them call :func:`min_capacity`.
 

@@ -10,9 +10,10 @@ A checked test whose allocations in pypool's registry pools (the pools torch all
 from) are still live after its teardown gets an error at teardown carrying the leak
 report, grouped by call site.
 
-Note [Plugin inertness]: this module imports nothing but pytest at import time; pypool's
-leak machinery is imported by the first checked test. Unchecked tests pay one option
-lookup per hook.
+Note [Plugin inertness]: importing this module imports pytest and pypool (as any of
+pypool's modules does), which makes no pool, turns no stack capture on and does not import
+torch; the leak machinery starts with the first checked test. Unchecked tests pay one
+option lookup per hook.
 
 Note [When a test is checked]: the scope opens when the test function is called (or
 when ``pypool_no_leaks`` is set up), so fixture setup of wider scope is never counted,
@@ -24,12 +25,14 @@ failed are not judged: their traceback keeps their locals, and so their tensors,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional
+import gc
+import time
+from typing import Any, Dict, Generator, List, Optional
 
 import pytest
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .leaks import LeakReport, LeakTracker
+from . import _core
+from .leaks import LeakReport, LeakTracker, _leaked_blocks, track_leaks
 
 _FIXTURE = "pypool_no_leaks"
 
@@ -48,11 +51,8 @@ class _TestCheck:
     """The leak scope of one test over every registry pool."""
 
     def __init__(self) -> None:
-        from . import _core
-        from .leaks import track_leaks
-
         self._core = _core
-        self.trackers: Dict[int, "LeakTracker"] = {}
+        self.trackers: Dict[int, LeakTracker] = {}
         for d in _core.registry_devices():
             t = track_leaks(capture_stacks=True, device=d)
             t.__enter__()
@@ -67,13 +67,8 @@ class _TestCheck:
         return any(self._core.registry_pool(d).live_blocks(0)
                    for d in self._core.registry_devices() if d not in self.trackers)
 
-    def finish(self, collect: bool) -> List["LeakReport"]:
+    def finish(self, collect: bool) -> List[LeakReport]:
         """Close the scope; the reports of the pools with leaks."""
-        import gc
-        import time
-
-        from .leaks import LeakReport, _leaked_blocks
-
         try:
             if collect and self._pending():
                 gc.collect()  # garbage cycles holding tensors are not leaks of the test

@@ -32,8 +32,9 @@ import numpy as np
 from . import _core
 from ._pool import Pool
 from .config import PoolConfig, SizeLike, format_size, parse_size
-from .fragmentation import expandable_bound, pool_limit
+from .fragmentation import FragmentationReport, expandable_bound, explain_oom, pool_limit
 from .trace import ALLOC, Trace
+from .workloads import generate
 
 __all__ = ["ReplayResult", "replay", "replay_workload", "free_block_summary", "default_capacity",
            "first_oom_text", "DEFAULT_CAPACITY"]
@@ -360,8 +361,6 @@ def first_oom_text(result: ReplayResult) -> Optional[str]:
     """Where the memory was at the replay's first out-of-memory failure: what
     :func:`pypool.fragmentation.explain_oom` says of ``result.first_oom_pool``, then the
     pool's full fragmentation report. None when nothing failed."""
-    from .fragmentation import FragmentationReport, explain_oom
-
     fo, pool = result.first_oom, result.first_oom_pool
     if fo is None or pool is None:
         return None
@@ -463,8 +462,6 @@ def replay_workload(name: str, config: ConfigLike = None, *, seed: int = 0, scal
     Keyword arguments ``capacity``, ``backend``, ``sample_every`` and ``at_peak`` go to
     :func:`replay`; any others are the generator's parameters.
     """
-    from .workloads import generate
-
     replay_kw = {k: kw.pop(k) for k in _REPLAY_KEYS if k in kw}
     trace = generate(name, seed=seed, scale=scale, **kw)
     return replay(trace, config, **replay_kw)

@@ -28,9 +28,12 @@ meaningless), and real driver latencies.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Union
+
+from .config import parse_size
 
 __all__ = [
     "SimControl",
@@ -40,6 +43,7 @@ __all__ = [
     "control",
     "environ",
     "lib_dir",
+    "torch_has_cuda_libs",
 ]
 
 AUDIT_LIB = "libpypool_simaudit.so"
@@ -65,6 +69,19 @@ def available() -> bool:
     return all((d / name).is_file() for name in _LIBS)
 
 
+def torch_has_cuda_libs() -> Optional[str]:
+    """None when the installed torch is a CUDA build (judged by its files, without
+    importing it), else why not: PyTorch runs on the simulated device only as its CUDA
+    build."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return "torch is not installed"
+    for loc in spec.submodule_search_locations:
+        if os.path.exists(os.path.join(loc, "lib", "libc10_cuda.so")):
+            return None
+    return "the installed torch is a CPU-only build (no torch/lib/libc10_cuda.so); it needs the CUDA build"
+
+
 _U64 = 1 << 64
 
 
@@ -74,9 +91,7 @@ def _size(value: Union[int, str]) -> str:
     if isinstance(value, int):
         parsed = value
     else:
-        from .config import parse_size  # sizes are spelt as everywhere else in pypool
-
-        parsed = parse_size(value, "memory")
+        parsed = parse_size(value, "memory")  # sizes are spelt as everywhere else in pypool
     if parsed <= 0:
         raise ValueError(f"memory must be a positive size, got {value!r}")
     if parsed >= _U64:  # the device would fall back to its default size

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import textwrap
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -330,8 +331,6 @@ def capacity_table(rows: Sequence[Mapping[str, Any]], floor: int, step: int = GR
     if any(str(r.get("source", "")).startswith("PyTorch") for r in rows):
         note += ("; PyTorch rows: its allocator on the simulated device in a child process, device calls "
                  "counted there")
-    import textwrap
-
     lines += textwrap.wrap(note, 110, initial_indent="", subsequent_indent="  ")
     return "\n".join(lines)
 

@@ -7,7 +7,7 @@ support them). These functions give the same things back:
 * :func:`record_history` turns on the pool's ring buffer of allocator events (and,
   with ``stacks="python"``, Python stack capture for each allocation);
 * :func:`snapshot` returns a dict in the schema of ``torch.cuda.memory._snapshot()``
-  (DESIGN.md §2): ``segments`` with their ``blocks``, ``device_traces`` and
+  (README, "Memory reports, snapshots and history"): ``segments`` with their ``blocks``, ``device_traces`` and
   ``allocator_settings``, so torch's offline tools read it;
 * :func:`dump_snapshot` pickles it to a file, as ``torch.cuda.memory._dump_snapshot``:
   ``python -m torch.cuda._memory_viz stats|trace FILE`` and the page at
@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import threading
@@ -29,8 +30,10 @@ import time
 from typing import Any, Dict, List, Optional, Union
 
 from . import _context, _core
+from ._files import FORMAT_HEADER, read_maybe_gzipped, show
 from ._pool import Pool
-from ._target import resolve_pool
+from ._registry import pending_config, resolve_pool
+from ._version import __version__
 from .config import PoolConfig
 
 __all__ = ["snapshot", "record_history", "dump_snapshot", "load_snapshot"]
@@ -129,9 +132,7 @@ def snapshot(device: Optional[int] = None, pool: Optional[Pool] = None) -> Dict[
     traces: List[List[Dict[str, Any]]] = [[] for _ in range(d + 1)]
     out: Dict[str, Any] = {"segments": [], "device_traces": traces}
     if target is None:
-        from .memory import _pending_config
-
-        cfg = _pending_config().to_core()  # what the pool will have, once made
+        cfg = pending_config().to_core()  # what the pool will have, once made
         out["allocator_settings"] = _settings(cfg)
         out["pypool"] = _extra(d, None, None)
         return out
@@ -167,8 +168,7 @@ def _check_path(path: Any) -> None:
 
 class _PlainUnpickler(pickle.Unpickler):
     """Refuses every global: snapshot pickles hold only dicts, lists, strings and numbers,
-    and refusing classes makes loading a hostile file unable to run code. Shared with
-    :mod:`pypool.trace`."""
+    and refusing classes makes loading a hostile file unable to run code."""
 
     def find_class(self, module: str, name: str) -> Any:
         raise pickle.UnpicklingError(
@@ -179,22 +179,73 @@ class _PlainUnpickler(pickle.Unpickler):
 def load_snapshot(path: PathLike) -> Dict[str, Any]:
     """Read a snapshot pickle (pypool's or torch's ``_dump_snapshot``, gzipped or not)
     safely: only plain data is accepted. A bare list of segments (older torch) becomes
-    ``{"segments": ...}``. A file that is not a readable snapshot raises ``ValueError``
-    naming it; ``OSError`` when it cannot be read at all.
+    ``{"segments": ..., "device_traces": []}``. A file that is not a readable snapshot
+    raises ``ValueError`` naming it (and the segment or block field that is wrong);
+    ``OSError`` when it cannot be read at all.
+
+    The one snapshot loader: ``python -m pypool report``, :meth:`pypool.trace.Trace.load`
+    and :func:`pypool.trace.load_torch_snapshot` read snapshots through it.
     """
     _check_path(path)
-    # A snapshot file is user input: corrupt, truncated or gzipped data (which
-    # ``python -m pypool report`` reads) must give a ValueError naming the file, not the
-    # unpickler's own exception (UnpicklingError, EOFError, RecursionError, ...).
-    from .trace import _read_maybe_gzipped, _safe_unpickle
+    return snapshot_from_bytes(read_maybe_gzipped(path), os.fsdecode(os.fspath(path)))
 
-    where = os.fsdecode(os.fspath(path))
-    data = _safe_unpickle(_read_maybe_gzipped(path), where)
-    if isinstance(data, list):
-        data = {"segments": data, "device_traces": []}
-    if not isinstance(data, dict) or "segments" not in data:
-        raise ValueError(f"{where}: not a memory snapshot (no 'segments')")
-    return data
+
+def snapshot_from_bytes(data: bytes, where: str) -> Dict[str, Any]:
+    """:func:`load_snapshot` of bytes already read (gunzipped) from the file ``where``."""
+    # A snapshot file is user input: corrupt, truncated or gzipped data must give a
+    # ValueError naming the file, not the unpickler's own exception (UnpicklingError,
+    # EOFError, RecursionError, ...).
+    if data.lstrip().startswith(FORMAT_HEADER.encode()):
+        raise ValueError(f"{where}: is a pypool trace (allocation events), not a readable torch memory "
+                         f"snapshot; `python -m pypool replay {where} --report DIR` writes its reports")
+    try:
+        snap = _PlainUnpickler(io.BytesIO(data)).load()
+    except Exception as e:
+        if isinstance(e, pickle.UnpicklingError):
+            why = f"not a readable torch memory snapshot: {e}"
+        else:  # a truncated or corrupt pickle raises many types
+            why = f"not a readable torch memory snapshot: corrupt or truncated pickle ({type(e).__name__}: {e})"
+        if data[:1] != b"\x80":  # every snapshot writer uses pickle protocol 2 or later
+            why = ("not a memory snapshot: expected a pickle from pypool.dump_snapshot or "
+                   f"torch.cuda.memory._dump_snapshot ({why})")
+        raise ValueError(f"{where}: {why}"[:300]) from None
+    if isinstance(snap, list) and all(isinstance(seg, dict) for seg in snap):
+        snap = {"segments": snap, "device_traces": []}  # older torch: the bare segment list
+    if not isinstance(snap, dict):
+        raise ValueError(f"{where}: expected a torch memory snapshot (a pickled dict with 'segments' and "
+                         f"'device_traces'), found a pickled {type(snap).__name__}")
+    if "segments" not in snap:
+        raise ValueError(f"{where}: not a memory snapshot: expected a pickled dict with 'segments', found a "
+                         "pickled dict without it")
+    if not isinstance(snap["segments"], list):
+        raise ValueError(f"{where}: not a memory snapshot: 'segments' must be a list, got "
+                         f"{type(snap['segments']).__name__}")
+    for i, seg in enumerate(snap["segments"]):
+        _check_fields(seg, f"{where}: segments[{i}]", _SEGMENT_INTS)
+        blocks = seg.get("blocks", [])
+        if not isinstance(blocks, list):
+            raise ValueError(f"{where}: segments[{i}].blocks: expected a list, got {type(blocks).__name__}")
+        for j, b in enumerate(blocks):
+            _check_fields(b, f"{where}: segments[{i}].blocks[{j}]", _BLOCK_INTS)
+    return snap
+
+
+_U64_MAX = (1 << 64) - 1
+_SEGMENT_INTS = ("device", "address", "total_size", "allocated_size", "active_size", "requested_size", "stream")
+_BLOCK_INTS = ("address", "size", "requested_size")
+
+
+def _check_fields(d: Any, at: str, ints: Any) -> None:
+    """Byte counts and addresses in a snapshot must be non-negative ints: a hand-made or
+    damaged file would otherwise give negative sizes in the report."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{at}: expected a dict, got {type(d).__name__}")
+    for key in ints:
+        v = d.get(key)
+        # At most 2**64 - 1: what a 64-bit allocator can report. A damaged file's 2**70
+        # used to be printed as "1073741824.00 TiB reserved".
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _U64_MAX):
+            raise ValueError(f"{at}: {key!r} must be a non-negative int of at most 64 bits, got {show(v)}")
 
 
 # ============================================================================ helpers
@@ -290,6 +341,4 @@ def _settings(cfg: Any) -> Dict[str, Any]:
 
 
 def _extra(device: int, backend: Optional[str], stats: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    from . import __version__
-
     return {"version": __version__, "device": device, "backend": backend, "memory_stats": stats}

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import simdevice
 from .mincap import STEP
 from .trace import Trace
 
@@ -77,9 +78,7 @@ def install_hint() -> str:
 
 
 def _has_cuda_torch_here() -> Optional[str]:
-    from ._bench_sim import _torch_has_cuda_libs
-
-    return _torch_has_cuda_libs()
+    return simdevice.torch_has_cuda_libs()
 
 
 # Run by a candidate Python: the same file check as _has_cuda_torch_here, without
@@ -122,8 +121,6 @@ def find_torch_python(explicit: Optional[str] = None) -> str:
     """The Python that runs PyTorch's children: ``explicit``, else ``$PYPOOL_TORCH_PYTHON``,
     else this Python if its torch is a CUDA build. Raises :class:`TorchUnavailable` saying
     what to install."""
-    from . import simdevice
-
     if not simdevice.available():
         raise TorchUnavailable(f"the simulated device is not built into this pypool (no {simdevice.AUDIT_LIB} "
                                f"in {simdevice.lib_dir()}): PyTorch's allocator cannot be run without a GPU")
@@ -207,8 +204,6 @@ def _write_trace(trace: Trace, path: str) -> None:
 
 def _one(python: str, tpath: str, trace: Trace, label: str, conf: str, memory: Any, step: int,
          search: bool, timeout_s: float, tmp: str) -> TorchRow:
-    from . import simdevice
-
     row = TorchRow(label=label, conf=conf, floor=trace.peak_live())
     env = simdevice.environ(memory=memory)
     env.pop("PYTORCH_ALLOC_CONF", None)

@@ -53,14 +53,14 @@ import io
 import json
 import math
 import os
-import pickle
-import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .snapshot import _PlainUnpickler
+from ._files import FORMAT_HEADER, read_maybe_gzipped
+from ._files import show as _show
+from .snapshot import load_snapshot, snapshot_from_bytes
 
 __all__ = [
     "Trace",
@@ -74,11 +74,9 @@ __all__ = [
 
 ALLOC = 0
 FREE = 1
-FORMAT_HEADER = "# pypool-trace v1"
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-_GZIP_MAGIC = b"\x1f\x8b"
 # Note [Trace limits]: the largest request a pool accepts (_core.MAX_REQUEST, kept here as
 # a literal so that traces load without the native module) and the stream range of the
 # int64 arrays. Checked at load time, so a bad file is refused with its line rather than
@@ -340,14 +338,10 @@ class Trace:
             # open() takes an int as a file descriptor: it would read and close that one.
             raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
         where = os.fsdecode(path)
-        data = _read_maybe_gzipped(path)
+        data = read_maybe_gzipped(path)
         stem = os.path.basename(where)
         if data[:1] == b"\x80":  # pickle protocol >= 2: a torch snapshot
-            snapshot = _safe_unpickle(data, where)
-            if not isinstance(snapshot, Mapping):
-                raise ValueError(f"{where}: expected a torch memory snapshot (a pickled dict with "
-                                 f"'segments' and 'device_traces'), found a pickled "
-                                 f"{type(snapshot).__name__}")
+            snapshot = snapshot_from_bytes(data, where)
             try:
                 trace = cls.from_torch_snapshot(snapshot, device=device, name=stem)
             except ValueError as e:
@@ -656,17 +650,6 @@ def _is_finite_number(t: Any) -> bool:
         return False
 
 
-def _show(v: Any, limit: int = 80) -> str:
-    """``repr(v)`` for an error message, cut to ``limit`` characters. A hostile file can
-    hold an int of 5,000 digits, whose repr raises ValueError (Python's int-to-str limit)
-    and would otherwise replace the message naming the field."""
-    try:
-        text = repr(v)
-    except ValueError:
-        return f"an int of {v.bit_length()} bits" if isinstance(v, int) else f"a {type(v).__name__}"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def _event_int(v: Any, i: int, name: str, lo: int, hi: int, what: str = "") -> int:
     """A from_events field as an int in lo..hi, or ValueError naming the event."""
     if v is None or isinstance(v, bool):
@@ -715,19 +698,6 @@ def _parse_meta(text: str, at: str) -> Dict[str, Any]:
     return meta
 
 
-def _read_maybe_gzipped(path: PathLike) -> bytes:
-    """The bytes of ``path``, gunzipped when they start with the gzip magic. Corrupt or
-    truncated gzip data raises ValueError naming the file; OSError passes through."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:2] != _GZIP_MAGIC:
-        return data
-    try:
-        return gzip.decompress(data)
-    except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-        raise ValueError(f"{os.fspath(path)}: corrupt or truncated gzip data ({e})") from None
-
-
 def _pick_device(traces: Sequence[Any], device: Optional[int]) -> int:
     if device is not None:
         if isinstance(device, bool) or not isinstance(device, int) or not 0 <= device < len(traces):
@@ -740,27 +710,11 @@ def _pick_device(traces: Sequence[Any], device: Optional[int]) -> int:
     return int(np.argmax(counts))
 
 
-def _safe_unpickle(data: bytes, where: str) -> Any:
-    try:
-        return _PlainUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{where}: not a readable torch memory snapshot: {e}") from None
-    except Exception as e:  # a truncated or corrupt pickle raises many types
-        raise ValueError(f"{where}: not a readable torch memory snapshot: corrupt or truncated "
-                         f"pickle ({type(e).__name__}: {e})"[:300]) from None
-
-
 def load_torch_snapshot(path: PathLike) -> Dict[str, Any]:
     """Read a ``torch.cuda.memory._dump_snapshot()`` pickle (optionally gzipped) as a dict,
-    without executing any code from it."""
-    if not isinstance(path, (str, bytes, os.PathLike)):
-        # open() takes an int as a file descriptor: it would read and close that one.
-        raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
-    data = _read_maybe_gzipped(path)
-    snap = _safe_unpickle(data, os.fspath(path))
-    if not isinstance(snap, dict):
-        raise ValueError(f"{os.fspath(path)}: expected a snapshot dict, got {type(snap).__name__}")
-    return snap
+    without executing any code from it: :func:`pypool.snapshot.load_snapshot`, the one
+    snapshot loader, under the name this module has always had."""
+    return load_snapshot(path)
 
 
 @dataclass(frozen=True)

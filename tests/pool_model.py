@@ -1,8 +1,8 @@
 """Test helpers: an independent Python model of pypool's documented size policy, and
 the structural checks every core test runs on a pool.
 
-The model is written from the documentation (PoolConfig's docstring, DESIGN.md's
-description of PyTorch's policy), not by calling ``_core``: tests compare the core
+The model is written from the documentation (PoolConfig's docstring, the README's
+"Configuration" section on PyTorch's policy), not by calling ``_core``: tests compare the core
 against it. The checks read a pool only through its public Python API.
 """
 

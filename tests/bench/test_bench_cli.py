@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 import re
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +16,19 @@ from typing import Any, Dict, List
 import pytest
 
 import pypool
-from pypool import _bench_report, bench
+from pypool import bench, simdevice
+from pypool.bench import child as bench_child
+from pypool.bench import provenance as bench_provenance
+from pypool.bench import gpu as bench_gpu
+from pypool.bench import report as bench_report
+from pypool.bench import runner as bench_runner
+from pypool.bench import settings as bench_settings
+from pypool.cli import bench as cli_bench
 from pypool.bench import BenchSettings, Progress, summarize
 
-ROOT = Path(__file__).resolve().parents[2]
 PKG_PARENT = str(Path(pypool.__file__).resolve().parent.parent)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run_cli(args: List[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -147,9 +155,9 @@ def test_gpu_child_scenarios_on_cpu() -> None:
     assert out["children"]["native"]["returncode"] == 0
     failed = out["children"]["pypool"]
     assert failed["returncode"] != 0 and "set-up failed" in failed["error"]
-    text = _bench_report.format_tables({"environment": {}, "settings": {}, "gpu": out})
+    text = bench_report.format_tables({"environment": {}, "settings": {}, "gpu": out})
     assert "pair 512 B" in text and "train gpt" in text and "GPU errors" in text
-    assert "http" not in _bench_report.render_html({"environment": {}, "settings": {}, "gpu": out})
+    assert "http" not in bench_report.render_html({"environment": {}, "settings": {}, "gpu": out})
 
 
 def test_pypool_child_statistics_come_from_the_registry() -> None:
@@ -157,19 +165,19 @@ def test_pypool_child_statistics_come_from_the_registry() -> None:
     on a host-backed registry; a stand-in device object avoids initializing CUDA)."""
     from types import SimpleNamespace
 
-    from pypool import PoolConfig, _bench_gpu, _core
+    from pypool import PoolConfig, _core
 
     _core.registry_reset()
     _core.registry_configure("host", PoolConfig().to_core(), 1 << 32)
     try:
-        alloc = _bench_gpu._PypoolAllocator("pypool", None, SimpleNamespace(type="cuda", index=0))
+        alloc = bench_child._PypoolAllocator("pypool", None, SimpleNamespace(type="cuda", index=0))
         pool = _core.registry_pool(0)
         ptr = pool.malloc(3 << 20, 0)
         pool.free(ptr)
         st = alloc.stats()
         assert st["peak_allocated"] >= 3 << 20
         assert st["peak_reserved"] >= st["peak_allocated"]
-        row = _bench_gpu._with_memory({"floor": 3 << 20}, st)
+        row = bench_child._with_memory({"floor": 3 << 20}, st)
         assert row["utilization"] == pytest.approx(st["peak_allocated"] / st["peak_reserved"])
         assert row["reserved_over_floor"] == pytest.approx(st["peak_reserved"] / (3 << 20))
         assert row["fragmentation"] is not None and 0 <= row["fragmentation"] <= 1
@@ -200,10 +208,10 @@ def test_run_benchmarks_cuda_glue(monkeypatch: pytest.MonkeyPatch) -> None:
         seen["names"], seen["total"] = names, progress.total
         return gpu
 
-    monkeypatch.setattr(bench, "_cuda_available", lambda: True)
-    monkeypatch.setattr(bench, "_nvidia_smi", lambda: [])
-    monkeypatch.setattr(bench, "run_gpu", fake_run_gpu)
-    monkeypatch.setattr(bench, "run_cpu", lambda s, p: {"timing": [], "replay": []})
+    monkeypatch.setattr(bench_runner, "_cuda_available", lambda: True)
+    monkeypatch.setattr(bench_provenance, "_nvidia_smi", lambda: [])
+    monkeypatch.setattr(bench_runner, "run_gpu", fake_run_gpu)
+    monkeypatch.setattr(bench_runner, "run_cpu", lambda s, p: {"timing": [], "replay": []})
     res = bench.run_benchmarks(device="cuda", mode="smoke", progress=False, allocators=["native", "pypool"])
     assert seen["names"] == ["native", "pypool"]
     assert seen["total"] >= 2 * len(bench.gpu_scenarios(BenchSettings.for_mode("smoke")))
@@ -211,7 +219,7 @@ def test_run_benchmarks_cuda_glue(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env["device"] == "cuda" and env["gpu"] == "Fake GPU"
     assert env["gpu_torch"] == {"name": "Fake GPU", "total_memory": 1 << 34, "capability": "9.0",
                                 "cuda_runtime": "13.0", "torch": "2.11"}
-    text = _bench_report.format_tables(res)
+    text = bench_report.format_tables(res)
     assert "GPU: Fake GPU" in text and "1,500 (2,000)" in text and "2.00 MiB / 0.0%" in text
     assert "pypool: set-up failed: boom" in text
     assert json.loads(bench.dumps(res))["gpu"]["scenarios"][0]["ns"]["median"] == 1500.0
@@ -268,7 +276,7 @@ def test_progress_bar_and_lines() -> None:
 
 
 def test_text_table_aligns() -> None:
-    t = _bench_report.text_table(["name", "ns"], [["a", "1.5"], ["longer", "100"]], right=[False, True])
+    t = bench_report.text_table(["name", "ns"], [["a", "1.5"], ["longer", "100"]], right=[False, True])
     lines = t.splitlines()
     assert lines[0] == "name     ns"
     assert lines[2] == "a       1.5" and lines[3] == "longer  100"
@@ -283,9 +291,7 @@ def test_dumps_is_strict_json() -> None:
 def _sim_usable() -> bool:
     """The simulated device is built in and torch is a CUDA build (the sim smoke test's
     precondition; the CPU venv has neither)."""
-    from pypool import _bench_sim, simdevice
-
-    return simdevice.available() and _bench_sim._torch_has_cuda_libs() is None
+    return simdevice.available() and simdevice.torch_has_cuda_libs() is None
 
 
 def test_cli_sim_unavailable_is_a_one_line_error(tmp_path: Path) -> None:
@@ -303,10 +309,8 @@ def test_cli_sim_unavailable_is_a_one_line_error(tmp_path: Path) -> None:
 def _cli_args(**kw: Any) -> Any:
     import argparse
 
-    from pypool import _cli_bench
-
     p = argparse.ArgumentParser()
-    _cli_bench.add_arguments(p)
+    cli_bench.add_arguments(p)
     argv: List[str] = []
     for k, v in kw.items():
         argv += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
@@ -316,30 +320,27 @@ def _cli_args(**kw: Any) -> Any:
 @pytest.mark.parametrize("missing", ["sim", "torch"])
 def test_sim_missing_pieces_give_rc2(missing: str, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from pypool import _bench_sim, _cli_bench, simdevice
 
     if missing == "sim":
         monkeypatch.setattr(simdevice, "available", lambda: False)
         want = "the simulated device is not built into this pypool"
     else:
         monkeypatch.setattr(simdevice, "available", lambda: True)
-        monkeypatch.setattr(_bench_sim, "_torch_has_cuda_libs", lambda: "the installed torch is a CPU-only build")
+        monkeypatch.setattr(simdevice, "torch_has_cuda_libs", lambda: "the installed torch is a CPU-only build")
         want = "CPU-only build"
-    assert _cli_bench.run(_cli_args(device="sim", smoke=True, no_progress=True)) == 2
+    assert cli_bench.run(_cli_args(device="sim", smoke=True, no_progress=True)) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1
     assert err.startswith("pypool bench: --device sim: ") and want in err
 
 
 def test_sim_argument_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    from pypool import _cli_bench
-
     # Allocators the simulation cannot stand for are refused with the reason, before any probe.
     for name, why in (("cudaMallocAsync", "driver"), ("rmm", "setting")):
-        assert _cli_bench.run(_cli_args(device="sim", smoke=True, allocators=f"native,{name}")) == 2
+        assert cli_bench.run(_cli_args(device="sim", smoke=True, allocators=f"native,{name}")) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"{name} is not run on the simulated device" in err and why in err
-    assert _cli_bench.run(_cli_args(device="cpu", smoke=True, sim_memory="1GiB")) == 2
+    assert cli_bench.run(_cli_args(device="cpu", smoke=True, sim_memory="1GiB")) == 2
     assert "--sim-memory goes with --device sim" in capsys.readouterr().err
     with pytest.raises(ValueError, match="device"):
         bench.run_benchmarks(device="tpu", mode="smoke")
@@ -348,11 +349,9 @@ def test_sim_argument_errors(capsys: pytest.CaptureFixture[str]) -> None:
 def test_sim_scenarios_on_cpu() -> None:
     """The simulated device's child scenarios on CPU tensors (no sim, no GPU): every code
     path but the capacity search and the counters, which need the simulation."""
-    from pypool import _bench_sim
-
     s = BenchSettings.for_mode("smoke")
     g = {**s.gpu, **s.sim}
-    names = _bench_sim.sim_scenarios(g)
+    names = bench_settings.sim_scenarios(g)
     assert names[0] == "minmem:kv_cache" and "tspairs:512:2" in names and "cthreads:512:2" in names
     assert not [n for n in names if "meta" in n]  # meta batches run inside tpairs/tspairs
     out = bench.run_gpu(s, None, allocators=["native"], device="cpu", scenarios=names)
@@ -373,7 +372,7 @@ def test_sim_scenarios_on_cpu() -> None:
         assert r["meta_cpu_ns"]["n"] == r["cpu_ns"]["n"] == len(r["over_meta_cpu_ns_values"])
         assert r["over_meta_cpu_ns_values"] == pytest.approx(
             [c - m for c, m in zip(r["cpu_ns_values"], r["meta_cpu_ns_values"])])
-    text = _bench_sim.sim_tables(out)
+    text = bench_report.sim_tables(out)
     assert "HOST OVERHEAD ON A SIMULATED DEVICE" in text and "meta (no allocator)" in text
     assert "min capacity MiB" in text and "TorchScript fork" in text
 
@@ -381,8 +380,6 @@ def test_sim_scenarios_on_cpu() -> None:
 def test_sim_tables_from_a_result() -> None:
     """The report of a simulated-device result: capacities, x floor, a disagreeing
     confirmation, call counts, ratios of pypool to native side by side."""
-    from pypool import _bench_sim
-
     MiB = 1 << 20
 
     def pair(sc: str, a: str, ns: float) -> Dict[str, Any]:
@@ -407,7 +404,7 @@ def test_sim_tables_from_a_result() -> None:
     rows.append(pair("cthreads:512:4", "pypool", 300))
     sim = {"allocators": ["native", "pypool"], "scenarios": rows, "children": {},
            "scenarios_run": ["minmem:transformer", "tpairs:512:1", "tspairs:512:4", "cthreads:512:4"]}
-    text = _bench_sim.sim_tables(sim)
+    text = bench_report.sim_tables(sim)
     assert "1,200" in text and "1.200" in text and "1.100" in text
     assert "confirmation disagrees: fresh child at 1098 MiB: passed" in text
     assert "cudaMalloc 40, cudaFree 12" in text and "5,000" in text
@@ -418,7 +415,7 @@ def test_sim_tables_from_a_result() -> None:
     ts = next(x for x in text.splitlines() if x.startswith("512 B") and x.split()[2] == "4")
     assert ts.split()[-3:] == ["1.25", "/", "1.50"]
     assert "pypool wall / cpu" in text and "300 / 150" in text
-    page = _bench_report.render_html({"environment": {"device": "sim"}, "settings": {}, "sim": sim})
+    page = bench_report.render_html({"environment": {"device": "sim"}, "settings": {}, "sim": sim})
     assert "smallest capacity without OOM" in page and "http" not in page
 
 
@@ -458,8 +455,6 @@ def test_run_sim_orchestration(monkeypatch: pytest.MonkeyPatch) -> None:
     """The parent side of --device sim with stand-in children: memory children once,
     timing children in interleaved rounds with their batches pooled, confirmations at the
     capacity found and 2 MiB below, a disagreeing confirmation reported."""
-    from pypool import _bench_sim, simdevice
-
     MiB = 1 << 20
     calls: List[Any] = []
 
@@ -488,10 +483,10 @@ def test_run_sim_orchestration(monkeypatch: pytest.MonkeyPatch) -> None:
         return {"allocator": name, "scenarios": rows, "returncode": 0}
 
     monkeypatch.setattr(simdevice, "available", lambda: True)
-    monkeypatch.setattr(bench, "_run_child", fake_child)
+    monkeypatch.setattr(bench_gpu, "_run_child", fake_child)
     s = BenchSettings.for_mode("smoke")
     s = dataclasses.replace(s, sim={**s.sim, "sim_rounds": 3})
-    out = _bench_sim.run_sim(s, None, ["native", "pypool"])
+    out = bench_gpu.run_sim(s, None, ["native", "pypool"])
     timing = [c for c in calls if len(c[1]) > 1]
     assert [c[0] for c in timing] == ["native", "pypool", "pypool", "native", "native", "pypool"]
     assert [c[0] for c in calls[:2]] == ["native", "pypool"] and calls[0][1] == ("minmem:kv_cache",)
@@ -505,7 +500,7 @@ def test_run_sim_orchestration(monkeypatch: pytest.MonkeyPatch) -> None:
     assert rows[("minmem:kv_cache", "native")]["confirm"]["agrees"] is True
     bad = rows[("minmem:kv_cache", "pypool")]["confirm"]
     assert bad["agrees"] is False and "at 98 MiB: passed" in bad["disagreement"]
-    text = _bench_sim.sim_tables(out)
+    text = bench_report.sim_tables(out)
     assert "confirmation disagrees" in text and "3 interleaved round(s)" in text
     assert "0.50" in text  # device calls per pair
 
@@ -516,8 +511,6 @@ def test_run_sim_confirmation_must_run_where_the_bisection_did(monkeypatch: pyte
     """'confirmed' is evidence only when the fresh child's device has the capacity asked
     for and starts with the bisection's memory in use: a child on a bigger device passes
     and one with more in use runs out, whatever the allocator needs."""
-    from pypool import _bench_sim, simdevice
-
     MiB = 1 << 20
 
     def fake_child(name: str, scenarios: List[str], settings: Dict[str, Any], progress: Any,
@@ -540,9 +533,9 @@ def test_run_sim_confirmation_must_run_where_the_bisection_did(monkeypatch: pyte
         return {"allocator": name, "scenarios": rows, "returncode": 0}
 
     monkeypatch.setattr(simdevice, "available", lambda: True)
-    monkeypatch.setattr(bench, "_run_child", fake_child)
+    monkeypatch.setattr(bench_gpu, "_run_child", fake_child)
     s = BenchSettings.for_mode("smoke")
-    out = _bench_sim.run_sim(s, None, ["pypool"])
+    out = bench_gpu.run_sim(s, None, ["pypool"])
     row = next(r for r in out["scenarios"] if r["scenario"] == "minmem:kv_cache")
     c = row["confirm"]
     assert c["agrees"] is False, c
@@ -550,7 +543,8 @@ def test_run_sim_confirmation_must_run_where_the_bisection_did(monkeypatch: pyte
         assert c["at"]["ok"] is None and "not 104857600" in c["at"]["error"]
     else:
         assert "started with 4194304 bytes in use, the bisection with 0" in c["disagreement"]
-    assert "confirmation disagrees" in _bench_sim.sim_tables(out)
+    assert "confirmation disagrees" in bench_report.sim_tables(out)
+
 
 
 def test_bench_html_wraps_the_table_definitions() -> None:
@@ -560,7 +554,7 @@ def test_bench_html_wraps_the_table_definitions() -> None:
     import json
     import re
 
-    from pypool import _bench_report
+    from pypool.bench import report as _bench_report
 
     results = json.loads((ROOT / "benchmarks" / "results" /
                           "2026-11-22-cpu-bench.json").read_text())
@@ -574,7 +568,7 @@ def test_bench_html_wraps_the_table_definitions() -> None:
 
 
 def test_bench_ratio_direction_is_explicit() -> None:
-    from pypool._bench_report import cpu_timing_table, format_tables
+    from pypool.bench.report import cpu_timing_table, format_tables
 
     def summ(m: float) -> Dict[str, float]:
         return {"median": m, "p99": m, "min": m, "max": m}
@@ -594,11 +588,11 @@ def test_bench_ratio_direction_is_explicit() -> None:
 def test_bench_git_revision_never_none(monkeypatch: pytest.MonkeyPatch) -> None:
     rev = bench._git_revision()
     assert rev and rev != "None"
-    info = bench._build_info(os.path.dirname(bench.__file__))
+    info = bench._build_info(os.path.dirname(pypool.__file__))
     if info.get("git_revision"):
         assert rev.startswith(info["git_revision"][:12]) or re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", rev)
     # Outside any checkout and without build information: "unknown" and why.
-    monkeypatch.setattr(bench, "_build_info", lambda pkg: {})
+    monkeypatch.setattr(bench_provenance, "_build_info", lambda pkg: {})
 
     def no_git(*a: Any, **k: Any) -> Any:
         raise FileNotFoundError("git")
@@ -606,7 +600,7 @@ def test_bench_git_revision_never_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subprocess, "run", no_git)
     rev = bench._git_revision()
     assert rev.startswith("unknown (git is not installed here; pypool runs from ") and "no _build_info.json" in rev
-    from pypool._bench_report import render_html
+    from pypool.bench.report import render_html
 
     page = render_html({"environment": {"git_revision": rev}})
     assert "None" not in page
@@ -614,7 +608,7 @@ def test_bench_git_revision_never_none(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_installed_build_records_its_revision() -> None:
     """`make install` builds from a git checkout: the wheel carries its revision."""
-    path = Path(bench.__file__).with_name("_build_info.json")
+    path = Path(pypool.__file__).with_name("_build_info.json")
     if not path.exists():
         pytest.skip("pypool runs from a tree without build information")
     info = json.loads(path.read_text())

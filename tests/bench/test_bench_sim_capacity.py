@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List
 
-from pypool import _bench_sim
+from pypool.bench import report as bench_report
+from pypool.bench import settings as bench_settings
 
 MiB = 1 << 20
 
@@ -20,10 +21,10 @@ def _row(a: str, cap: int, sync_cold: int, sync_min: int) -> Dict[str, Any]:
 
 
 def test_side_by_side_capacities_and_sync_per_thousand() -> None:
-    allocs = list(_bench_sim.SIM_ALLOCATORS)
+    allocs = list(bench_settings.SIM_ALLOCATORS)
     rows: List[Dict[str, Any]] = [_row(a, (1200 - 40 * k) * MiB, k, 2 * k + 1) for k, a in enumerate(allocs)]
     sim = {"allocators": allocs, "scenarios": rows, "children": {}, "scenarios_run": ["minmem:kv_cache"]}
-    table = _bench_sim.side_by_side_table(sim)
+    table = bench_report.side_by_side_table(sim)
     head, _, line = table.splitlines()[:3]
     assert [f"{a} MiB (x floor)" in head for a in allocs] == [True] * 4
     assert line.startswith("kv_cache") and "1,000" in line
@@ -31,9 +32,10 @@ def test_side_by_side_capacities_and_sync_per_thousand() -> None:
         cap = 1200 - 40 * k
         assert f"{cap:,} ({cap / 1000:.3f})" in line
         assert f"{1000 * k / 4000:.2f} / {1000 * (2 * k + 1) / 4000:.2f}" in line
-    text = _bench_sim.sim_tables(sim)
+    text = bench_report.sim_tables(sim)
     assert table in text and text.index(table) < text.index("min capacity MiB")
-    assert "sync/1k allocs cold" in _bench_sim.calls_table(sim)
+    assert "sync/1k allocs cold" in bench_report.calls_table(sim)
+
 
 
 def test_readme_simulated_device_floors_say_their_scale() -> None:

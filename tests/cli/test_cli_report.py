@@ -13,7 +13,8 @@ import sys
 import pytest
 
 import pypool
-from pypool import _cli_report, _core
+from pypool import _core
+from pypool.cli import report as cli_report
 from pypool.snapshot import dump_snapshot
 
 MiB = 1 << 20
@@ -21,8 +22,8 @@ MiB = 1 << 20
 
 def _run(argv):
     parser = argparse.ArgumentParser()
-    _cli_report.add_arguments(parser)
-    return _cli_report.run(parser.parse_args(argv))
+    cli_report.add_arguments(parser)
+    return cli_report.run(parser.parse_args(argv))
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pypool
 from pypool import PoolConfig, _core
 from pypool.snapshot import snapshot
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 KINDS = {"size", "optional_size", "int", "fraction", "optional_fraction", "bool", "growth"}
 # allocator_settings keys that are not config fields (torch's names and pypool's own).
 SETTINGS_EXTRA = {"allocator", "PYTORCH_CUDA_ALLOC_CONF", "PYPOOL_CONF", "roundup_power2_divisions"}

@@ -521,17 +521,18 @@ def test_memory_fraction_caps_a_pool_from_its_creation() -> None:
 
 def test_info_and_install_say_loudly_when_the_cuda_backend_is_missing(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from pypool import _cli_info, _torch
+    from pypool import _torch
+    from pypool.cli import info as cli_info
 
     assert _core.cuda_backend_compiled()  # the build under test has it (needs no toolkit)
     assert main(["info"]) == 0
     assert "WARNING" not in capsys.readouterr().err
     monkeypatch.setattr(_core, "cuda_backend_compiled", lambda: False)
-    assert _cli_info.run(SimpleNamespace(json=True)) == 0
+    assert cli_info.run(SimpleNamespace(json=True)) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["warning"].startswith("WARNING: this pypool was built WITHOUT its CUDA backend")
     assert "WITHOUT its CUDA backend" in err
-    assert _cli_info.run(SimpleNamespace(json=False)) == 0
+    assert cli_info.run(SimpleNamespace(json=False)) == 0
     assert "WITHOUT its CUDA backend" in capsys.readouterr().err
 
     monkeypatch.setattr(_torch, "_native_cuda_devices", lambda: (0, "not built"))

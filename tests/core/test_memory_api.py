@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import pytest
 
 import pypool
-from pypool import PoolConfig, _core, memory
+from pypool import PoolConfig, _core, _registry, memory
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -29,8 +29,8 @@ CONFIG = PoolConfig(round_up_divisions=4)
 
 @pytest.fixture(autouse=True)
 def host_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(memory, "_installed_config", None)
-    monkeypatch.setattr(memory, "_loaded_torch", lambda: None)  # device None -> 0
+    monkeypatch.setattr(_registry, "_installed_config", None)
+    monkeypatch.setattr(_registry, "_loaded_torch", lambda: None)  # device None -> 0
     _core.registry_reset()
     _core.registry_configure("host", CONFIG.to_core(), CAPACITY)
     yield
@@ -63,28 +63,28 @@ def fake_torch(initialized: bool, current: int) -> Any:
     ],
 )
 def test_device_forms(device: Any, index: int) -> None:
-    assert memory._device_index(device) == index
+    assert _registry.device_index(device) == index
 
 
 def test_none_and_bare_cuda_follow_torchs_current_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory, "_loaded_torch", lambda: fake_torch(True, 3))
-    assert memory._device_index(None) == 3
-    assert memory._device_index("cuda") == 3
-    assert memory._device_index(types.SimpleNamespace(type="cuda", index=None)) == 3
-    assert memory._device_index("cuda:1") == 1
+    monkeypatch.setattr(_registry, "_loaded_torch", lambda: fake_torch(True, 3))
+    assert _registry.device_index(None) == 3
+    assert _registry.device_index("cuda") == 3
+    assert _registry.device_index(types.SimpleNamespace(type="cuda", index=None)) == 3
+    assert _registry.device_index("cuda:1") == 1
     # Before torch initializes CUDA its current device is not asked (asking could init it).
-    monkeypatch.setattr(memory, "_loaded_torch", lambda: fake_torch(False, 3))
-    assert memory._device_index(None) == 0
+    monkeypatch.setattr(_registry, "_loaded_torch", lambda: fake_torch(False, 3))
+    assert _registry.device_index(None) == 0
 
 
 def test_real_torch_device_objects() -> None:
     torch = pytest.importorskip("torch")
-    assert memory._device_index(torch.device("cuda:1")) == 1
-    assert memory._device_index(torch.device("cuda", 2)) == 2
+    assert _registry.device_index(torch.device("cuda:1")) == 1
+    assert _registry.device_index(torch.device("cuda", 2)) == 2
     with pytest.raises(ValueError, match="device: expected a cuda device, got cpu"):
-        memory._device_index(torch.device("cpu"))
+        _registry.device_index(torch.device("cpu"))
     # CPU-only torch: CUDA never initialized, so None means device 0.
-    assert memory._device_index(None) == 0 or torch.cuda.is_initialized()
+    assert _registry.device_index(None) == 0 or torch.cuda.is_initialized()
 
 
 @pytest.mark.parametrize(
@@ -236,6 +236,26 @@ def test_get_pool_reports_unlimited_and_named_growth() -> None:
     assert memory.get_pool(0).config == cfg
 
 
+def test_the_settings_view_follows_the_memory_fraction_set_later(lib: ctypes.CDLL) -> None:
+    """Every Python view of a pool's settings says the fraction the pool applies: set in
+    the configuration, or later (torch.cuda.set_per_process_memory_fraction reaches the
+    pool through pypool_set_memory_fraction). The view used to keep the creation-time
+    None while the pool capped at 0.5."""
+    memory.get_pool(0).set_memory_fraction(0.5)
+    assert memory.get_pool(0).config.memory_fraction == 0.5
+    lib.pypool_set_memory_fraction(ctypes.c_double(0.25), 0)
+    assert memory.get_pool(0).config.memory_fraction == 0.25
+    assert memory.get_per_process_memory_fraction(0) == 0.25
+    memory.get_pool(0).set_memory_fraction(0)  # cleared: no fraction in the view either
+    assert memory.get_pool(0).config.memory_fraction is None
+    assert memory.get_pool(0).config == CONFIG
+    _core.registry_reset()
+    cfg = CONFIG.replace(memory_fraction=0.5)
+    _core.registry_configure("host", cfg.to_core(), CAPACITY)
+    assert memory.get_pool(0).config.memory_fraction == 0.5
+    assert memory.get_per_process_memory_fraction(0) == 0.5
+
+
 # ---------------------------------------------------------------------------- summary
 
 
@@ -260,6 +280,13 @@ def test_memory_summary_is_a_readable_table() -> None:
     assert "OOMs: 0" in text
     short = memory.memory_summary(0, abbreviated=True)
     assert "from large pool" not in short and "Allocated memory" in short
+    # pool=: the same table of a pool of your own, as every report takes it.
+    assert memory.memory_summary(pool=memory.get_pool(0)) == text
+    own = pypool.Pool("host", capacity="64MiB")
+    p = own.malloc(3 * MiB)
+    mine = memory.memory_summary(pool=own)
+    assert "capacity 64.00 MiB" in mine.splitlines()[1] and "3.00 MiB" in mine
+    own.free(p)
     pool.free(ptrs[1])
     pool.free(ptrs[3])
 

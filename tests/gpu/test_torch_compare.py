@@ -14,7 +14,7 @@ import pytest
 
 import pypool
 from pypool import simdevice
-from pypool._bench_sim import _torch_has_cuda_libs
+from pypool.simdevice import torch_has_cuda_libs as _torch_has_cuda_libs
 from pypool.mincap import STEP
 from pypool.trace import Trace
 

@@ -208,6 +208,21 @@ def test_bad_input_is_named():
         FragmentationReport.from_snapshot({"device_traces": []})
 
 
+def test_fragmentation_takes_a_pool_like_the_other_reports():
+    """fragmentation(device=None, pool=None): the signature of snapshot() and the others."""
+    p = pypool.Pool("host", capacity="64MiB")
+    ptr = p.malloc(3 * MiB)
+    rep = pypool.fragmentation(pool=p)
+    assert rep.to_dict() == FragmentationReport.from_pool(p).to_dict() == p.fragmentation().to_dict()
+    assert rep.allocated == p.memory_allocated() and rep.source == "pool" and rep.backend == "host"
+    assert pypool.fragmentation(0, pool=p).device == 0
+    with pytest.raises(ValueError, match="does not match pool.device"):
+        pypool.fragmentation(1, pool=p)
+    with pytest.raises(TypeError, match="pool must be a pypool.Pool"):
+        pypool.fragmentation(pool=object())  # type: ignore[arg-type]
+    p.free(ptr)
+
+
 def test_figures_properties():
     f = Figures(reserved=100, allocated=40, requested=30, free=60, largest_free=15)
     assert f.internal_waste == 10

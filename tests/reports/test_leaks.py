@@ -17,7 +17,7 @@ from typing import Any, Iterator, List
 import pytest
 
 import pypool
-from pypool import _core, leaks
+from pypool import _context, _core, leaks
 from pypool.config import PoolConfig
 from pypool.leaks import (LeakError, LeakReport, LeakWarning, LeakWatch, LeakWatchReport,
                           format_stack, track_leaks)
@@ -274,7 +274,7 @@ def test_allocations_racing_with_scope_end_are_left_out(pool: pypool.Pool) -> No
 
 
 def test_format_stack_folds_library_frames() -> None:
-    torch_dir = leaks._torch_dir()
+    torch_dir = _context._torch_dir()
     assert torch_dir is not None  # torch is installed in the test environment
     frames = [
         {"filename": os.path.join(torch_dir, "nn", "modules", "linear.py"), "line": 10, "name": "__init__"},
@@ -295,7 +295,7 @@ def test_format_stack_folds_library_frames() -> None:
         if str(ROOT).startswith(os.getcwd()) else f"{ROOT / 'examples' / 'train.py'}:40 main",
         "… 2 frames in _pytest, pluggy",
     ]
-    assert leaks._call_site(frames)["name"] == "build"
+    assert _context.call_site(frames)["name"] == "build"
     assert format_stack(frames, max_user_frames=1)[-1] == "… 3 more frames"
 
 
@@ -488,7 +488,7 @@ def test_leakwatch_close_releases_capture(pool: pypool.Pool) -> None:
 
 _EXIT_SCRIPT = """
 import pypool
-from pypool import _core, leaks
+from pypool import _context, _core, leaks
 from pypool.config import PoolConfig
 
 _core.registry_configure("host", PoolConfig().to_core(), 1 << 30)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import pypool
-from pypool.fragmentation import _COLORS, FragmentationReport
+from pypool._fragreport import _COLORS, FragmentationReport
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -152,7 +152,7 @@ def _png_or_skip() -> None:
 
 def test_png_title_and_legend_do_not_overlap() -> None:
     _png_or_skip()
-    from pypool.fragmentation import _png_figure
+    from pypool._fragreport import _png_figure
 
     pool = pypool.Pool(backend="null", capacity=64 * GiB)
     for i in range(40):

@@ -306,6 +306,41 @@ def test_expandable_segments_round_trip():
     record_history(False, pool=p)
 
 
+# ---------------------------------------------------------------- one loader
+def test_one_loader_reads_gzipped_and_bare_list_snapshots(tmp_path: Path, capsys) -> None:
+    """A gzipped pickle loads the same through load_snapshot, `pypool report` and the
+    trace path; a bare segment list (older torch) loads through the trace path too."""
+    from pypool.__main__ import main
+    from pypool.trace import Trace, load_torch_snapshot
+
+    p = pypool.Pool("host", capacity="64MiB")
+    record_history(True, pool=p, stacks="none")
+    ptrs = [p.malloc(n * MiB) for n in (1, 3, 5)]
+    p.free(ptrs[1])
+    plain = tmp_path / "snap.pickle"
+    dump_snapshot(plain, pool=p)
+    gz = tmp_path / "snap.pickle.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    record_history(False, pool=p)
+    for ptr in (ptrs[0], ptrs[2]):
+        p.free(ptr)
+    data = load_snapshot(plain)
+    assert load_snapshot(gz) == data == load_torch_snapshot(gz)
+    assert Trace.load(gz).num_allocs == Trace.load(plain).num_allocs == 3
+    assert main(["report", str(gz), "--json"]) == 0
+    assert main(["report", str(plain), "--json"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[: len(out) // 2] == out[len(out) // 2:]  # the same report from both files
+
+    bare = tmp_path / "legacy.pickle.gz"
+    bare.write_bytes(gzip.compress(pickle.dumps(data["segments"])))
+    assert load_torch_snapshot(bare) == {"segments": data["segments"], "device_traces": []}
+    assert load_snapshot(bare)["segments"] == data["segments"]
+    with pytest.raises(ValueError, match="legacy.pickle.gz: .*no 'alloc' entries"):
+        Trace.load(bare)  # loaded; a bare segment list has no trace to replay
+
+
+
 @pytest.mark.parametrize(("content", "words"), [
     (b"(" * 1000 + b".", "not a readable torch memory snapshot"),        # was UnpicklingError
     (pickle.dumps({"segments": []})[:10], "not a readable torch memory snapshot"),  # truncated

@@ -1,5 +1,6 @@
 """Presenting ``pypool bench`` results: aligned text tables, an offline HTML page with
-inline SVG bars, and a PNG through matplotlib when it is installed.
+inline SVG bars, and a PNG through matplotlib when it is installed; the simulated
+device's tables and figures included.
 
 Everything here reads the JSON-ready dict of :func:`pypool.bench.run_benchmarks` (or a
 saved ``--json`` file), so a result can be re-rendered later without re-running it.
@@ -9,11 +10,18 @@ from __future__ import annotations
 
 import html
 import math
+import shlex
+import textwrap
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .config import format_size
+from ..config import format_size
+from .common import short_size
 
-__all__ = ["format_tables", "render_html", "render_png", "text_table", "scenario_label"]
+MiB = 1 << 20
+
+__all__ = ["format_tables", "render_html", "render_png", "text_table", "scenario_label", "sim_tables",
+           "memory_table", "side_by_side_table", "calls_table", "calls_per_pair_table", "cthreads_table",
+           "sim_html_figures"]
 
 
 # ---------------------------------------------------------------------------- text
@@ -97,8 +105,6 @@ def _header(results: Dict[str, Any]) -> str:
                      f"torch CUDA build {env.get('torch_cuda') or '?'}")
         lines.append("times: host overhead on a simulated device, not GPU time")
         if env.get("python_executable") and env.get("command", "").startswith("python -m pypool"):
-            import shlex
-
             run = env["command"].replace("python", shlex.quote(env["python_executable"]), 1)
             out = f" > {shlex.quote(env['stdout'])}" if env.get("stdout") else ""
             lines.append(f"run as: cd {shlex.quote(env.get('cwd', '.'))} && {run}{out}")
@@ -146,12 +152,10 @@ def replay_table(rows: Sequence[Dict[str, Any]]) -> str:
 
 def scenario_label(name: str) -> str:
     """Readable name of a GPU scenario (``pairs:65536`` -> ``pair 64 KiB``)."""
-    from .bench import _short_size
-
     kind, _, param = name.partition(":")
     try:
         if kind == "pairs":
-            return f"pair {_short_size(int(param))}"
+            return f"pair {short_size(int(param))}"
         if kind == "random":
             return f"random <= {int(param)} MiB"
     except ValueError:
@@ -235,8 +239,6 @@ def format_tables(results: Dict[str, Any]) -> str:
         parts.append(gpu_tables(gpu))
     sim = results.get("sim")
     if sim:
-        from ._bench_sim import sim_tables
-
         parts.append(sim_tables(sim))
     cpu = results.get("cpu") or {}
     if cpu.get("timing"):
@@ -322,9 +324,7 @@ def _html_figures(results: Dict[str, Any]) -> List[str]:
         figs.append(_svg_bars("Workload replays: peak reserved against the physical floor (x the floor: lower is better)",
                               list(by_workload.items()), series, "each row scaled to its own maximum"))
     if results.get("sim"):
-        from ._bench_sim import html_figures
-
-        figs += html_figures(results["sim"])
+        figs += sim_html_figures(results["sim"])
     gpu = results.get("gpu")
     if gpu:
         allocs, scenarios, cell = _gpu_index(gpu)
@@ -358,8 +358,6 @@ def _wrap_prose(text: str, width: int = 110) -> str:
     table row has runs of spaces between columns, prose has none) wrapped at ``width``.
     In the page's scrolling box an unwrapped definition ran off to the right, hiding
     what the ratio column means."""
-    import textwrap
-
     out: List[str] = []
     for line in text.split("\n"):
         if len(line) > width and "  " not in line.strip():
@@ -478,3 +476,320 @@ def render_png(results: Dict[str, Any], path: str) -> None:
             ax.text(0.5, 0.5, "no results", ha="center")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+# ---------------------------------------------------------------------------- simulated device
+def _mib(v: Optional[int]) -> str:
+    return "-" if v is None else f"{v / MiB:,.0f}"
+
+
+def _ns(r: Optional[Dict[str, Any]], key: str = "ns") -> Optional[float]:
+    if r is None or r.get("error") or r.get("skipped"):
+        return None
+    s = r.get(key) or {}
+    v = s.get("median")
+    return float(v) if v is not None else None
+
+
+def _cell_ns(r: Optional[Dict[str, Any]], key: str = "ns") -> str:
+    if r is None:
+        return "-"
+    if r.get("error"):
+        return "error"
+    if r.get("skipped"):
+        return "n/a"
+    v = _ns(r, key)
+    if v is None:
+        return "-"
+    p99 = (r.get(key) or {}).get("p99")
+    return f"{v:,.0f}" + (f" ({p99:,.0f})" if p99 is not None else "")
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> str:
+    return f"{a / b:.2f}" if (a is not None and b) else "-"
+
+
+def _cell_wc(r: Optional[Dict[str, Any]]) -> str:
+    """``wall / cpu`` medians of a timing row."""
+    if r is None or r.get("error") or r.get("skipped"):
+        return _cell_ns(r)
+    w, c = _ns(r, "ns"), _ns(r, "cpu_ns")
+    return ("-" if w is None else f"{w:,.0f}") + " / " + ("-" if c is None else f"{c:,.0f}")
+
+
+def _ratio_wc(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]]) -> str:
+    return f"{_ratio(_ns(a, 'ns'), _ns(b, 'ns'))} / {_ratio(_ns(a, 'cpu_ns'), _ns(b, 'cpu_ns'))}"
+
+
+def _index(sim: Dict[str, Any]) -> Tuple[List[str], Dict[Tuple[str, str], Dict[str, Any]]]:
+    cell: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    for r in sim.get("scenarios", []):
+        cell[(r["scenario"], r["allocator"])] = r
+    return list(sim.get("allocators", [])), cell
+
+
+def _top_calls(c: Optional[Dict[str, Any]], k: int = 3) -> str:
+    if not c or not c.get("by_name"):
+        return "-"
+    interesting = {n: v for n, v in c["by_name"].items()
+                   if any(w in n for w in ("Malloc", "Free", "cuMem", "MemGetInfo", "Synchronize"))}
+    top = sorted(interesting.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    return ", ".join(f"{n} {v:,}" for n, v in top) or "-"
+
+
+def memory_table(sim: Dict[str, Any]) -> str:
+    allocs, cell = _index(sim)
+    rows = []
+    for sc in [s for s in sim.get("scenarios_run", []) if s.startswith("minmem:")]:
+        for a in allocs:
+            r = cell.get((sc, a))
+            if r is None:
+                continue
+            if r.get("error"):
+                rows.append([sc[7:], _mib(r.get("floor")), a, "error", "", "", "", "", ""])
+                continue
+            cap = r.get("min_capacity")
+            c = r.get("confirm") or {}
+            conf = "-" if not c else ("yes" if c.get("agrees") else "NO")
+            rows.append([sc[7:], _mib(r.get("floor")), a, _mib(r.get("peak_reserved")),
+                         _mib(r.get("sim_peak")), _mib(cap),
+                         "-" if cap is None else f"{r.get('min_capacity_over_floor', 0):.3f}",
+                         str(len(r.get("attempts") or [])), conf])
+    return text_table(["workload", "floor MiB", "allocator", "peak reserved MiB", "device peak MiB",
+                       "min capacity MiB", "x floor", "tries", "confirmed"], rows,
+                      right=[False, True, False, True, True, True, True, True, False])
+
+
+def side_by_side_table(sim: Dict[str, Any]) -> str:
+    """The headline: smallest capacity (x floor) of every allocator per workload, side by
+    side, and the synchronizing device calls per 1,000 allocations (whole device, cold /
+    at the smallest capacity)."""
+    allocs, cell = _index(sim)
+    rows = []
+    for sc in [s for s in sim.get("scenarios_run", []) if s.startswith("minmem:")]:
+        got = [cell.get((sc, a)) for a in allocs]
+        floor = next((r.get("floor") for r in got if r and r.get("floor")), None)
+        line = [sc[7:], _mib(floor)]
+        for r in got:
+            if r is None or r.get("error") or r.get("min_capacity") is None:
+                line.append("error" if r is not None and r.get("error") else "-")
+            else:
+                line.append(f"{_mib(r['min_capacity'])} ({r.get('min_capacity_over_floor', 0):.3f})")
+        for r in got:
+            if r is None or r.get("error"):
+                line.append("-")
+                continue
+            cc, cm = r.get("calls_cold") or {}, r.get("calls_at_min") or {}
+            line.append(f"{_per_k(cc.get('sync') if cc else None, r.get('allocations'))} / "
+                        f"{_per_k(cm.get('sync') if cm else None, r.get('allocations'))}")
+        rows.append(line)
+    return text_table(["workload", "floor MiB"] + [f"{a} MiB (x floor)" for a in allocs]
+                      + [f"{a} sync/1k" for a in allocs], rows,
+                      right=[False] + [True] * (1 + 2 * len(allocs)))
+
+
+def calls_table(sim: Dict[str, Any]) -> str:
+    allocs, cell = _index(sim)
+    rows = []
+    for sc in [s for s in sim.get("scenarios_run", []) if s.startswith("minmem:")]:
+        for a in allocs:
+            r = cell.get((sc, a))
+            if r is None or r.get("error"):
+                continue
+            cc, cw, cm = r.get("calls_cold") or {}, r.get("calls_warm") or {}, r.get("calls_at_min") or {}
+            rows.append([sc[7:], a, f"{cc.get('total', 0):,}", f"{cc.get('sync', 0):,}",
+                         f"{cw.get('total', 0):,}", f"{cw.get('sync', 0):,}",
+                         f"{cm['total']:,}" if cm else "-", f"{cm['sync']:,}" if cm else "-",
+                         _per_k(cc.get("sync") if cc else None, r.get("allocations")),
+                         _per_k(cm.get("sync") if cm else None, r.get("allocations")),
+                         _top_calls(cc), _top_calls(cm)])
+    return text_table(["workload", "allocator", "cold", "sync", "warm", "sync", "at min cap", "sync",
+                       "sync/1k allocs cold", "at min cap",
+                       "memory calls, cold pass", "memory calls at min capacity"], rows,
+                      right=[False, False, True, True, True, True, True, True, True, True, False, False])
+
+
+def _per_k(sync: Optional[int], allocations: Optional[int]) -> str:
+    """Synchronizing device calls per 1,000 allocations of the trace (the issue's measure:
+    at most PyTorch native's + 1)."""
+    if sync is None or not allocations:
+        return "-"
+    return f"{1000 * sync / allocations:.2f}"
+
+
+def _pairs_table(sim: Dict[str, Any], kind: str) -> str:
+    allocs, cell = _index(sim)
+    scen = [s for s in sim.get("scenarios_run", []) if s.split(":")[0] == kind]
+    headers = ["size", "threads", "meta (no allocator)"] + allocs
+    ratios = [("pypool/native", "pypool", "native"),
+              ("pypool-exp/native-exp", "pypool-expandable", "native-expandable")]
+    ratios = [x for x in ratios if x[1] in allocs and x[2] in allocs]
+    headers += [x[0] for x in ratios]
+    rows = []
+    for sc in scen:
+        _, size, t = sc.split(":")
+        line = [short_size(int(size)), t]
+        metas = sorted(v for a in allocs for v in [_ns(cell.get((sc, a)), "meta_cpu_ns")] if v is not None)
+        line.append(f"{metas[len(metas) // 2]:,.0f}" if metas else "-")
+        for a in allocs:
+            r = cell.get((sc, a))
+            over = _ns(r, "over_meta_cpu_ns")
+            line.append(_cell_wc(r) + ("" if over is None else f" / {over:+,.0f}"))
+        for _, a, b in ratios:
+            ra, rb = cell.get((sc, a)), cell.get((sc, b))
+            line.append(f"{_ratio(_ns(ra, 'cpu_ns'), _ns(rb, 'cpu_ns'))} / "
+                        f"{_ratio(_ns(ra, 'over_meta_cpu_ns'), _ns(rb, 'over_meta_cpu_ns'))}")
+        rows.append(line)
+    return text_table(headers, rows, right=[False] + [True] * (len(headers) - 1))
+
+
+def calls_per_pair_table(sim: Dict[str, Any]) -> str:
+    """Device calls per allocation + free pair in steady state (one thread)."""
+    allocs, cell = _index(sim)
+    rows = []
+    for kind, label in (("tpairs", "torch.empty from Python"), ("tspairs", "torch.empty from TorchScript"),
+                        ("cthreads", "pypool C ABI")):
+        for sc in [x for x in sim.get("scenarios_run", []) if x.split(":")[0] == kind and x.endswith(":1")]:
+            line = [label, short_size(int(sc.split(":")[1]))]
+            for a in allocs:
+                r = cell.get((sc, a))
+                dc = (r or {}).get("device_calls") or {}
+                pp = dc.get("per_pair")
+                line.append("-" if pp is None else f"{pp:.2f}" + (f" ({dc['sync']} sync)" if dc.get("sync") else ""))
+            rows.append(line)
+    return text_table(["path", "size"] + allocs, rows, right=[False, True] + [True] * len(allocs))
+
+
+def cthreads_table(sim: Dict[str, Any]) -> str:
+    allocs, cell = _index(sim)
+    pa = [a for a in allocs if a.startswith("pypool")]
+    scen = [s for s in sim.get("scenarios_run", []) if s.startswith("cthreads:")]
+    rows = []
+    for sc in scen:
+        _, size, t = sc.split(":")
+        line = [short_size(int(size)), t]
+        for a in pa:
+            r = cell.get((sc, a))
+            line += [_cell_wc(r), "-" if _ns(r, "thread_ns") is None else f"{_ns(r, 'thread_ns'):,.0f}"]
+        rows.append(line)
+    headers = ["size", "threads"]
+    for a in pa:
+        headers += [f"{a} wall / cpu", "per thread"]
+    return text_table(headers, rows, right=[False] + [True] * (len(headers) - 1))
+
+
+SIM_BANNER = ("SIMULATED CUDA DEVICE: no GPU was used. Device memory is host memory with a capacity, "
+              "kernels do nothing, every CUDA call is counted. Memory figures and call counts are "
+              "exact for this simulation; every time is HOST OVERHEAD ON A SIMULATED DEVICE "
+              "(CPU time of the allocator paths, without driver latencies), never GPU time.")
+
+
+def sim_tables(sim: Dict[str, Any]) -> str:
+    """The simulated-device part of the text report."""
+    parts = ["\n".join(textwrap.wrap(SIM_BANNER, 100))]
+    info = next((c.get("device_info") for c in sim.get("children", {}).values() if c.get("device_info")), None)
+    if info:
+        parts.append(f"device: {info.get('name')} ({info.get('sim_version', '?')}), "
+                     f"{_mib(info.get('total_memory'))} MiB; torch {info.get('torch')} "
+                     f"(CUDA runtime {info.get('cuda_runtime')})")
+    floor_note = (f"Workloads (pypool.workloads, replayed as torch.empty tensors; recorded_* = real "
+                  f"models recorded on the simulated device, whole; the generated ones at scale "
+                  f"{_scale(sim)} of their length): floor = peak live requested bytes; min capacity = smallest "
+                  f"simulated device capacity (2 MiB steps) with no out-of-memory error, bisected in "
+                  f"the child; confirmed = a fresh child passes at that capacity and runs out of "
+                  f"memory 2 MiB below")
+    parts.append("\n".join(textwrap.wrap(
+        "Smallest simulated device capacity without out-of-memory, side by side (2 MiB steps; x floor = "
+        "over peak live requested bytes); sync/1k = device calls that synchronize a real GPU per 1,000 "
+        "allocations of the workload, cold on the whole device / in the passing replay at the smallest "
+        "capacity", 100)) + "\n" + side_by_side_table(sim))
+    parts.append("\n".join(textwrap.wrap(floor_note, 100)) + "\n" + memory_table(sim))
+    calls_note = ("Device calls during one replay (every CUDA runtime and driver entry point, counted by "
+                  "the simulation; most are torch's cudaGetDevice and context queries): cold = from an "
+                  "empty cache on the whole device, warm = the second pass, at min cap = the passing "
+                  "replay at the smallest capacity (from an empty cache); sync = calls that synchronize "
+                  "a real device (cudaFree, cuMemUnmap, ...); sync/1k allocs = those per 1,000 allocations of the "
+                  "workload")
+    parts.append("\n".join(textwrap.wrap(calls_note, 100)) + "\n" + calls_table(sim))
+    def wrap(text: str) -> str:
+        return "\n".join(textwrap.wrap(text, 100))
+
+    parts.append(wrap("Host overhead on a simulated device: ns per torch.empty(n, uint8, 'cuda') + del "
+                      "from Python threads (the GIL serializes them), in batches alternating with the "
+                      "same loop on torch's meta device (no allocator, no CUDA). Each cell: wall / CPU / "
+                      "CPU above meta, medians over batches (p99 in the JSON). wall = batch wall time / "
+                      "all pairs of all threads; CPU = the threads' CPU time / all pairs (other load on "
+                      "the machine shows less); above meta = each batch's CPU time minus its "
+                      "neighbouring meta batch's: what the allocator and torch's CUDA path add. Ratios: "
+                      "CPU / above meta") + "\n" + _pairs_table(sim, "tpairs"))
+    parts.append(wrap("Host overhead on a simulated device: the same pairs from C++ inter-op threads "
+                      "(TorchScript fork, no GIL: torch's allocator has no C entry point to drive without "
+                      "a torch extension); CPU = the whole process's CPU time / all pairs; cells and "
+                      "ratios as above") + "\n" + _pairs_table(sim, "tspairs"))
+    parts.append(wrap("Host overhead on a simulated device: pypool's C ABI (pypool_malloc + pypool_free) "
+                      "from C++ threads released together. wall / CPU per pair over all threads' pairs "
+                      "(medians over repeats); per thread = each thread's own wall time per pair")
+                 + "\n" + cthreads_table(sim))
+    parts.append("Device calls per allocation + free pair, one thread, cache warm (CUDA entry points "
+                 "counted by the simulation; part of the host overhead above)\n" + calls_per_pair_table(sim))
+    notes = []
+    allocs, cell = _index(sim)
+    for name, child in sim.get("children", {}).items():
+        if child.get("error"):
+            notes.append(f"  {name}: {str(child['error']).splitlines()[0][:200]}")
+    for (sc, a), r in cell.items():
+        if r.get("error"):
+            notes.append(f"  {a} {sc}: {str(r['error']).splitlines()[0][:200]}")
+        c = r.get("confirm") or {}
+        if c and not c.get("agrees"):
+            notes.append(f"  {a} {sc}: confirmation disagrees: {c.get('disagreement')}")
+        if r.get("min_capacity_note"):
+            notes.append(f"  {a} {sc}: {r['min_capacity_note']}")
+    if notes:
+        parts.append("Simulated-device errors and disagreements:\n" + "\n".join(notes))
+    t = sim.get("timed_seconds")
+    if t is not None:
+        parts.append(f"simulated-device suite: timing in {sim.get('rounds', 1)} interleaved round(s) of one "
+                     f"child per allocator (batches of all rounds pooled); {t:.0f} s in the allocator children, "
+                     f"{sim.get('confirm_seconds', 0):.0f} s for {sim.get('confirm_runs', 0)} confirmation runs")
+    return "\n\n".join(parts)
+
+
+def _scale(sim: Dict[str, Any]) -> str:
+    for r in sim.get("scenarios", []):
+        if r.get("scale") is not None and not str(r.get("workload", "")).startswith("recorded_"):
+            return f"{r['scale']:g}"
+    return "?"
+
+
+def sim_html_figures(sim: Dict[str, Any]) -> List[str]:
+    """Bar charts of the simulated-device results for the HTML page."""
+    allocs, cell = _index(sim)
+    figs = []
+    groups = []
+    for sc in [s for s in sim.get("scenarios_run", []) if s.startswith("minmem:")]:
+        bars: List[Tuple[str, Optional[float], str]] = []
+        for a in allocs:
+            r = cell.get((sc, a))
+            if r and r.get("min_capacity") and r.get("min_capacity_over_floor"):
+                bars.append((a, float(r["min_capacity_over_floor"]),
+                             f"{_mib(r['min_capacity'])} MiB = {r['min_capacity_over_floor']:.3f}x floor"))
+        if bars:
+            groups.append((sc[7:], bars))
+    if groups:
+        figs.append(_svg_bars("Simulated device: smallest capacity without OOM, x floor (smaller is better)",
+                              groups, allocs, "each row scaled to its own maximum"))
+    tg = []
+    for sc in [s for s in sim.get("scenarios_run", []) if s.startswith("tpairs:")]:
+        _, size, t = sc.split(":")
+        bars = []
+        for a in allocs:
+            v = _ns(cell.get((sc, a)), "cpu_ns")
+            if v is not None:
+                bars.append((a, v, f"{v:,.0f} ns CPU"))
+        if bars:
+            tg.append((f"{short_size(int(size))}, {t} thread(s)", bars))
+    if tg:
+        figs.append(_svg_bars("Host overhead on a simulated device: CPU ns per torch.empty+del (not GPU time)",
+                              tg, allocs, "each row scaled to its own maximum"))
+    return figs

@@ -1,6 +1,7 @@
-"""The minimum-capacity rows of ``pypool replay`` (always) and ``--compare`` (PyTorch beside).
+"""The minimum-capacity rows of ``pypool replay`` (always) and ``--compare`` (PyTorch beside),
+and the ``--torch-python`` options ``replay`` and ``size`` share.
 
-Kept apart from ``_cli_replay.py`` so that the replay command only adds the options and
+Kept apart from the replay command (:mod:`.replay`) so that it only adds the options and
 prints what this module returns.
 """
 
@@ -10,8 +11,12 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from .config import PoolConfig
-from .trace import Trace
+from ..config import PoolConfig
+from ..replay import default_capacity, replay
+from ..sizing import Candidate, capacity_table, min_pool_size, pypool_row, torch_row_dict
+from ..torch_compare import (TORCH_BASELINES, TORCH_GRID, TORCH_PYTHON_ENV, TorchUnavailable,
+                             find_torch_python, suggest_torch_conf, torch_rows)
+from ..trace import Trace
 
 MiB = 1 << 20
 
@@ -29,8 +34,6 @@ def _positive_jobs(text: str) -> int:
 
 def add_torch_arguments(parser: argparse.ArgumentParser) -> None:
     """``--torch-python``: the Python with a CUDA build of torch for PyTorch's rows."""
-    from .torch_compare import TORCH_PYTHON_ENV
-
     parser.add_argument("--torch-python", metavar="PYTHON", default=None,
                         help="a Python with a CUDA build of torch (a separate venv is fine; pypool need not "
                              f"be installed there) for PyTorch's rows; default ${TORCH_PYTHON_ENV}, else this "
@@ -51,14 +54,10 @@ def torch_rows_or_note(trace: Trace, args: argparse.Namespace, search: bool,
                        capacity: Optional[int] = None) -> Tuple[List[Any], Optional[str]]:
     """PyTorch's rows (baselines, plus the PYTORCH_CUDA_ALLOC_CONF search if ``search``),
     or why they cannot run (what to install)."""
-    from .torch_compare import TORCH_BASELINES, TorchUnavailable, suggest_torch_conf, torch_rows
-
     jobs = max(1, int(getattr(args, "torch_jobs", 2) or 1))
     # The simulated device has the replay's capacity (the bisection never needs more).
     memory: Any = capacity if capacity is not None else "80GiB"
     try:
-        from .torch_compare import TORCH_GRID, find_torch_python
-
         py = find_torch_python(args.torch_python)
         # Minutes on a long trace: say what is running (stderr, so --json stays clean).
         n = len(TORCH_BASELINES) + (len(TORCH_GRID) if search else 0)
@@ -76,9 +75,6 @@ def torch_rows_or_note(trace: Trace, args: argparse.Namespace, search: bool,
 def replay_capacity(trace: Trace, cfg: PoolConfig, cap: Optional[int], args: argparse.Namespace
                     ) -> Tuple[List[str], Dict[str, Any], int]:
     """The lines, JSON fields and exit status of the capacity rows of ``pypool replay``."""
-    from .replay import default_capacity, replay
-    from .sizing import Candidate, capacity_table, min_pool_size, pypool_row, torch_row_dict
-
     capacity = cap if cap is not None else default_capacity(trace)
     floor = trace.peak_live()
     allocations = int((trace.actions == 0).sum())

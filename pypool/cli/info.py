@@ -7,7 +7,9 @@ import json
 import os
 import sys
 
-from . import _core, __version__
+from .. import _core
+from .._version import __version__
+from ..config import PoolConfig
 
 HELP = "show the build, the backends available here and the registry's state"
 
@@ -37,8 +39,6 @@ def run(args: argparse.Namespace) -> int:
     # get_pool() and install(), so the command meant for checking a set-up says so here.
     conf_error = None
     if "PYPOOL_CONF" in os.environ:
-        from .config import PoolConfig
-
         try:
             PoolConfig.from_env()
         except (TypeError, ValueError) as e:

@@ -7,7 +7,7 @@ runs the same scenarios in a process of its own::
     python -m pypool.bench --child --allocator pypool --scenarios pairs:512,train:gpt \
         --settings '{...}' --out result.json
 
-The parent (:func:`pypool.bench.run_gpu`) picks the allocator through the child's
+The parent (:func:`pypool.bench.run_gpu`, in :mod:`pypool.bench.gpu`) picks the allocator through the child's
 environment (``PYTORCH_CUDA_ALLOC_CONF``) or, for pypool and RMM, by what the child does
 before it touches CUDA. The child prints ``@@pypool-bench start|done SCENARIO [summary]``
 lines on stdout for the parent's progress bar and rewrites ``--out`` after every
@@ -38,7 +38,7 @@ it, as with cudaMallocAsync).
 
 ``--device sim`` runs on the simulated CUDA device (the parent starts the child in the
 environment of :func:`pypool.simdevice.environ`); the scenarios only the simulation can
-answer (smallest capacity, device call counts, threads) are in :mod:`pypool._bench_sim`.
+answer (smallest capacity, device call counts, threads) are in :mod:`pypool.bench.sim`.
 
 ``--device cpu`` runs the scenarios on CPU tensors with torch's CPU allocator and no
 memory figures: it exists so this file's code paths are tested on machines without a GPU.
@@ -57,10 +57,14 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-__all__ = ["ALLOCATORS", "child_main"]
+from .. import _core, simdevice
+from .._torch import install
+from ..workloads import WORKLOADS
+from .common import PROGRESS_TAG, RMM_MAX_USAGE, is_oom, summary_dict
+from .settings import SIM_ALLOCATORS, SIM_EXCLUDED, gpu_settings, sim_settings
+from .sim import SIM_SCENARIOS
 
-PROGRESS_TAG = "@@pypool-bench"
-RMM_MAX_USAGE = 16000 << 20
+__all__ = ["ALLOCATORS", "child_main"]
 
 #: name -> how the child gets that allocator. ``alloc_conf`` is set as
 #: ``PYTORCH_CUDA_ALLOC_CONF`` by the parent; ``pypool`` holds the ``pypool.install``
@@ -76,14 +80,6 @@ ALLOCATORS: Dict[str, Dict[str, Any]] = {
                           "label": "pypool.install(expandable_segments=True)"},
     "rmm": {"rmm": True, "label": "RMM pool via rmm.allocators.torch"},
 }
-
-
-def _summary(values: List[float]) -> Dict[str, Any]:
-    from .bench import summarize
-
-    if not values:
-        return {"median": None, "p99": None, "min": None, "max": None, "n": 0}
-    return summarize(values, keep_values=False).to_dict(with_values=False)
 
 
 # ---------------------------------------------------------------------------- allocators
@@ -141,18 +137,11 @@ class _PypoolAllocator(_Allocator):
     config = ""  # the configuration install() put in effect (PYPOOL_CONF syntax)
 
     def setup(self) -> None:
-        import pypool
-
-        install = getattr(pypool, "install", None)
-        if install is None:
-            raise RuntimeError("pypool.install is missing from this build of pypool")
         # With no config, install() reads $PYPOOL_CONF: a user can bench their settings.
         cfg = install(**ALLOCATORS[self.name]["pypool"])
         self.config = cfg.to_string() if hasattr(cfg, "to_string") else str(cfg)
 
     def _pool(self) -> Any:
-        from . import _core
-
         return _core.registry_pool(self.device.index or 0)
 
     def reset_peaks(self) -> None:
@@ -169,7 +158,7 @@ class _RmmAllocator(_Allocator):
     """RMM's pool resource as torch's allocator, with RMM's statistics adaptor."""
 
     def setup(self) -> None:
-        import rmm
+        import rmm  # optional: only where RMM is installed and benchmarked
         from rmm.allocators.torch import rmm_torch_allocator
 
         # A small initial pool: RMM's default (half the GPU) would make peak reserved
@@ -218,8 +207,6 @@ def _check_combination(name: str, device_type: str) -> None:
     if name not in ALLOCATORS:
         raise ValueError(f"--allocator: unknown {name!r} (known: {', '.join(ALLOCATORS)})")
     if device_type == "sim":
-        from ._bench_sim import SIM_ALLOCATORS, SIM_EXCLUDED
-
         if name not in SIM_ALLOCATORS:
             raise ValueError(f"--device sim does not run {name}: {SIM_EXCLUDED.get(name, '')}")
         return
@@ -270,10 +257,6 @@ class _Ctx:
         return int(self.torch.cuda.get_device_properties(self.device).total_memory)
 
 
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
-
-
 # ---------------------------------------------------------------------------- scenarios
 def sc_pairs(ctx: _Ctx, param: str) -> Dict[str, Any]:
     size = int(param)
@@ -292,7 +275,7 @@ def sc_pairs(ctx: _Ctx, param: str) -> Dict[str, Any]:
     for _ in range(int(g["warmup_batches"])):
         batch()
     per = [batch() for _ in range(int(g["pair_batches"]))]
-    return {"metric": "ns_per_pair", "size": size, "ns": _summary(per), "batch_ops": n}
+    return {"metric": "ns_per_pair", "size": size, "ns": summary_dict(per), "batch_ops": n}
 
 
 def sc_random(ctx: _Ctx, param: str) -> Dict[str, Any]:
@@ -328,7 +311,7 @@ def sc_random(ctx: _Ctx, param: str) -> Dict[str, Any]:
                     x = empty(size, dtype=u8, device=dev)
                     t1 = clock()
                 except RuntimeError as e:
-                    if not _is_oom(e):
+                    if not is_oom(e):
                         raise
                     ooms += 1
                     do_alloc = False
@@ -354,8 +337,8 @@ def sc_random(ctx: _Ctx, param: str) -> Dict[str, Any]:
         ctx.sync()
         pass_ms.append((clock() - t_pass) / 1e6)
     return {"metric": "ns_per_op", "max_size": max_size, "allocations": n_alloc, "max_usage": max_usage,
-            "ns": _summary(lat_alloc + lat_free), "ns_alloc": _summary(lat_alloc),
-            "ns_free": _summary(lat_free), "cold_pass_ms": pass_ms[0], "warm_pass_ms": pass_ms[1:],
+            "ns": summary_dict(lat_alloc + lat_free), "ns_alloc": summary_dict(lat_alloc),
+            "ns_free": summary_dict(lat_free), "cold_pass_ms": pass_ms[0], "warm_pass_ms": pass_ms[1:],
             "ooms": ooms}
 
 
@@ -400,13 +383,11 @@ def sc_streams(ctx: _Ctx, param: str) -> Dict[str, Any]:
     ctx.sync()
     wall_ms = (clock() - t_all) / 1e6
     return {"metric": "ns_per_op", "streams": k_streams, "ops": ops, "cross_stream_frees": cross,
-            "ns": _summary(lat_alloc + lat_free), "ns_alloc": _summary(lat_alloc),
-            "ns_free": _summary(lat_free), "wall_ms": wall_ms}
+            "ns": summary_dict(lat_alloc + lat_free), "ns_alloc": summary_dict(lat_alloc),
+            "ns_free": summary_dict(lat_free), "wall_ms": wall_ms}
 
 
 def sc_trace(ctx: _Ctx, param: str) -> Dict[str, Any]:
-    from .workloads import WORKLOADS
-
     if param not in WORKLOADS:
         raise ValueError(f"trace: unknown workload {param!r} (known: {', '.join(WORKLOADS)})")
     torch, dev, g = ctx.torch, ctx.device, ctx.g
@@ -444,7 +425,7 @@ def sc_trace(ctx: _Ctx, param: str) -> Dict[str, Any]:
                     else:
                         live[ids[i]] = empty(sizes[i], dtype=u8, device=dev)
                 except RuntimeError as e:
-                    if not _is_oom(e):
+                    if not is_oom(e):
                         raise
                     ooms += 1
             else:
@@ -454,7 +435,7 @@ def sc_trace(ctx: _Ctx, param: str) -> Dict[str, Any]:
         del live
     per_event = [ms * 1e6 / max(1, n) for ms in pass_ms]
     return {"metric": "ns_per_event", "workload": param, "events": n, "floor": floor,
-            "ns": _summary(per_event), "pass_ms": pass_ms, "ooms": ooms,
+            "ns": summary_dict(per_event), "pass_ms": pass_ms, "ooms": ooms,
             "scale": float(g["trace_scale"])}
 
 
@@ -514,7 +495,7 @@ def sc_train(ctx: _Ctx, param: str) -> Dict[str, Any]:
         del x, logits, loss
     secs = sum(step_ms) / 1e3
     del model, opt
-    return {"metric": "step_ms", "step_ms": _summary(step_ms), "steps": steps, "warmup": warmup,
+    return {"metric": "step_ms", "step_ms": summary_dict(step_ms), "steps": steps, "warmup": warmup,
             "tokens_per_second": tokens / secs if secs > 0 else None, "final_loss": loss_value,
             "model": {"vocab": vocab, "dim": dim, "layers": layers, "heads": heads, "batch": batch,
                       "seq_range": [lo, hi]}}
@@ -557,9 +538,7 @@ def _short(row: Dict[str, Any]) -> str:
 
 
 def _scenarios() -> Dict[str, Callable[[_Ctx, str], Dict[str, Any]]]:
-    """Every scenario kind: the GPU ones and the simulated device's (pypool._bench_sim)."""
-    from ._bench_sim import SIM_SCENARIOS
-
+    """Every scenario kind: the GPU ones and the simulated device's (pypool.bench.sim)."""
     return {**SCENARIOS, **SIM_SCENARIOS}
 
 
@@ -629,10 +608,7 @@ def child_main(argv: Optional[List[str]] = None) -> int:
                    help="sim: the simulated CUDA device (the parent sets its environment)")
     args = p.parse_args(argv)
 
-    from ._bench_sim import sim_settings
-    from .bench import _gpu_settings
-
-    g = dict(_gpu_settings("quick"))
+    g = dict(gpu_settings("quick"))
     g.update(sim_settings("quick"))
     g.update(json.loads(args.settings))
     result: Dict[str, Any] = {"allocator": args.allocator, "scenarios": []}
@@ -648,13 +624,13 @@ def child_main(argv: Optional[List[str]] = None) -> int:
     sim = args.device == "sim"
     try:
         _check_combination(args.allocator, args.device)
-        import torch
+        import torch  # seconds to import: only once the combination is known to work
 
         interop = [int(n.split(":")[2]) for n in names
                    if n.split(":")[0] == "tspairs" and n.count(":") == 2]
         if interop:
             # Before any inter-op work: TorchScript forks run on this pool (Note [torch.empty
-            # from C++ threads] in pypool._bench_sim).
+            # from C++ threads] in pypool.bench.sim).
             torch.set_num_interop_threads(max(interop))
         device = torch.device("cuda", 0) if args.device in ("cuda", "sim") else torch.device("cpu")
         alloc = _make_allocator(args.allocator, torch, device)
@@ -664,8 +640,6 @@ def child_main(argv: Optional[List[str]] = None) -> int:
             torch.empty(1, device=device)  # create the context and the allocator's pool
         result["device_info"] = _device_info(torch, device, alloc)
         if sim:
-            from . import simdevice
-
             # The simulated driver is loaded once CUDA is initialized (above).
             if not simdevice.active():
                 raise RuntimeError("--device sim: this child does not run on the simulated device "
@@ -686,7 +660,3 @@ def child_main(argv: Optional[List[str]] = None) -> int:
         _write(args.out, result)
         print(f"{PROGRESS_TAG} done {name} {_short(row)}", flush=True)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(child_main())

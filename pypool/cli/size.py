@@ -13,10 +13,11 @@ import argparse
 import json
 import sys
 
-from ._cli_replay import RC_DID_NOT_FIT, CliError, add_trace_arguments, capacity_arg, check_config_fits, load_trace
-from .config import PoolConfig
-from .replay import default_capacity
-from .sizing import OBJECTIVES, suggest_config
+from ..config import PoolConfig
+from ..replay import default_capacity
+from ..sizing import OBJECTIVES, suggest_config
+from .compare import add_torch_arguments, torch_rows_or_note
+from .trace_options import RC_DID_NOT_FIT, CliError, add_trace_arguments, capacity_arg, check_config_fits, load_trace
 
 HELP = "suggest pool settings (PYPOOL_CONF) and the smallest max_pool_size for a trace"
 
@@ -41,8 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "own allocator runs on the simulated device beside pypool)")
     parser.add_argument("--no-torch-search", action="store_true",
                         help="PyTorch's two modes only: do not search PYTORCH_CUDA_ALLOC_CONF settings")
-    from ._cli_compare import add_torch_arguments
-
     add_torch_arguments(parser)
 
 
@@ -79,8 +78,6 @@ def run(args: argparse.Namespace) -> int:
         advice = suggest_config(trace, capacity=cap, objective=args.objective, candidates=cands,
                                 jobs=args.jobs, base=base, allow_expandable=not args.no_expandable)
         if not args.no_torch:
-            from ._cli_compare import torch_rows_or_note
-
             advice.torch, advice.torch_note = torch_rows_or_note(trace, args, search=not args.no_torch_search,
                                                                  capacity=cap)
     except CliError as e:

@@ -8,6 +8,10 @@ import os
 import sys
 from typing import Optional
 
+from ..bench import report as _bench_report
+from ..bench.child import ALLOCATORS
+from ..bench.runner import dumps, run_benchmarks
+
 HELP = "benchmark pypool against glibc (CPU) or PyTorch's allocators (GPU, or the simulated device)"
 
 
@@ -63,8 +67,6 @@ def _output_problem(flag: str, path: str) -> Optional[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import _bench_report, bench
-
     mode = "smoke" if args.smoke else ("quick" if args.quick else "full")
     for flag, path in (("--json", args.json), ("--html", args.html), ("--png", args.png)):
         problem = _output_problem(flag, path) if path else None
@@ -76,8 +78,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     allocators = None
     if args.allocators:
-        from ._bench_gpu import ALLOCATORS
-
         allocators = [a.strip() for a in args.allocators.split(",") if a.strip()]
         unknown = [a for a in allocators if a not in ALLOCATORS]
         if unknown:
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                   f"(known: {', '.join(ALLOCATORS)})", file=sys.stderr)
             return 2
     try:
-        results = bench.run_benchmarks(device=args.device, mode=mode, repeats=args.repeats,
+        results = run_benchmarks(device=args.device, mode=mode, repeats=args.repeats,
                                        progress=not args.no_progress, allocators=allocators,
                                        sim_memory=args.sim_memory)
     except (RuntimeError, ValueError) as e:
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(_bench_report.format_tables(results), end="")
     if args.json:
-        _write(args.json, bench.dumps(results) + "\n")
+        _write(args.json, dumps(results) + "\n")
     if args.html:
         _write(args.html, _bench_report.render_html(results))
     if args.png:

@@ -8,7 +8,7 @@ import os
 import shutil
 import sys
 
-from . import simdevice
+from .. import simdevice
 
 HELP = "run a command on the simulated CUDA device (real PyTorch CUDA build, no GPU needed)"
 

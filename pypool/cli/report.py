@@ -15,6 +15,10 @@ import os
 import sys
 from typing import Any, Dict, Set
 
+from ..fragmentation import FragmentationReport, fragmentation
+from ..snapshot import load_snapshot
+from .trace_options import CliError, check_readable_kind
+
 HELP = "fragmentation report of a memory snapshot file (pypool's or torch's) or of a device's pool"
 
 
@@ -29,67 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fail(msg: str) -> int:
-    """Bad input (a file, an option): one line, status 2 (Note [CLI errors] in __main__)."""
+    """Bad input (a file, an option): one line, status 2 (Note [CLI errors] in pypool.cli)."""
     print(f"pypool report: error: {msg}", file=sys.stderr)
     return 2
 
 
 def _load(path: str) -> Dict[str, Any]:
-    """The snapshot dict in ``path`` (gzip or not); ValueError/OSError naming the file."""
-    from .trace import FORMAT_HEADER, _read_maybe_gzipped, _safe_unpickle
-
+    """The snapshot dict in ``path`` (:func:`pypool.snapshot.load_snapshot`, the one
+    loader); ValueError/OSError naming the file."""
     if os.path.isdir(path):
         raise ValueError(f"{path}: is a directory; expected a snapshot pickle")
-    from ._cli_replay import CliError, check_readable_kind
-
     try:
         check_readable_kind(path)
     except CliError as e:
         raise ValueError(str(e)) from None
-    data = _read_maybe_gzipped(path)
-    if data.lstrip().startswith(FORMAT_HEADER.encode()):
-        raise ValueError(f"{path}: is a pypool trace (allocation events), not a memory snapshot; "
-                         f"`python -m pypool replay {path} --report DIR` writes its reports")
-    if data[:1] != b"\x80":
-        raise ValueError(f"{path}: not a memory snapshot: expected a pickle from pypool.dump_snapshot "
-                         "or torch.cuda.memory._dump_snapshot")
-    snap = _safe_unpickle(data, path)
-    if isinstance(snap, list):  # older torch: the bare segment list
-        snap = {"segments": snap, "device_traces": []}
-    if not isinstance(snap, dict) or "segments" not in snap:
-        raise ValueError(f"{path}: not a memory snapshot: expected a pickled dict with 'segments', "
-                         f"found a pickled {type(snap).__name__}")
-    if not isinstance(snap["segments"], list):
-        raise ValueError(f"{path}: not a memory snapshot: 'segments' must be a list, got "
-                         f"{type(snap['segments']).__name__}")
-    for i, seg in enumerate(snap["segments"]):
-        _check_fields(seg, f"{path}: segments[{i}]", _SEGMENT_INTS)
-        blocks = seg.get("blocks", [])
-        if not isinstance(blocks, list):
-            raise ValueError(f"{path}: segments[{i}].blocks: expected a list, got {type(blocks).__name__}")
-        for j, b in enumerate(blocks):
-            _check_fields(b, f"{path}: segments[{i}].blocks[{j}]", _BLOCK_INTS)
-    return snap
-
-
-_U64_MAX = (1 << 64) - 1
-_SEGMENT_INTS = ("device", "address", "total_size", "allocated_size", "active_size", "requested_size", "stream")
-_BLOCK_INTS = ("address", "size", "requested_size")
-
-
-def _check_fields(d: Any, at: str, ints: Any) -> None:
-    """Byte counts and addresses in a snapshot must be non-negative ints: a hand-made or
-    damaged file would otherwise give negative sizes in the report."""
-    if not isinstance(d, dict):
-        raise ValueError(f"{at}: expected a dict, got {type(d).__name__}")
-    for key in ints:
-        v = d.get(key)
-        # At most 2**64 - 1: what a 64-bit allocator can report. A damaged file's 2**70
-        # used to be printed as "1073741824.00 TiB reserved".
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _U64_MAX):
-            from .trace import _show
-
-            raise ValueError(f"{at}: {key!r} must be a non-negative int of at most 64 bits, got {_show(v)}")
+    return load_snapshot(path)
 
 
 def _snapshot_devices(snap: Dict[str, Any]) -> Set[int]:
@@ -107,8 +65,6 @@ def _snapshot_devices(snap: Dict[str, Any]) -> Set[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .fragmentation import FragmentationReport, fragmentation
-
     if args.device is not None and args.device < 0:
         return _fail(f"--device: must be >= 0, got {args.device}")
     if args.snapshot:
