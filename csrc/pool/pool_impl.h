@@ -476,18 +476,9 @@ struct DevicePool::Impl {
     seg->prev = seg->next = nullptr;
   }
 
-  // Note [Pool sizing]: the Config fields under "Sizing" decide how much the pool reserves
-  // and when it gives memory back. initial_pool_size is reserved at construction, one
-  // segment on the default stream (DevicePool's constructor). `growth` picks the size of
-  // a new large segment (here; the small pool always follows the size policy): torch's
-  // segment sizes, the exact need, as much again as the pool reserves (double), or at
-  // least growth_step (fixed); when the cap or the device refuses that size, the smallest
-  // segment that holds the request is tried (grow_locked). An expandable segment grows by
-  // what the request needs instead (Note [VMM segments]). release_threshold is the cached
-  // bytes empty_cache keeps; garbage_collection_threshold releases the cached segments
-  // before a growth would take reserved memory past that fraction of the cap
-  // (fallback_locked).
-  //
+  // The growth policies of Note [Pool sizing] (pypool/config.h). When the cap or the
+  // device refuses the preferred size, grow_locked tries the smallest segment that holds
+  // the request.
   // Preferred segment size for a rounded request, by growth policy.
   std::size_t want_segment(std::size_t rounded, PoolKind k) const {
     const std::size_t base = policy::segment_size(cfg, rounded);
