@@ -1,7 +1,7 @@
 # Writes OUT (pypool/_build_info.json in the wheel): the git revision of the source tree
 # SRC at build time, so that an installed copy (outside any checkout) can still say which
 # code it is. Run on every build; the file is rewritten only when its content changes.
-# Note [Build revision] in pypool/bench.py says how it is used.
+# Note [Build revision] in pypool/bench/provenance.py says how it is used.
 set(rev "")
 set(dirty "false")
 set(reason "")

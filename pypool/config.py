@@ -68,7 +68,7 @@ def format_size(n: Optional[float]) -> str:
 # which fields are sizes, optional or floats, the conversions to and from the native
 # config (to_core / from_core), the PYPOOL_CONF parser (_parse_value) and the snapshot's
 # allocator_settings. _check_against_table() refuses, at import, a PoolConfig whose field
-# names or order differ from the table; tests/test_config_table.py checks the defaults.
+# names or order differ from the table; tests/core/test_config_table.py checks the defaults.
 _TABLE = {name: kind for name, kind, _default, _doc in _core.CONFIG_FIELDS}
 
 

@@ -56,7 +56,7 @@ from ._registry import (
     registry_kind,
     resolve_pool,
 )
-from .config import format_size
+from .config import PoolConfig, format_size  # noqa: F401  (PoolConfig: importable from here before)
 
 __all__ = [
     "memory_stats",

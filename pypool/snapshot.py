@@ -132,8 +132,8 @@ def snapshot(device: Optional[int] = None, pool: Optional[Pool] = None) -> Dict[
     traces: List[List[Dict[str, Any]]] = [[] for _ in range(d + 1)]
     out: Dict[str, Any] = {"segments": [], "device_traces": traces}
     if target is None:
-        cfg = pending_config().to_core()  # what the pool will have, once made
-        out["allocator_settings"] = _settings(cfg)
+        # What the pool will have, once made.
+        out["allocator_settings"] = _settings(pending_config())
         out["pypool"] = _extra(d, None, None)
         return out
     core = target._pool
@@ -145,7 +145,11 @@ def snapshot(device: Optional[int] = None, pool: Optional[Pool] = None) -> Dict[
     frames_of = _FrameCache()
     out["segments"] = [_segment(s, d, frames_of) for s in segments]
     traces[d] = _trace(history, frames_of)
-    out["allocator_settings"] = _settings(core.config)
+    # The fraction in effect now: set_memory_fraction (and torch's
+    # set_per_process_memory_fraction) change it after the pool was made.
+    fraction = float(core.memory_fraction())
+    out["allocator_settings"] = _settings(
+        PoolConfig.from_core(core.config).replace(memory_fraction=None if fraction == 0.0 else fraction))
     out["pypool"] = _extra(d, target.backend_name, stats)
     return out
 
@@ -190,8 +194,12 @@ def load_snapshot(path: PathLike) -> Dict[str, Any]:
     return snapshot_from_bytes(read_maybe_gzipped(path), os.fsdecode(os.fspath(path)))
 
 
-def snapshot_from_bytes(data: bytes, where: str) -> Dict[str, Any]:
-    """:func:`load_snapshot` of bytes already read (gunzipped) from the file ``where``."""
+def snapshot_from_bytes(data: bytes, where: str, for_replay: bool = False) -> Dict[str, Any]:
+    """:func:`load_snapshot` of bytes already read (gunzipped) from the file ``where``.
+
+    ``for_replay``: the caller replays the allocation history (``Trace.load``), so a dict
+    with ``device_traces`` but no ``segments`` is fine, and a bare segment list, which
+    has no history, is refused saying so."""
     # A snapshot file is user input: corrupt, truncated or gzipped data must give a
     # ValueError naming the file, not the unpickler's own exception (UnpicklingError,
     # EOFError, RecursionError, ...).
@@ -210,11 +218,16 @@ def snapshot_from_bytes(data: bytes, where: str) -> Dict[str, Any]:
                    f"torch.cuda.memory._dump_snapshot ({why})")
         raise ValueError(f"{where}: {why}"[:300]) from None
     if isinstance(snap, list) and all(isinstance(seg, dict) for seg in snap):
+        if for_replay:
+            raise ValueError(f"{where}: a bare list of segments (the snapshot format of older torch) holds no "
+                             f"allocation history to replay; `python -m pypool report {where}` shows its segments")
         snap = {"segments": snap, "device_traces": []}  # older torch: the bare segment list
     if not isinstance(snap, dict):
         raise ValueError(f"{where}: expected a torch memory snapshot (a pickled dict with 'segments' and "
                          f"'device_traces'), found a pickled {type(snap).__name__}")
     if "segments" not in snap:
+        if for_replay and "device_traces" in snap:
+            return snap  # the history alone is what a replay reads
         raise ValueError(f"{where}: not a memory snapshot: expected a pickled dict with 'segments', found a "
                          "pickled dict without it")
     if not isinstance(snap["segments"], list):
@@ -325,18 +338,17 @@ def _trace(history: List[Dict[str, Any]], frames_of: _FrameCache) -> List[Dict[s
     return out
 
 
-def _settings(cfg: Any) -> Dict[str, Any]:
+def _settings(settings: PoolConfig) -> Dict[str, Any]:
     d: Dict[str, Any] = {"allocator": "pypool"}
     # Every field of the table (Note [PoolConfig from the table]), as PoolConfig has it:
     # None for an unlimited size or memory_fraction off, growth by name.
-    settings = PoolConfig.from_core(cfg)
     d.update(settings.to_dict())
     # The names torch itself reports, where pypool has the same setting.
     d["PYTORCH_CUDA_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
     # The settings in effect, in PYPOOL_CONF syntax (not the variable, which install()'s
     # arguments override and which may have changed since the pool was made).
     d["PYPOOL_CONF"] = settings.to_string()
-    d["roundup_power2_divisions"] = cfg.round_up_divisions
+    d["roundup_power2_divisions"] = settings.round_up_divisions
     return d
 
 

@@ -341,7 +341,7 @@ class Trace:
         data = read_maybe_gzipped(path)
         stem = os.path.basename(where)
         if data[:1] == b"\x80":  # pickle protocol >= 2: a torch snapshot
-            snapshot = snapshot_from_bytes(data, where)
+            snapshot = snapshot_from_bytes(data, where, for_replay=True)
             try:
                 trace = cls.from_torch_snapshot(snapshot, device=device, name=stem)
             except ValueError as e:

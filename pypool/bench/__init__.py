@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from .common import (HOST_CAPACITY, PAIR_SIZES, PROGRESS_TAG, RANDOM_MAX_MIB, RMM_MAX_USAGE,  # noqa: F401
                      SCALING_N_FREE, SCHEMA, Progress, Summary, summarize)
+from ..config import PoolConfig, format_size  # noqa: F401  (importable from pypool.bench before the split)
 from .common import short_size as _short_size  # noqa: F401  (the name tests and benchmarks import)
 from .cpu import _random_live_max, run_cpu, run_cpu_replays, run_cpu_timings  # noqa: F401
 from .provenance import _build_info, _git_revision, command_line, environment  # noqa: F401

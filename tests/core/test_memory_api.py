@@ -353,3 +353,13 @@ def test_oom_is_pypools_exception_type(capped: "_core.DevicePool") -> None:
         capped.malloc(100 * MiB, 0)
     with pytest.raises(pypool.OutOfMemoryError):
         memory.get_pool(0).malloc(100 * MiB)
+
+
+def test_names_importable_before_the_package_split_still_are() -> None:
+    # Review of issue 17: these imports worked before the modules moved.
+    from pypool.bench import PoolConfig as BenchPoolConfig
+    from pypool.bench import format_size
+    from pypool.memory import PoolConfig as MemoryPoolConfig
+
+    assert BenchPoolConfig is MemoryPoolConfig is pypool.PoolConfig
+    assert format_size(3 << 20) == pypool.format_size(3 << 20)

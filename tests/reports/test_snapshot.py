@@ -336,8 +336,8 @@ def test_one_loader_reads_gzipped_and_bare_list_snapshots(tmp_path: Path, capsys
     bare.write_bytes(gzip.compress(pickle.dumps(data["segments"])))
     assert load_torch_snapshot(bare) == {"segments": data["segments"], "device_traces": []}
     assert load_snapshot(bare)["segments"] == data["segments"]
-    with pytest.raises(ValueError, match="legacy.pickle.gz: .*no 'alloc' entries"):
-        Trace.load(bare)  # loaded; a bare segment list has no trace to replay
+    with pytest.raises(ValueError, match="legacy.pickle.gz: a bare list of segments .* no allocation history"):
+        Trace.load(bare)  # a bare segment list has no trace to replay: say that, not "was history on?"
 
 
 
@@ -360,3 +360,36 @@ def test_load_snapshot_reads_gzip(tmp_path: Path) -> None:
     gz = tmp_path / "snap.pickle.gz"
     gz.write_bytes(gzip.compress(pickle.dumps({"segments": [], "device_traces": [[]]})))
     assert load_snapshot(gz)["segments"] == []
+
+
+def test_a_history_without_segments_still_replays(tmp_path: Path, capsys) -> None:
+    """The trace path reads only the history: a dict with device_traces and no segments
+    replayed before the loaders were unified, and must still (review of issue 17)."""
+    from pypool.__main__ import main
+    from pypool.trace import Trace
+
+    p = pypool.Pool("host", capacity="64MiB")
+    record_history(True, pool=p, stacks="none")
+    ptrs = [p.malloc(n * MiB) for n in (1, 3, 5)]
+    snap = snapshot(pool=p)
+    record_history(False, pool=p)
+    for ptr in ptrs:
+        p.free(ptr)
+    del snap["segments"]
+    path = tmp_path / "history_only.pickle"
+    path.write_bytes(pickle.dumps(snap))
+    assert Trace.load(path).num_allocs == 3
+    assert main(["replay", str(path)]) == 0
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="history_only.pickle: .*'segments'"):
+        load_snapshot(path)  # a report needs the segments
+
+
+def test_allocator_settings_show_the_fraction_in_effect() -> None:
+    q = pypool.Pool("host", capacity="64MiB", memory_fraction=0.5)
+    q.set_memory_fraction(0.75)
+    settings = snapshot(pool=q)["allocator_settings"]
+    assert settings["memory_fraction"] == 0.75
+    assert "memory_fraction:0.75" in settings["PYPOOL_CONF"]
+    q.set_memory_fraction(0.0)  # 0 turns the fraction off
+    assert snapshot(pool=q)["allocator_settings"]["memory_fraction"] is None

@@ -4,7 +4,7 @@ The host backend's delays (set_delays, set_event_latency, set_sync_waits_for_rel
 stand in for the blocking driver calls, so each race shows up in a few rounds. Nothing
 here asserts a timing: every check is an outcome (an OOM that should not happen, bytes
 over the cap, a call that could only finish once another one was unblocked). The speed
-figures are in benchmarks/test_contention_bench.py.
+figures are in benchmarks/test_bench_contention.py.
 """
 
 from __future__ import annotations
