@@ -160,6 +160,24 @@ class Pool(PoolBase):
             raise ValueError(f"fraction: must be in [0, 1], got {fraction}")
         self._pool.set_memory_fraction(float(fraction))
 
+    def update_config(self, **fields: Any) -> None:
+        """Change settings of this pool while it is in use: ``max_split_size``,
+        ``round_up_divisions``, ``garbage_collection_threshold``, ``release_threshold``,
+        ``growth``, ``growth_step``, ``reclaim_before_grow``, ``expandable_reserve``,
+        ``max_pool_size`` and ``memory_fraction`` (``_core.LIVE_CONFIG_FIELDS``). Each
+        applies from the next decision it drives; cached blocks keep their sizes.
+
+        Values are checked as :class:`PoolConfig` checks them; a bad value, or a field
+        fixed for the pool's life (the segment geometry, ``min_block_size``,
+        ``expandable_segments``, ``initial_pool_size``), raises ``ValueError`` naming it
+        and changes nothing. A registry pool (``pypool.get_pool``) changes alone; to
+        change every device's pool, and the pools made later, use
+        ``torch.cuda.memory._set_allocator_settings``.
+        """
+        new = self.config.replace(**fields)
+        self._pool.update_config(new.to_core())
+        self.config = new
+
     # ------------------------------------------------------------------ statistics
     def memory_stats(self) -> Dict[str, int]:
         """Statistics with ``torch.cuda.memory_stats()``'s keys

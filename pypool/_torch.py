@@ -72,8 +72,8 @@ HOOKS: Tuple[Tuple[str, str], ...] = (
 # at the end of this module. torch.cuda re-exports the torch.cuda.memory functions at
 # import time, so both namespaces are patched, and so are torch.accelerator's
 # (torch.accelerator.memory's functions call each other through their module, which is
-# patched too). memory_summary is included because torch's reads keys pypool does not
-# keep (oversize_allocations, ...). Functions torch defines on top of these
+# patched too). memory_summary is pypool's own (its cap, fragmentation and free blocks).
+# Functions torch defines on top of these
 # (memory_cached, reset_max_memory_allocated, torch.accelerator.memory._snapshot, ...)
 # look them up at call time and so follow the patch. An attribute a torch version lacks
 # is skipped.
@@ -665,9 +665,14 @@ def _set_allocator_settings(env: str, name: str) -> None:
     """Allocator settings given at run time: torch parses the string as always (it
     rejects what it rejects natively, and its host-allocator settings keep working),
     then pypool applies the keys it has an equivalent for (:mod:`pypool._torch_conf`).
-    A pool takes its settings when it is made; settings that would change a pool that
-    already exists are named in a warning, except the memory fraction, which every pool
-    takes at once."""
+    Before the first allocation every setting applies. Once pools exist, the settings a
+    pool takes while in use (Note [Live settings] in csrc/include/pypool/config.h:
+    max_split_size_mb, roundup_power2_divisions, garbage_collection_threshold,
+    per_process_memory_fraction) change every pool at once, and the pools made later;
+    a bad value raises ValueError and changes nothing. expandable_segments is fixed
+    for a pool's life and is named in a warning. As in torch, max_split_size_mb,
+    roundup_power2_divisions and garbage_collection_threshold go back to their defaults
+    when the string does not name them (Note [Settings reset by each call])."""
     original = _torch_original("_C", name)
     if original is not None:
         original(env)
@@ -675,6 +680,7 @@ def _set_allocator_settings(env: str, name: str) -> None:
         raise TypeError(f"_set_allocator_settings: expected a str, got {type(env).__name__}")
     fields, lines = _torch_conf.translate(env, "_set_allocator_settings")
     _torch_conf.warn_all(lines, "_set_allocator_settings", stacklevel=4)
+    fields = _torch_conf.with_resets(fields)  # Note [Settings reset by each call]
     with _lock:
         if _state.config is None:
             return
@@ -691,16 +697,26 @@ def _set_allocator_settings(env: str, name: str) -> None:
             _core.registry_configure("cuda", new.to_core(), 0)
             _registry.set_installed_config(new)
             return
-        if "memory_fraction" in changed:  # the one setting a live pool takes
-            fraction = changed.pop("memory_fraction")
-            for d in devices:
-                _core.registry_pool(d).set_memory_fraction(fraction or 0.0)
-            _registry.set_installed_config(current.replace(memory_fraction=fraction))
-        if changed:
-            keys = ", ".join(f"{k}={v!r}" for k, v in sorted(changed.items()))
+        live = {k: v for k, v in changed.items() if k in _core.LIVE_CONFIG_FIELDS}
+        fixed = {k: v for k, v in changed.items() if k not in live}
+        if live:
+            new = current.replace(**live)
+            try:
+                # Every pool is checked before any changes (Registry::update_config).
+                _core.registry_update_config(new.to_core())
+            except ValueError as e:
+                raise ValueError(f"_set_allocator_settings({env!r}): {e}") from None
+            if "memory_fraction" in live:
+                # The fraction every pool applies now, whatever set_per_process_memory_fraction
+                # set since (the native config only reapplies a fraction that differs from its own).
+                for d in devices:
+                    _core.registry_pool(d).set_memory_fraction(live["memory_fraction"] or 0.0)
+            _registry.set_installed_config(new)
+        if fixed:
+            keys = ", ".join(f"{k}={v!r}" for k, v in sorted(fixed.items()))
             warnings.warn(
-                f"pypool: _set_allocator_settings: {keys} not applied: pypool's pools take their "
-                f"settings when first used and device(s) {devices} already allocate; set it before "
+                f"pypool: _set_allocator_settings: {keys} not applied: fixed for a pool's life, "
+                f"and device(s) {devices} already allocate; set it before "
                 "the first CUDA allocation, or in PYTORCH_CUDA_ALLOC_CONF / PYPOOL_CONF",
                 _torch_conf.TorchSettingWarning,
                 stacklevel=4,

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .config import PoolConfig
 
-__all__ = ["TorchSettingWarning", "translate", "from_env", "env_text", "TORCH_KEYS"]
+__all__ = ["TorchSettingWarning", "translate", "from_env", "env_text", "TORCH_KEYS", "RESET_EACH_CALL", "with_resets"]
 
 MiB = 1 << 20
 
@@ -221,6 +221,24 @@ def from_env(base: Optional[PoolConfig] = None) -> PoolConfig:
         # Name the variable, as PYPOOL_CONF's errors do: PoolConfig's field names are not
         # the torch keys the user wrote (round_up_divisions for roundup_power2_divisions).
         raise ValueError(f"{name}={text!r}: {e}") from None
+
+
+# Note [Settings reset by each call]: torch resets max_split_size_mb,
+# roundup_power2_divisions and garbage_collection_threshold to their defaults at the
+# start of every parse of a settings string (c10's AcceleratorAllocatorConfig::parseArgs),
+# so a _set_allocator_settings call that does not name one of them turns it back off
+# (torch's test_allocator_settings relies on it). pypool does the same for the fields
+# they map to; the other keys keep their values.
+RESET_EACH_CALL: Tuple[str, ...] = ("max_split_size", "round_up_divisions", "garbage_collection_threshold")
+
+
+def with_resets(fields: Mapping[str, Any]) -> Dict[str, Any]:
+    """``fields`` of a run-time settings string, plus the PoolConfig default of every
+    field torch resets when its key is not named (Note [Settings reset by each call])."""
+    default = PoolConfig()
+    out = {k: getattr(default, k) for k in RESET_EACH_CALL}
+    out.update(fields)
+    return out
 
 
 def changed_fields(cfg: PoolConfig, fields: Mapping[str, Any]) -> Dict[str, Any]:

@@ -109,8 +109,9 @@ def _zero_stats() -> Dict[str, int]:
         probe = _core.DevicePool(_core.Config(), _core.make_null_backend(1 << 30), 0)
         _ZERO_TEMPLATE = {k: (v if k == "stats_version" else 0) for k, v in probe.memory_stats().items()}
     stats = dict(_ZERO_TEMPLATE)
-    cap = pending_config().max_pool_size  # what the pool will have, once made
-    stats["max_pool_size"] = -1 if cap is None else int(cap)
+    cfg = pending_config()  # what the pool will have, once made
+    stats["max_pool_size"] = -1 if cfg.max_pool_size is None else int(cfg.max_pool_size)
+    stats["max_split_size"] = -1 if cfg.max_split_size is None else int(cfg.max_split_size)
     return stats
 
 
@@ -122,8 +123,9 @@ def memory_stats(device: Any = None) -> Dict[str, int]:
 
     Keys are sorted, as torch returns them: ``"allocated_bytes.all.current"``,
     ``"reserved_bytes.large_pool.peak"``, ``"requested_bytes.all.current"``,
-    ``"num_ooms"``, ... A device whose pool has not allocated yet reports zeros (and the
-    ``max_pool_size`` its pool will get); a device that does not exist raises
+    ``"num_ooms"``, ``"oversize_allocations.current"``, ``"max_split_size"`` (-1 for no
+    limit, as torch reports it), ... A device whose pool has not allocated yet reports
+    zeros (and the ``max_pool_size`` and ``max_split_size`` its pool will get); a device that does not exist raises
     ``ValueError`` (Note [Pools before install]).
     """
     pool = existing_pool(checked_device(device))

@@ -38,6 +38,12 @@ void init_config(py::module_& m) {
   PYPOOL_CONFIG_FIELDS(PYPOOL_FIELD_ROW)
 #undef PYPOOL_FIELD_ROW
   m.attr("CONFIG_FIELDS") = py::tuple(rows);
+  // The fields a pool in use takes (Note [Live settings]).
+  py::list live;
+#define PYPOOL_LIVE_ROW(name) live.append(#name);
+  PYPOOL_LIVE_CONFIG_FIELDS(PYPOOL_LIVE_ROW)
+#undef PYPOOL_LIVE_ROW
+  m.attr("LIVE_CONFIG_FIELDS") = py::tuple(live);
 }
 
 }  // namespace pypool::bindings

@@ -46,10 +46,25 @@ py::dict stats_dict(const Stats& s) {
 #define PYPOOL_PUT_ARRAY(name) put(#name, s.name);
   PYPOOL_ARRAY_STATS(PYPOOL_PUT_ARRAY)
 #undef PYPOOL_PUT_ARRAY
+  auto put_single = [&](const char* name, const Stat& a) {
+    const std::string p = std::string(name) + ".";
+    d[py::str(p + "current")] = a.current;
+    d[py::str(p + "peak")] = a.peak;
+    d[py::str(p + "allocated")] = a.allocated();
+    d[py::str(p + "freed")] = a.freed;
+  };
+#define PYPOOL_PUT_SINGLE(name) put_single(#name, s.name);
+  PYPOOL_SINGLE_STATS(PYPOOL_PUT_SINGLE)
+#undef PYPOOL_PUT_SINGLE
 #define PYPOOL_PUT_SCALAR(name) d[#name] = s.name;
   PYPOOL_SCALAR_STATS(PYPOOL_PUT_SCALAR)
 #undef PYPOOL_PUT_SCALAR
   d["max_pool_size"] = s.max_pool_size;
+  d["max_split_size"] = s.max_split_size;
+  // torch counts allocations refused up front by its throw_on_cudamalloc_oom policy here;
+  // pypool has no such policy (a request the cap refuses is an OOM, in num_ooms, as torch
+  // counts it without that policy), so none is ever counted.
+  d["num_oom_rejections"] = 0;
   d["stats_version"] = kStatsVersion;
   return d;
 }
@@ -188,6 +203,8 @@ void init_conversions(py::module_& m) {
       .def_property_readonly("next_seq", &DevicePool::next_seq)
       .def_property_readonly("device", &DevicePool::device)
       .def_property_readonly("config", &DevicePool::config)
+      // Waits for grow_mu, which a growth holds across device calls: without the GIL.
+      .def("update_config", &DevicePool::update_config, py::arg("config"), GR())
       .def_property_readonly("backend_name", [](DevicePool& p) { return p.backend().name(); })
       .def("mem_info",
            [](DevicePool& p) {
@@ -228,6 +245,8 @@ void init_conversions(py::module_& m) {
   m.def("registry_configured", [] { return Registry::instance().configured(); });
   m.def("registry_backend", [] { return Registry::instance().backend_kind(); });
   m.def("registry_config", [] { return Registry::instance().config(); });
+  m.def("registry_update_config", [](const Config& c) { Registry::instance().update_config(c); },
+        py::arg("config"), py::call_guard<py::gil_scoped_release>());
   m.def("registry_pool", [](int d) -> DevicePool& { return Registry::instance().pool(d); },
         py::return_value_policy::reference);
   m.def("registry_has_pool", [](int d) { return Registry::instance().existing(d) != nullptr; });

@@ -30,6 +30,7 @@ struct Block {
   std::uint32_t pending_events = 0;     // events still to complete while kPendingFree
   std::uint16_t bin = 0;                // bin index while kFree (< FreeIndex::kBins)
   BlockState state = BlockState::kFree;
+  bool oversize = false;  // counted in oversize_allocations (Note [Oversize stats]); set by every allocation
 
   bool is_split() const noexcept { return prev != nullptr || next != nullptr; }
 };
@@ -50,6 +51,7 @@ struct Segment {
   // segment no longer grows, and its virtual range belongs to the quarantine
   // (Note [Unmap failure] in vmm.cpp).
   bool sealed = false;
+  bool oversize = false;  // counted in oversize_segments (Note [Oversize stats])
   std::size_t reserved_va = 0;               // expandable: virtual range size
   std::vector<PhysHandle>* chunks = nullptr;  // expandable: one handle per granule
 };

@@ -180,7 +180,8 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
   Impl& m = *impl_;
   if (size > policy::kMaxRequest) throw_too_large(m, size);
   const Annotation an = m.annotate.load(std::memory_order_relaxed) ? annotate(m) : Annotation{};
-  const std::size_t rounded = policy::round_size(cfg_, size);
+  const std::size_t rounded =
+      policy::round_size(cfg_, size, m.round_up_divisions.load(std::memory_order_relaxed));
   const PoolKind kind = policy::pool_for(cfg_, rounded);
 
   std::unique_lock<SpinMutex> lk(m.mu);
@@ -347,6 +348,7 @@ void DevicePool::free(void* p) {
   Impl::sub(m.st.allocation, k, 1);
   Impl::sub(m.st.allocated_bytes, k, static_cast<std::int64_t>(b->size));
   Impl::sub(m.st.requested_bytes, k, static_cast<std::int64_t>(b->requested));
+  if (b->oversize) m.st.oversize_allocations.sub(1);  // Note [Oversize stats]
   m.trace(TraceAction::kFreeRequested, b->addr, b->requested, b->stream, b->context, b->seq);
   if (b->pending_events > 0) {
     b->state = BlockState::kPendingFree;
@@ -503,6 +505,7 @@ void DevicePool::release_cached_locked(std::unique_lock<SpinMutex>& lk, bool res
     m.unlink_segment(s);
     Impl::sub(m.st.segment, s->kind, 1);
     Impl::sub(m.st.reserved_bytes, s->kind, static_cast<std::int64_t>(s->size));
+    if (s->oversize) m.st.oversize_segments.sub(1);
     m.trace(TraceAction::kSegmentFree, s->addr, s->size, s->stream);
   }
   // Expandable segments give back their free tail instead (Note [VMM segments]).
@@ -622,6 +625,9 @@ Stats DevicePool::stats() const {
   std::lock_guard<SpinMutex> g(impl_->mu);
   Stats s = impl_->st.snapshot();
   s.max_pool_size = impl_->cap == Config::kUnlimited ? -1 : static_cast<std::int64_t>(impl_->cap);
+  s.max_split_size = cfg_.max_split_size == Config::kUnlimited
+                         ? -1
+                         : static_cast<std::int64_t>(cfg_.max_split_size);
   return s;
 }
 
@@ -630,6 +636,7 @@ void DevicePool::reset_peak_stats() {
   PoolStats& s = impl_->st;
 #define PYPOOL_RESET_PEAK(name) s.name.reset_peak();
   PYPOOL_ARRAY_STATS(PYPOOL_RESET_PEAK)
+  PYPOOL_SINGLE_STATS(PYPOOL_RESET_PEAK)
 #undef PYPOOL_RESET_PEAK
 }
 
@@ -638,6 +645,7 @@ void DevicePool::reset_accumulated_stats() {
   PoolStats& s = impl_->st;
 #define PYPOOL_RESET_ACC(name) s.name.reset_accumulated();
   PYPOOL_ARRAY_STATS(PYPOOL_RESET_ACC)
+  PYPOOL_SINGLE_STATS(PYPOOL_RESET_ACC)
 #undef PYPOOL_RESET_ACC
 #define PYPOOL_RESET_SCALAR(name) s.name = 0;
   PYPOOL_SCALAR_STATS(PYPOOL_RESET_SCALAR)
@@ -690,6 +698,44 @@ void DevicePool::set_memory_fraction(double fraction) {
   std::size_t c = cfg_.max_pool_size;
   if (fraction > 0) c = std::min(c, static_cast<std::size_t>(fraction * double(total)));
   impl_->cap = c;
+}
+
+Config DevicePool::config() const {
+  std::lock_guard<SpinMutex> g(impl_->mu);
+  return cfg_;
+}
+
+void DevicePool::check_update(const Config& next) const {
+  next.validate();
+  // Fixed fields are never written, so they are read here without a lock.
+  const std::string fixed = cfg_.first_fixed_difference(next);
+  if (!fixed.empty())
+    throw std::invalid_argument("PoolConfig." + fixed +
+                                ": cannot change while the pool is in use; it is fixed when a "
+                                "pool is made");
+}
+
+void DevicePool::update_config(const Config& next) {
+  Impl& m = *impl_;
+  double fraction = -1.0;
+  {
+    // Both locks: a reader holds one or the other (grow paths may hold only grow_mu).
+    std::lock_guard<std::mutex> gk(m.grow_mu);
+    check_update(next);
+    std::lock_guard<SpinMutex> g(m.mu);
+    // A changed memory_fraction replaces the one in effect (0 clears it); a changed
+    // max_pool_size keeps it (a fraction set by set_memory_fraction survives).
+    if (next.memory_fraction != cfg_.memory_fraction)
+      fraction = next.memory_fraction;
+    else if (next.max_pool_size != cfg_.max_pool_size)
+      fraction = m.fraction;
+#define PYPOOL_TAKE_LIVE(f) cfg_.f = next.f;
+    PYPOOL_LIVE_CONFIG_FIELDS(PYPOOL_TAKE_LIVE)
+#undef PYPOOL_TAKE_LIVE
+    m.round_up_divisions.store(cfg_.round_up_divisions, std::memory_order_relaxed);
+  }
+  // The cap as set_memory_fraction computes it (device total asked without the locks).
+  if (fraction >= 0.0) set_memory_fraction(fraction);
 }
 
 double DevicePool::memory_fraction() const {
@@ -794,6 +840,10 @@ void DevicePool::check_invariants() const {
       fail("segment " + hex(s->addr) + " has the wrong free index");
     const PoolKind k = s->kind;
     add(calc.segment, k, 1);
+    if (s->oversize) {
+      if (s->expandable) fail("segment " + hex(s->addr) + ": expandable but counted as oversize");
+      calc.oversize_segments.add(1);
+    }
     add(calc.reserved_bytes, k, static_cast<std::int64_t>(s->size));
     std::uintptr_t at = s->addr;
     for (const Block* b = s->first; b != nullptr; b = b->next) {
@@ -827,6 +877,7 @@ void DevicePool::check_invariants() const {
           add(calc.allocation, k, 1);
           add(calc.allocated_bytes, k, bs);
           add(calc.requested_bytes, k, static_cast<std::int64_t>(b->requested));
+          if (b->oversize) calc.oversize_allocations.add(1);
         } else if (b->pending_events == 0) {
           bad("pending-free block with no pending event");
         }
@@ -866,6 +917,14 @@ void DevicePool::check_invariants() const {
     PYPOOL_ARRAY_STATS(PYPOOL_CHECK_STAT)
 #undef PYPOOL_CHECK_STAT
   }
+#define PYPOOL_CHECK_SINGLE(name)                                                         \
+  if (calc.name.current != st.name.current)                                               \
+    fail(std::string("stat " #name " is ") + std::to_string(st.name.current) +            \
+         ", a walk gives " + std::to_string(calc.name.current));                          \
+  if (st.name.peak < st.name.current || st.name.current < 0)                              \
+    fail(std::string("stat " #name " peak/current out of order"));
+  PYPOOL_SINGLE_STATS(PYPOOL_CHECK_SINGLE)
+#undef PYPOOL_CHECK_SINGLE
 }
 
 }  // namespace pypool

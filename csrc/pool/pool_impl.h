@@ -98,6 +98,9 @@ struct PoolStats {
 #define PYPOOL_DECLARE_KIND_STAT(name) KindStat name;
   PYPOOL_ARRAY_STATS(PYPOOL_DECLARE_KIND_STAT)
 #undef PYPOOL_DECLARE_KIND_STAT
+#define PYPOOL_DECLARE_SINGLE(name) Stat name;
+  PYPOOL_SINGLE_STATS(PYPOOL_DECLARE_SINGLE)
+#undef PYPOOL_DECLARE_SINGLE
 #define PYPOOL_DECLARE_SCALAR(name) std::int64_t name = 0;
   PYPOOL_SCALAR_STATS(PYPOOL_DECLARE_SCALAR)
 #undef PYPOOL_DECLARE_SCALAR
@@ -107,6 +110,9 @@ struct PoolStats {
 #define PYPOOL_SNAPSHOT_ARRAY(name) s.name = name.snapshot();
     PYPOOL_ARRAY_STATS(PYPOOL_SNAPSHOT_ARRAY)
 #undef PYPOOL_SNAPSHOT_ARRAY
+#define PYPOOL_SNAPSHOT_SINGLE(name) s.name = name;
+    PYPOOL_SINGLE_STATS(PYPOOL_SNAPSHOT_SINGLE)
+#undef PYPOOL_SNAPSHOT_SINGLE
 #define PYPOOL_SNAPSHOT_SCALAR(name) s.name = name;
     PYPOOL_SCALAR_STATS(PYPOOL_SNAPSHOT_SCALAR)
 #undef PYPOOL_SNAPSHOT_SCALAR
@@ -178,12 +184,16 @@ using detail::kind_index;
 using detail::now_us;
 
 struct DevicePool::Impl {
-  explicit Impl(const Config& c, Backend& b, int dev) : cfg(c), be(b), device(dev) {}
+  explicit Impl(const Config& c, Backend& b, int dev)
+      : cfg(c), be(b), device(dev), round_up_divisions(c.round_up_divisions) {}
 
+  // Its live fields change under grow_mu and mu together (Note [Live settings]).
   const Config& cfg;
   Backend& be;
   const int device;
   mutable SpinMutex mu;
+  // cfg.round_up_divisions for malloc's rounding, which runs before mu is taken.
+  std::atomic<unsigned> round_up_divisions;
 
   detail::BlockArena arena;
   detail::PtrMap live;  // allocated and pending-free blocks by address
@@ -346,6 +356,8 @@ struct DevicePool::Impl {
     add(st.active, k, 1);
     add(st.active_bytes, k, bs);
     add(st.requested_bytes, k, static_cast<std::int64_t>(size));
+    b->oversize = b->size >= cfg.max_split_size;  // Note [Oversize stats]
+    if (b->oversize) st.oversize_allocations.add(1);
     // Trace sizes are requested bytes, as in torch's snapshots.
     trace(TraceAction::kAlloc, b->addr, size, stream, context, b->seq);
     return reinterpret_cast<void*>(b->addr);
@@ -464,6 +476,8 @@ struct DevicePool::Impl {
     seg->first = b;
     add(st.segment, idx->kind, 1);
     add(st.reserved_bytes, idx->kind, static_cast<std::int64_t>(size));
+    seg->oversize = size >= cfg.max_split_size;  // Note [Oversize stats]
+    if (seg->oversize) st.oversize_segments.add(1);
     ++st.num_device_alloc;
     trace(TraceAction::kSegmentAlloc, seg->addr, size, idx->stream);
     return seg;

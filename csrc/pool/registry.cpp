@@ -41,6 +41,17 @@ void Registry::configure(const std::string& backend, const Config& cfg, std::siz
   configured_ = true;
 }
 
+void Registry::update_config(const Config& cfg) {
+  cfg.validate();
+  std::lock_guard<std::mutex> g(mu_);
+  std::vector<DevicePool*> live;
+  for (auto& p : pools_)
+    if (DevicePool* pool = p.load(); pool != nullptr) live.push_back(pool);
+  for (DevicePool* pool : live) pool->check_update(cfg);
+  for (DevicePool* pool : live) pool->update_config(cfg);
+  cfg_ = cfg;
+}
+
 bool Registry::configured() const {
   std::lock_guard<std::mutex> g(mu_);
   return configured_;

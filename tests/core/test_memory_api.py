@@ -122,7 +122,8 @@ def test_a_device_without_a_pool_reads_zero_and_gets_no_pool() -> None:
     stats = memory.memory_stats(0)
     probe = pypool.Pool(backend="null", capacity=GiB).memory_stats()
     assert set(stats) == set(probe)
-    assert all(v == 0 for k, v in stats.items() if k not in ("max_pool_size", "stats_version"))
+    assert all(v == 0 for k, v in stats.items() if k not in ("max_pool_size", "max_split_size", "stats_version"))
+    assert stats["max_split_size"] == -1  # CONFIG has no limit
     assert stats["max_pool_size"] == -1 and stats["stats_version"] == probe["stats_version"]
     assert memory.memory_allocated(0) == memory.max_memory_reserved(0) == 0
     memory.reset_peak_memory_stats(0)
@@ -363,3 +364,40 @@ def test_names_importable_before_the_package_split_still_are() -> None:
 
     assert BenchPoolConfig is MemoryPoolConfig is pypool.PoolConfig
     assert format_size(3 << 20) == pypool.format_size(3 << 20)
+
+
+# ---------------------------------------------------------------------------- live settings
+
+
+def test_registry_update_config_changes_every_pool_and_later_ones() -> None:
+    for d in (0, 1):
+        _core.registry_pool(d)
+    new = CONFIG.replace(round_up_divisions=0, max_split_size=64 * MiB)
+    _core.registry_update_config(new.to_core())
+    for d in (0, 1):
+        assert PoolConfig.from_core(_core.registry_pool(d).config) == new
+        assert memory.memory_stats(d)["max_split_size"] == 64 * MiB
+    assert PoolConfig.from_core(_core.registry_config()) == new
+    assert PoolConfig.from_core(_core.registry_pool(2).config) == new  # made after the change
+    p = _core.registry_pool(1).malloc(84 * MiB)
+    assert _core.registry_pool(1).size_of(p) == 84 * MiB  # divisions off now
+    _core.registry_pool(1).free(p)
+
+
+def test_registry_update_config_refuses_a_fixed_field_for_every_pool() -> None:
+    _core.registry_pool(0)
+    _core.registry_pool(1)
+    before = _core.registry_config()
+    with pytest.raises(ValueError, match="expandable_segments"):
+        _core.registry_update_config(CONFIG.replace(expandable_segments=True, max_split_size=64 * MiB).to_core())
+    assert _core.registry_config() == before
+    for d in (0, 1):
+        assert _core.registry_pool(d).config == before
+
+
+def test_stats_of_a_device_without_a_pool_name_its_max_split_size() -> None:
+    _core.registry_reset()
+    _core.registry_configure("host", CONFIG.replace(max_split_size=64 * MiB).to_core(), CAPACITY)
+    st = memory.memory_stats(0)
+    assert st["max_split_size"] == 64 * MiB and st["oversize_allocations.current"] == 0
+    assert set(st) == set(_core.registry_pool(0).memory_stats())

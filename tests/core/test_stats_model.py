@@ -234,6 +234,112 @@ def test_stats_keys_follow_torch(backend: Backend) -> None:
             for f in ("current", "peak", "allocated", "freed"):
                 assert st[f"{name}.{kind}.{f}"] == 0
     for name in ("num_alloc_retries", "num_ooms", "num_device_alloc", "num_device_free",
-                 "num_sync_all_streams", "num_segment_map", "num_segment_unmap"):
+                 "num_sync_all_streams", "num_segment_map", "num_segment_unmap", "num_oom_rejections"):
         assert st[name] == 0
+    for name in ("oversize_allocations", "oversize_segments"):  # one Stat each, as torch's
+        for f in ("current", "peak", "allocated", "freed"):
+            assert st[f"{name}.{f}"] == 0
     assert st["max_pool_size"] == -1
+    assert st["max_split_size"] == -1  # unlimited, as torch reports it
+    assert backend(max_split_size="64MiB").memory_stats()["max_split_size"] == 64 * MiB
+
+
+# ---------------------------------------------------------------------------- oversize
+# Note [Oversize stats]: allocations (block sizes) and fixed segments of max_split_size or
+# more, each counted when made and uncounted when freed / released.
+
+
+def oversize(st: Dict[str, int], name: str) -> Tuple[int, int, int, int]:
+    return tuple(st[f"{name}.{f}"] for f in ("current", "peak", "allocated", "freed"))  # type: ignore[return-value]
+
+
+def test_oversize_counters_step_by_step(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = backend(max_split_size="64MiB")
+    a = pool.malloc(100 * MiB)  # its own 100 MiB segment: both oversize
+    b = pool.malloc(30 * MiB)  # below the limit: neither
+    s = pool.malloc(4 * KiB)  # small pool: never
+    st = pool.memory_stats()
+    assert oversize(st, "oversize_allocations") == (1, 1, 1, 0)
+    assert oversize(st, "oversize_segments") == (1, 1, 1, 0)
+    pool.free(a)  # the allocation ends; the segment stays cached
+    st = pool.memory_stats()
+    assert oversize(st, "oversize_allocations") == (0, 1, 1, 1)
+    assert oversize(st, "oversize_segments") == (1, 1, 1, 0)
+    # 90 MiB takes the cached 100 MiB block whole (kept unsplit, waste under 20 MiB): the
+    # block handed out is 100 MiB, so the allocation is oversize.
+    c = pool.malloc(90 * MiB)
+    assert pool.size_of(c) == 100 * MiB
+    st = pool.memory_stats()
+    assert oversize(st, "oversize_allocations") == (1, 1, 2, 1)
+    assert oversize(st, "oversize_segments") == (1, 1, 1, 0)
+    pool_ok(pool)
+    pool.free(c)
+    pool.empty_cache()  # the 100 MiB segment goes back; b's does not
+    st = pool.memory_stats()
+    assert oversize(st, "oversize_allocations") == (0, 1, 2, 2)
+    assert oversize(st, "oversize_segments") == (0, 1, 1, 1)
+    pool.reset_peak_memory_stats()
+    pool.reset_accumulated_memory_stats()
+    st = pool.memory_stats()
+    assert oversize(st, "oversize_allocations") == (0, 0, 0, 0)
+    assert oversize(st, "oversize_segments") == (0, 0, 0, 0)
+    pool.free(b)
+    pool.free(s)
+    pool_ok(pool)
+
+
+def test_oversize_counters_against_the_pools_blocks(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    """A random workload across the limit: current is the number of live blocks and
+    fixed segments of the limit or more (sizes as the pool reports them), allocated /
+    freed count every such block handed out / given back."""
+    limit = 48 * MiB
+    pool = backend(max_split_size=limit, capacity=8 << 30)
+    rng = random.Random(7)
+    live: Dict[int, int] = {}
+    made = ended = 0
+    for step in range(400):
+        if live and rng.random() < 0.45:
+            ptr = rng.choice(list(live))
+            ended += live.pop(ptr) >= limit
+            pool.free(ptr)
+        else:
+            size = rng.choice([rng.randint(1, 1 * MiB), rng.randint(1 * MiB, 40 * MiB),
+                               rng.randint(40 * MiB, 120 * MiB)])
+            ptr = pool.malloc(size)
+            live[ptr] = pool.size_of(ptr)
+            made += live[ptr] >= limit
+        if step % 97 == 0:
+            pool.empty_cache()
+        st = pool.memory_stats()
+        assert oversize(st, "oversize_allocations")[0::2] == (sum(n >= limit for n in live.values()), made)
+        assert st["oversize_allocations.freed"] == ended
+        segs = [s for s in pool.segments() if not s["is_expandable"]]
+        assert st["oversize_segments.current"] == sum(s["total_size"] >= limit for s in segs)
+    assert made > 20 and ended > 10  # the workload crossed the limit both ways
+    pool_ok(pool)
+    for ptr in live:
+        pool.free(ptr)
+    pool.empty_cache()
+    st = pool.memory_stats()
+    assert st["oversize_allocations.current"] == 0 and st["oversize_segments.current"] == 0
+    assert st["oversize_segments.allocated"] == st["oversize_segments.freed"] > 0
+
+
+def test_oversize_segments_leave_out_expandable_segments(backend: Backend) -> None:
+    # As torch: an expandable segment is not a device allocation of that size.
+    pool = backend(max_split_size="64MiB", expandable_segments=True)
+    a = pool.malloc(100 * MiB)
+    st = pool.memory_stats()
+    assert oversize(st, "oversize_allocations")[:3] == (1, 1, 1)
+    assert oversize(st, "oversize_segments") == (0, 0, 0, 0)
+    pool.free(a)
+    assert pool.memory_stats()["oversize_allocations.freed"] == 1
+
+
+def test_no_oversize_without_max_split_size(backend: Backend) -> None:
+    pool = backend(capacity=8 << 30)
+    pool.free(pool.malloc(1 << 30))
+    st = pool.memory_stats()
+    assert oversize(st, "oversize_allocations") == (0, 0, 0, 0)
+    assert oversize(st, "oversize_segments") == (0, 0, 0, 0)
+    assert st["max_split_size"] == -1

@@ -23,10 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
 
 import test_pool_basic  # noqa: E402
 import test_stats_model  # noqa: E402
+import test_live_settings  # noqa: E402
 import test_threads  # noqa: E402
 import test_vmm  # noqa: E402
 
-GENERIC_SUITES = (test_pool_basic, test_stats_model, test_threads, test_vmm)
+GENERIC_SUITES = (test_pool_basic, test_stats_model, test_live_settings, test_threads, test_vmm)
 
 
 def generic_tests(module: ModuleType) -> Iterator[Tuple[str, Callable[..., None]]]:

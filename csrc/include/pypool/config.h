@@ -101,6 +101,31 @@ inline const char* config_kind_name(ConfigKind k) {
   X(double, garbage_collection_threshold, 0.0, kFraction, "0 = off; fraction of the cap")      \
   X(bool, reclaim_before_grow, true, kBool, "Note [Reclaim before grow]")
 
+// Note [Live settings]: the fields a pool takes while it is in use
+// (DevicePool::update_config, which validates the whole config first and changes nothing
+// on a bad value). Each is read only with the pool lock or the growth mutex held (both
+// are taken to change them), on the slow path, and applies from the next decision it
+// drives: round_up_divisions to the next request's rounding (malloc rounds before it
+// takes the lock, from an atomic copy), max_split_size to the next search, split and
+// growth (a cached block keeps its size; Note [Oversize stats] keeps the counters exact),
+// the growth knobs and reclaim_before_grow to the next growth, the two thresholds to the
+// next malloc or empty_cache, expandable_reserve to the next virtual range reserved, and
+// max_pool_size / memory_fraction to the cap at once (as set_memory_fraction does).
+// The other fields are fixed for a pool's life:
+//   * min_block_size: every block size and offset is a multiple of it (the free index's
+//     bins and check_invariants rely on it), so cached blocks would break it;
+//   * small_size, small_segment_size, large_segment_size, min_large_alloc, round_large:
+//     the segment geometry cached blocks were cut to; they decide which free index a
+//     size belongs to, and max_split_size is validated against large_segment_size;
+//   * expandable_segments: whether a stream's large pool grows by mapping into one
+//     virtual range; the growth and release paths branch on the setting rather than on
+//     each segment, so a pool holding both kinds would strand one of them;
+//   * initial_pool_size: applies only when a pool is made.
+#define PYPOOL_LIVE_CONFIG_FIELDS(X)                                                   \
+  X(max_pool_size) X(memory_fraction) X(round_up_divisions) X(max_split_size)          \
+  X(expandable_reserve) X(growth) X(growth_step) X(release_threshold)                  \
+  X(garbage_collection_threshold) X(reclaim_before_grow)
+
 struct Config {
   static constexpr std::size_t kUnlimited = std::numeric_limits<std::size_t>::max();
 
@@ -113,6 +138,23 @@ struct Config {
   // "name:value,..." over every field ("unlimited" for kUnlimited sizes, growth as its
   // number): the registry's mismatch message.
   std::string to_string() const;
+
+  // Whether `name` is in PYPOOL_LIVE_CONFIG_FIELDS (Note [Live settings]).
+  static bool is_live_field(const std::string& name) {
+#define PYPOOL_FIELD_IS_LIVE(f) if (name == #f) return true;
+    PYPOOL_LIVE_CONFIG_FIELDS(PYPOOL_FIELD_IS_LIVE)
+#undef PYPOOL_FIELD_IS_LIVE
+    return false;
+  }
+  // The first field that differs from `o` and cannot change on a live pool ("" if none).
+  // Reads no live field (a pool calls it while they may change).
+  std::string first_fixed_difference(const Config& o) const {
+#define PYPOOL_FIELD_FIXED_DIFF(type, name, def, kind, doc) \
+  if (!is_live_field(#name) && !(name == o.name)) return #name;
+    PYPOOL_CONFIG_FIELDS(PYPOOL_FIELD_FIXED_DIFF)
+#undef PYPOOL_FIELD_FIXED_DIFF
+    return "";
+  }
 
   bool operator==(const Config& o) const {
 #define PYPOOL_FIELD_EQ(type, name, def, kind, doc) &&name == o.name

@@ -155,7 +155,14 @@ class DevicePool {
   double memory_fraction() const;
   std::size_t cap() const;
   std::uint64_t next_seq() const;
-  const Config& config() const noexcept { return cfg_; }
+  // A copy: the live fields may change (update_config).
+  Config config() const;
+  // Takes the fields of Note [Live settings] (pypool/config.h) from `next` while the pool
+  // is in use. Throws std::invalid_argument, with the pool unchanged, when `next` fails
+  // validation or differs in a field that is fixed for the pool's life (named).
+  void update_config(const Config& next);
+  // The check update_config makes, without changing anything.
+  void check_update(const Config& next) const;
   int device() const noexcept { return device_; }
   Backend& backend() noexcept { return *backend_; }
   std::size_t size_of(void* p) const;  // block size of a live allocation, or throws

@@ -22,6 +22,11 @@ class Registry {
   // pool made from now on. Throws std::logic_error when pools exist already and the
   // settings differ (the same settings again are a no-op).
   void configure(const std::string& backend, const Config& cfg, std::size_t host_capacity);
+  // Takes `cfg` as the config of every pool, those that exist included (their live
+  // fields, DevicePool::update_config; Note [Live settings]). Every pool is checked
+  // before any changes: std::invalid_argument, with nothing changed, when `cfg` is
+  // invalid or differs from the current config in a field fixed while pools exist.
+  void update_config(const Config& cfg);
   bool configured() const;
   std::string backend_kind() const;  // resolved kind ("cuda" / "host" / "null")
   Config config() const;

@@ -23,18 +23,23 @@ inline std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) /
 // With round_up_divisions = d > 1, sizes above small_size round up to the next of d
 // equal divisions of their power-of-two interval (as PyTorch's roundup_power2_divisions),
 // which makes blocks of nearby sizes interchangeable.
-inline std::size_t round_size(const Config& c, std::size_t size) {
+// `divisions` stands for c.round_up_divisions (a pool passes its atomic copy: the field
+// may change while malloc rounds, Note [Live settings]).
+inline std::size_t round_size(const Config& c, std::size_t size, unsigned divisions) {
   if (size <= c.min_block_size) return c.min_block_size;
-  if (c.round_up_divisions > 1 && size > c.small_size) {
+  if (divisions > 1 && size > c.small_size) {
     // Split [2^k, 2^(k+1)) into d equal steps and round up to the next step.
     const int k = 63 - __builtin_clzll(size);
     const std::size_t lo = std::size_t(1) << k;
-    const std::size_t step = lo / c.round_up_divisions;
+    const std::size_t step = lo / divisions;
     if (size == lo) return lo;
     if (step >= c.min_block_size) return round_up(size, step);
   }
   // min_block_size is a power of two (validated).
   return (size + c.min_block_size - 1) & ~(c.min_block_size - 1);
+}
+inline std::size_t round_size(const Config& c, std::size_t size) {
+  return round_size(c, size, c.round_up_divisions);
 }
 
 inline PoolKind pool_for(const Config& c, std::size_t rounded) {

@@ -33,7 +33,20 @@ namespace pypool {
   X(num_segment_map)      /* growths of an expandable segment (granules mapped) */        \
   X(num_segment_unmap)    /* shrinks of an expandable segment (granules unmapped) */
 
-constexpr int kStatsVersion = 1;
+// X(name): one Stat each, not split by pool kind, as torch keeps them.
+// Note [Oversize stats]: torch counts allocations (blocks handed out) and fixed segments
+// (device allocations; expandable segments are not counted, as in torch) whose size is
+// max_split_size or more. torch compares with the max_split_size in effect at the free
+// too, so its counters drift when the setting changes in between; pypool marks the block
+// or segment when it counts it (Block::oversize, Segment::oversize) and uncounts what it
+// counted, so `current` is always the number of live marked blocks or segments. With
+// max_split_size unchanged the two agree exactly.
+#define PYPOOL_SINGLE_STATS(X)                                                           \
+  X(oversize_allocations) /* allocations of max_split_size bytes or more */              \
+  X(oversize_segments)    /* fixed segments of max_split_size bytes or more */
+
+// 2: oversize_allocations, oversize_segments, max_split_size, num_oom_rejections.
+constexpr int kStatsVersion = 2;
 
 struct Stat {
   std::int64_t current = 0;
@@ -69,10 +82,14 @@ struct Stats {
 #define PYPOOL_DECLARE_ARRAY(name) StatArray name;
   PYPOOL_ARRAY_STATS(PYPOOL_DECLARE_ARRAY)
 #undef PYPOOL_DECLARE_ARRAY
+#define PYPOOL_DECLARE_SINGLE(name) Stat name;
+  PYPOOL_SINGLE_STATS(PYPOOL_DECLARE_SINGLE)
+#undef PYPOOL_DECLARE_SINGLE
 #define PYPOOL_DECLARE_SCALAR(name) std::int64_t name = 0;
   PYPOOL_SCALAR_STATS(PYPOOL_DECLARE_SCALAR)
 #undef PYPOOL_DECLARE_SCALAR
-  std::int64_t max_pool_size = 0;  // effective cap in bytes (-1 = unlimited)
+  std::int64_t max_pool_size = 0;   // effective cap in bytes (-1 = unlimited)
+  std::int64_t max_split_size = 0;  // in effect, in bytes (-1 = unlimited, as torch reports it)
 };
 
 }  // namespace pypool

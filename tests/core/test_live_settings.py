@@ -1,0 +1,141 @@
+"""Settings changed while a pool is in use (Pool.update_config; Note [Live settings] in
+csrc/include/pypool/config.h): each applies from the next decision it drives, a bad
+value or a fixed field changes nothing. A generic suite (pool_backends.py; cuda in
+tests/gpu/test_generic_cuda.py). The torch-facing path, _set_allocator_settings on live
+pools, is in tests/gpu/test_torch_parity.py.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+import pypool
+from pool_backends import Backend
+from pypool import _core
+
+MiB = 1 << 20
+
+
+def test_live_fields_are_the_documented_ones() -> None:
+    assert set(_core.LIVE_CONFIG_FIELDS) == {
+        "max_pool_size", "memory_fraction", "round_up_divisions", "max_split_size",
+        "expandable_reserve", "growth", "growth_step", "release_threshold",
+        "garbage_collection_threshold", "reclaim_before_grow",
+    }
+    names = {row[0] for row in _core.CONFIG_FIELDS}
+    assert set(_core.LIVE_CONFIG_FIELDS) <= names
+
+
+def test_round_up_divisions_apply_to_the_next_request(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = backend()
+    a = pool.malloc(84 * MiB)
+    assert pool.size_of(a) == 84 * MiB
+    pool.update_config(round_up_divisions=4)
+    assert pool.config.round_up_divisions == 4
+    b = pool.malloc(84 * MiB)
+    assert pool.size_of(b) == 96 * MiB  # 64 MiB + 2 of 4 steps of 16 MiB
+    assert pool.size_of(a) == 84 * MiB  # a live block keeps its size
+    pool.update_config(round_up_divisions=0)
+    c = pool.malloc(84 * MiB)
+    assert pool.size_of(c) == 84 * MiB
+    st = pool.memory_stats()
+    assert st["requested_bytes.all.current"] == 3 * 84 * MiB
+    assert st["allocated_bytes.all.current"] == (84 + 96 + 84) * MiB
+    for p in (a, b, c):
+        pool.free(p)
+    pool_ok(pool)
+
+
+def test_max_split_size_applies_to_cached_blocks(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    # Without reclaim_before_grow, which would give the cached block back before growing.
+    pool = backend(reclaim_before_grow=False)
+    pool.free(pool.malloc(100 * MiB))  # one cached 100 MiB segment
+    x = pool.malloc(30 * MiB)  # no limit yet: split from the cached block
+    assert pool.memory_stats()["num_device_alloc"] == 1
+    pool.free(x)
+    pool.update_config(max_split_size=64 * MiB)
+    assert pool.memory_stats()["max_split_size"] == 64 * MiB
+    y = pool.malloc(30 * MiB)  # the 100 MiB block is now kept whole for large requests
+    st = pool.memory_stats()
+    assert st["num_device_alloc"] == 2, st["num_device_alloc"]
+    z = pool.malloc(90 * MiB)  # ... such as this one
+    assert pool.size_of(z) == 100 * MiB
+    assert pool.memory_stats()["num_device_alloc"] == 2
+    assert pool.memory_stats()["oversize_allocations.current"] == 1
+    # The limit removed while z is live: z stays counted until it is freed, and the
+    # counters never go below zero (Note [Oversize stats]).
+    pool.update_config(max_split_size=None)
+    assert pool.memory_stats()["max_split_size"] == -1
+    pool.free(z)
+    st = pool.memory_stats()
+    assert st["oversize_allocations.current"] == 0 and st["oversize_allocations.freed"] == 1
+    pool_ok(pool)
+    pool.free(y)
+    pool.empty_cache()
+    st = pool.memory_stats()
+    assert st["oversize_segments.current"] == 0  # the 100 MiB segment was made before the limit
+    pool_ok(pool)
+
+
+def test_garbage_collection_threshold_applies_to_the_next_growth(backend: Backend) -> None:
+    def reserved_after_two_sizes(pool: pypool.Pool, change: bool) -> int:
+        pool.free(pool.malloc(30 * MiB))  # a cached 30 MiB segment that cannot serve 40 MiB
+        if change:
+            pool.update_config(garbage_collection_threshold=0.5)
+        p = pool.malloc(40 * MiB)  # 30 + 40 MiB > half the cap: collect first when on
+        reserved = pool.memory_reserved()
+        pool.free(p)
+        return reserved
+
+    assert reserved_after_two_sizes(backend(max_pool_size="100MiB"), change=False) == 70 * MiB
+    assert reserved_after_two_sizes(backend(max_pool_size="100MiB"), change=True) == 40 * MiB
+
+
+def test_release_threshold_and_cap_change_live(backend: Backend) -> None:
+    pool = backend()
+    pool.free(pool.malloc(30 * MiB))
+    pool.update_config(release_threshold="64MiB")
+    pool.empty_cache()
+    assert pool.memory_reserved() == 30 * MiB  # kept: under the threshold
+    pool.update_config(release_threshold=0, max_pool_size="50MiB")
+    assert pool.cap == 50 * MiB
+    assert pool.memory_stats()["max_pool_size"] == 50 * MiB
+    with pytest.raises(pypool.OutOfMemoryError):
+        pool.malloc(60 * MiB)
+    pool.update_config(max_pool_size=None)
+    pool.free(pool.malloc(60 * MiB))
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"garbage_collection_threshold": 1.5}, "garbage_collection_threshold"),
+        ({"max_split_size": 10 * MiB}, "max_split_size"),  # must exceed large_segment_size
+        ({"round_up_divisions": 3}, "round_up_divisions"),  # a power of two
+        ({"expandable_segments": True}, "expandable_segments"),  # fixed for the pool's life
+        ({"min_block_size": 1024}, "min_block_size"),
+        ({"small_size": 2 * MiB, "small_segment_size": 4 * MiB}, "small_size"),
+        ({"initial_pool_size": 4 * MiB}, "initial_pool_size"),
+    ],
+)
+def test_a_refused_change_changes_nothing(backend: Backend, fields: dict, says: str) -> None:
+    pool = backend(round_up_divisions=2)
+    before_cfg, before_core = pool.config, pool._pool.config
+    with pytest.raises(ValueError, match=says):
+        pool.update_config(**{"reclaim_before_grow": False, **fields})
+    assert pool.config == before_cfg
+    assert pool._pool.config == before_core
+    # Nothing took effect, the valid field named with it included.
+    assert pool._pool.config.reclaim_before_grow
+    p = pool.malloc(84 * MiB)
+    assert pool.size_of(p) == 96 * MiB  # still 2 divisions (64 + 32)
+    pool.free(p)
+
+
+def test_the_core_names_a_fixed_field(backend: Backend) -> None:
+    pool = backend()
+    cfg = pool.config.replace(round_large=4 * MiB).to_core()
+    with pytest.raises(ValueError, match=r"PoolConfig\.round_large: cannot change while the pool is in use"):
+        pool._pool.update_config(cfg)
