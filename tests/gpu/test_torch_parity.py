@@ -12,6 +12,7 @@ snapshots through torch's names read back by ``torch.cuda._memory_viz``, and
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import subprocess
@@ -202,6 +203,64 @@ print("CHILD OK")
 """)
 
 
+# The same allocations natively and under pypool, with max_split_size_mb set: the keys
+# of memory_stats() and the oversize counters after each step (Note [Oversize stats]).
+OVERSIZE_STEPS = """
+import json, sys
+import torch
+if sys.argv[1] == "pypool":
+    import pypool
+    pypool.install()
+MiB = 1 << 20
+steps = []
+
+def mark(name):
+    st = torch.cuda.memory_stats()
+    steps.append([name, {k: v for k, v in st.items() if k.startswith("oversize_") or k == "max_split_size"}])
+
+a = torch.empty(150 * MiB, dtype=torch.uint8, device="cuda")  # its own segment: both oversize
+b = torch.empty(50 * MiB, dtype=torch.uint8, device="cuda")  # neither
+s = torch.empty(4096, dtype=torch.uint8, device="cuda")  # small pool
+mark("allocated")
+del a
+mark("freed")
+c = torch.empty(140 * MiB, dtype=torch.uint8, device="cuda")  # takes the cached 150 MiB whole
+mark("reused")
+del c
+torch.cuda.empty_cache()
+mark("released")
+torch.cuda.reset_peak_memory_stats()
+torch.cuda.reset_accumulated_memory_stats()
+mark("reset")
+d = torch.empty(120 * MiB, dtype=torch.uint8, device="cuda")
+del b, d
+torch.cuda.empty_cache()
+mark("again")
+print(json.dumps({"keys": sorted(torch.cuda.memory_stats()), "steps": steps}))
+print("CHILD OK")
+"""
+
+
+def test_memory_stats_keys_and_oversize_counters_as_native(run_child: RunChild) -> None:
+    env = {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:100"}
+    native = json.loads(run_child(OVERSIZE_STEPS, "native", env=env).splitlines()[-2])
+    ours = json.loads(run_child(OVERSIZE_STEPS, "pypool", env=env, name="pypool_child.py").splitlines()[-2])
+    missing = set(native["keys"]) - set(ours["keys"])
+    assert not missing, f"keys torch has and pypool lacks: {sorted(missing)}"
+    assert ours["steps"] == native["steps"], (ours["steps"], native["steps"])
+    counts = dict(native["steps"])
+    assert counts["allocated"]["max_split_size"] == 100 << 20
+    assert counts["reused"]["oversize_allocations.allocated"] == 2  # the sequence did count
+
+
+def test_memory_stats_keys_as_native_without_settings(run_child: RunChild) -> None:
+    native = json.loads(run_child(OVERSIZE_STEPS, "native").splitlines()[-2])
+    ours = json.loads(run_child(OVERSIZE_STEPS, "pypool", name="pypool_child.py").splitlines()[-2])
+    assert set(native["keys"]) <= set(ours["keys"])
+    assert ours["steps"] == native["steps"]  # all zero, max_split_size -1
+    assert dict(native["steps"])["allocated"]["max_split_size"] == -1
+
+
 def test_get_per_process_memory_fraction(run_child: RunChild) -> None:
     run_child(PRELUDE + """
 pypool.install(memory_fraction=0.25)
@@ -294,26 +353,105 @@ import torch
 from pypool._torch_conf import TorchSettingWarning
 
 # Before the first allocation every setting applies, through either torch name.
-torch._C._accelerator_setAllocatorSettings("roundup_power2_divisions:4")
+torch._C._accelerator_setAllocatorSettings("roundup_power2_divisions:4,expandable_segments:False")
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # torch deprecates this spelling
-    torch.cuda.memory._set_allocator_settings("max_split_size_mb:100")
+    torch.cuda.memory._set_allocator_settings("max_split_size_mb:100,roundup_power2_divisions:4")
 assert pm.get_pool(0).config.round_up_divisions == 4
 assert pm.get_pool(0).config.max_split_size == 100 * MiB
 x = torch.empty(1100 * MiB, dtype=torch.uint8, device="cuda")
 assert pm.memory_allocated(0) == 1280 * MiB, pm.memory_allocated(0)
-# Once the pool exists, a change is named in a warning, never dropped silently ...
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    torch._C._accelerator_setAllocatorSettings("garbage_collection_threshold:0.5")
-said = [str(w.message) for w in caught if issubclass(w.category, TorchSettingWarning)]
-assert len(said) == 1 and "garbage_collection_threshold=0.5" in said[0], said
-# ... and the same value again is no change.
+# Once the pool exists, the settings a live pool takes change it at once. As in torch, a
+# call resets max_split_size_mb, roundup_power2_divisions and
+# garbage_collection_threshold when it does not name them.
 with warnings.catch_warnings():
     warnings.simplefilter("error")
-    torch._C._accelerator_setAllocatorSettings("roundup_power2_divisions:4")
+    torch._C._accelerator_setAllocatorSettings("garbage_collection_threshold:0.5")
+cfg = pm.get_pool(0).config
+assert (cfg.garbage_collection_threshold, cfg.round_up_divisions, cfg.max_split_size) == (0.5, 0, None), cfg
+assert torch.cuda.memory_stats()["max_split_size"] == -1
+y = torch.empty(1100 * MiB, dtype=torch.uint8, device="cuda")
+assert pm.memory_allocated(0) == (1280 + 1100) * MiB, pm.memory_allocated(0)
+torch._C._accelerator_setAllocatorSettings("max_split_size_mb:40,roundup_power2_divisions:2")
+assert torch.cuda.memory_stats()["max_split_size"] == 40 * MiB
+assert pm.get_pool(0).config.round_up_divisions == 2
+# A bad value: torch's own parse refuses it first, and nothing changes.
+try:
+    torch._C._accelerator_setAllocatorSettings("garbage_collection_threshold:1.2")
+except (ValueError, RuntimeError):
+    pass
+else:
+    raise AssertionError("garbage_collection_threshold:1.2 accepted")
+assert pm.get_pool(0).config.max_split_size == 40 * MiB
+# expandable_segments is fixed for a pool's life: named in a warning, never dropped silently ...
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    torch._C._accelerator_setAllocatorSettings("expandable_segments:True,max_split_size_mb:40,roundup_power2_divisions:2")
+said = [str(w.message) for w in caught if issubclass(w.category, TorchSettingWarning)]
+assert len(said) == 1 and "expandable_segments=True" in said[0] and "fixed" in said[0], said
+assert pm.get_pool(0).config.expandable_segments is False
+# ... and the same values again are no change.
+with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    torch._C._accelerator_setAllocatorSettings("max_split_size_mb:40,roundup_power2_divisions:2")
 print("CHILD OK")
 """)
+
+
+# The same steps natively and under pypool: what each allocation took, the values torch
+# reports, and whether a bad value was refused. Values torch reads differently are left
+# out: its max_split_size statistic keeps the value of when the device's allocator was
+# made (-1 here), pypool's follows the setting.
+LIVE_SETTINGS_STEPS = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import torch
+if sys.argv[1] == "pypool":
+    import pypool
+    pypool.install()
+torch.cuda.init()
+MiB = 1 << 20
+setting = torch._C._accelerator_setAllocatorSettings
+out = {}
+keep = []
+
+def take(name, nbytes):
+    before = torch.cuda.memory_stats()["active_bytes.all.allocated"]
+    keep.append(torch.empty(nbytes, dtype=torch.uint8, device="cuda"))
+    out[name] = torch.cuda.memory_stats()["active_bytes.all.allocated"] - before
+
+take("plain", 84 * MiB)
+setting("roundup_power2_divisions:4")
+take("div4", 84 * MiB)
+setting("garbage_collection_threshold:0.5")  # the divisions go back to none
+take("reset", 84 * MiB)
+setting("garbage_collection_threshold:0.5,max_split_size_mb:40,roundup_power2_divisions:8")
+torch.cuda.empty_cache()
+take("div8", 84 * MiB)
+setting("roundup_power2_divisions:2")
+take("div2_big", 400 * MiB)
+for bad in ("garbage_collection_threshold:1.2", "max_split_size_mb:2", "roundup_power2_divisions:3"):
+    try:
+        setting(bad)
+        out[bad] = "accepted"
+    except Exception as e:
+        out[bad] = type(e).__name__
+take("after_bad", 84 * MiB)  # divisions 2 still in effect
+print(json.dumps(out))
+print("CHILD OK")
+"""
+
+
+def test_live_settings_as_native(run_child: RunChild) -> None:
+    native = json.loads(run_child(LIVE_SETTINGS_STEPS, "native").splitlines()[-2])
+    ours = json.loads(run_child(LIVE_SETTINGS_STEPS, "pypool", name="pypool_child.py").splitlines()[-2])
+    # A refused string changes nothing under pypool. torch resets its three per-call
+    # settings before it parses, and keeps the reset when the parse then fails (its
+    # divisions are off after the bad strings; pypool's are still 2).
+    assert ours.pop("after_bad") == 96 << 20
+    native.pop("after_bad")
+    assert ours == native, (ours, native)
+    assert (native["plain"], native["div4"], native["reset"]) == (84 << 20, 96 << 20, 84 << 20), native
 
 
 def test_max_split_size_mb_20_is_accepted_as_torch_accepts_it(run_child: RunChild) -> None:
