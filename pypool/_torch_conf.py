@@ -45,6 +45,10 @@ TORCH_KEYS: Dict[str, str] = {
     "release_lock_on_cudamalloc": "ignored with a warning (pypool never holds its lock across a device call)",
     "max_non_split_rounding_mb": "ignored with a warning (no pypool equivalent)",
     "graph_capture_record_stream_reuse": "ignored with a warning (CUDA graphs need torch's allocator)",
+    # torch 2.14: refuse a request over the memory fraction at once, counted in
+    # num_oom_rejections. pypool releases its cache and retries first, as torch does
+    # without it, so its num_oom_rejections stays 0.
+    "throw_on_cudamalloc_oom": "ignored with a warning (pypool releases its cache and retries before it refuses a request over the cap)",
     # Pinned host memory: torch's CachingHostAllocator keeps honouring these under
     # pypool (pypool replaces only the device allocator), so they are not pypool's.
     "pinned_use_cuda_host_register": "torch's host allocator",

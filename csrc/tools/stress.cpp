@@ -1,7 +1,7 @@
 // Multithreaded stress driver for the core, run under ASan+UBSan and TSan by .ci/run.
 // Threads malloc/free random sizes on shared pools (fixed and expandable segments, with
-// record_stream and held streams) while another thread empties the cache, reads stats and
-// checks invariants. Exit code 0 = clean.
+// record_stream and held streams) while another thread empties the cache, reads stats,
+// checks invariants and changes the live settings. Exit code 0 = clean.
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -67,11 +67,18 @@ int run(bool expandable, int threads, int ops) {
     });
   }
   std::thread checker([&] {
-    while (!stop.load()) {
+    for (unsigned n = 0; !stop.load(); ++n) {
       pool.check_invariants();
       (void)pool.stats();
       (void)pool.segments();
       pool.empty_cache();
+      // Live settings change under the allocating threads (Note [Live settings]).
+      Config next = pool.config();
+      next.round_up_divisions = n % 2 == 0 ? 4 : 0;
+      next.max_split_size = n % 3 == 0 ? Config::kUnlimited : std::size_t(24) << 20;
+      next.garbage_collection_threshold = n % 5 == 0 ? 0.5 : 0.0;
+      next.release_threshold = n % 7 == 0 ? std::size_t(8) << 20 : 0;
+      pool.update_config(next);
       std::this_thread::yield();
     }
   });
@@ -89,7 +96,8 @@ int run(bool expandable, int threads, int ops) {
   std::printf("stress expandable=%d: %ld ooms, %lld device allocs, reserved after release %lld\n",
               expandable, ooms.load(), static_cast<long long>(s.num_device_alloc),
               static_cast<long long>(s.reserved_bytes[kStatAll].current));
-  if (s.allocation[kStatAll].current != 0 || s.active[kStatAll].current != 0) {
+  if (s.allocation[kStatAll].current != 0 || s.active[kStatAll].current != 0 ||
+      s.oversize_allocations.current != 0) {
     std::fprintf(stderr, "live blocks remain after all frees\n");
     return 1;
   }

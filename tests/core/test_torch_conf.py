@@ -46,11 +46,20 @@ def test_bucketed_divisions_take_the_finest_and_say_so() -> None:
 @pytest.mark.parametrize(
     "key",
     ["release_lock_on_cudamalloc:True", "max_non_split_rounding_mb:512", "graph_capture_record_stream_reuse:True",
-     "backend:cudaMallocAsync", "no_such_key:1", "per_process_memory_fraction:0.0"],
+     "backend:cudaMallocAsync", "no_such_key:1", "per_process_memory_fraction:0.0", "throw_on_cudamalloc_oom:True"],
 )
 def test_keys_without_an_equivalent_are_named(key: str) -> None:
     got, lines = translate(key)
     assert got == {} and len(lines) == 1 and key.split(":")[0] in lines[0]
+    assert key.startswith("no_such_key") or "pypool knows" not in lines[0]  # a torch key is known
+
+
+def test_each_call_resets_what_torch_resets() -> None:
+    # Note [Settings reset by each call]
+    assert _torch_conf.with_resets({"expandable_segments": True}) == {
+        "expandable_segments": True, "max_split_size": None, "round_up_divisions": 0,
+        "garbage_collection_threshold": 0.0}
+    assert _torch_conf.with_resets({"max_split_size": 64 * MiB})["max_split_size"] == 64 * MiB
 
 
 @pytest.mark.parametrize(
