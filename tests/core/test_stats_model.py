@@ -293,7 +293,7 @@ def test_oversize_counters_against_the_pools_blocks(backend: Backend, pool_ok: C
     fixed segments of the limit or more (sizes as the pool reports them), allocated /
     freed count every such block handed out / given back."""
     limit = 48 * MiB
-    pool = backend(max_split_size=limit, capacity=8 << 30)
+    pool = backend(max_split_size=limit)
     rng = random.Random(7)
     live: Dict[int, int] = {}
     made = ended = 0
@@ -337,7 +337,7 @@ def test_oversize_segments_leave_out_expandable_segments(backend: Backend) -> No
 
 
 def test_no_oversize_without_max_split_size(backend: Backend) -> None:
-    pool = backend(capacity=8 << 30)
+    pool = backend()
     pool.free(pool.malloc(1 << 30))
     st = pool.memory_stats()
     assert oversize(st, "oversize_allocations") == (0, 0, 0, 0)
