@@ -81,18 +81,23 @@ def expandable_bound(cfg: Any, segments: Sequence[Mapping[str, Any]], rounded: i
     expandable segments are off."""
     if not cfg.expandable_segments:
         return None
-    seg = next((s for s in segments if s.get("is_expandable") and s.get("segment_type") == "large"
-                and s.get("stream") == stream), None)
-    if seg is None:
+    # A segment with unmapped holes is listed once per mapped run (Note [VMM holes]): the
+    # last run holds the tail.
+    runs = [s for s in segments if s.get("is_expandable") and s.get("segment_type") == "large"
+            and s.get("stream") == stream]
+    if not runs:
         rng = int(cfg.expandable_reserve)
         return {"grow": rounded, "mapped": 0, "range": rng, "blocked": int(rounded > rng)}
+    seg = max(runs, key=lambda s: int(s["address"]))
     blocks = seg.get("blocks") or []
     tail = blocks[-1] if blocks else None
     tail_free = int(tail["size"]) if tail is not None and tail.get("state") == "inactive" else 0
     grow = rounded - min(tail_free, rounded)
-    mapped = int(seg["total_size"])
+    mapped = sum(int(s["total_size"]) for s in runs)
+    # The tail grows past the segment's extent (holes included), not past its mapped bytes.
+    extent = int(seg["address"]) + int(seg["total_size"]) - min(int(s["address"]) for s in runs)
     rng = int(seg.get("reserved_va") or cfg.expandable_reserve)
-    return {"grow": grow, "mapped": mapped, "range": rng, "blocked": int(mapped + grow > rng)}
+    return {"grow": grow, "mapped": mapped, "range": rng, "blocked": int(extent + grow > rng)}
 
 
 def explain_oom(pool: Any, size: int, stream: int = 0, error: Optional[str] = None,

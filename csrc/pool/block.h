@@ -11,6 +11,12 @@ namespace pypool::detail {
 
 struct Segment;
 
+// A block of an expandable segment whose granules are unmapped (Note [VMM holes] in
+// vmm.cpp). Internal: never in a free index or the live map, never reported, and not a
+// BlockState of the public API. Every `state == kFree` test (coalescing, search) leaves
+// it out by construction, so the hot path pays nothing for it.
+inline constexpr BlockState kHole = static_cast<BlockState>(3);
+
 struct Block {
   std::uintptr_t addr = 0;
   std::size_t size = 0;
@@ -39,7 +45,11 @@ struct FreeIndex;
 
 struct Segment {
   std::uintptr_t addr = 0;
-  std::size_t size = 0;  // mapped bytes (== allocated bytes for fixed segments)
+  // Bytes its blocks tile from addr (== allocated bytes for fixed segments). For an
+  // expandable segment this includes its holes (kHole blocks): mapped bytes are
+  // size - holes (Note [VMM holes] in vmm.cpp).
+  std::size_t size = 0;
+  std::size_t holes = 0;  // expandable: bytes of its kHole blocks
   Block* first = nullptr;
   Segment* prev = nullptr;  // all segments of a pool, intrusive list
   Segment* next = nullptr;
@@ -53,7 +63,9 @@ struct Segment {
   bool sealed = false;
   bool oversize = false;  // counted in oversize_segments (Note [Oversize stats])
   std::size_t reserved_va = 0;               // expandable: virtual range size
-  std::vector<PhysHandle>* chunks = nullptr;  // expandable: one handle per granule
+  // expandable: one handle per granule of [addr, addr + size); 0 for a granule in a hole.
+  std::vector<PhysHandle>* chunks = nullptr;
+  std::size_t mapped() const noexcept { return size - holes; }
 };
 
 // Recycles Block nodes so that splitting on a cache hit allocates nothing.
@@ -71,14 +83,16 @@ class BlockArena {
   ~BlockArena() {
     for (Block* chunk : chunks_) delete[] chunk;
   }
-  // Makes the next get() allocation-free. Throws std::bad_alloc with nothing changed.
-  void reserve() {
-    if (free_ == nullptr) refill();
+  // Makes the next n get() calls allocation-free. Throws std::bad_alloc with nothing
+  // changed (the nodes of a refill that succeeded stay in the arena).
+  void reserve(std::size_t n = 1) {
+    while (nfree_ < n) refill();
   }
   Block* get() {
     if (free_ == nullptr) refill();
     Block* b = free_;
     free_ = b->next;
+    --nfree_;
     // Reset only what callers do not set; put() already cleared `uses`.
     b->requested = 0;
     b->prev = b->next = b->free_prev = b->free_next = nullptr;
@@ -93,6 +107,7 @@ class BlockArena {
     b->uses = nullptr;
     b->next = free_;
     free_ = b;
+    ++nfree_;
   }
 
  private:
@@ -106,8 +121,10 @@ class BlockArena {
       chunk[i].next = free_;
       free_ = &chunk[i];
     }
+    nfree_ += kChunk;
   }
   Block* free_ = nullptr;
+  std::size_t nfree_ = 0;  // nodes on free_
   std::vector<Block*> chunks_;
 };
 

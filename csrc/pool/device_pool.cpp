@@ -508,7 +508,7 @@ void DevicePool::release_cached_locked(std::unique_lock<SpinMutex>& lk, bool res
     if (s->oversize) m.st.oversize_segments.sub(1);
     m.trace(TraceAction::kSegmentFree, s->addr, s->size, s->stream);
   }
-  // Expandable segments give back their free tail instead (Note [VMM segments]).
+  // Expandable segments unmap the granules inside their free blocks instead (Note [VMM holes]).
   if (cfg_.expandable_segments && reclaim == 0 && shrink_vmm)
     detail::vmm_shrink_all(m, lk, respect_threshold ? cfg_.release_threshold : 0);
   if (out.empty()) return;
@@ -662,8 +662,19 @@ std::vector<SegmentInfo> DevicePool::segments() const {
   std::lock_guard<SpinMutex> g(impl_->mu);
   std::vector<SegmentInfo> out;
   for (const Segment* s = impl_->segs; s != nullptr; s = s->next) {
-    SegmentInfo si{s->addr, s->size, s->kind, s->stream, s->expandable, s->reserved_va, {}};
-    for (const Block* b = s->first; b != nullptr; b = b->next) si.blocks.push_back(info_of(b));
+    // Each mapped run of an expandable segment is listed on its own and holes are left
+    // out, as PyTorch's snapshot does (Note [VMM holes]): every listed segment is tiled by
+    // its blocks, and the sizes add up to the mapped bytes.
+    SegmentInfo si{s->addr, 0, s->kind, s->stream, s->expandable, s->reserved_va, {}};
+    for (const Block* b = s->first; b != nullptr; b = b->next) {
+      if (b->state == detail::kHole) {
+        if (!si.blocks.empty()) out.push_back(std::move(si));
+        si = SegmentInfo{b->addr + b->size, 0, s->kind, s->stream, s->expandable, s->reserved_va, {}};
+        continue;
+      }
+      si.size += b->size;
+      si.blocks.push_back(info_of(b));
+    }
     out.push_back(std::move(si));
   }
   std::sort(out.begin(), out.end(),
@@ -844,7 +855,13 @@ void DevicePool::check_invariants() const {
       if (s->expandable) fail("segment " + hex(s->addr) + ": expandable but counted as oversize");
       calc.oversize_segments.add(1);
     }
-    add(calc.reserved_bytes, k, static_cast<std::int64_t>(s->size));
+    add(calc.reserved_bytes, k, static_cast<std::int64_t>(s->mapped()));
+    // Expandable: one handle per granule of the extent, 0 exactly in holes
+    // (Note [VMM holes] in vmm.cpp).
+    const std::size_t g = s->expandable ? m.be.vmm_granularity() : 0;
+    if (s->expandable && (s->chunks == nullptr || s->size % g != 0 || s->chunks->size() != s->size / g))
+      fail("expandable segment " + hex(s->addr) + ": handles do not cover its extent");
+    std::size_t holes = 0;
     std::uintptr_t at = s->addr;
     for (const Block* b = s->first; b != nullptr; b = b->next) {
       // Formatted only on failure: a string per block was most of the walk's time.
@@ -858,6 +875,22 @@ void DevicePool::check_invariants() const {
       if (b->stream != s->stream) bad("stream differs from its segment's");
       at += b->size;
       const auto bs = static_cast<std::int64_t>(b->size);
+      if (s->expandable) {
+        // Every granule a block touches is mapped; none of a hole's is.
+        const std::size_t i0 = (b->addr - s->addr) / g, i1 = (b->addr + b->size - s->addr + g - 1) / g;
+        const bool hole = b->state == detail::kHole;
+        for (std::size_t i = i0; i < std::min(i1, s->chunks->size()); ++i)
+          if (((*s->chunks)[i] == 0) != hole) bad(hole ? "a granule of a hole is mapped" : "a granule of a block is not mapped");
+      }
+      if (b->state == detail::kHole) {
+        if (!s->expandable) bad("a hole in a fixed segment");
+        if ((b->addr - s->addr) % g != 0 || b->size % g != 0) bad("hole not granule aligned");
+        if (b->next == nullptr) bad("a hole at the end of its segment (the extent should end before it)");
+        if (b->next->state == detail::kHole) bad("two adjacent holes (not merged)");
+        if (m.live.find(b->addr) == b || in_an_index(b)) bad("a hole in the live map or a free index");
+        holes += b->size;
+        continue;
+      }
       if (b->state == BlockState::kFree) {
         ++free_blocks;
         if (b->next != nullptr && b->next->state == BlockState::kFree)
@@ -886,6 +919,7 @@ void DevicePool::check_invariants() const {
       }
     }
     if (at != s->addr + s->size) fail("segment " + hex(s->addr) + ": blocks do not add up to its size");
+    if (holes != s->holes) fail("segment " + hex(s->addr) + ": its hole bytes disagree with its holes");
   }
   std::size_t indexed = 0;
   for (const auto& idx : m.indexes) {

@@ -224,7 +224,10 @@ struct DevicePool::Impl {
   // Wakes threads waiting for another thread's grow or shrink of the same expandable
   // segment to finish (FreeIndex::vmm_busy, Note [VMM segments]); waits with mu.
   std::condition_variable_any vmm_cv;
-  std::size_t shrinking = 0;  // tails being unmapped now (Note [Shrink outside grow_mu])
+  std::size_t shrinking = 0;  // shrinks of expandable segments in flight (Note [Shrink outside grow_mu])
+  // Quarantine entries that grows and shrinks in flight may still add (Note [Quarantine
+  // room] in vmm.cpp); m.quarantine's capacity is at least its size plus this.
+  std::size_t quarantine_owed = 0;
   // Threads synchronizing record_stream events they took out of the FIFOs
   // (sync_pending_locked), with mu dropped: their blocks come back free when they finish.
   std::size_t syncing = 0;
@@ -243,7 +246,7 @@ struct DevicePool::Impl {
   }
   // Bytes counted in reserved_bytes that belong to no segment: tails being unmapped
   // (still counted against the cap until the device has them back) and quarantined
-  // ranges (Note [Unmap failure]). reserved == sum of segment sizes + detached.
+  // ranges (Note [Unmap failure]). reserved == sum of segments' mapped bytes + detached.
   std::size_t detached[kNumPoolKinds] = {0, 0};
   std::vector<detail::Quarantined> quarantine;
 

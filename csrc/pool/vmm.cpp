@@ -1,10 +1,11 @@
 // Expandable segments on virtual memory.
 //
 // Note [VMM segments]: with expandable_segments, each (stream, large pool) owns one
-// segment: a large reserved virtual range whose prefix [addr, addr + size) is mapped to
-// physical memory granule by granule. Growing maps more granules at the end (the free
-// tail block grows in place, so blocks coalesce across everything ever mapped); release
-// unmaps the granule-aligned part of a free tail. A segment that is reserved for one
+// segment: a large reserved virtual range whose prefix [addr, addr + size) is tiled by
+// its blocks and mapped to physical memory granule by granule, but for its holes
+// (Note [VMM holes]). Growing maps more granules at the end (the free tail block grows in
+// place, so blocks coalesce across everything ever mapped) or inside a hole; release
+// unmaps the granule-aligned part of free blocks. A segment that is reserved for one
 // batch shape therefore never leaves unusable slivers when the next batch differs, which
 // is where fixed segments lose memory.
 //
@@ -19,17 +20,42 @@
 // growth waits behind it (the per-pool lock this replaced made every stream wait: 250 ms
 // seen). empty_cache skips a segment whose claim is held instead of waiting for it.
 //
-// Note [Unmap failure]: a tail being unmapped leaves its segment at once but stays in
-// reserved_bytes (Impl::detached) until the device has it back, so it keeps counting
-// against the cap meanwhile. Granules are unmapped from the end backwards, so what is
-// still mapped after a failure (a failed wait for the stream, or a failed unmap) is one
-// range starting at the old cut. That range is quarantined: it stays counted as reserved
-// (the device holds it), it is never mapped again, and the segment is sealed: it keeps
-// serving its blocks but no longer grows; the stream's next growth starts a new segment,
-// and the old virtual range is released only at pool destruction, after one more try to
-// unmap the quarantined granules. Before, a failure skipped every remaining unmap after
-// the pool had stopped counting the bytes, and the next growth mapped the same addresses
-// again ("pool reserved 4 MiB, device holds 24 MiB", then 10 double maps).
+// Note [VMM holes]: a release (empty_cache with no release_threshold, release_all_cached,
+// and malloc's release-and-retry when growth fails) unmaps the granule-aligned interior
+// of EVERY free block of an expandable segment, not only of its free tail, as PyTorch's
+// expandable segments do: before, a free range in the middle stayed mapped while the
+// tail grew past it for a request it was a little too small for (recorded GPT training
+// needed 1.093x its live peak in expandable mode, more than the default mode's 1.057x).
+// An unmapped range is a block of its own, state kHole (block.h): it keeps its place in
+// the segment's address-ordered block list, so blocks still tile [addr, addr + size),
+// but it is in no free index and the live map, holes are never adjacent (they merge),
+// and a hole at the end is cut off (the segment's size, its extent, shrinks). Its
+// granules' entries in Segment::chunks are 0; Segment::holes counts its bytes, so mapped
+// bytes are size - holes and reserved == the sum of mapped bytes + detached, exactly.
+// Growth (vmm_grow) looks for the cheapest place for a request: the free tail plus new
+// granules at the end, or a hole whose free neighbours together with (a part of) it
+// hold the request; of a hole it maps only the granules needed next to the neighbour
+// that makes up the rest (from its start or its end), or all of it, and the mapped part
+// coalesces with the free neighbours. A shrink splits each free block into its mapped
+// edges (which stay free) and the hole, all under the claim with the lock held, before
+// it drops the lock to unmap; a growth maps a hole's granules with the claim held, so
+// neither ever sees another thread's half-made hole. Snapshots (DevicePool::segments)
+// leave holes out: a segment's total_size is its mapped bytes and its blocks are the
+// mapped ones, as PyTorch's snapshot leaves unmapped pages out.
+//
+// Note [Unmap failure]: granules being unmapped leave their segment (a hole, or the cut
+// tail) at once but stay in reserved_bytes (Impl::detached) until the device has them
+// back, so they keep counting against the cap meanwhile. Each cut range is unmapped from
+// its end backwards, and cuts one after the other, so what is still mapped after a
+// failure (a failed wait for the stream, or a failed unmap) is, per cut, one range
+// starting where the cut starts. Those ranges are quarantined: they stay counted as
+// reserved (the device holds them), they are never mapped again, and the segment is
+// sealed: it keeps serving its blocks but no longer grows (at the tail or in a hole);
+// the stream's next growth starts a new segment, and the old virtual range is released
+// only at pool destruction, after one more try to unmap the quarantined granules.
+// Before, a failure skipped every remaining unmap after the pool had stopped counting
+// the bytes, and the next growth mapped the same addresses again ("pool reserved 4 MiB,
+// device holds 24 MiB", then 10 double maps).
 #include "pool_impl.h"
 
 namespace pypool::detail {
@@ -41,6 +67,84 @@ Block* last_block(Segment* s) {
   if (b == nullptr) return nullptr;
   while (b->next != nullptr) b = b->next;
   return b;
+}
+
+std::size_t granule_of(const Segment* s, std::uintptr_t a, std::size_t g) noexcept {
+  return (a - s->addr) / g;
+}
+
+void link_before(Segment* s, Block* at, Block* nb) noexcept {
+  nb->prev = at->prev;
+  nb->next = at;
+  if (at->prev != nullptr) at->prev->next = nb;
+  else s->first = nb;
+  at->prev = nb;
+}
+
+void link_after(Block* at, Block* nb) noexcept {
+  nb->prev = at;
+  nb->next = at->next;
+  if (at->next != nullptr) at->next->prev = nb;
+  at->next = nb;
+}
+
+// Unlinks b (no free-indexed block) and returns it to the arena. A free neighbour is
+// indexed again, since it may stop being split (Impl::put_free's split stats).
+void drop_block(DevicePool::Impl& m, Segment* s, Block* b) noexcept {
+  FreeIndex* idx = s->index;
+  Block* around[2] = {b->prev, b->next};
+  for (Block* x : around)
+    if (x != nullptr && x->state == BlockState::kFree) m.take_free(idx, x);
+  if (b->prev != nullptr) b->prev->next = b->next;
+  else s->first = b->next;
+  if (b->next != nullptr) b->next->prev = b->prev;
+  for (Block* x : around)
+    if (x != nullptr && x->state == BlockState::kFree) m.put_free(idx, x);
+  m.arena.put(b);
+}
+
+// b: free, linked, in no index. Coalesces it with its free neighbours and indexes the
+// result.
+void coalesce_and_put(DevicePool::Impl& m, FreeIndex* idx, Block* b) noexcept {
+  if (b->prev != nullptr && b->prev->state == BlockState::kFree) {
+    Block* p = b->prev;
+    m.take_free(idx, p);
+    p->size += b->size;
+    p->next = b->next;
+    if (b->next != nullptr) b->next->prev = p;
+    m.arena.put(b);
+    b = p;
+  }
+  if (b->next != nullptr && b->next->state == BlockState::kFree) {
+    Block* n = b->next;
+    m.take_free(idx, n);
+    b->size += n->size;
+    b->next = n->next;
+    if (n->next != nullptr) n->next->prev = b;
+    m.arena.put(n);
+  }
+  m.put_free(idx, b);
+}
+
+// h: a hole. Merges it with a hole neighbour on either side (holes are never adjacent
+// otherwise); returns the merged hole.
+Block* merge_holes(DevicePool::Impl& m, Block* h) noexcept {
+  if (h->prev != nullptr && h->prev->state == kHole) {
+    Block* q = h->prev;
+    q->size += h->size;
+    q->next = h->next;
+    if (h->next != nullptr) h->next->prev = q;
+    m.arena.put(h);
+    h = q;
+  }
+  if (h->next != nullptr && h->next->state == kHole) {
+    Block* q = h->next;
+    h->size += q->size;
+    h->next = q->next;
+    if (q->next != nullptr) q->next->prev = h;
+    m.arena.put(q);
+  }
+  return h;
 }
 
 // Maps [addr, addr + n) granule by granule into `out`, whose capacity the caller
@@ -109,15 +213,16 @@ class VmmClaim {
   std::unique_lock<SpinMutex>& lk_;
 };
 
-// Note [Quarantine room]: every grow or shrink in flight may add one quarantine entry
-// when it finishes, inside noexcept code, so each reserves room for all of them before it
-// drops the lock: the entries there are, one per shrink in flight (Impl::shrinking, which
-// does not count the caller yet), one for a growth in flight (at most one, under
-// grow_mu), and one for the caller. Shrinks run outside grow_mu (Note [Shrink outside
-// grow_mu]), so two can be in flight; with room for one each, the second entry's
-// push_back reallocated and a std::bad_alloc there was std::terminate.
-std::size_t quarantine_room(const DevicePool::Impl& m) noexcept {
-  return m.quarantine.size() + m.shrinking + 1 + 1;
+// Note [Quarantine room]: every grow or shrink in flight may add quarantine entries when
+// it finishes, inside noexcept code (a growth one, a shrink one per range it cuts), so
+// each reserves room for all of them before it drops the lock: the entries there are,
+// those the operations in flight may still add (Impl::quarantine_owed), and the caller's
+// own, which it then adds to quarantine_owed until it finishes. Shrinks run outside
+// grow_mu (Note [Shrink outside grow_mu]), so two can be in flight; with room for one
+// each, the second entry's push_back reallocated and a std::bad_alloc there was
+// std::terminate.
+std::size_t quarantine_room(const DevicePool::Impl& m, std::size_t mine) noexcept {
+  return m.quarantine.size() + m.quarantine_owed + mine;
 }
 
 // Lock held; capacity for one more entry in m.quarantine reserved (quarantine_room).
@@ -165,15 +270,41 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
   Segment* s = idx->vmm_seg;
   Block* last = s != nullptr ? last_block(s) : nullptr;
   const std::size_t tail_free = (last != nullptr && last->state == BlockState::kFree) ? last->size : 0;
-  const std::size_t need = policy::round_up(rounded - std::min(tail_free, rounded), g);
+  const std::size_t tail_need = policy::round_up(rounded - std::min(tail_free, rounded), g);
   const std::size_t va = s != nullptr ? s->reserved_va : policy::round_up(m.cfg.expandable_reserve, g);
+  const bool tail_fits_va = s != nullptr ? s->size + tail_need <= s->reserved_va : tail_need <= va;
+  // The cheapest place (Note [VMM holes]): a hole if it needs no more granules than the
+  // tail (a hole costs no address space), else the tail.
+  Block* hole = nullptr;
+  std::uintptr_t at = 0;
+  std::size_t need = tail_fits_va ? tail_need : SIZE_MAX;
+  // O(blocks of the segment), only on growth and only while it has holes.
+  for (Block* h = s != nullptr && s->holes > 0 ? s->first : nullptr; h != nullptr; h = h->next) {
+    if (h->state != kHole) continue;
+    const std::size_t left = h->prev != nullptr && h->prev->state == BlockState::kFree ? h->prev->size : 0;
+    const std::size_t right = h->next != nullptr && h->next->state == BlockState::kFree ? h->next->size : 0;
+    if (left + h->size + right < rounded) continue;
+    auto consider = [&](std::size_t n, std::uintptr_t a) {
+      if (n > 0 && (n < need || (hole == nullptr && n == need))) {
+        need = n;
+        at = a;
+        hole = h;
+      }
+    };
+    const std::size_t from_start = policy::round_up(rounded - std::min(left, rounded), g);
+    const std::size_t from_end = policy::round_up(rounded - std::min(right, rounded), g);
+    if (from_start < h->size) consider(from_start, h->addr);
+    if (from_end < h->size) consider(from_end, h->addr + h->size - from_end);
+    consider(h->size, h->addr);
+  }
+  if (hole == nullptr) need = tail_need;
   if (room.beyond_total(need)) {
     room.never = true;
     return nullptr;
   }
-  if ((s != nullptr && s->size + need > s->reserved_va) || (s == nullptr && need > va)) {
+  if (hole == nullptr && !tail_fits_va) {
     room.reserve_full = true;
-    room.reserve_mapped = s != nullptr ? s->size : 0;
+    room.reserve_mapped = s != nullptr ? s->size : 0;  // its extent: holes included
     room.reserve_total = va;
     room.reserve_need = need;
     return nullptr;
@@ -188,26 +319,27 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
     fresh = std::make_unique<Segment>();
     fresh_chunks = std::make_unique<std::vector<PhysHandle>>();
     fresh_chunks->reserve(k);
-  } else {
+  } else if (hole == nullptr) {
     s->chunks->reserve(s->chunks->size() + k);
   }
   m.arena.reserve();
-  m.quarantine.reserve(quarantine_room(m));
+  m.quarantine.reserve(quarantine_room(m, 1));
   std::vector<PhysHandle> handles;
   handles.reserve(k);
 
+  ++m.quarantine_owed;
   lk.unlock();
   void* range = nullptr;
-  std::uintptr_t at = 0;
   bool mapped = false;
   try {
     if (s == nullptr) range = m.be.vmm_reserve(va);
   } catch (...) {
     lk.lock();
+    --m.quarantine_owed;
     throw;
   }
   if (s != nullptr || range != nullptr) {
-    at = s != nullptr ? s->addr + s->size : reinterpret_cast<std::uintptr_t>(range);
+    if (hole == nullptr) at = s != nullptr ? s->addr + s->size : reinterpret_cast<std::uintptr_t>(range);
     mapped = map_range(m.be, at, need, g, handles);
     if (!mapped && range != nullptr && handles.empty()) {
       try {
@@ -218,6 +350,7 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
     }
   }
   lk.lock();
+  --m.quarantine_owed;
   if (!mapped) {
     if (!handles.empty()) {
       // The rollback of a failed growth could not unmap these (Note [Unmap failure]).
@@ -248,27 +381,50 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
     ++m.st.num_device_alloc;
     m.trace(TraceAction::kSegmentAlloc, s->addr, va, s->stream);
   }
-  s->chunks->insert(s->chunks->end(), handles.begin(), handles.end());  // reserved above
-  s->size += need;
   DevicePool::Impl::add(m.st.reserved_bytes, s->kind, static_cast<std::int64_t>(need));
   ++m.st.num_segment_map;
   m.trace(TraceAction::kSegmentMap, at, need, s->stream);
 
-  last = last_block(s);
-  if (last != nullptr && last->state == BlockState::kFree) {
-    m.take_free(idx, last);
-    last->size += need;
-    m.put_free(idx, last);
+  if (hole != nullptr) {
+    // The hole is as it was: holes change only under the claim, which this thread holds.
+    std::copy(handles.begin(), handles.end(), s->chunks->begin() + static_cast<std::ptrdiff_t>(granule_of(s, at, g)));
+    s->holes -= need;
+    Block* nb = hole;
+    if (need < hole->size) {
+      nb = m.arena.get();  // reserved above
+      nb->addr = at;
+      nb->size = need;
+      nb->seg = s;
+      nb->stream = s->stream;
+      if (at == hole->addr) {
+        link_before(s, hole, nb);
+        hole->addr += need;
+      } else {
+        link_after(hole, nb);
+      }
+      hole->size -= need;
+    }
+    nb->state = BlockState::kFree;
+    coalesce_and_put(m, idx, nb);
   } else {
-    Block* nb = m.arena.get();  // reserved above
-    nb->addr = at;
-    nb->size = need;
-    nb->seg = s;
-    nb->stream = s->stream;
-    nb->prev = last;
-    if (last != nullptr) last->next = nb;
-    else s->first = nb;
-    m.put_free(idx, nb);
+    s->chunks->insert(s->chunks->end(), handles.begin(), handles.end());  // reserved above
+    s->size += need;
+    last = last_block(s);
+    if (last != nullptr && last->state == BlockState::kFree) {
+      m.take_free(idx, last);
+      last->size += need;
+      m.put_free(idx, last);
+    } else {
+      Block* nb = m.arena.get();  // reserved above
+      nb->addr = at;
+      nb->size = need;
+      nb->seg = s;
+      nb->stream = s->stream;
+      nb->prev = last;
+      if (last != nullptr) last->next = nb;
+      else s->first = nb;
+      m.put_free(idx, nb);
+    }
   }
   Block* b = idx->find(rounded, fits);
   if (b != nullptr) m.take_free(idx, b);
@@ -283,48 +439,105 @@ bool in_list(const DevicePool::Impl& m, const Segment* target) {
   return false;
 }
 
-// Unmaps the free tail of s beyond what `keep` bytes of cache allow. Lock held on entry
-// and on return; dropped while the backend works. Does nothing if the tail is not free, a
+// One range a shrink unmaps: granules from lo on, still mapped.
+struct Cut {
+  std::uintptr_t lo = 0;
+  std::vector<PhysHandle> handles;
+};
+
+// Unmaps the granule-aligned interior of s's free blocks (Note [VMM holes]); with `keep`
+// > 0 (release_threshold), only the free tail beyond what `keep` bytes of cache allow.
+// Lock held on entry and on return; dropped while the backend works. Does nothing if a
 // grow or shrink of s's index is in flight, or a bookkeeping allocation fails.
 void shrink_one(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, Segment* s, std::size_t g,
                 std::size_t keep) noexcept {
-  Block* last = last_block(s);
   FreeIndex* idx = s->index;
-  if (last == nullptr || last->state != BlockState::kFree || idx->vmm_busy) return;
-  const std::uintptr_t end = s->addr + s->size;
-  std::uintptr_t cut = s->addr + policy::round_up(last->addr - s->addr, g);
-  if (keep > 0) {
-    const std::size_t cached = m.free_summary().second;
-    const std::size_t spare = cached > keep ? (cached - keep) / g * g : 0;
-    cut = std::max(cut, end - std::min(spare, end - cut));
-  }
-  if (cut >= end) return;
-  const std::size_t n = end - cut;
-  const std::size_t k = n / g;
-  std::vector<PhysHandle> handles;  // granules from cut on, still mapped
+  if (idx->vmm_busy) return;
+  auto up = [&](std::uintptr_t a) { return s->addr + policy::round_up(a - s->addr, g); };
+  auto down = [&](std::uintptr_t a) { return s->addr + (a - s->addr) / g * g; };
+  struct Plan {
+    Block* b;
+    std::uintptr_t lo, hi;
+  };
+  std::vector<Plan> plan;
+  std::vector<Cut> cuts;
   try {
-    handles.assign(s->chunks->end() - static_cast<std::ptrdiff_t>(k), s->chunks->end());
-    m.quarantine.reserve(quarantine_room(m));
+    if (keep > 0) {
+      Block* last = last_block(s);
+      if (last == nullptr || last->state != BlockState::kFree) return;
+      const std::uintptr_t end = s->addr + s->size;
+      std::uintptr_t cut = up(last->addr);
+      const std::size_t cached = m.free_summary().second;
+      const std::size_t spare = cached > keep ? (cached - keep) / g * g : 0;
+      cut = std::max(cut, end - std::min(spare, end - std::min(cut, end)));
+      if (cut >= end) return;
+      plan.push_back(Plan{last, cut, end});
+    } else {
+      for (Block* b = s->first; b != nullptr; b = b->next) {
+        if (b->state != BlockState::kFree) continue;
+        const std::uintptr_t lo = up(b->addr), hi = down(b->addr + b->size);
+        if (lo < hi) plan.push_back(Plan{b, lo, hi});
+      }
+    }
+    if (plan.empty()) return;
+    cuts.resize(plan.size());
+    for (std::size_t i = 0; i < plan.size(); ++i) {
+      cuts[i].lo = plan[i].lo;
+      cuts[i].handles.assign(s->chunks->begin() + static_cast<std::ptrdiff_t>(granule_of(s, plan[i].lo, g)),
+                             s->chunks->begin() + static_cast<std::ptrdiff_t>(granule_of(s, plan[i].hi, g)));
+    }
+    m.arena.reserve(2 * plan.size());
+    m.quarantine.reserve(quarantine_room(m, plan.size()));
   } catch (...) {
     return;  // s stays as it is (Note [Exception safety])
   }
-  // Detach the tail; nothing below allocates.
+  // Detach the cut ranges; nothing below allocates.
   idx->vmm_busy = true;
   ++m.shrinking;
-  m.take_free(idx, last);
-  if (cut == last->addr) {
-    if (last->prev != nullptr) last->prev->next = nullptr;
-    else s->first = nullptr;
-    m.arena.put(last);
-  } else {
-    last->size = cut - last->addr;
-    m.put_free(idx, last);
+  m.quarantine_owed += plan.size();
+  std::size_t cut_bytes = 0;
+  for (const Plan& p : plan) {
+    Block* b = p.b;
+    const std::uintptr_t end = b->addr + b->size;
+    m.take_free(idx, b);
+    if (p.hi < end) {  // the mapped right edge stays free
+      Block* r = m.arena.get();  // reserved above
+      r->addr = p.hi;
+      r->size = end - p.hi;
+      r->seg = s;
+      r->stream = b->stream;
+      link_after(b, r);
+      b->size = p.hi - b->addr;
+      m.put_free(idx, r);
+    }
+    Block* h = b;
+    if (p.lo > b->addr) {  // so does the left edge
+      h = m.arena.get();  // reserved above
+      h->addr = p.lo;
+      h->size = p.hi - p.lo;
+      h->seg = s;
+      h->stream = b->stream;
+      link_after(b, h);
+      b->size = p.lo - b->addr;
+      m.put_free(idx, b);
+    }
+    h->state = kHole;
+    merge_holes(m, h);
+    std::fill(s->chunks->begin() + static_cast<std::ptrdiff_t>(granule_of(s, p.lo, g)),
+              s->chunks->begin() + static_cast<std::ptrdiff_t>(granule_of(s, p.hi, g)), PhysHandle{0});
+    s->holes += p.hi - p.lo;
+    cut_bytes += p.hi - p.lo;
+    m.trace(TraceAction::kSegmentUnmap, p.lo, p.hi - p.lo, s->stream);
   }
-  s->chunks->resize(s->chunks->size() - k);
-  s->size -= n;
-  m.detached[static_cast<int>(s->kind)] += n;  // still reserved (Note [Unmap failure])
-  m.trace(TraceAction::kSegmentUnmap, cut, n, s->stream);
-  const bool whole = s->size == 0;
+  // A hole at the end leaves the segment: its extent shrinks (holes never touch).
+  if (Block* last = last_block(s); last->state == kHole) {
+    s->size -= last->size;
+    s->holes -= last->size;
+    drop_block(m, s, last);
+    s->chunks->resize(s->size / g);  // shrinks: no allocation
+  }
+  m.detached[static_cast<int>(s->kind)] += cut_bytes;  // still reserved (Note [Unmap failure])
+  const bool whole = s->first == nullptr;
   if (whole) {
     m.unlink_segment(s);
     if (idx->vmm_seg == s) idx->vmm_seg = nullptr;
@@ -337,20 +550,22 @@ void shrink_one(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, Segment* s
   std::size_t unmapped = 0;
   try {
     // Unlike cuMemFree, cuMemUnmap/cuMemRelease do not synchronize: kernels queued on
-    // the segment's stream may still use the freed tail, so wait for that stream (other
-    // streams' uses are covered by record_stream events).
+    // the segment's stream may still use the freed ranges, so wait for that stream
+    // (other streams' uses are covered by record_stream events).
     wait_for_stream(m.be, s->stream);
   } catch (...) {
     failed = true;
   }
-  while (!failed && !handles.empty()) {
-    const std::size_t i = handles.size() - 1;
-    try {
-      m.be.vmm_unmap(reinterpret_cast<void*>(cut + i * g), g, handles[i]);
-      handles.pop_back();
-      unmapped += g;
-    } catch (...) {
-      failed = true;
+  for (Cut& c : cuts) {
+    while (!failed && !c.handles.empty()) {
+      const std::size_t i = c.handles.size() - 1;
+      try {
+        m.be.vmm_unmap(reinterpret_cast<void*>(c.lo + i * g), g, c.handles[i]);
+        c.handles.pop_back();
+        unmapped += g;
+      } catch (...) {
+        failed = true;
+      }
     }
   }
   // s->sealed changes only under idx's claim, which this thread holds.
@@ -364,8 +579,12 @@ void shrink_one(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, Segment* s
   lk.lock();
   DevicePool::Impl::sub(m.st.reserved_bytes, s->kind, static_cast<std::int64_t>(unmapped));
   m.detached[static_cast<int>(s->kind)] -= unmapped;
-  if (unmapped > 0) ++m.st.num_segment_unmap;
-  if (failed) quarantine_locked(m, s, cut, std::move(handles), 0, 0);
+  if (unmapped > 0) ++m.st.num_segment_unmap;  // one per shrink: one wait for the stream
+  if (failed) {
+    for (Cut& c : cuts)
+      if (!c.handles.empty()) quarantine_locked(m, s, c.lo, std::move(c.handles), 0, 0);
+  }
+  m.quarantine_owed -= plan.size();
   if (whole) {
     if (!failed) ++m.st.num_device_free;
     delete s->chunks;
@@ -388,7 +607,7 @@ void vmm_shrink_all(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, std::s
   } catch (...) {
     return;
   }
-  // One segment at a time, each claimed only while its own tail is unmapped: waiting for
+  // One segment at a time, each claimed only while its own ranges are unmapped: waiting for
   // one stream's kernels holds up no other stream's growth (Note [VMM segments]). The
   // lock is dropped in between, so each candidate is looked up again (another thread may
   // have released it).
@@ -404,6 +623,7 @@ void vmm_destroy(Backend& be, Segment* s) noexcept {
   } catch (...) {
   }
   for (std::size_t i = g == 0 ? 0 : s->chunks->size(); i-- > 0;) {
+    if ((*s->chunks)[i] == 0) continue;  // in a hole (Note [VMM holes])
     try {
       be.vmm_unmap(reinterpret_cast<void*>(s->addr + i * g), g, (*s->chunks)[i]);
     } catch (...) {

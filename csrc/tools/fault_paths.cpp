@@ -473,6 +473,33 @@ static void scenario_vmm(Run& r) {
   r.empty_cache();
 }
 
+// Interior holes (Note [VMM holes]): free blocks between live ones are unmapped, served
+// again by mapping the hole in place (from either side, or whole), coalesced with free
+// neighbours, and a hole at the end cuts the segment's extent.
+static void scenario_vmm_holes(Run& r) {
+  r.malloc(9 * MiB, 1);   // 0
+  r.malloc(7 * MiB, 1);   // 1
+  r.malloc(11 * MiB, 1);  // 2
+  r.malloc(5 * MiB, 1);   // 3
+  r.malloc(13 * MiB, 1);  // 4
+  r.malloc(6 * MiB, 2);   // 5
+  r.free_at(3);
+  r.free_at(1);
+  r.empty_cache();        // two interior holes on stream 1
+  r.malloc(3 * MiB, 1);   // maps part of a hole
+  r.malloc(10 * MiB, 1);  // a hole whole, or the tail
+  r.free_at(0);           // a free block at the segment's start, next to a hole
+  r.malloc(12 * MiB, 1);
+  r.record_stream(1, 7);
+  r.free_at(1);
+  r.free_at(r.live.size() - 1);
+  r.empty_cache();
+  r.malloc(30 * MiB, 1);
+  while (!r.live.empty()) r.free_at(0);
+  r.empty_cache();
+  r.malloc(4 * MiB, 1);
+}
+
 static void sweep(const char* name, const Config& cfg, void (*scenario)(Run&)) {
   std::printf("fault sweep: %s\n", name);
   long total = -1;
@@ -530,9 +557,10 @@ static Config vmm_config() {
 // synchronize_event (kind 1) throws, for every k. What could not be unmapped is
 // quarantined: the device must hold exactly what the pool reports at every check, no
 // granule may be mapped twice, and the pool's destructor must hand everything back.
-static void sweep_vmm_backend_faults(int kind) {
+static void sweep_vmm_backend_faults(int kind, void (*scenario)(Run&) = scenario_vmm) {
   const char* what = kind == 0 ? "vmm_unmap" : "synchronize_event";
-  std::printf("backend fault sweep: %s throws, VMM grow / shrink\n", what);
+  std::printf("backend fault sweep: %s throws, VMM grow / shrink%s\n", what,
+              scenario == scenario_vmm ? "" : " with interior holes");
   int bad = 0;
   long points = 0;
   for (int k = 1; bad < 5; ++k) {
@@ -543,7 +571,7 @@ static void sweep_vmm_backend_faults(int kind) {
       DevicePool pool(vmm_config(), be);
       if (kind == 0) be->throw_unmap_at = k; else be->throw_sync_at = k;
       Run r{pool, {}, {}};
-      scenario_vmm(r);
+      scenario(r);
       const bool fired = (kind == 0 ? be->throw_unmap_at : be->throw_sync_at) == 0;
       if (!fired) break;  // past the last call: every k was swept
       ++points;
@@ -561,6 +589,43 @@ static void sweep_vmm_backend_faults(int kind) {
       ++bad;
       std::printf("  FAIL: %s #%d throws: %zu device allocations left after the pool is gone\n", what, k,
                   be->h->live_allocations());
+    }
+  }
+  failures += bad;
+  std::printf("  %s: %ld failure points swept\n", bad ? "FAIL" : "ok", points);
+}
+
+// The k-th vmm_map fails (the device is out of memory), for every k: a growth in a hole
+// or at the tail rolls back what it mapped, and the pool stays exact.
+static void sweep_vmm_map_faults(void (*scenario)(Run&)) {
+  std::printf("backend fault sweep: vmm_map fails, VMM grow / shrink%s\n",
+              scenario == scenario_vmm ? "" : " with interior holes");
+  int bad = 0;
+  long points = 0;
+  for (int k = 1; bad < 5; ++k) {
+    auto be = std::make_shared<SweepBackend>();
+    std::string why;
+    {
+      DevicePool pool(vmm_config(), be);
+      const std::uint64_t before = be->h->calls().vmm_map + be->h->calls().allocate;
+      be->h->fail_allocation_at(static_cast<std::uint64_t>(k));
+      Run r{pool, {}, {}};
+      scenario(r);
+      if (be->h->calls().vmm_map + be->h->calls().allocate - before < static_cast<std::uint64_t>(k)) break;
+      ++points;
+      bool ok = r.problem.empty() && consistent(pool, *be, &why);
+      if (!r.problem.empty()) why = r.problem;
+      for (void* p : r.live) pool.free(p);
+      pool.release_all_cached();
+      if (ok) ok = consistent(pool, *be, &why);
+      if (ok && be->h->used() != 0) {
+        why = std::to_string(be->h->used()) + " B still on the device after everything was freed";
+        ok = false;
+      }
+      if (!ok) {
+        ++bad;
+        std::printf("  FAIL: map #%d fails: %s\n", k, why.c_str());
+      }
     }
   }
   failures += bad;
@@ -902,9 +967,14 @@ int main(int argc, char** argv) {
       {"oom_retry_after_shrink_finished", test_oom_retry_after_shrink_finished},
       {"sweep_fixed", [] { sweep("malloc / free / record_stream / empty_cache, fixed segments", Config{}, scenario_fixed); }},
       {"sweep_vmm", [] { sweep("VMM grow / shrink, expandable segments", vmm_config(), scenario_vmm); }},
+      {"sweep_vmm_holes", [] { sweep("VMM interior holes, expandable segments", vmm_config(), scenario_vmm_holes); }},
       {"sweep_vmm_backend_faults", [] {
          sweep_vmm_backend_faults(0);
          sweep_vmm_backend_faults(1);
+         sweep_vmm_backend_faults(0, scenario_vmm_holes);
+         sweep_vmm_backend_faults(1, scenario_vmm_holes);
+         sweep_vmm_map_faults(scenario_vmm);
+         sweep_vmm_map_faults(scenario_vmm_holes);
        }},
   };
   for (const auto& [name, fn] : tests) {

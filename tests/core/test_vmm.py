@@ -125,7 +125,16 @@ def test_shrink_on_empty_cache(backend: Backend, pool_ok: Callable[[pypool.Pool]
     pool_ok(pool)
 
 
-def test_free_hole_in_the_middle_is_not_unmapped(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+def layout(pool: pypool.Pool, base: int) -> List[Tuple[float, float, str]]:
+    """(offset from base in MiB, size in MiB, state) of the blocks of the expandable
+    segments as listed (each mapped run on its own), in address order."""
+    return sorted(((b["address"] - base) / MiB, b["size"] / MiB, b["state"])
+                  for seg in expandable(pool) for b in seg["blocks"])
+
+
+def test_free_hole_in_the_middle_is_unmapped_and_mapped_again(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    # Note [VMM holes]: the granules of a free block between live ones go back to the
+    # device, and a request that fits the hole maps them again in place.
     pool = backend(expandable_segments=True)
     a = pool.malloc(4 * MiB)
     b = pool.malloc(4 * MiB)
@@ -133,13 +142,111 @@ def test_free_hole_in_the_middle_is_not_unmapped(backend: Backend, pool_ok: Call
     pool.free(b)
     pool.empty_cache()
     pool_ok(pool)
-    assert pool.memory_reserved() == 12 * MiB
-    assert pool.memory_stats()["num_segment_unmap"] == 0
-    pool.free(c)
-    pool.empty_cache()  # now b and c form the free tail
+    backend.check_used(pool, 8 * MiB)  # reserved drops by exactly the hole
+    st = pool.memory_stats()
+    assert st["num_segment_unmap"] == 1 and st["reserved_bytes.all.freed"] == 4 * MiB
+    # The snapshot leaves the hole out, as PyTorch's does: each mapped run is listed as a
+    # segment of its own, tiled by its blocks.
+    assert [(s["address"], s["total_size"]) for s in pool.segments()] == [(a, 4 * MiB), (c, 4 * MiB)]
+    assert pool.memory_stats()["segment.all.current"] == 1
+    assert layout(pool, a) == [(0, 4, A), (8, 4, A)]
+    d = pool.malloc(3 * MiB)  # the hole, not the tail
+    assert d == b
     pool_ok(pool)
-    assert pool.memory_reserved() == 4 * MiB
+    backend.check_used(pool, 12 * MiB)
+    assert layout(pool, a) == [(0, 4, A), (4, 3, A), (7, 1, I), (8, 4, A)]
+    assert pool.memory_stats()["num_segment_map"] == 4
+    pool.free(c)
+    pool.free(d)
+    pool.empty_cache()  # d's block coalesced with c's: one free tail from 4 MiB on
+    pool_ok(pool)
+    backend.check_used(pool, 4 * MiB)
     pool.free(a)
+    pool.empty_cache()
+    assert pool.segments() == []
+    backend.check_used(pool, 0)
+    pool_ok(pool)
+
+
+def test_hole_maps_only_the_granules_next_to_a_free_neighbour(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    pool = backend(expandable_segments=True)
+    a = pool.malloc(4 * MiB)
+    b = pool.malloc(10 * MiB)
+    c = pool.malloc(4 * MiB)
+    pool.free(b)
+    pool.empty_cache()  # hole [4, 14) MiB
+    backend.check_used(pool, 8 * MiB)
+    pool.free(a)  # free and mapped, left of the hole: 4 + 2 MiB of the hole hold 6 MiB
+    d = pool.malloc(6 * MiB)
+    assert d == a
+    pool_ok(pool)
+    backend.check_used(pool, 10 * MiB)
+    assert layout(pool, a) == [(0, 6, A), (14, 4, A)]
+    pool.free(c)  # the free tail, right of the hole: the same 2 MiB of the hole's end
+    e = pool.malloc(6 * MiB)  # as the tail would need, without growing the extent
+    assert e == a + 12 * MiB
+    pool_ok(pool)
+    backend.check_used(pool, 12 * MiB)
+    assert layout(pool, a) == [(0, 6, A), (12, 6, A)]
+    pool.free(d)
+    pool.free(e)
+    f = pool.malloc(18 * MiB)  # the whole hole with both neighbours
+    assert f == a
+    pool_ok(pool)
+    backend.check_used(pool, 18 * MiB)
+    pool.free(f)
+    pool_ok(pool)
+
+
+def test_retry_unmaps_interior_holes(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    # Growing past the cap fails; the retry gives the free middle back and the tail grows.
+    pool = backend.with_limit("16MiB", expandable_segments=True)
+    a = pool.malloc(4 * MiB)
+    b = pool.malloc(4 * MiB)
+    c = pool.malloc(4 * MiB)
+    pool.free(b)
+    d = pool.malloc(6 * MiB)  # 12 + 6 > 16 until the hole's 4 MiB are unmapped
+    assert d == a + 12 * MiB
+    st = pool.memory_stats()
+    assert st["num_alloc_retries"] == 1 and st["num_ooms"] == 0
+    pool_ok(pool)
+    backend.check_used(pool, 14 * MiB)
+    e = pool.malloc(2 * MiB)  # fits the hole again
+    assert e == b
+    backend.check_used(pool, 16 * MiB)
+    for p in (a, c, d, e):
+        pool.free(p)
+    pool_ok(pool)
+
+
+def test_empty_cache_leaves_no_whole_free_granule_mapped(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    rng = random.Random(11)
+    pool = backend(expandable_segments=True)
+    live = [pool.malloc(rng.randint(1 * MiB, 9 * MiB)) for _ in range(40)]
+    for p in live[::3] + live[1::5]:
+        if p in live:
+            live.remove(p)
+            pool.free(p)
+    pool.empty_cache()
+    pool_ok(pool)
+    runs = expandable(pool)
+    assert len(runs) > 1 and pool.memory_stats()["segment.all.current"] == 1
+    g = 2 * MiB
+    base = min(s["address"] for s in runs)
+    for seg in runs:
+        assert (seg["address"] - base) % g == 0 and seg["total_size"] % g == 0
+        for blk in seg["blocks"]:
+            if blk["state"] == I:
+                lo = -(-(blk["address"] - base) // g) * g
+                hi = (blk["address"] + blk["size"] - base) // g * g
+                assert lo >= hi, f"free block {blk} still holds a whole granule"
+    mapped = sum(s["total_size"] for s in runs)
+    backend.check_used(pool, mapped)
+    for p in live:
+        pool.free(p)
+    pool.empty_cache()
+    backend.check_used(pool, 0)
+    pool_ok(pool)
 
 
 def test_release_threshold_keeps_mapped_bytes(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:

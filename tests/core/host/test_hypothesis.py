@@ -231,6 +231,22 @@ class PoolMachine(RuleBasedStateMachine):
         self.process_pending()
         self.pool.empty_cache()
         self.absorb_sync()
+        if self.EXPANDABLE:
+            self.no_free_granule_mapped()
+
+    def no_free_granule_mapped(self) -> None:
+        """After a release, no free block of an expandable segment holds a whole granule:
+        the interior of every free block is unmapped, not only a free tail (Note [VMM
+        holes]). Listed runs start and end on granule boundaries of their segment."""
+        g = pm.VMM_GRANULE
+        for seg in self.pool.segments():
+            if not seg["is_expandable"]:
+                continue
+            assert seg["total_size"] % g == 0
+            for b in seg["blocks"]:
+                if b["state"] == "inactive":
+                    off = b["address"] - seg["address"]
+                    assert -(-off // g) * g >= (off + b["size"]) // g * g, f"free block {b} holds a mapped granule"
 
     @precondition(lambda self: self.freed or self.pending)
     @rule(i=st.integers(0, 1 << 16), offset=st.sampled_from([0, 0, 0, 512, 4096]))
