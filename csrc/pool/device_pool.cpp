@@ -209,7 +209,7 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
 // limit, and the segments go before later allocations split them (smallest capacity
 // x floor at 0.8, just-enough -> all at once: transformer 1.047 -> 1.043, growing_batch
 // 1.052 -> 1.035, random 1.092 -> 1.090; always reclaiming, before: 1.047, 1.054,
-// 1.091). Measured per threshold in benchmarks/results/2026-12-02-reclaim-threshold.txt.
+// 1.091). Measured per threshold in benchmarks/results/2026-12-02-cpu-reclaim-threshold.txt.
 bool DevicePool::reclaim_pressure_locked(std::unique_lock<SpinMutex>& lk, std::size_t growth) {
   Impl& m = *impl_;
   const double t = cfg_.reclaim_threshold;
