@@ -653,8 +653,9 @@ def _descend_from(ev: _Evaluator, start: PoolConfig, max_passes: int = 3) -> Poo
     return current
 
 
-#: Knobs of the descent on the smallest cap: those of KNOBS, plus the two that act only
-#: under pressure (they do nothing on a roomy device, so the reserved descent cannot see them).
+#: Knobs of the descent on the smallest cap: those of KNOBS, plus those that act only under
+#: pressure (garbage_collection_threshold, reclaim_before_grow, reclaim_threshold: they do
+#: little or nothing on a roomy device, so the reserved descent cannot see them).
 #: The growth policy is tried together with each threshold: exact-size growth alone can fit
 #: worse (cached exact segments are freed only at OOM), with early release better (on
 #: recorded_gpt_train: 1.170 and 1.029 x floor, defaults 1.057), and a descent that changes
