@@ -210,17 +210,20 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
 // x floor at 0.8, just-enough -> all at once: transformer 1.047 -> 1.043, growing_batch
 // 1.052 -> 1.035, random 1.092 -> 1.090; always reclaiming, before: 1.047, 1.054,
 // 1.091). Measured per threshold in benchmarks/results/2026-12-02-cpu-reclaim-threshold.txt.
-bool DevicePool::reclaim_pressure_locked(std::unique_lock<SpinMutex>& lk, std::size_t growth) {
+bool DevicePool::reclaim_pressure_locked(std::unique_lock<SpinMutex>& lk, std::size_t growth,
+                                         DeviceRoom& room) {
   Impl& m = *impl_;
   const double t = cfg_.reclaim_threshold;
   if (t <= 0) return true;
   const double need = double(m.reserved()) + double(growth);
   if (m.cap != Config::kUnlimited && need > t * double(m.cap)) return true;
-  // The device's room: other processes (and other pools) may hold part of it. Asked
-  // only here, on the way to a device allocation, with mu dropped like every backend call.
+  // The device's room: other processes (and other pools) may hold part of it. This is
+  // the growth's one mem_info call (Note [Device pre-check]): grow_locked takes `room`
+  // from here (DeviceRoom::fresh) instead of asking again.
   lk.unlock();
-  const DeviceRoom room = DeviceRoom::ask(m.be);
+  room = DeviceRoom::ask(m.be);
   lk.lock();
+  room.fresh = true;
   if (!room.known()) return m.cap == Config::kUnlimited;  // nothing to measure against: as before
   return need > t * (double(m.reserved()) + double(room.mem.free));
 }
@@ -292,8 +295,11 @@ __attribute__((always_inline)) inline Block* DevicePool::fallback_locked(
     // peak without this). Each reclaim is a device free, a device synchronization on
     // CUDA, so it runs only under pressure (Note [Reclaim under pressure]).
     const std::size_t want = m.want_segment(rounded, kind);
-    if (reclaim_pressure_locked(lk, want)) {
+    if (reclaim_pressure_locked(lk, want, room)) {
+      const std::size_t before = m.reserved();
       release_cached_locked(lk, /*respect_threshold=*/false, want, idx);
+      // The device has them back: the room asked before counts them as free now.
+      if (room.fresh && room.known()) room.mem.free += before - m.reserved();
       b = take(false);
     }
   }
@@ -472,9 +478,12 @@ Block* DevicePool::grow_locked(std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
   Impl& m = *impl_;
   if (cfg_.expandable_segments && idx->kind == PoolKind::kLarge)
     return detail::vmm_grow(m, lk, idx, rounded, room);
-  lk.unlock();
-  room = DeviceRoom::ask(m.be);  // Note [Device pre-check]
-  lk.lock();
+  if (!room.fresh) {
+    lk.unlock();
+    room = DeviceRoom::ask(m.be);  // Note [Device pre-check]
+    lk.lock();
+  }
+  room.fresh = false;  // the OOM retry's growth asks again
   const std::size_t want = m.want_segment(rounded, idx->kind);
   const std::size_t minimal = policy::min_segment_size(cfg_, rounded);
   if (room.beyond_total(minimal)) {

@@ -185,8 +185,10 @@ class DevicePool {
   detail::Block* grow_locked(std::unique_lock<SpinMutex>& lk, detail::FreeIndex* idx,
                              std::size_t rounded, detail::DeviceRoom& room);
   // Whether reserved + `growth` passes reclaim_threshold of the pool's room (Note
-  // [Reclaim under pressure]); may drop and retake lk to ask the device.
-  bool reclaim_pressure_locked(std::unique_lock<SpinMutex>& lk, std::size_t growth);
+  // [Reclaim under pressure]); may drop and retake lk to ask the device, into `room`
+  // (then marked fresh for the growth that follows).
+  bool reclaim_pressure_locked(std::unique_lock<SpinMutex>& lk, std::size_t growth,
+                               detail::DeviceRoom& room);
   // reclaim > 0: release only `only`'s fully free large segments, all of them if they
   // cover `reclaim` bytes, or none if they cannot (Note [Reclaim under pressure]).
   // shrink_vmm = false: fixed segments only; the caller shrinks expandable segments
