@@ -141,6 +141,10 @@ class PoolConfig:
             free cached large segments that cannot serve the request when they cover the
             growth, so reserved memory tracks the live peak as shapes change (default on;
             each reclaim costs a device free, which synchronizes on CUDA).
+        reclaim_threshold: reclaim only once reserved memory plus the growth would pass
+            this fraction of the pool's room, min(cap, reserved + the device's free
+            memory): none on a roomy device, early enough under a cap (default 0.8;
+            0 = before every growth).
     """
 
     max_pool_size: Optional[SizeLike] = None
@@ -161,6 +165,7 @@ class PoolConfig:
     release_threshold: SizeLike = 0
     garbage_collection_threshold: float = 0.0
     reclaim_before_grow: bool = True
+    reclaim_threshold: float = 0.8
 
     def __post_init__(self) -> None:
         for name in _SIZE_FIELDS:

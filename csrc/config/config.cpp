@@ -57,6 +57,8 @@ void Config::validate() const {
     bad("growth_step", "must be > 0 with growth='fixed'");
   if (!(garbage_collection_threshold >= 0.0 && garbage_collection_threshold < 1.0))
     bad("garbage_collection_threshold", "must be in [0, 1)");
+  if (!(reclaim_threshold >= 0.0 && reclaim_threshold < 1.0))
+    bad("reclaim_threshold", "must be in [0, 1)");
   for (auto [name, v] : {std::pair<const char*, std::size_t>{"expandable_reserve", expandable_reserve},
                          {"initial_pool_size", initial_pool_size},
                          {"growth_step", growth_step},

@@ -195,6 +195,40 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
   return m.finish_alloc(b, rounded, size, stream, an.context, an.time_us);
 }
 
+// Note [Reclaim under pressure]: reclaiming before every growth (Note [Reclaim before
+// grow]) kept reserved memory flat, but made a device synchronization per growth in
+// steady state: 72 per 1,000 allocations on the recorded growing-batch CNN on a roomy
+// device, where PyTorch makes none. Reclaiming only when the growth would fail (the
+// retry path) costs smallest capacity instead (1.047 -> 1.077 x floor on transformer,
+// 1.054 -> 1.086 on growing_batch): by then the stale segments have been split by
+// later allocations and pin memory. The middle way: reclaim once reserved + the growth
+// would pass reclaim_threshold of the room the pool can have, min(cap, reserved + the
+// device's free bytes). A roomy device never gets there (no synchronization at all); a
+// capped pool starts reclaiming early enough that old shapes do not ratchet up. 0 =
+// before every growth, as before. Under pressure every stale segment of the stream goes
+// at once, not just enough for this growth: fewer growths then find the pool near its
+// limit, and the segments go before later allocations split them (smallest capacity
+// x floor at 0.8, just-enough -> all at once: transformer 1.047 -> 1.043, growing_batch
+// 1.052 -> 1.035, random 1.092 -> 1.090; always reclaiming, before: 1.047, 1.054,
+// 1.091). Measured per threshold in benchmarks/results/2026-12-02-cpu-reclaim-threshold.txt.
+bool DevicePool::reclaim_pressure_locked(std::unique_lock<SpinMutex>& lk, std::size_t growth,
+                                         DeviceRoom& room) {
+  Impl& m = *impl_;
+  const double t = cfg_.reclaim_threshold;
+  if (t <= 0) return true;
+  const double need = double(m.reserved()) + double(growth);
+  if (m.cap != Config::kUnlimited && need > t * double(m.cap)) return true;
+  // The device's room: other processes (and other pools) may hold part of it. This is
+  // the growth's one mem_info call (Note [Device pre-check]): grow_locked takes `room`
+  // from here (DeviceRoom::fresh) instead of asking again.
+  lk.unlock();
+  room = DeviceRoom::ask(m.be);
+  lk.lock();
+  room.fresh = true;
+  if (!room.known()) return m.cap == Config::kUnlimited;  // nothing to measure against: as before
+  return need > t * (double(m.reserved()) + double(room.mem.free));
+}
+
 // Inlined into its one caller; a function of its own for reading.
 __attribute__((always_inline)) inline Block* DevicePool::fallback_locked(
     std::unique_lock<SpinMutex>& lk, FreeIndex* idx, std::size_t size, std::size_t rounded,
@@ -259,10 +293,16 @@ __attribute__((always_inline)) inline Block* DevicePool::fallback_locked(
     // that cannot serve this request are given back before the pool grows, when they
     // cover the growth: reserved memory then stays flat instead of ratcheting up with
     // every new shape (the bundled variable-length workloads reserve 1.3-2x their live
-    // peak without this). Costs a device free (a sync on CUDA) only when the pool would
-    // grow.
-    release_cached_locked(lk, /*respect_threshold=*/false, m.want_segment(rounded, kind), idx);
-    b = take(false);
+    // peak without this). Each reclaim is a device free, a device synchronization on
+    // CUDA, so it runs only under pressure (Note [Reclaim under pressure]).
+    const std::size_t want = m.want_segment(rounded, kind);
+    if (reclaim_pressure_locked(lk, want, room)) {
+      const std::size_t before = m.reserved();
+      release_cached_locked(lk, /*respect_threshold=*/false, want, idx);
+      // The device has them back: the room asked before counts them as free now.
+      if (room.fresh && room.known()) room.mem.free += before - m.reserved();
+      b = take(false);
+    }
   }
   if (b != nullptr) return b;
   b = grow();
@@ -440,9 +480,12 @@ Block* DevicePool::grow_locked(std::unique_lock<SpinMutex>& lk, FreeIndex* idx,
   Impl& m = *impl_;
   if (cfg_.expandable_segments && idx->kind == PoolKind::kLarge)
     return detail::vmm_grow(m, lk, idx, rounded, room);
-  lk.unlock();
-  room = DeviceRoom::ask(m.be);  // Note [Device pre-check]
-  lk.lock();
+  if (!room.fresh) {
+    lk.unlock();
+    room = DeviceRoom::ask(m.be);  // Note [Device pre-check]
+    lk.lock();
+  }
+  room.fresh = false;  // the OOM retry's growth asks again
   const std::size_t want = m.want_segment(rounded, idx->kind);
   const std::size_t minimal = policy::min_segment_size(cfg_, rounded);
   if (room.beyond_total(minimal)) {
@@ -492,11 +535,12 @@ void DevicePool::release_cached_locked(std::unique_lock<SpinMutex>& lk, bool res
     out.push_back(s);
   }
   if (reclaim > 0) {
-    // Largest first, only as many as cover the growth, and none if they cannot.
-    std::sort(out.begin(), out.end(), [](Segment* a, Segment* b) { return a->size > b->size; });
-    std::size_t got = 0, n = 0;
-    while (n < out.size() && got < reclaim) got += out[n++]->size;
-    out.resize(got >= reclaim ? n : 0);
+    // All of them in one go, and none if together they cannot cover the growth (Note
+    // [Reclaim under pressure]: once under pressure, the next growths would reclaim the
+    // rest one by one).
+    std::size_t got = 0;
+    for (const Segment* s : out) got += s->size;
+    if (got < reclaim) out.clear();
   }
   for (Segment* s : out) {
     m.take_free(s->index, s->first);

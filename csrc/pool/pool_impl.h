@@ -141,6 +141,9 @@ struct PoolStats {
 struct DeviceRoom {
   MemInfo mem;         // {0, 0}: unknown
   bool never = false;  // set by a growth that needs more than the whole device
+  // Asked by the reclaim check just before this growth (Note [Reclaim under pressure]):
+  // grow_locked takes it instead of asking again, once.
+  bool fresh = false;
   // Set by an expandable segment that cannot grow because its reserved address space
   // (expandable_reserve) is used up, with what it has mapped, reserved and needed, for
   // the OOM message (Note [OOM message]).

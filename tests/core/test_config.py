@@ -89,7 +89,7 @@ def test_defaults_match_the_core() -> None:
                  "min_large_alloc", "round_large", "round_up_divisions", "max_split_size",
                  "max_pool_size", "expandable_segments", "expandable_reserve",
                  "initial_pool_size", "growth_step", "release_threshold",
-                 "garbage_collection_threshold", "reclaim_before_grow"):
+                 "garbage_collection_threshold", "reclaim_before_grow", "reclaim_threshold"):
         assert getattr(core, name) == getattr(ref, name), name
     assert c.max_pool_size is None and c.max_split_size is None and c.memory_fraction is None
 
@@ -142,6 +142,9 @@ BAD_FIELDS = [
     ("garbage_collection_threshold", {"garbage_collection_threshold": "x"}, TypeError),
     ("reclaim_before_grow", {"reclaim_before_grow": "no"}, TypeError),
     ("reclaim_before_grow", {"reclaim_before_grow": 0}, TypeError),
+    ("reclaim_threshold", {"reclaim_threshold": 1.0}, ValueError),
+    ("reclaim_threshold", {"reclaim_threshold": -0.1}, ValueError),
+    ("reclaim_threshold", {"reclaim_threshold": "x"}, TypeError),
 ]
 
 

@@ -45,6 +45,7 @@ NON_DEFAULT: Dict[str, Any] = {
     "release_threshold": 1 << 30,
     "garbage_collection_threshold": 0.75,
     "reclaim_before_grow": False,
+    "reclaim_threshold": 0.5,
 }
 
 
@@ -108,7 +109,7 @@ def test_native_text_form() -> None:
         "round_large:2097152,round_up_divisions:0,max_split_size:unlimited,"
         "expandable_segments:false,expandable_reserve:1099511627776,initial_pool_size:0,"
         "growth:0,growth_step:0,release_threshold:0,garbage_collection_threshold:0,"
-        "reclaim_before_grow:true")
+        "reclaim_before_grow:true,reclaim_threshold:0.8")
     c = PoolConfig(**NON_DEFAULT).to_core()
     assert repr(c).split(",")[0] == "max_pool_size:8589934592"
     assert "growth:2," in repr(c) and "memory_fraction:0.5," in repr(c)

@@ -8,6 +8,7 @@ import random
 from typing import Any, Callable, Dict, List, Tuple
 
 import pypool
+import pytest
 from pool_backends import Backend
 
 KiB = 1 << 10
@@ -371,7 +372,8 @@ def test_max_split_size_oversize_blocks(backend: Backend, pool_ok: Callable[[pyp
 
 
 def test_reclaim_before_grow(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
-    pool = backend()
+    # reclaim_threshold 0: before every growth, however roomy the device.
+    pool = backend(reclaim_threshold=0.0)
     a = pool.malloc(12 * MiB)
     b = pool.malloc(12 * MiB)
     small = pool.malloc(1000)
@@ -385,10 +387,10 @@ def test_reclaim_before_grow(backend: Backend, pool_ok: Callable[[pypool.Pool], 
     st = pool.memory_stats()
     assert st["num_device_free"] == 0 and pool.memory_reserved() == 24 * MiB + 2 * MiB + 30 * MiB
     pool.free(d)
-    e = pool.malloc(40 * MiB)  # 30 + 12 >= 40: the largest cached segments go first
+    e = pool.malloc(40 * MiB)  # 30 + 12 + 12 >= 40: all of them go at once
     st = pool.memory_stats()
-    assert st["num_device_free"] == 2
-    assert sorted(s["total_size"] for s in pool.segments()) == [2 * MiB, 12 * MiB, 40 * MiB]
+    assert st["num_device_free"] == 3
+    assert sorted(s["total_size"] for s in pool.segments()) == [2 * MiB, 40 * MiB]
     assert st["num_alloc_retries"] == 0
     pool.free(e)
     pool_ok(pool)
@@ -399,6 +401,53 @@ def test_reclaim_before_grow(backend: Backend, pool_ok: Callable[[pypool.Pool], 
     y = off.malloc(14 * MiB)
     assert off.memory_reserved() == 26 * MiB
     off.free(y)
+
+
+def _shape_changes(pool: pypool.Pool, sizes_mib: List[int], rounds: int = 1) -> List[int]:
+    """Each size allocated and freed in turn (every one >= min_large_alloc: a segment of
+    its own), as a step whose shapes change does; reserved MiB after each step."""
+    out = []
+    for _ in range(rounds):
+        for n in sizes_mib:
+            pool.free(pool.malloc(n * MiB))
+            out.append(pool.memory_reserved() // MiB)
+    pool.check_invariants()
+    return out
+
+
+def test_reclaim_not_on_a_roomy_device(backend: Backend) -> None:
+    # Note [Reclaim under pressure]: far below the device's size (80 GiB) the pool keeps
+    # its cached segments: no device free (a synchronization on CUDA) in steady state.
+    pool = backend()
+    reserved = _shape_changes(pool, [12, 14, 16, 18, 20, 22, 24], rounds=3)
+    st = pool.memory_stats()
+    assert st["num_device_free"] == 0 and st["num_device_alloc"] == 7
+    assert reserved[-1] == 12 + 14 + 16 + 18 + 20 + 22 + 24
+    # The old rule (threshold 0) gives back cached segments at each growth that they cover.
+    always = backend(reclaim_threshold=0.0)
+    _shape_changes(always, [12, 14, 16, 18, 20, 22, 24], rounds=3)
+    assert always.memory_stats()["num_device_free"] > 0
+
+
+@pytest.mark.parametrize("limit", ["max_pool_size", "device"])
+def test_reclaim_under_pressure_all_at_once(backend: Backend, limit: str) -> None:
+    # The room is 100 MiB, either as the cap or as the device (reserved + its free
+    # bytes); 0.8 of it is 80 MiB. 12+14+16+18 = 60 MiB reserved; the 22 MiB growth
+    # would pass 80: every stale segment (60 MiB, they cover 22) goes in one go, and the
+    # 24 MiB growth after it is far from the limit again, so it reclaims nothing.
+    if limit == "device" and backend.name == "cuda":
+        pytest.skip("a GPU has its own size")
+    pool = backend(max_pool_size="100MiB") if limit == "max_pool_size" else backend(capacity="100MiB")
+    reserved = _shape_changes(pool, [12, 14, 16, 18, 22, 24])
+    assert reserved == [12, 26, 42, 60, 22, 46]
+    st = pool.memory_stats()
+    assert st["num_device_free"] == 4 and st["num_alloc_retries"] == 0 and st["num_ooms"] == 0
+    # A higher threshold waits longer: at 0.9 (90 MiB) the 22 MiB growth still fits
+    # (82 MiB) and the 24 MiB one reclaims all five.
+    later = (backend(max_pool_size="100MiB", reclaim_threshold=0.9) if limit == "max_pool_size"
+             else backend(capacity="100MiB", reclaim_threshold=0.9))
+    assert _shape_changes(later, [12, 14, 16, 18, 22, 24]) == [12, 26, 42, 60, 82, 24]
+    assert later.memory_stats()["num_device_free"] == 5
 
 
 def _alternate_streams(backend: Backend, reclaim: bool) -> dict:

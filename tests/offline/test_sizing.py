@@ -10,7 +10,7 @@ import pytest
 from pypool.__main__ import main
 from pypool.config import PoolConfig
 from pypool.replay import replay
-from pypool.sizing import GRANULARITY, min_pool_size, pretty_conf, suggest_config
+from pypool.sizing import GRANULARITY, SYNC_BUDGET_PER_1K, min_pool_size, pretty_conf, suggest_config
 from pypool.trace import Trace
 from pypool.workloads import WORKLOADS, generate
 
@@ -41,13 +41,15 @@ def test_min_pool_size_exact_on_a_hand_built_trace() -> None:
 
 def test_min_pool_size_releases_cache_to_fit() -> None:
     # Growing sizes: without reclaim_before_grow the uncapped cache keeps every old
-    # segment (20+22+24 = 66 MiB); with it (the default) the 24 MiB growth first gives
-    # back the cached 20+22 MiB, so the peak is at the 22 MiB step (20+22 = 42 MiB: 20 MiB
-    # of cache cannot cover a 22 MiB growth); capped, the pool releases cached segments
-    # and retries, so 24 MiB suffices.
+    # segment (20+22+24 = 66 MiB), and so does the default on a roomy device (reclaim only
+    # past 0.8 of the room: Note [Reclaim under pressure]); reclaiming before every growth,
+    # the 24 MiB growth first gives back the cached 20+22 MiB, so the peak is at the 22 MiB
+    # step (20+22 = 42 MiB: 20 MiB of cache cannot cover a 22 MiB growth); capped, the pool
+    # releases cached segments and retries, so 24 MiB suffices.
     t = seq(("a", 1, 20 * MiB), ("f", 1), ("a", 2, 22 * MiB), ("f", 2), ("a", 3, 24 * MiB), ("f", 3))
     assert replay(t, PoolConfig(reclaim_before_grow=False)).peak_reserved == 66 * MiB
-    assert replay(t).peak_reserved == 42 * MiB
+    assert replay(t).peak_reserved == 66 * MiB
+    assert replay(t, PoolConfig(reclaim_threshold=0.0)).peak_reserved == 42 * MiB
     assert min_pool_size(t, jobs=1) == 24 * MiB
     assert min_pool_size(t, jobs=3) == 24 * MiB
 
@@ -208,3 +210,21 @@ def test_pool_size_objective_descends_on_the_cap_itself() -> None:
     capped = adv.config.replace(max_pool_size=adv.min_pool_size)
     assert replay(t, capped).ooms == 0
     assert replay(t, adv.config.replace(max_pool_size=adv.min_pool_size - GRANULARITY)).ooms > 0
+
+
+def test_suggestion_respects_the_sync_budget() -> None:
+    # Note [Sync budget]: reclaiming before every growth reserves least here (42 MiB
+    # against 66: the seq of test_min_pool_size_releases_cache_to_fit) but makes 2 device
+    # frees in 3 allocations on a roomy device, far over 1 per 1,000: not suggested.
+    t = seq(("a", 1, 20 * MiB), ("f", 1), ("a", 2, 22 * MiB), ("f", 2), ("a", 3, 24 * MiB), ("f", 3))
+    free = suggest_config(t, objective="reserved", candidates=["reclaim_threshold:0"], jobs=1, sync_budget=None)
+    assert free.pypool_conf == "reclaim_threshold:0.0" and free.best.peak_reserved == 42 * MiB
+    assert free.best.syncs == 2 and free.over_sync_budget == 0
+    advice = suggest_config(t, objective="reserved", candidates=["reclaim_threshold:0"], jobs=1)
+    assert advice.pypool_conf == "" and advice.best.peak_reserved == 66 * MiB and advice.best.syncs == 0
+    assert advice.over_sync_budget == 1 and advice.to_dict()["sync_budget_per_1k"] == SYNC_BUDGET_PER_1K
+    text = advice.to_text()
+    assert "sync budget      0.00 synchronizing device calls per 1,000 allocations" in text
+    assert "(over the sync budget: 666.7/1k)" in text
+    with pytest.raises(ValueError, match="sync_budget"):
+        suggest_config(t, sync_budget=-1.0)

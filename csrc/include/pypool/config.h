@@ -12,8 +12,8 @@
 // declaration has it too.
 //
 // Note [Pool sizing]: how much a pool reserves beyond what requests need, set by
-// initial_pool_size, growth, growth_step, release_threshold, garbage_collection_threshold
-// and reclaim_before_grow.
+// initial_pool_size, growth, growth_step, release_threshold, garbage_collection_threshold,
+// reclaim_before_grow and reclaim_threshold.
 //   * initial_pool_size: the constructor allocates and frees one block that large on the
 //     default stream (DevicePool::DevicePool), so the first steps find it cached. It is an
 //     ordinary cached segment afterwards: empty_cache frees it unless release_threshold
@@ -29,7 +29,8 @@
 //   * garbage_collection_threshold: a fraction of the cap; a malloc that would grow the
 //     pool past it first releases the cached segments (the whole cache, the threshold
 //     ignored), like PyTorch's setting of the same name.
-//   * reclaim_before_grow: Note [Reclaim before grow] in csrc/pool/device_pool.cpp.
+//   * reclaim_before_grow, reclaim_threshold: Note [Reclaim before grow] and Note [Reclaim
+//     under pressure] in csrc/pool/device_pool.cpp.
 // The order in which a malloc that finds no free block tries these is the fallback chain
 // in DevicePool::fallback_locked (csrc/pool/device_pool.cpp).
 #pragma once
@@ -99,7 +100,9 @@ inline const char* config_kind_name(ConfigKind k) {
   X(std::size_t, growth_step, 0, kSize, "for growth=fixed")                                    \
   X(std::size_t, release_threshold, 0, kSize, "cached bytes empty_cache keeps")                \
   X(double, garbage_collection_threshold, 0.0, kFraction, "0 = off; fraction of the cap")      \
-  X(bool, reclaim_before_grow, true, kBool, "Note [Reclaim before grow]")
+  X(bool, reclaim_before_grow, true, kBool, "Note [Reclaim before grow]")                      \
+  X(double, reclaim_threshold, 0.8, kFraction,                                                 \
+    "reclaim only past this fraction of the room; 0 = always")
 
 // Note [Live settings]: the fields a pool takes while it is in use
 // (DevicePool::update_config, which validates the whole config first and changes nothing

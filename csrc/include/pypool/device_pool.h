@@ -191,8 +191,13 @@ class DevicePool {
   // (Note [Device pre-check]).
   detail::Block* grow_locked(std::unique_lock<SpinMutex>& lk, detail::FreeIndex* idx,
                              std::size_t rounded, detail::DeviceRoom& room);
-  // reclaim > 0: release only fully free large segments, largest first, just enough to
-  // cover `reclaim` bytes, or none if they cannot (Note [Reclaim before grow]).
+  // Whether reserved + `growth` passes reclaim_threshold of the pool's room (Note
+  // [Reclaim under pressure]); may drop and retake lk to ask the device, into `room`
+  // (then marked fresh for the growth that follows).
+  bool reclaim_pressure_locked(std::unique_lock<SpinMutex>& lk, std::size_t growth,
+                               detail::DeviceRoom& room);
+  // reclaim > 0: release only `only`'s fully free large segments, all of them if they
+  // cover `reclaim` bytes, or none if they cannot (Note [Reclaim under pressure]).
   // shrink_vmm = false: fixed segments only; the caller shrinks expandable segments
   // itself, without grow_mu (Note [Shrink outside grow_mu]).
   void release_cached_locked(std::unique_lock<SpinMutex>& lk, bool respect_threshold,
