@@ -9,7 +9,10 @@ and the raw JSON. Usage (from the repository root, pypool installed)::
 
 writes ``<prefix>.json`` (``environment`` and one ``pypool size --json`` object per trace)
 and ``<prefix>.txt`` (header and tables). ``--from-json PREFIX.json`` renders the tables of
-an earlier run again without running anything.
+an earlier run again without running anything. ``--pypool-rows-into OLD.json`` measures
+pypool's rows only (no PyTorch Python needed) and keeps PyTorch's rows, ``torch`` and
+``torch_note`` of OLD.json: the way to measure a pypool change against PyTorch's unchanged
+allocator without the hour-long PyTorch search.
 
 Not a pytest file: it takes minutes (the PYTORCH_CUDA_ALLOC_CONF search replays each trace
 about a hundred times through real torch).
@@ -70,23 +73,39 @@ def _environment() -> Dict[str, Any]:
             "command": "python -P benchmarks/mincap_table.py " + " ".join(sys.argv[1:])}
 
 
-def main(out_prefix: str, from_json: Optional[str] = None) -> int:
+def main(out_prefix: str, from_json: Optional[str] = None, torch_from: Optional[str] = None) -> int:
     if from_json:
         with open(from_json) as f:
             saved = json.load(f)
         return render(saved["environment"], saved["results"], out_prefix)
     env = _environment()
+    old: Dict[str, Dict[str, Any]] = {}
+    if torch_from:
+        with open(torch_from) as f:
+            saved = json.load(f)
+        old = {d["trace"]: d for d in saved["results"]}
+        env["torch_python"] = ""
+        env["command"] += (f" (pypool's rows measured now without a PyTorch Python; PyTorch's rows copied "
+                           f"from {torch_from}, measured {saved['environment'].get('date', '?')})")
     results = []
     for w, scale in WORKLOADS:
         t0 = time.time()
         cmd = _cmd(w, scale)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        child_env = dict(os.environ)
+        if torch_from:
+            child_env.pop("PYPOOL_TORCH_PYTHON", None)  # pypool's rows only
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env)
         if proc.returncode != 0:
             print(f"{w}: exit {proc.returncode}: {proc.stderr[-500:]}", file=sys.stderr)
             return 1
         d = json.loads(proc.stdout)
         d["command"] = " ".join(["python"] + cmd[1:])
         d["scale"] = scale
+        if torch_from:
+            prev = old[w]
+            d["torch"], d["torch_note"] = prev["torch"], prev.get("torch_note")
+            d["min_capacity"] = [r for r in d["min_capacity"] if not r["label"].startswith("PyTorch")] + [
+                r for r in prev["min_capacity"] if r["label"].startswith("PyTorch")]
         results.append(d)
         print(f"{w}: {time.time() - t0:.0f} s", file=sys.stderr)
     with open(out_prefix + ".json", "w") as f:
@@ -103,7 +122,8 @@ def render(env: Dict[str, Any], results: List[Dict[str, Any]], out_prefix: str) 
                                                          if env.get("load_average") else env.get("note", "-")),
               "device: PyTorch's rows on pypool's SIMULATED CUDA device (1 x 80GiB of host memory, no GPU "
               "used); pypool's rows: offline replays (null backend), max_pool_size as the capacity",
-              f"command: PYPOOL_TORCH_PYTHON={env.get('torch_python') or '?'} {env['command']}", ""]
+              "command: " + (f"PYPOOL_TORCH_PYTHON={env['torch_python']} " if env.get("torch_python") else "")
+              + env["command"], ""]
     lines = ["| trace (floor MiB) | PyTorch native | PyTorch expandable | PyTorch best conf | pypool default | "
              "pypool expandable | pypool suggested |", "|---|---:|---:|---:|---:|---:|---:|"]
     sync = ["| trace | PyTorch native | PyTorch expandable | pypool default | pypool expandable | pypool suggested |",
@@ -140,11 +160,14 @@ def render(env: Dict[str, Any], results: List[Dict[str, Any]], out_prefix: str) 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    src = None
+    src = torch_src = None
     if len(args) == 3 and args[1] == "--from-json":
         src = args[2]
+        args = args[:1]
+    elif len(args) == 3 and args[1] == "--pypool-rows-into":
+        torch_src = args[2]
         args = args[:1]
     if len(args) != 1:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
-    sys.exit(main(args[0], src))
+    sys.exit(main(args[0], src, torch_src))
