@@ -88,7 +88,7 @@ MARK = "@@PYPOOL-HARNESS"
 # nothing else and in which CUDA, pypool.install() and test_cuda start fresh; only the
 # imports are shared. argv: TESTS_DIR VARIANT MODE ...
 DRIVER = r"""
-import os, signal, sys, time, traceback, unittest
+import os, re, signal, sys, time, traceback, unittest
 tests_dir, variant, mode = sys.argv[1:4]
 MARK = "@@PYPOOL-HARNESS"
 SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "site")
@@ -142,7 +142,9 @@ def run_one(how, test_id, names):
     for _, tb in problems:
         lines = [l for l in tb.strip().splitlines() if l.strip() and "PYTORCH_PRINT_REPRO" not in l
                  and not l.startswith("To execute this test")]
-        print(MARK, "failline", lines[-1] if lines else "?", flush=True)
+        # The exception's own line: CUDA errors add advice lines after it.
+        heads = [l for l in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Failure)\b", l)]
+        print(MARK, "failline", (heads or lines or ["?"])[-1], flush=True)
     if problems or result.testsRun == 0:
         print(MARK, "outcome", "fail", flush=True)
     elif result.skipped and len(result.skipped) == result.testsRun:
@@ -299,6 +301,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--note", default="", help="a line of provenance to record (e.g. how the files were got)")
     ap.add_argument("--modes", default="native,pypool",
                     help="which runs to make: native, pypool or both (default)")
+    ap.add_argument("--import-log", type=Path, action="append", default=[],
+                    help="the printed progress of an earlier, interrupted run (its '[i/N] ...' lines): "
+                         "those runs are kept as with --merge (skip reasons are not in the log); repeatable")
     ap.add_argument("--merge", type=Path, default=None,
                     help="an earlier OUT.json: its runs that are not made again now are kept")
     args = ap.parse_args(argv)
@@ -323,6 +328,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     earlier: Dict[Tuple[str, str, str], Dict[str, object]] = {}
     earlier_prov: Dict[str, object] = {}
     earlier_ids: List[Tuple[str, str]] = []
+    progress = re.compile(r"^\[\d+/\d+\] (\S+?):(\S+) (native|pypool): (pass|fail|skip) \(([\d.]+) s\) ?(.*)$")
+    for log in args.import_log:
+        for line in log.read_text(errors="replace").splitlines():
+            m = progress.match(line)
+            if m is None:
+                continue
+            v, tid, mode, outcome, secs, failure = m.groups()
+            if (v, tid) not in earlier_ids:
+                earlier_ids.append((v, tid))
+            earlier[(v, tid, mode)] = {"outcome": outcome, "failure": failure.strip(), "skip_reason": "",
+                                       "seconds": float(secs)}
+        earlier_prov.setdefault("imported_logs", []).append(str(log))  # type: ignore[union-attr]
     if args.merge is not None:
         old = json.loads(args.merge.read_text())
         earlier_prov = old["provenance"]
@@ -422,13 +439,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "merged_from": ({"file": str(args.merge), "date": earlier_prov.get("date"),
                          "command": earlier_prov.get("command"), "pypool": earlier_prov.get("pypool")}
                         if args.merge is not None else None),
+        "imported_logs": [str(p) for p in args.import_log] or None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(str(args.out) + ".json").write_text(json.dumps({"provenance": provenance, "counts": counts, "runs": rows},
                                                         indent=1) + "\n")
     text = [f"PyTorch's allocator and memory tests, native vs pypool.install() (tools/torch_memory_tests.py)", ""]
     for k in ("date", "command", "torch", "pypool", "pytorch_test_revision", "note", "machine", "rule",
-              "modes_run_now", "merged_from"):
+              "modes_run_now", "merged_from", "imported_logs"):
         if provenance[k]:
             text.append(f"{k}: {provenance[k]}")
     text.extend(f"note: {n}" for n in notes)
