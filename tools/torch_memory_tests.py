@@ -442,10 +442,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "imported_logs": [str(p) for p in args.import_log] or None,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(str(args.out) + ".json").write_text(json.dumps({"provenance": provenance, "counts": counts, "runs": rows},
-                                                        indent=1) + "\n")
-    text = [f"PyTorch's allocator and memory tests, native vs pypool.install() (tools/torch_memory_tests.py)", ""]
-    for k in ("date", "command", "torch", "pypool", "pytorch_test_revision", "note", "machine", "rule",
+    # The five facts benchmarks/results/README.md asks of every results file.
+    environment = {"date": provenance["date"], "gpu": "none: simulated CUDA device (python -m pypool simdevice)",
+                   "driver": None, "torch": torch_version, "command": provenance["command"]}
+    Path(str(args.out) + ".json").write_text(json.dumps(
+        {"environment": environment, "provenance": provenance, "counts": counts, "runs": rows}, indent=1) + "\n")
+    text = [f"date: {provenance['date']}", f"GPU: {environment['gpu']}", f"torch {torch_version}",
+            f"command: {provenance['command']}", "",
+            "PyTorch's allocator and memory tests, native vs pypool.install() (tools/torch_memory_tests.py)", ""]
+    for k in ("pypool", "pytorch_test_revision", "note", "machine", "rule",
               "modes_run_now", "merged_from", "imported_logs"):
         if provenance[k]:
             text.append(f"{k}: {provenance[k]}")

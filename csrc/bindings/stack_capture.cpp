@@ -113,8 +113,8 @@ py::list context_frames(std::uint64_t id) {
 
 namespace {
 
-// Note [Trace metadata]: the labels, interned once each (id 0 is the empty label). The
-// table only grows, by one entry per distinct label; guarded by the GIL.
+// The labels of Note [Trace metadata], interned once each (id 0 is the empty label).
+// The table only grows, by one entry per distinct label; guarded by the GIL.
 std::vector<std::string>& metadata_table() {
   static auto* t = new std::vector<std::string>{std::string()};
   return *t;

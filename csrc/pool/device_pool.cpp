@@ -607,7 +607,7 @@ void DevicePool::release_all_cached() { release_cached(/*respect_threshold=*/fal
 
 void DevicePool::release_cached(bool respect_threshold) {
   Impl& m = *impl_;
-  // Note [Free stacks]: this thread's segment frees and unmaps carry the caller's stack.
+  // This thread's segment frees and unmaps carry the caller's stack (Note [Free stacks]).
   struct ReleaseContext {
     explicit ReleaseContext(std::uint64_t c) { Impl::release_context = c; }
     ~ReleaseContext() { Impl::release_context = 0; }
