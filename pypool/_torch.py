@@ -116,6 +116,11 @@ PATCHES: Tuple[Tuple[str, str, str], ...] = (
     # first; 2.8: the second), so patching them covers every spelling.
     ("_C", "_accelerator_setAllocatorSettings", "_accelerator_setAllocatorSettings"),
     ("_C", "_cuda_cudaCachingAllocator_set_allocator_settings", "_cuda_cudaCachingAllocator_set_allocator_settings"),
+    # torch.cuda.memory._set_memory_metadata / _get_memory_metadata /
+    # _memory_metadata_supported call these at call time (Note [Trace metadata]).
+    ("_C", "_cuda_setMemoryMetadata", "_cuda_setMemoryMetadata"),
+    ("_C", "_cuda_getMemoryMetadata", "_cuda_getMemoryMetadata"),
+    ("_C", "_cuda_memoryMetadataSupported", "_cuda_memoryMetadataSupported"),
 )
 # The names patched in torch.cuda (kept for code that imported it).
 PATCHED_NAMES: Tuple[str, ...] = tuple(name for ns, name, _ in PATCHES if ns == "cuda")
@@ -561,7 +566,9 @@ def _history(enabled: Any, context: Any, stacks: Any, max_entries: Any, device: 
         # torch records the event trace whenever history is on ("state" and "all");
         # `context` says which events carry stacks (None: none at all).
         keep_stacks = "python" if context is not None else "none"
-        _snapshot_mod.record_history("all", max_entries=entries, stacks=keep_stacks, device=d)
+        # "all" records the stacks of frees and of empty_cache too (Note [Free stacks]).
+        _snapshot_mod.record_history("all", max_entries=entries, stacks=keep_stacks, device=d,
+                                     free_stacks=context == "all")
 
 
 def _snapshot(device: Any = None, augment_with_fx_traces: bool = False) -> Dict[str, Any]:
@@ -648,6 +655,26 @@ def _allocation_traceback(data_ptr: int) -> Optional[List[Dict[str, Any]]]:
                     return block["frames"] or None
             return None
     return None
+
+
+def _cuda_setMemoryMetadata(metadata: str) -> None:
+    """``torch._C._cuda_setMemoryMetadata`` (what ``torch.cuda.memory._set_memory_metadata``
+    calls): label the history entries the calling thread makes from now on with
+    ``metadata`` (their ``user_metadata``; ``""`` clears it), as torch's native allocator
+    does (Note [Trace metadata] in csrc/include/pypool/device_pool.h)."""
+    if not isinstance(metadata, str):
+        raise TypeError(f"metadata: expected a str, got {type(metadata).__name__}")
+    _core.set_trace_metadata(metadata)
+
+
+def _cuda_getMemoryMetadata() -> str:
+    """``torch._C._cuda_getMemoryMetadata``: the calling thread's label."""
+    return _core.trace_metadata()
+
+
+def _cuda_memoryMetadataSupported() -> bool:
+    """``torch._C._cuda_memoryMetadataSupported``: pypool records the labels."""
+    return True
 
 
 def _accelerator_setAllocatorSettings(env: str) -> None:

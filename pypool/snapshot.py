@@ -54,6 +54,7 @@ def record_history(
     stacks: str = "python",
     device: Optional[int] = None,
     pool: Optional[Pool] = None,
+    free_stacks: bool = False,
 ) -> None:
     """Start or stop recording allocator events, like torch's ``_record_memory_history``.
 
@@ -75,6 +76,11 @@ def record_history(
         pool: a :class:`~pypool.Pool` of your own instead of the registry's. While stack
             capture is on, its native pool is kept alive: turn history off
             (``record_history(False, pool=p)``) before dropping such a pool.
+        free_stacks: with ``stacks="python"``, also record the stack of each free (its
+            ``free_requested`` / ``free_completed`` entries carry it instead of the
+            allocation's) and of each ``empty_cache`` (on the ``segment_free`` /
+            ``segment_unmap`` entries it makes), as torch's ``context="all"`` does. Each
+            free then takes the GIL, as each allocation already does.
     """
     if enabled is None or enabled is False:
         mode = "off"
@@ -90,6 +96,10 @@ def record_history(
         # The ring is allocated (and touched) up front: a huge size would take the
         # machine's memory or reach pybind11 as an unconvertible int.
         raise ValueError(f"max_entries: expected an int in 1..{MAX_HISTORY}, got {max_entries!r}")
+    if not isinstance(free_stacks, bool):
+        raise TypeError(f"free_stacks: expected a bool, got {type(free_stacks).__name__}")
+    if free_stacks and stacks == "none":
+        raise ValueError("free_stacks=True needs stacks='python'")
     if mode == "state" and stacks == "none":
         raise ValueError("stacks: enabled='state' only keeps stacks, so stacks='none' would record nothing")
     target, _ = resolve_pool(device, pool, create=mode != "off", what="record_history")
@@ -101,6 +111,7 @@ def record_history(
     else:
         core.set_history(False, 0)
     want_stacks = mode != "off" and stacks == "python"
+    core.set_capture_free_context(want_stacks and free_stacks)
     with _lock:
         have = id(core) in _capturing
         if want_stacks and not have:
@@ -329,6 +340,9 @@ def _trace(history: List[Dict[str, Any]], frames_of: _FrameCache) -> List[Dict[s
             "stream": e["stream"],
             "time_us": int(round(e["time_us"] + offset_us)),
             "frames": frames_of(e["context"]),
+            # torch's _set_memory_metadata label of the thread that made the entry
+            # (Note [Trace metadata] in csrc/include/pypool/device_pool.h).
+            "user_metadata": _core.trace_metadata_label(e.get("metadata", 0)),
         }
         if e["action"] == "oom":
             # torch stores the device's free bytes in an oom entry's addr and exports it

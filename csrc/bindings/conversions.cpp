@@ -225,6 +225,7 @@ void init_conversions(py::module_& m) {
                d["time_us"] = e.time_us;
                d["context"] = e.context;
                d["seq"] = e.seq;
+               d["metadata"] = e.metadata;
                out.append(d);
              }
              return out;
@@ -233,7 +234,9 @@ void init_conversions(py::module_& m) {
            [](DevicePool& p, bool on) {
              p.set_context_hook(on ? &native_context_hook : nullptr, nullptr);
              p.set_capture_context(on);
-           });
+           })
+      .def("set_capture_free_context", &DevicePool::set_capture_free_context, py::arg("on"),
+           "Record the stack of each free and each empty_cache as well (Note [Free stacks]).");
 
   m.def("registry_owns", [](const DevicePool& p) { return Registry::instance().owns(&p); });
 

@@ -2,7 +2,10 @@
 // Python stack at each allocation, and the look-up of those stacks for reports.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -108,7 +111,38 @@ py::list context_frames(std::uint64_t id) {
 
 }  // namespace
 
+namespace {
+
+// The labels of Note [Trace metadata], interned once each (id 0 is the empty label).
+// The table only grows, by one entry per distinct label; guarded by the GIL.
+std::vector<std::string>& metadata_table() {
+  static auto* t = new std::vector<std::string>{std::string()};
+  return *t;
+}
+
+}  // namespace
+
 void init_stack_capture(py::module_& m) {
+  m.def(
+      "set_trace_metadata",
+      [](const std::string& label) {
+        auto& t = metadata_table();
+        auto it = std::find(t.begin(), t.end(), label);
+        if (it == t.end()) {
+          if (t.size() >= (1u << 20))
+            throw std::length_error("pypool: more than 2**20 distinct memory metadata labels");
+          t.push_back(label);
+          it = t.end() - 1;
+        }
+        t_trace_metadata = static_cast<std::uint32_t>(it - t.begin());
+      },
+      py::arg("label"), "Label the trace entries this thread makes from now on (Note [Trace metadata]).");
+  m.def("trace_metadata", [] { return metadata_table()[t_trace_metadata]; },
+        "This thread's current label.");
+  m.def(
+      "trace_metadata_label",
+      [](std::uint32_t id) { return id < metadata_table().size() ? metadata_table()[id] : std::string(); },
+      py::arg("id"), "The label of a trace entry's metadata id.");
   m.def("context_frames", &context_frames, py::arg("context"),
         "The Python stack recorded for a context id, innermost frame first.");
   m.def("context_count", [] { return stack_table().stacks.size() - 1; });

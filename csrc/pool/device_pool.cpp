@@ -173,6 +173,20 @@ __attribute__((noinline)) Annotation annotate(DevicePool::Impl& m) {
   return a;
 }
 
+// The context id of a free or a release while free-context capture is on (Note [Free
+// stacks]); 0 otherwise. Called without the lock: the hook may take the GIL.
+std::uint64_t free_context(DevicePool::Impl& m) {
+  if (!m.annotate_free.load(std::memory_order_relaxed)) return 0;
+  ContextHook hook;
+  void* user;
+  {
+    std::lock_guard<SpinMutex> g(m.mu);
+    hook = m.capture_free_context ? m.hook : nullptr;
+    user = m.hook_user;
+  }
+  return hook != nullptr ? hook(user) : 0;
+}
+
 }  // namespace
 
 void* DevicePool::malloc(std::size_t size, Stream stream) {
@@ -379,6 +393,7 @@ void DevicePool::free(void* p) {
   if (p == nullptr) return;
   Impl& m = *impl_;
   const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  const std::uint64_t fctx = free_context(m);
   std::lock_guard<SpinMutex> g(m.mu);
   detail::PtrMap::Entry* e = m.live.lookup(addr);
   Block* b = e != nullptr ? e->block : nullptr;
@@ -389,11 +404,13 @@ void DevicePool::free(void* p) {
   Impl::sub(m.st.allocated_bytes, k, static_cast<std::int64_t>(b->size));
   Impl::sub(m.st.requested_bytes, k, static_cast<std::int64_t>(b->requested));
   if (b->oversize) m.st.oversize_allocations.sub(1);  // Note [Oversize stats]
-  m.trace(TraceAction::kFreeRequested, b->addr, b->requested, b->stream, b->context, b->seq);
+  m.trace(TraceAction::kFreeRequested, b->addr, b->requested, b->stream, fctx != 0 ? fctx : b->context,
+          b->seq);
   if (b->pending_events > 0) {
     b->state = BlockState::kPendingFree;
     return;
   }
+  if (fctx != 0) b->context = fctx;  // for the free_completed entry return_block makes
   m.live.erase(e);  // the entry found above: one probe per free (Note [Pointer map])
   m.return_block(b);
 }
@@ -637,6 +654,11 @@ void DevicePool::release_all_cached() { release_cached(/*respect_threshold=*/fal
 
 void DevicePool::release_cached(bool respect_threshold) {
   Impl& m = *impl_;
+  // This thread's segment frees and unmaps carry the caller's stack (Note [Free stacks]).
+  struct ReleaseContext {
+    explicit ReleaseContext(std::uint64_t c) { Impl::release_context = c; }
+    ~ReleaseContext() { Impl::release_context = 0; }
+  } release_context(free_context(m));
   {
     std::unique_lock<SpinMutex> lk(m.mu);
     sync_pending_locked(lk);
@@ -850,6 +872,12 @@ void DevicePool::set_capture_context(bool on) {
   std::lock_guard<SpinMutex> g(impl_->mu);
   impl_->capture_context = on;
   impl_->annotate.store(impl_->history_on || on, std::memory_order_relaxed);
+}
+
+void DevicePool::set_capture_free_context(bool on) {
+  std::lock_guard<SpinMutex> g(impl_->mu);
+  impl_->capture_free_context = on;
+  impl_->annotate_free.store(on, std::memory_order_relaxed);
 }
 
 // ============================================================================ invariants

@@ -267,6 +267,15 @@ struct DevicePool::Impl {
   ContextHook hook = nullptr;
   void* hook_user = nullptr;
   bool capture_context = false;
+  // Note [Free stacks]: with free-context capture on (torch's context="all"), a free and
+  // an empty_cache also call the hook, before the lock as malloc does; the free's id goes
+  // on its free_requested / free_completed entries (instead of the allocation's), the
+  // release's on the segment_free / segment_unmap entries it makes, through
+  // release_context: set by the releasing thread for the duration of its release, so
+  // a release that another thread's malloc makes meanwhile (OOM path) is not given it.
+  std::atomic<bool> annotate_free{false};
+  bool capture_free_context = false;
+  static inline thread_local std::uint64_t release_context = 0;
 
   // ---------------------------------------------------------------- helpers (lock held)
   static void add(detail::KindStat& a, PoolKind k, std::int64_t n) { a.add(k, n); }
@@ -274,11 +283,15 @@ struct DevicePool::Impl {
 
   void trace(TraceAction a, std::uintptr_t addr, std::size_t size, Stream s,
              std::uint64_t context = 0, std::uint64_t sq = 0) {
-    if (__builtin_expect(history_on, 0)) record(a, addr, size, s, context, sq);
+    if (__builtin_expect(history_on, 0)) {
+      if (context == 0 && (a == TraceAction::kSegmentFree || a == TraceAction::kSegmentUnmap))
+        context = release_context;  // Note [Free stacks]
+      record(a, addr, size, s, context, sq);
+    }
   }
   __attribute__((noinline)) void record(TraceAction a, std::uintptr_t addr, std::size_t size,
                                         Stream s, std::uint64_t context, std::uint64_t sq) {
-    ring[ring_next] = TraceEntry{a, addr, size, s, now_us(), context, sq};
+    ring[ring_next] = TraceEntry{a, t_trace_metadata, addr, size, s, now_us(), context, sq};
     ring_next = (ring_next + 1) % ring.size();
     if (ring_count < ring.size()) ++ring_count;
   }

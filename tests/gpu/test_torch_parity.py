@@ -525,6 +525,99 @@ print("CHILD OK")
         assert proc.returncode == 0, (cmd, proc.stderr)
 
 
+def test_history_records_free_and_empty_cache_stacks_with_context_all(run_child: RunChild) -> None:
+    # torch's context="all" records the stack of each free (on free_requested /
+    # free_completed) and of empty_cache (on the segment_free it makes); "alloc" and
+    # "state" do not (Note [Free stacks]).
+    run_child(PRELUDE + """
+import json
+pypool.install()
+import torch
+from torch.cuda._memory_viz import trace_plot, segment_plot
+
+def make_block():
+    return torch.empty(3 * MiB, dtype=torch.uint8, device="cuda")
+
+def drop_block(holder):
+    holder.pop()
+
+def release_cache():
+    torch.cuda.empty_cache()
+
+for context in ("all", "alloc", "state"):
+    torch.cuda.empty_cache()
+    torch.cuda.memory._record_memory_history(context=context, stacks="python")
+    holder = [make_block()]
+    drop_block(holder)
+    release_cache()
+    snap = torch.cuda.memory._snapshot()
+    trace = snap["device_traces"][0]
+    by_action = {}
+    for e in trace:
+        by_action.setdefault(e["action"], []).append([f["name"] for f in e["frames"]])
+    assert {"alloc", "free_requested", "free_completed", "segment_alloc", "segment_free"} <= set(by_action), by_action
+    if context == "all":
+        assert all("drop_block" in names for names in by_action["free_requested"]), by_action
+        assert all("drop_block" in names for names in by_action["free_completed"]), by_action
+        assert all("release_cache" in names and "empty_cache" in names for names in by_action["segment_free"]), by_action
+        assert all("make_block" in names for names in by_action["alloc"]), by_action
+    elif context == "alloc":
+        # a free carries the allocation's stack; a release carries none
+        assert all("make_block" in names and "drop_block" not in names for names in by_action["free_requested"])
+        assert all(names == [] for names in by_action["segment_free"]), by_action
+    else:
+        assert all(names == [] for v in by_action.values() for names in v), by_action
+    trace_plot(snap)
+    segment_plot(snap)
+    torch.cuda.memory._record_memory_history(None)
+
+# Off again: frees no longer take a stack (a new history records none for them).
+torch.cuda.memory._record_memory_history(context="alloc", stacks="python")
+holder = [make_block()]
+drop_block(holder)
+assert "drop_block" not in json.dumps(torch.cuda.memory._snapshot()["device_traces"])
+torch.cuda.memory._record_memory_history(None)
+print("CHILD OK")
+""")
+
+
+def test_memory_metadata_labels_the_entries_of_its_thread(run_child: RunChild) -> None:
+    # torch.cuda.memory._set_memory_metadata: every trace entry the calling thread makes
+    # while a label is set carries it as user_metadata; other threads' entries do not
+    # (Note [Trace metadata]).
+    run_child(PRELUDE + """
+import threading
+pypool.install()
+import torch
+
+assert torch.cuda.memory._memory_metadata_supported()
+torch.cuda.empty_cache()
+torch.cuda.memory._record_memory_history(context="alloc", stacks="python")
+a = torch.empty(MiB, dtype=torch.uint8, device="cuda")
+torch.cuda.memory._set_memory_metadata("phase 1")
+assert torch.cuda.memory._get_memory_metadata() == "phase 1"
+b = torch.empty(3 * MiB, dtype=torch.uint8, device="cuda")
+other = []
+t = threading.Thread(target=lambda: other.append(torch.empty(5 * MiB, dtype=torch.uint8, device="cuda")))
+t.start()
+t.join()
+other.clear()
+del b
+torch.cuda.empty_cache()
+torch.cuda.memory._set_memory_metadata("")
+c = torch.empty(7 * MiB, dtype=torch.uint8, device="cuda")
+trace = torch.cuda.memory._snapshot()["device_traces"][0]
+labels = [(e["action"], e["size"], e["user_metadata"]) for e in trace]
+assert ("alloc", MiB, "") in labels, labels
+assert ("alloc", 3 * MiB, "phase 1") in labels and ("free_requested", 3 * MiB, "phase 1") in labels, labels
+assert ("alloc", 5 * MiB, "") in labels, labels  # another thread's allocation
+assert any(a == "segment_free" and m == "phase 1" for a, _, m in labels), labels
+assert ("alloc", 7 * MiB, "") in labels, labels
+torch.cuda.memory._record_memory_history(None)
+print("CHILD OK")
+""")
+
+
 def test_history_options_follow_torch(run_child: RunChild) -> None:
     # torch records the event trace for enabled="state" too; context=None keeps events
     # without stacks; skip_actions leaves those actions out.

@@ -162,6 +162,81 @@ def test_state_mode_keeps_stacks_without_events():
     p.free(x)
 
 
+def _free_here(p, ptr):
+    p.free(ptr)
+
+
+def _release_here(p):
+    p.empty_cache()
+
+
+def test_free_stacks_on_free_and_release_entries():
+    # Note [Free stacks]: free_stacks=True gives free_requested / free_completed the
+    # free's stack and the segment_free of an empty_cache the caller's; without it they
+    # keep the allocation's stack and none.
+    for free_stacks in (True, False):
+        p = pypool.Pool("host", capacity="64MiB")
+        record_history(pool=p, free_stacks=free_stacks)
+        x = _allocate_here(p, 4096)
+        _free_here(p, x)
+        _release_here(p)
+        trace = snapshot(pool=p)["device_traces"][0]
+        names = {e["action"]: [f["name"] for f in e["frames"]] for e in trace}
+        assert set(names) == {"segment_alloc", "alloc", "free_requested", "free_completed", "segment_free"}
+        assert "_allocate_here" in names["alloc"]
+        for action in ("free_requested", "free_completed"):
+            assert ("_free_here" in names[action]) == free_stacks, (action, names)
+            assert ("_allocate_here" in names[action]) != free_stacks, (action, names)
+        assert ("_release_here" in names["segment_free"]) == free_stacks, names
+        if not free_stacks:
+            assert names["segment_free"] == []
+        record_history(False, pool=p)
+        # history off: a new history records no free stacks until asked again
+        record_history(pool=p)
+        _free_here(p, _allocate_here(p, 4096))
+        trace = snapshot(pool=p)["device_traces"][0]
+        assert all("_free_here" not in [f["name"] for f in e["frames"]] for e in trace)
+        record_history(False, pool=p)
+
+
+def test_free_stacks_needs_python_stacks():
+    p = pypool.Pool("host", capacity="64MiB")
+    with pytest.raises(ValueError, match="free_stacks"):
+        record_history(pool=p, stacks="none", free_stacks=True)
+    with pytest.raises(TypeError, match="free_stacks"):
+        record_history(pool=p, free_stacks="yes")
+
+
+def test_trace_entries_carry_the_threads_metadata_label():
+    # Note [Trace metadata]: the label set on a thread is copied into the entries it makes.
+    import threading
+
+    from pypool import _core
+
+    p = pypool.Pool("host", capacity="64MiB")
+    record_history(pool=p, stacks="none")
+    a = p.malloc(4096)
+    _core.set_trace_metadata("step 3")
+    try:
+        assert _core.trace_metadata() == "step 3"
+        b = p.malloc(8192)
+        other = []
+        t = threading.Thread(target=lambda: other.append(p.malloc(16384)))
+        t.start()
+        t.join()
+        p.free(b)
+    finally:
+        _core.set_trace_metadata("")
+    c = p.malloc(512)
+    labels = [(e["action"], e["size"], e["user_metadata"]) for e in snapshot(pool=p)["device_traces"][0]]
+    assert ("alloc", 4096, "") in labels and ("alloc", 512, "") in labels
+    assert ("alloc", 8192, "step 3") in labels and ("free_requested", 8192, "step 3") in labels
+    assert ("alloc", 16384, "") in labels  # made by another thread
+    for ptr in (a, c, *other):
+        p.free(ptr)
+    record_history(False, pool=p)
+
+
 def test_memory_viz_functions_accept_the_snapshot(scenario):
     from torch.cuda import _memory_viz
 

@@ -100,8 +100,14 @@ enum class TraceAction : std::uint8_t {
 };
 const char* trace_action_name(TraceAction a) noexcept;
 
+// Note [Trace metadata]: torch's _set_memory_metadata labels every trace entry a thread
+// makes while the label is set (thread-local). The label is an id (0: none) that the
+// binding interns; record() copies the recording thread's id into each entry.
+inline thread_local std::uint32_t t_trace_metadata = 0;
+
 struct TraceEntry {
   TraceAction action;
+  std::uint32_t metadata;  // Note [Trace metadata]
   std::uintptr_t addr;
   std::size_t size;
   Stream stream;
@@ -172,6 +178,8 @@ class DevicePool {
   std::vector<TraceEntry> history() const;
   void set_context_hook(ContextHook hook, void* user);
   void set_capture_context(bool on);
+  // Frees and empty_cache call the context hook too (Note [Free stacks]).
+  void set_capture_free_context(bool on);
 
   // Opaque implementation (block bookkeeping, free index, pointer map).
   struct Impl;
