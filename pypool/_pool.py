@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import _core
@@ -52,6 +53,24 @@ def _check_device(value: Any, name: str = "device") -> int:
 MAX_CAPACITY = 1 << 62
 
 
+# Note [Config read-modify-write]: Pool.update_config and torch's
+# _set_allocator_settings each change a few fields of a pool's live config, and the core
+# takes whole configs. Each one reads the pool's *current* core config, changes only the
+# fields it was given, and writes it back, under this lock, so neither undoes the
+# other's fields and two threads updating one pool lose no update.
+CONFIG_LOCK = threading.RLock()
+
+
+def core_pool_config(core: "_core.DevicePool") -> PoolConfig:
+    """The settings ``core`` applies now: its config, with the memory fraction it applies
+    now (``set_memory_fraction`` and torch's ``set_per_process_memory_fraction`` change
+    the fraction without rewriting the config)."""
+    cfg = PoolConfig.from_core(core.config)
+    fraction = float(core.memory_fraction())
+    live = None if fraction == 0.0 else fraction
+    return cfg if cfg.memory_fraction == live else cfg.replace(memory_fraction=live)
+
+
 def _check_capacity(value: Any) -> int:
     cap = DEFAULT_HOST_CAPACITY if value is None else parse_size(value, "capacity")
     if cap == 0:
@@ -90,7 +109,7 @@ class Pool(PoolBase):
         if not isinstance(backend, str) or backend not in _BACKENDS:
             raise ValueError(f"backend: must be one of {_BACKENDS}, got {backend!r}")
         _check_device(device)
-        self.config: PoolConfig = PoolConfig.coerce(config, **overrides)
+        cfg = PoolConfig.coerce(config, **overrides)
         self._host: Optional[_core.HostBackend] = None
         if backend == "cuda":
             if capacity is not None:
@@ -103,18 +122,25 @@ class Pool(PoolBase):
                 be = self._host
             else:
                 be = _core.make_null_backend(cap)
-        self._pool = _core.DevicePool(self.config.to_core(), be, device)
+        self._pool = _core.DevicePool(cfg.to_core(), be, device)
         self._backend_obj: Optional[_core.Backend] = be
 
     @classmethod
     def _wrap(cls, core_pool: "_core.DevicePool", config: Optional[PoolConfig] = None) -> "Pool":
-        """A Pool view of an existing native pool (the registry's device pools)."""
+        """A Pool view of an existing native pool (the registry's device pools).
+        ``config`` is ignored: :attr:`config` reads the native pool's own."""
         self = cls.__new__(cls)
         self._pool = core_pool
         self._host = None
         self._backend_obj = None
-        self.config = config or PoolConfig()
         return self
+
+    @property
+    def config(self) -> PoolConfig:
+        """The settings the pool applies now, read from the native pool, so never stale
+        after :meth:`update_config`, :meth:`set_memory_fraction` or torch's
+        ``_set_allocator_settings`` (Note [Config read-modify-write])."""
+        return core_pool_config(self._pool)
 
     # ------------------------------------------------------------------ allocation
     def malloc(self, size: int, stream: int = 0) -> int:
@@ -167,16 +193,19 @@ class Pool(PoolBase):
         ``max_pool_size`` and ``memory_fraction`` (``_core.LIVE_CONFIG_FIELDS``). Each
         applies from the next decision it drives; cached blocks keep their sizes.
 
+        Only the fields given change: the others keep the values the pool has now,
+        whoever set them (Note [Config read-modify-write]).
+
         Values are checked as :class:`PoolConfig` checks them; a bad value, or a field
         fixed for the pool's life (the segment geometry, ``min_block_size``,
         ``expandable_segments``, ``initial_pool_size``), raises ``ValueError`` naming it
-        and changes nothing. A registry pool (``pypool.get_pool``) changes alone; to
-        change every device's pool, and the pools made later, use
-        ``torch.cuda.memory._set_allocator_settings``.
+        and changes nothing. A registry pool (``pypool.get_pool``) changes alone; to change
+        every device's pool, and the
+        pools made later, use ``torch.cuda.memory._set_allocator_settings``.
         """
-        new = self.config.replace(**fields)
-        self._pool.update_config(new.to_core())
-        self.config = new
+        with CONFIG_LOCK:
+            new = self.config.replace(**fields)
+            self._pool.update_config(new.to_core())
 
     # ------------------------------------------------------------------ statistics
     def memory_stats(self) -> Dict[str, int]:

@@ -43,7 +43,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-from . import _core, _registry, _torch_conf, memory
+from . import _core, _pool, _registry, _torch_conf, memory
 from . import snapshot as _snapshot_mod
 from .config import PoolConfig
 
@@ -688,6 +688,37 @@ def _cuda_cudaCachingAllocator_set_allocator_settings(env: str) -> None:
     _set_allocator_settings(env, "_cuda_cudaCachingAllocator_set_allocator_settings")
 
 
+def _apply_live_settings(env: str, installed: PoolConfig, devices: List[int],
+                         fields: Dict[str, Any]) -> None:
+    """Apply a settings call's live ``fields`` (those the string names, and those torch
+    resets) to each pool in ``devices`` over that pool's own current settings, and make
+    ``installed`` the settings of the pools made later (Note [Config read-modify-write]
+    in _pool.py: a field one pool took from ``Pool.update_config`` and the call does
+    not name stays)."""
+    with _pool.CONFIG_LOCK:
+        pools = {d: _core.registry_pool(d) for d in devices}
+        try:
+            # Every pool's new settings are built (and so checked) before any changes.
+            targets = {d: _pool.core_pool_config(p).replace(**fields) for d, p in pools.items()}
+        except ValueError as e:
+            raise ValueError(f"_set_allocator_settings({env!r}): {e}") from None
+        try:
+            # The registry's config is what pools made later take; the core sets it only
+            # with every pool's (Registry::update_config, which checks every pool first),
+            # so each pool whose own settings differ is set again at once.
+            _core.registry_update_config(installed.to_core())
+        except ValueError as e:
+            raise ValueError(f"_set_allocator_settings({env!r}): {e}") from None
+        for d, p in pools.items():
+            if targets[d] != installed:
+                p.update_config(targets[d].to_core())
+            if "memory_fraction" in fields:
+                # The fraction every pool applies now, whatever set_per_process_memory_fraction
+                # set since (the native config only reapplies a fraction that differs from its own).
+                p.set_memory_fraction(fields["memory_fraction"] or 0.0)
+        _registry.set_installed_config(installed)
+
+
 def _set_allocator_settings(env: str, name: str) -> None:
     """Allocator settings given at run time: torch parses the string as always (it
     rejects what it rejects natively, and its host-allocator settings keep working),
@@ -695,8 +726,10 @@ def _set_allocator_settings(env: str, name: str) -> None:
     Before the first allocation every setting applies. Once pools exist, the settings a
     pool takes while in use (Note [Live settings] in csrc/include/pypool/config.h:
     max_split_size_mb, roundup_power2_divisions, garbage_collection_threshold,
-    per_process_memory_fraction) change every pool at once, and the pools made later;
-    a bad value raises ValueError and changes nothing. expandable_segments is fixed
+    per_process_memory_fraction) change every pool at once, over each pool's own
+    current settings (a field set by Pool.update_config and not named stays; Note
+    [Config read-modify-write] in _pool.py), and the pools made later; a bad value
+    raises ValueError and changes nothing. expandable_segments is fixed
     for a pool's life and is named in a warning. As in torch, max_split_size_mb,
     roundup_power2_divisions and garbage_collection_threshold go back to their defaults
     when the string does not name them (Note [Settings reset by each call])."""
@@ -714,31 +747,24 @@ def _set_allocator_settings(env: str, name: str) -> None:
         current = _registry.installed_pool_config() or _state.config
         try:
             changed = _torch_conf.changed_fields(current, fields)
+            # The values each pool takes: those named, and torch's per-call resets.
+            named = {k: v for k, v in current.replace(**fields).to_dict().items()
+                     if k in fields and k in _core.LIVE_CONFIG_FIELDS}
         except ValueError as e:  # PoolConfig's field names are not the keys the user wrote
             raise ValueError(f"_set_allocator_settings({env!r}): {e}") from None
-        if not changed:
-            return
         devices = _core.registry_devices()
         if not devices:  # no pool made yet: every setting applies
-            new = current.replace(**changed)
-            _core.registry_configure("cuda", new.to_core(), 0)
-            _registry.set_installed_config(new)
+            if changed:
+                new = current.replace(**changed)
+                _core.registry_configure("cuda", new.to_core(), 0)
+                _registry.set_installed_config(new)
             return
         live = {k: v for k, v in changed.items() if k in _core.LIVE_CONFIG_FIELDS}
         fixed = {k: v for k, v in changed.items() if k not in live}
-        if live:
-            new = current.replace(**live)
-            try:
-                # Every pool is checked before any changes (Registry::update_config).
-                _core.registry_update_config(new.to_core())
-            except ValueError as e:
-                raise ValueError(f"_set_allocator_settings({env!r}): {e}") from None
-            if "memory_fraction" in live:
-                # The fraction every pool applies now, whatever set_per_process_memory_fraction
-                # set since (the native config only reapplies a fraction that differs from its own).
-                for d in devices:
-                    _core.registry_pool(d).set_memory_fraction(live["memory_fraction"] or 0.0)
-            _registry.set_installed_config(new)
+        if named:
+            # Over each pool's own settings, not the installed ones: a pool's
+            # Pool.update_config fields the string does not name stay.
+            _apply_live_settings(env, current.replace(**live), devices, named)
         if fixed:
             keys = ", ".join(f"{k}={v!r}" for k, v in sorted(fixed.items()))
             warnings.warn(

@@ -139,3 +139,51 @@ def test_the_core_names_a_fixed_field(backend: Backend) -> None:
     cfg = pool.config.replace(round_large=4 * MiB).to_core()
     with pytest.raises(ValueError, match=r"PoolConfig\.round_large: cannot change while the pool is in use"):
         pool._pool.update_config(cfg)
+
+
+def test_update_config_keeps_what_others_set_on_the_core(backend: Backend) -> None:
+    # Note [Config read-modify-write]: another view of the same native pool (as each
+    # pypool.get_pool call makes), or torch's settings call, changed some fields; an
+    # update_config of other fields keeps them, and every view reads the pool's own.
+    pool = backend()
+    other = pypool.Pool._wrap(pool._pool)
+    other.update_config(garbage_collection_threshold=0.5, max_split_size="100MiB")
+    assert (pool.config.garbage_collection_threshold, pool.config.max_split_size) == (0.5, 100 * MiB)
+    pool.set_memory_fraction(0.5)
+    pool.update_config(release_threshold="1GiB")
+    core = pool._pool.config
+    assert (core.garbage_collection_threshold, core.max_split_size, core.release_threshold) == (0.5, 100 * MiB, 1 << 30)
+    assert pool._pool.memory_fraction() == 0.5
+    assert other.config.release_threshold == 1 << 30 and other.config.memory_fraction == 0.5
+
+
+def test_update_config_from_two_threads_loses_no_update(backend: Backend) -> None:
+    # Each thread owns one field and reads it back after each write: an update the other
+    # thread's read-modify-write lost shows as a value below the one just written. (A
+    # short switch interval interleaves the threads; without the lock this fails.)
+    import sys
+    import threading
+    pool = backend()
+    views = [pool, pypool.Pool._wrap(pool._pool)]
+    n, lost = 500, []
+
+    def run(view: pypool.Pool, field: str) -> None:
+        for i in range(1, n + 1):
+            view.update_config(**{field: i * MiB})
+            if getattr(view.config, field) < i * MiB:
+                lost.append((field, i))
+
+    threads = [threading.Thread(target=run, args=(views[0], "release_threshold")),
+               threading.Thread(target=run, args=(views[1], "growth_step"))]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not lost
+    assert (pool.config.release_threshold, pool.config.growth_step) == (n * MiB, n * MiB)
+

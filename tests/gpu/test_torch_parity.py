@@ -398,6 +398,38 @@ print("CHILD OK")
 """)
 
 
+def test_pool_update_config_and_torch_settings_keep_each_others_fields(run_child: RunChild) -> None:
+    # Note [Config read-modify-write]: neither layer replays a whole config of its own.
+    run_child(PRELUDE + """
+pypool.install()
+import torch
+x = torch.empty(30 * MiB, dtype=torch.uint8, device="cuda")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    torch.cuda.memory._set_allocator_settings("garbage_collection_threshold:0.5,max_split_size_mb:100")
+core = pm.get_pool(0)._pool
+pm.get_pool(0).update_config(release_threshold="1GiB")
+c = core.config
+assert (c.garbage_collection_threshold, c.max_split_size, c.release_threshold) == (0.5, 100 * MiB, 1 << 30), c
+assert torch.cuda.memory_stats()["max_split_size"] == 100 * MiB
+# The other way: a settings call keeps the pool's own fields it does not name (torch's
+# per-call resets excepted), and the pools made later take only the settings.
+pm.get_pool(0).update_config(max_pool_size="4GiB")
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    torch.cuda.memory._set_allocator_settings("garbage_collection_threshold:0.6")
+cfg = pm.get_pool(0).config
+assert (cfg.max_pool_size, cfg.release_threshold, cfg.garbage_collection_threshold, cfg.max_split_size) == (
+    4 << 30, 1 << 30, 0.6, None), cfg
+assert pm.get_pool(0).cap == 4 << 30
+later = _core.registry_config()
+assert (later.garbage_collection_threshold, later.max_pool_size, later.release_threshold) == (
+    0.6, _core.UNLIMITED, 0), later
+assert pypool._registry.installed_pool_config().garbage_collection_threshold == 0.6
+print("CHILD OK")
+""")
+
+
 # The same steps natively and under pypool: what each allocation took, the values torch
 # reports, and whether a bad value was refused. Values torch reads differently are left
 # out: its max_split_size statistic keeps the value of when the device's allocator was
