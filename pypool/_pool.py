@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -196,13 +197,20 @@ class Pool(PoolBase):
         Only the fields given change: the others keep the values the pool has now,
         whoever set them (Note [Config read-modify-write]).
 
-        Values are checked as :class:`PoolConfig` checks them; a bad value, or a field
-        fixed for the pool's life (the segment geometry, ``min_block_size``,
-        ``expandable_segments``, ``initial_pool_size``), raises ``ValueError`` naming it
-        and changes nothing. A registry pool (``pypool.get_pool``) changes alone; to change
-        every device's pool, and the
+        Values are checked as :class:`PoolConfig` checks them: a value of the wrong type
+        raises ``TypeError``, a bad value ``ValueError``, both naming the field. An
+        unknown field, or one fixed for the pool's life (the segment geometry,
+        ``min_block_size``, ``expandable_segments``, ``initial_pool_size``), raises
+        ``ValueError`` naming it. On any error nothing changes. A registry pool
+        (``pypool.get_pool``) changes alone; to change every device's pool, and the
         pools made later, use ``torch.cuda.memory._set_allocator_settings``.
         """
+        known = {f.name for f in dataclasses.fields(PoolConfig)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(
+                f"update_config: unknown field(s) {', '.join(unknown)}; the fields a pool "
+                f"takes while in use are {', '.join(sorted(_core.LIVE_CONFIG_FIELDS))}")
         with CONFIG_LOCK:
             new = self.config.replace(**fields)
             self._pool.update_config(new.to_core())

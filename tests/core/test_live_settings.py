@@ -187,3 +187,13 @@ def test_update_config_from_two_threads_loses_no_update(backend: Backend) -> Non
     assert not lost
     assert (pool.config.release_threshold, pool.config.growth_step) == (n * MiB, n * MiB)
 
+
+def test_update_config_names_an_unknown_field(backend: Backend) -> None:
+    pool = backend()
+    before = pool._pool.config
+    with pytest.raises(ValueError, match=r"unknown field\(s\) relase_threshold; .*garbage_collection_threshold.*release_threshold"):
+        pool.update_config(relase_threshold="1GiB", max_pool_size="1GiB")
+    assert pool._pool.config == before
+    with pytest.raises(TypeError, match="PoolConfig.reclaim_before_grow: expected a bool"):
+        pool.update_config(reclaim_before_grow=1)
+    assert pool._pool.config == before
