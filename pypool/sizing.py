@@ -32,7 +32,10 @@ allocations (PyTorch native's 0 plus 1, issue 15) is never suggested, however li
 it needs: it ranks after every setting within the budget (the base settings excepted:
 the advice is never worse than them). Under the smallest cap itself both allocators free
 more (PyTorch native up to 65 per 1,000 on the recorded CNN): that column is reported, not
-budgeted.
+budgeted, and the text output says so beside the suggestion ("at the cap ... (not
+budgeted)"); when plain expandable segments need at most 0.1% more memory and sync less
+at their cap, it names them too, rather than changing the suggestion (whose tables the
+README quotes). When PyTorch's rows were not run, its 0 is an assumption and is worded so.
 
 Note [Threads, not processes]: ``_core.replay_trace`` releases the GIL for its whole
 loop, so a thread pool runs replays truly in parallel without pickling the trace into
@@ -187,6 +190,23 @@ class SizingAdvice:
     def sync_per_1k(self, c: Candidate) -> float:
         return 1000.0 * c.syncs / self.allocations if self.allocations else 0.0
 
+    def _at_cap_lines(self) -> List[str]:
+        """The suggestion's syncs at its own cap, which the budget does not cover (Note [Sync
+        budget]), and the expandable row's when it needs at most 0.1% more and syncs less."""
+        b = self.at_min.get("best")
+        if b is None or self.min_pool_size is None:
+            return []
+        spk = self.sync_per_1k(b)
+        out = [f"at the cap       {spk:.2f} synchronizing device calls per 1,000 allocations with the suggestion "
+               f"capped at {self.min_pool_size // MiB:,} MiB (not budgeted)"]
+        e, em = self.at_min.get("expandable"), self.min_pool_size_expandable
+        if (e is not None and em is not None and self.best.conf != (self.expandable.conf if self.expandable else None)
+                and em <= self.min_pool_size * 1.001 and self.sync_per_1k(e) < spk):
+            delta = em - self.min_pool_size
+            out.append(f"                 pypool expandable needs {abs(delta) // MiB:,} MiB {'more' if delta >= 0 else 'less'} and "
+                       f"makes {self.sync_per_1k(e):.2f} per 1,000 at its cap: prefer it if syncs there matter")
+        return out
+
     def to_dict(self) -> Dict[str, Any]:
         return {
             "trace": self.trace_name, "events": self.events, "peak_live": self.peak_live,
@@ -277,11 +297,14 @@ class SizingAdvice:
             ]
             if self.sync_budget is not None:
                 spk = self.sync_per_1k(b)
+                native = ("PyTorch native's 0 + 1" if self.torch else
+                          "0 + 1, assuming PyTorch native makes none on a roomy device: its rows were not run")
                 lines.append(
                     f"sync budget      {spk:.2f} synchronizing device calls per 1,000 allocations on the whole "
                     f"device with the suggestion ({'within' if spk <= self.sync_budget else 'OVER'} the budget of "
-                    f"{self.sync_budget:g}: PyTorch native's 0 + 1); {self.over_sync_budget} of the settings "
+                    f"{self.sync_budget:g}: {native}); {self.over_sync_budget} of the settings "
                     "compared exceeded it and were not suggested")
+            lines += self._at_cap_lines()
         lines += [
             "",
             "util = peak live / peak reserved, alloc = peak allocated / peak reserved, frag = external",

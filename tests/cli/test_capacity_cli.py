@@ -51,6 +51,26 @@ def test_size_headline_rows_are_the_smallest_caps() -> None:
     assert text.index("smallest capacity without out-of-memory") < text.index("PYPOOL_CONF")
 
 
+def test_size_prints_the_suggestions_syncs_at_its_cap() -> None:
+    # Note [Sync budget]: the budget covers the whole device, not the smallest cap; the
+    # text says what the suggestion makes there, and names plain expandable segments
+    # when they need at most 0.1% more and sync less there.
+    t = generate("transformer", scale=0.05)
+    adv = suggest_config(t, capacity="23GiB", jobs=2, objective="pool_size")
+    at_cap = adv.sync_per_1k(adv.at_min["best"])
+    text = adv.to_text()
+    assert (f"at the cap       {at_cap:.2f} synchronizing device calls per 1,000 allocations with the "
+            f"suggestion capped at {adv.min_pool_size // MiB:,} MiB (not budgeted)") in text
+    exp = adv.sync_per_1k(adv.at_min["expandable"])
+    assert adv.min_pool_size_expandable is not None
+    if adv.min_pool_size_expandable <= adv.min_pool_size * 1.001 and exp < at_cap:
+        assert f"makes {exp:.2f} per 1,000 at its cap" in text
+    else:
+        assert "pypool expandable needs" not in text
+    # PyTorch's rows were not run: its 0 is worded as an assumption.
+    assert "assuming PyTorch native makes none on a roomy device: its rows were not run" in text
+
+
 def test_size_cli_json_has_capacity_rows_and_says_what_to_install() -> None:
     # A Python that is not there: PyTorch's rows are skipped with the install hint.
     proc = _cli(["size", "--workload", "kv_cache", "--scale", "0.02", "--json", "--jobs", "1"],
