@@ -228,7 +228,9 @@ class SizingAdvice:
         """The headline: smallest capacity without OOM for pypool's defaults, expandable
         segments and the suggestion, then PyTorch's rows (if measured)."""
         am = self.at_min
-        rows = [pypool_row("pypool defaults", self.default, self.min_pool_size_default, self.peak_live,
+        # The first row replays ``base``: called defaults only when it is them.
+        rows = [pypool_row("pypool defaults" if not self.default.conf else "pypool base",
+                           self.default, self.min_pool_size_default, self.peak_live,
                            self.allocations, am.get("default"))]
         if self.expandable is not None:
             rows.append(pypool_row("pypool expandable", self.expandable, self.min_pool_size_expandable,
@@ -276,7 +278,7 @@ class SizingAdvice:
                             if best_t.min_capacity else ""))
         lines += [
             "",
-            f"defaults         {outcome(d)}",
+            f"{'defaults' if not d.conf else 'base':<17}{outcome(d)}",
             f"suggested        {outcome(b)}"
             + (f"  ({(1 - b.peak_reserved / d.peak_reserved) * 100:.1f}% less)"
                if d.peak_reserved > b.peak_reserved and not b.ooms else ""),
@@ -291,7 +293,7 @@ class SizingAdvice:
             lines += [
                 f"PYPOOL_CONF      {self.pypool_conf or '(defaults are best)'}",
                 f"min pool size    {format_size(self.min_pool_size)}"
-                + (f" (defaults: {format_size(self.min_pool_size_default)})" if self.min_pool_size_default is not None else "")
+                + (f" ({'defaults' if not d.conf else 'base'}: {format_size(self.min_pool_size_default)})" if self.min_pool_size_default is not None else "")
                 + f"; no OOM at that cap, OOM {format_size(self.granularity)} below",
                 f"capped           PYPOOL_CONF={self.pypool_conf_capped}",
             ]
@@ -568,12 +570,14 @@ def suggest_config(
         ranked = sorted((ev.cache[k] for k in ev.searched), key=rank)
         best = ranked[0]
         if objective == "pool_size":
-            best, best_min = _best_by_pool_size(ev, _distinct(ranked)[:3])
-            # The settings that reserve least on a roomy device are not always those that
-            # fit the smallest device (Note [Descent on the smallest cap]).
-            d_best, d_min = _descend_pool_size(ev, base_cfg, allow_expandable)
-            if d_min is not None and (best_min is None or d_min < best_min):
-                best, best_min = d_best, d_min
+            # With candidates given, only they (and base) are compared: no variants, no descent.
+            best, best_min = _best_by_pool_size(ev, _distinct(ranked)[:3], variants=candidates is None)
+            if candidates is None:
+                # The settings that reserve least on a roomy device are not always those that
+                # fit the smallest device (Note [Descent on the smallest cap]).
+                d_best, d_min = _descend_pool_size(ev, base_cfg, allow_expandable)
+                if d_min is not None and (best_min is None or d_min < best_min):
+                    best, best_min = d_best, d_min
         else:
             best_min = min_pool_size(trace, best.config, cap, _evaluator=ev)
         default_min = (best_min if best.conf == default.conf
@@ -761,14 +765,16 @@ def _descend_pool_size(ev: _Evaluator, base: PoolConfig, allow_expandable: bool,
     return ev.cache[best[1].to_string()], best[0]
 
 
-def _best_by_pool_size(ev: _Evaluator, top: Sequence[Candidate]) -> Tuple[Candidate, Optional[int]]:
-    """Among ``top``, the settings (also tried with garbage collection thresholds) whose
-    smallest OOM-free cap is least."""
+def _best_by_pool_size(ev: _Evaluator, top: Sequence[Candidate],
+                       variants: bool = True) -> Tuple[Candidate, Optional[int]]:
+    """Among ``top``, the settings (also tried with garbage collection thresholds unless
+    ``variants`` is false) whose smallest OOM-free cap is least."""
     tried: List[Tuple[int, int, Candidate]] = []
     configs: List[PoolConfig] = []
     for c in top:
         configs.append(c.config)
-        configs += _variants(c.config, [{"garbage_collection_threshold": t} for t in (0.6, 0.8)])
+        if variants:
+            configs += _variants(c.config, [{"garbage_collection_threshold": t} for t in (0.6, 0.8)])
     results = ev.run(configs)
     for cfg, r in zip(configs, results):
         if ev.over_budget(r):

@@ -71,6 +71,19 @@ def test_size_prints_the_suggestions_syncs_at_its_cap() -> None:
     assert "assuming PyTorch native makes none on a roomy device: its rows were not run" in text
 
 
+def test_size_candidates_are_all_it_compares_and_the_base_row_says_base() -> None:
+    t = generate("growing_batch", scale=0.05)
+    adv = suggest_config(t, jobs=2, objective="pool_size", base="reclaim_threshold:0.0",
+                         candidates=["expandable_segments:true,reclaim_threshold:0.0", "growth:double"])
+    # No descent and no garbage-collection variants: the candidates and the base only.
+    assert {c.conf for c in adv.candidates} <= {
+        "reclaim_threshold:0.0", "expandable_segments:true,reclaim_threshold:0.0", "growth:double"}
+    assert adv.capacity_rows()[0]["label"] == "pypool base"
+    text = adv.to_text()
+    assert "pypool defaults" not in text and "\nbase             peak reserved" in text
+    assert suggest_config(t, jobs=2, candidates=["growth:double"]).capacity_rows()[0]["label"] == "pypool defaults"
+
+
 def test_size_cli_json_has_capacity_rows_and_says_what_to_install() -> None:
     # A Python that is not there: PyTorch's rows are skipped with the install hint.
     proc = _cli(["size", "--workload", "kv_cache", "--scale", "0.02", "--json", "--jobs", "1"],
