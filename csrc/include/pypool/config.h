@@ -111,8 +111,8 @@ inline const char* config_kind_name(ConfigKind k) {
 // drives: round_up_divisions to the next request's rounding (malloc rounds before it
 // takes the lock, from an atomic copy), max_split_size to the next search, split and
 // growth (a cached block keeps its size; Note [Oversize stats] keeps the counters exact),
-// the growth knobs and reclaim_before_grow to the next growth, the two thresholds to the
-// next malloc or empty_cache, expandable_reserve to the next virtual range reserved, and
+// the growth knobs, reclaim_before_grow and reclaim_threshold to the next growth, the two
+// other thresholds to the next malloc or empty_cache, expandable_reserve to the next virtual range reserved, and
 // max_pool_size / memory_fraction to the cap at once (as set_memory_fraction does).
 // The other fields are fixed for a pool's life:
 //   * min_block_size: every block size and offset is a multiple of it (the free index's
@@ -127,7 +127,7 @@ inline const char* config_kind_name(ConfigKind k) {
 #define PYPOOL_LIVE_CONFIG_FIELDS(X)                                                   \
   X(max_pool_size) X(memory_fraction) X(round_up_divisions) X(max_split_size)          \
   X(expandable_reserve) X(growth) X(growth_step) X(release_threshold)                  \
-  X(garbage_collection_threshold) X(reclaim_before_grow)
+  X(garbage_collection_threshold) X(reclaim_before_grow) X(reclaim_threshold)
 
 struct Config {
   static constexpr std::size_t kUnlimited = std::numeric_limits<std::size_t>::max();
