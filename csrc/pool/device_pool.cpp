@@ -86,7 +86,7 @@ void unlist_pool(DevicePool::Impl* m) noexcept {
 
 DevicePool::DevicePool(const Config& cfg, std::shared_ptr<Backend> backend, int device)
     : cfg_(cfg), backend_(std::move(backend)), device_(device) {
-  cfg_.validate();
+  cfg_.validate_new();
   if (!backend_) throw std::invalid_argument("DevicePool: backend is null");
   if (cfg_.expandable_segments && !backend_->supports_vmm())
     throw std::invalid_argument(std::string("PoolConfig.expandable_segments: backend '") +

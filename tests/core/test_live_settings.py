@@ -108,6 +108,20 @@ def test_release_threshold_and_cap_change_live(backend: Backend) -> None:
     pool.free(pool.malloc(60 * MiB))
 
 
+def test_max_pool_size_may_go_below_initial_pool_size(pool_ok: Callable[[pypool.Pool], None]) -> None:
+    # initial_pool_size is used only when the pool is made (Config::validate_new).
+    pool = pypool.Pool("host", capacity="4GiB", initial_pool_size="1GiB")
+    pool.update_config(max_pool_size="512MiB")
+    assert pool.cap == 512 * MiB and pool.config.max_pool_size == 512 * MiB
+    assert pool._pool.config.initial_pool_size == 1 << 30
+    pool.empty_cache()  # the initial segment, cached, goes
+    assert pool.memory_reserved() == 0
+    with pytest.raises(pypool.OutOfMemoryError):
+        pool.malloc(600 * MiB)
+    pool.free(pool.malloc(100 * MiB))
+    pool_ok(pool)
+
+
 def test_reclaim_threshold_applies_to_the_next_growth(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
     # Default 0.8 of a roomy device: a growth reclaims nothing; live 0: before every growth.
     pool = backend()

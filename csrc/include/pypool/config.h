@@ -1,4 +1,4 @@
-// Pool configuration. Validated once (validate()) when a pool is built; the pool never
+// Pool configuration. Validated once (validate_new()) when a pool is built; the pool never
 // re-checks it on the hot path.
 //
 // Note [Config X-macro]: every field is declared once, in PYPOOL_CONFIG_FIELDS below (the
@@ -123,7 +123,9 @@ inline const char* config_kind_name(ConfigKind k) {
 //   * expandable_segments: whether a stream's large pool grows by mapping into one
 //     virtual range; the growth and release paths branch on the setting rather than on
 //     each segment, so a pool holding both kinds would strand one of them;
-//   * initial_pool_size: applies only when a pool is made.
+//   * initial_pool_size: applies only when a pool is made (so a pool's live
+//     max_pool_size may go below it; the registry's may not, as its config makes the
+//     pools of later devices: Config::validate_new).
 #define PYPOOL_LIVE_CONFIG_FIELDS(X)                                                   \
   X(max_pool_size) X(memory_fraction) X(round_up_divisions) X(max_split_size)          \
   X(expandable_reserve) X(growth) X(growth_step) X(release_threshold)                  \
@@ -136,8 +138,14 @@ struct Config {
   PYPOOL_CONFIG_FIELDS(PYPOOL_DECLARE_FIELD)
 #undef PYPOOL_DECLARE_FIELD
 
-  // Throws std::invalid_argument naming the offending field.
+  // Throws std::invalid_argument naming the offending field. The rules every config
+  // follows, a live pool's new one included (DevicePool::update_config).
   void validate() const;
+  // validate(), and the rules that concern only a pool being made: initial_pool_size <=
+  // max_pool_size (initial_pool_size is fixed and used only then, so a live pool's
+  // max_pool_size may go below it). Run by DevicePool's constructor and by the registry,
+  // whose config makes the pools of later devices.
+  void validate_new() const;
   // "name:value,..." over every field ("unlimited" for kUnlimited sizes, growth as its
   // number): the registry's mismatch message.
   std::string to_string() const;
