@@ -190,8 +190,8 @@ class Pool(PoolBase):
     def update_config(self, **fields: Any) -> None:
         """Change settings of this pool while it is in use: ``max_split_size``,
         ``round_up_divisions``, ``garbage_collection_threshold``, ``release_threshold``,
-        ``growth``, ``growth_step``, ``reclaim_before_grow``, ``expandable_reserve``,
-        ``max_pool_size`` and ``memory_fraction`` (``_core.LIVE_CONFIG_FIELDS``). Each
+        ``growth``, ``growth_step``, ``reclaim_before_grow``, ``reclaim_threshold``,
+        ``expandable_reserve``, ``max_pool_size`` and ``memory_fraction`` (``_core.LIVE_CONFIG_FIELDS``). Each
         applies from the next decision it drives; cached blocks keep their sizes.
 
         Only the fields given change: the others keep the values the pool has now,

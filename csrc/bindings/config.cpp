@@ -23,6 +23,7 @@ void init_config(py::module_& m) {
   PYPOOL_CONFIG_FIELDS(PYPOOL_BIND_FIELD)
 #undef PYPOOL_BIND_FIELD
   cls.def("validate", &Config::validate)
+      .def("validate_new", &Config::validate_new)
       .def("__repr__", &Config::to_string)
       .def(py::self == py::self)
       .def(py::self != py::self);

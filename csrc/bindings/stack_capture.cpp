@@ -113,11 +113,61 @@ py::list context_frames(std::uint64_t id) {
 
 namespace {
 
-// The labels of Note [Trace metadata], interned once each (id 0 is the empty label).
-// The table only grows, by one entry per distinct label; guarded by the GIL.
-std::vector<std::string>& metadata_table() {
-  static auto* t = new std::vector<std::string>{std::string()};
+// The labels of Note [Trace metadata], interned once each (id 0 is the empty label):
+// `labels` by id for the snapshot, `ids` by label so setting one is a lookup. The table
+// only grows, by one entry per distinct label, up to kMaxLabels; guarded by the GIL.
+struct MetadataTable {
+  std::vector<std::string> labels{std::string()};
+  std::unordered_map<std::string, std::uint32_t> ids{{std::string(), 0}};
+  bool warned = false;
+};
+
+constexpr std::uint32_t kMaxLabels = 1u << 20;
+// The id of every label past kMaxLabels (never an index of `labels`).
+constexpr std::uint32_t kOverflowLabel = kMaxLabels;
+constexpr const char* kOverflowText = "(pypool: label not kept, more than 2**20 distinct labels)";
+
+MetadataTable& metadata_table() {
+  static auto* t = new MetadataTable;
   return *t;
+}
+
+// The calling thread's label as set, which trace_metadata returns even past the cap.
+thread_local std::string t_label;
+
+std::uint32_t intern_label(const std::string& label) {
+  MetadataTable& t = metadata_table();
+  if (auto it = t.ids.find(label); it != t.ids.end()) return it->second;
+  if (t.labels.size() >= kMaxLabels) {
+    // Full: the entries keep their ids (so their labels stay right) and new labels share
+    // one marked id. A warning, never an error: labelling must not break the program
+    // (a warnings filter that turns it into one is cleared).
+    if (!t.warned) {
+      t.warned = true;
+      if (PyErr_WarnEx(PyExc_RuntimeWarning,
+                       "pypool: more than 2**20 distinct memory metadata labels; history entries "
+                       "made under new labels read \"(pypool: label not kept, more than 2**20 "
+                       "distinct labels)\"",
+                       1) != 0)
+        PyErr_Clear();
+    }
+    return kOverflowLabel;
+  }
+  const auto id = static_cast<std::uint32_t>(t.labels.size());
+  t.labels.push_back(label);
+  try {
+    t.ids.emplace(label, id);
+  } catch (...) {
+    t.labels.pop_back();
+    throw;
+  }
+  return id;
+}
+
+std::string label_of(std::uint32_t id) {
+  const MetadataTable& t = metadata_table();
+  if (id == kOverflowLabel) return kOverflowText;
+  return id < t.labels.size() ? t.labels[id] : std::string();
 }
 
 }  // namespace
@@ -126,23 +176,15 @@ void init_stack_capture(py::module_& m) {
   m.def(
       "set_trace_metadata",
       [](const std::string& label) {
-        auto& t = metadata_table();
-        auto it = std::find(t.begin(), t.end(), label);
-        if (it == t.end()) {
-          if (t.size() >= (1u << 20))
-            throw std::length_error("pypool: more than 2**20 distinct memory metadata labels");
-          t.push_back(label);
-          it = t.end() - 1;
-        }
-        t_trace_metadata = static_cast<std::uint32_t>(it - t.begin());
+        const std::uint32_t id = intern_label(label);
+        t_label = label;
+        t_trace_metadata = id;
       },
       py::arg("label"), "Label the trace entries this thread makes from now on (Note [Trace metadata]).");
-  m.def("trace_metadata", [] { return metadata_table()[t_trace_metadata]; },
-        "This thread's current label.");
-  m.def(
-      "trace_metadata_label",
-      [](std::uint32_t id) { return id < metadata_table().size() ? metadata_table()[id] : std::string(); },
-      py::arg("id"), "The label of a trace entry's metadata id.");
+  m.def("trace_metadata", [] { return t_label; }, "This thread's current label.");
+  m.def("trace_metadata_label", &label_of, py::arg("id"), "The label of a trace entry's metadata id.");
+  m.def("trace_metadata_cap", [] { return kMaxLabels; },
+        "How many distinct labels keep their own id (Note [Trace metadata]).");
   m.def("context_frames", &context_frames, py::arg("context"),
         "The Python stack recorded for a context id, innermost frame first.");
   m.def("context_count", [] { return stack_table().stacks.size() - 1; });

@@ -51,8 +51,6 @@ void Config::validate() const {
   if (max_pool_size == 0) bad("max_pool_size", "must be > 0");
   if (!(memory_fraction >= 0.0 && memory_fraction <= 1.0))
     bad("memory_fraction", "must be in (0, 1] (0 = off)");
-  if (initial_pool_size > max_pool_size)
-    bad("initial_pool_size", "must be <= max_pool_size");
   if (growth == GrowthPolicy::kFixed && growth_step == 0)
     bad("growth_step", "must be > 0 with growth='fixed'");
   if (!(garbage_collection_threshold >= 0.0 && garbage_collection_threshold < 1.0))
@@ -66,6 +64,12 @@ void Config::validate() const {
     if (v > policy::kMaxRequest) bad(name, "must be <= 1 PiB, got " + std::to_string(v));
   if (expandable_segments && expandable_reserve < large_segment_size)
     bad("expandable_reserve", "must be >= large_segment_size");
+}
+
+void Config::validate_new() const {
+  validate();
+  if (initial_pool_size > max_pool_size)
+    bad("initial_pool_size", "must be <= max_pool_size");
 }
 
 std::string Config::to_string() const {

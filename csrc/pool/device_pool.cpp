@@ -86,7 +86,7 @@ void unlist_pool(DevicePool::Impl* m) noexcept {
 
 DevicePool::DevicePool(const Config& cfg, std::shared_ptr<Backend> backend, int device)
     : cfg_(cfg), backend_(std::move(backend)), device_(device) {
-  cfg_.validate();
+  cfg_.validate_new();
   if (!backend_) throw std::invalid_argument("DevicePool: backend is null");
   if (cfg_.expandable_segments && !backend_->supports_vmm())
     throw std::invalid_argument(std::string("PoolConfig.expandable_segments: backend '") +
@@ -794,25 +794,33 @@ void DevicePool::check_update(const Config& next) const {
 
 void DevicePool::update_config(const Config& next) {
   Impl& m = *impl_;
+  // The device total, asked before the locks are taken (as set_memory_fraction does) and
+  // every time (whether a fraction applies is known only under them): the fraction is
+  // applied under the locks, so concurrent updates cannot leave the cap of one and the
+  // config of another.
+  const std::size_t total = backend_->mem_info().total;
+  // Both locks: a reader holds one or the other (grow paths may hold only grow_mu).
+  std::lock_guard<std::mutex> gk(m.grow_mu);
+  check_update(next);
+  std::lock_guard<SpinMutex> g(m.mu);
+  // A changed memory_fraction replaces the one in effect (0 clears it); a changed
+  // max_pool_size keeps it (a fraction set by set_memory_fraction survives).
   double fraction = -1.0;
-  {
-    // Both locks: a reader holds one or the other (grow paths may hold only grow_mu).
-    std::lock_guard<std::mutex> gk(m.grow_mu);
-    check_update(next);
-    std::lock_guard<SpinMutex> g(m.mu);
-    // A changed memory_fraction replaces the one in effect (0 clears it); a changed
-    // max_pool_size keeps it (a fraction set by set_memory_fraction survives).
-    if (next.memory_fraction != cfg_.memory_fraction)
-      fraction = next.memory_fraction;
-    else if (next.max_pool_size != cfg_.max_pool_size)
-      fraction = m.fraction;
+  if (next.memory_fraction != cfg_.memory_fraction)
+    fraction = next.memory_fraction;
+  else if (next.max_pool_size != cfg_.max_pool_size)
+    fraction = m.fraction;
 #define PYPOOL_TAKE_LIVE(f) cfg_.f = next.f;
-    PYPOOL_LIVE_CONFIG_FIELDS(PYPOOL_TAKE_LIVE)
+  PYPOOL_LIVE_CONFIG_FIELDS(PYPOOL_TAKE_LIVE)
 #undef PYPOOL_TAKE_LIVE
-    m.round_up_divisions.store(cfg_.round_up_divisions, std::memory_order_relaxed);
+  m.round_up_divisions.store(cfg_.round_up_divisions, std::memory_order_relaxed);
+  if (fraction >= 0.0) {
+    // The cap as set_memory_fraction computes it.
+    m.fraction = fraction > 0 ? fraction : 0.0;
+    std::size_t c = cfg_.max_pool_size;
+    if (fraction > 0) c = std::min(c, static_cast<std::size_t>(fraction * double(total)));
+    m.cap = c;
   }
-  // The cap as set_memory_fraction computes it (device total asked without the locks).
-  if (fraction >= 0.0) set_memory_fraction(fraction);
 }
 
 double DevicePool::memory_fraction() const {

@@ -19,7 +19,7 @@ void Registry::configure(const std::string& backend, const Config& cfg, std::siz
   if (backend != "auto" && backend != "cuda" && backend != "host" && backend != "null")
     throw std::invalid_argument("backend must be one of 'auto', 'cuda', 'host', 'null'; got '" +
                                 backend + "'");
-  cfg.validate();
+  cfg.validate_new();
   std::lock_guard<std::mutex> g(mu_);
   bool any = false;
   for (auto& p : pools_) any = any || p.load() != nullptr;
@@ -42,7 +42,8 @@ void Registry::configure(const std::string& backend, const Config& cfg, std::siz
 }
 
 void Registry::update_config(const Config& cfg) {
-  cfg.validate();
+  // Also the config of the pools made later: checked as one being made.
+  cfg.validate_new();
   std::lock_guard<std::mutex> g(mu_);
   std::vector<DevicePool*> live;
   for (auto& p : pools_)

@@ -446,7 +446,8 @@ struct Cut {
 };
 
 // Unmaps the granule-aligned interior of s's free blocks (Note [VMM holes]); with `keep`
-// > 0 (release_threshold), only the free tail beyond what `keep` bytes of cache allow.
+// > 0 (release_threshold), only the free tail beyond what `keep` bytes of cache allow,
+// walking back across holes (one call cuts what repeated calls would).
 // Lock held on entry and on return; dropped while the backend works. Does nothing if a
 // grow or shrink of s's index is in flight, or a bookkeeping allocation fails.
 void shrink_one(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, Segment* s, std::size_t g,
@@ -463,15 +464,23 @@ void shrink_one(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, Segment* s
   std::vector<Cut> cuts;
   try {
     if (keep > 0) {
-      Block* last = last_block(s);
-      if (last == nullptr || last->state != BlockState::kFree) return;
-      const std::uintptr_t end = s->addr + s->size;
-      std::uintptr_t cut = up(last->addr);
+      // Cut the free tail; when a whole free block goes and a hole lies before it, the
+      // free block before that hole becomes the tail once the trailing hole is dropped:
+      // walk on while spare bytes remain, so one call reaches what a repeat would.
       const std::size_t cached = m.free_summary().second;
-      const std::size_t spare = cached > keep ? (cached - keep) / g * g : 0;
-      cut = std::max(cut, end - std::min(spare, end - std::min(cut, end)));
-      if (cut >= end) return;
-      plan.push_back(Plan{last, cut, end});
+      std::size_t spare = cached > keep ? (cached - keep) / g * g : 0;
+      Block* b = last_block(s);
+      while (spare > 0 && b != nullptr && b->state == BlockState::kFree) {
+        const std::uintptr_t end = b->addr + b->size;
+        const std::uintptr_t hi = down(end);
+        const std::uintptr_t lo = std::max(up(b->addr), hi - std::min(spare, hi - std::min(up(b->addr), hi)));
+        if (lo >= hi) break;
+        plan.push_back(Plan{b, lo, hi});
+        spare -= hi - lo;
+        // Go on only if nothing mapped stays behind this cut.
+        if (lo != b->addr || hi != end || b->prev == nullptr || b->prev->state != kHole) break;
+        b = b->prev->prev;
+      }
     } else {
       for (Block* b = s->first; b != nullptr; b = b->next) {
         if (b->state != BlockState::kFree) continue;

@@ -78,6 +78,8 @@ int run(bool expandable, int threads, int ops) {
       next.max_split_size = n % 3 == 0 ? Config::kUnlimited : std::size_t(24) << 20;
       next.garbage_collection_threshold = n % 5 == 0 ? 0.5 : 0.0;
       next.release_threshold = n % 7 == 0 ? std::size_t(8) << 20 : 0;
+      next.reclaim_threshold = n % 4 == 0 ? 0.0 : 0.8;
+      next.memory_fraction = n % 11 == 0 ? 0.95 : 0.0;  // the cap, set under the locks
       pool.update_config(next);
       std::this_thread::yield();
     }

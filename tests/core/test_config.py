@@ -133,7 +133,6 @@ BAD_FIELDS = [
     ("expandable_segments", {"expandable_segments": "yes"}, TypeError),
     ("expandable_segments", {"expandable_segments": 1}, TypeError),
     ("expandable_reserve", {"expandable_segments": True, "expandable_reserve": 2 * MiB}, ValueError),
-    ("initial_pool_size", {"max_pool_size": "1GiB", "initial_pool_size": "2GiB"}, ValueError),
     ("growth", {"growth": "bogus"}, ValueError),
     ("growth_step", {"growth": "fixed"}, ValueError),
     ("release_threshold", {"release_threshold": -5}, ValueError),
@@ -168,6 +167,18 @@ def test_replace_validates() -> None:
     assert c.round_up_divisions == 0  # frozen original untouched
     with pytest.raises(ValueError, match="round_up_divisions"):
         c.replace(round_up_divisions=6)
+
+
+def test_initial_pool_size_above_max_pool_size_is_refused_when_a_pool_is_made() -> None:
+    # Only a pool being made needs initial_pool_size <= max_pool_size (Config::validate_new):
+    # a live pool may lower max_pool_size below it (tests/core/test_live_settings.py).
+    cfg = PoolConfig(max_pool_size="1GiB", initial_pool_size="2GiB")
+    with pytest.raises(ValueError, match="PoolConfig.initial_pool_size: must be <= max_pool_size"):
+        cfg.to_core().validate_new()
+    with pytest.raises(ValueError, match="PoolConfig.initial_pool_size"):
+        pypool.Pool("host", capacity="4GiB", config=cfg)
+    with pytest.raises(ValueError, match="PoolConfig.initial_pool_size"):
+        pypool.Pool("host", capacity="4GiB", max_pool_size="1GiB", initial_pool_size="2GiB")
 
 
 def test_frozen() -> None:

@@ -22,7 +22,7 @@ def test_live_fields_are_the_documented_ones() -> None:
     assert set(_core.LIVE_CONFIG_FIELDS) == {
         "max_pool_size", "memory_fraction", "round_up_divisions", "max_split_size",
         "expandable_reserve", "growth", "growth_step", "release_threshold",
-        "garbage_collection_threshold", "reclaim_before_grow",
+        "garbage_collection_threshold", "reclaim_before_grow", "reclaim_threshold",
     }
     names = {row[0] for row in _core.CONFIG_FIELDS}
     assert set(_core.LIVE_CONFIG_FIELDS) <= names
@@ -106,6 +106,35 @@ def test_release_threshold_and_cap_change_live(backend: Backend) -> None:
         pool.malloc(60 * MiB)
     pool.update_config(max_pool_size=None)
     pool.free(pool.malloc(60 * MiB))
+
+
+def test_max_pool_size_may_go_below_initial_pool_size(pool_ok: Callable[[pypool.Pool], None]) -> None:
+    # initial_pool_size is used only when the pool is made (Config::validate_new).
+    pool = pypool.Pool("host", capacity="4GiB", initial_pool_size="1GiB")
+    pool.update_config(max_pool_size="512MiB")
+    assert pool.cap == 512 * MiB and pool.config.max_pool_size == 512 * MiB
+    assert pool._pool.config.initial_pool_size == 1 << 30
+    pool.empty_cache()  # the initial segment, cached, goes
+    assert pool.memory_reserved() == 0
+    with pytest.raises(pypool.OutOfMemoryError):
+        pool.malloc(600 * MiB)
+    pool.free(pool.malloc(100 * MiB))
+    pool_ok(pool)
+
+
+def test_reclaim_threshold_applies_to_the_next_growth(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    # Default 0.8 of a roomy device: a growth reclaims nothing; live 0: before every growth.
+    pool = backend()
+    pool.free(pool.malloc(12 * MiB))  # one cached 12 MiB segment
+    a = pool.malloc(30 * MiB)
+    assert pool.memory_stats()["num_device_free"] == 0
+    pool.free(a)
+    pool.update_config(reclaim_threshold=0.0)
+    assert pool._pool.config.reclaim_threshold == 0.0
+    b = pool.malloc(40 * MiB)  # 12 + 30 cached >= 40: both go before the growth
+    assert pool.memory_stats()["num_device_free"] == 2
+    pool.free(b)
+    pool_ok(pool)
 
 
 @pytest.mark.parametrize(

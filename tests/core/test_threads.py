@@ -161,3 +161,39 @@ def test_concurrent_readers(backend: Backend, pool_ok: Callable[[pypool.Pool], N
     if errors:
         raise errors[0]
     pool_ok(pool)
+
+
+def test_concurrent_update_config_leaves_cap_and_config_agreeing(backend: Backend) -> None:
+    # update_config applies a changed fraction under the locks it changes the config
+    # under: two updates at once cannot leave the cap of one with the config of another.
+    pool = backend()
+    total = pool.mem_info()[1]
+    configs = [
+        pool.config.replace(memory_fraction=0.25, max_pool_size=None).to_core(),
+        pool.config.replace(memory_fraction=0.5, max_pool_size="64MiB").to_core(),
+        pool.config.replace(memory_fraction=None, max_pool_size="96MiB").to_core(),
+    ]
+    errors: List[BaseException] = []
+    start = threading.Barrier(N_THREADS)
+
+    def run(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            start.wait()
+            for _ in range(300):
+                pool._pool.update_config(rng.choice(configs))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(N_THREADS)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors
+    cfg = pool._pool.config
+    assert pool._pool.memory_fraction() == cfg.memory_fraction
+    want = cfg.max_pool_size
+    if cfg.memory_fraction > 0:
+        want = min(want, int(cfg.memory_fraction * total))
+    assert pool._pool.cap == want

@@ -265,6 +265,45 @@ def test_release_threshold_keeps_mapped_bytes(backend: Backend, pool_ok: Callabl
     pool_ok(pool)
 
 
+def test_release_threshold_walks_back_across_holes(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    # After the free tail is cut and the trailing hole dropped, the free block before that
+    # hole is the new tail: one empty_cache cuts it too, and a repeat changes nothing.
+    pool = backend(expandable_segments=True)
+    a, b, c = pool.malloc(30 * MiB), pool.malloc(10 * MiB), pool.malloc(20 * MiB)
+    pool.free(b)
+    pool.empty_cache()  # no threshold: a hole where b was
+    assert [blocks(s) for s in expandable(pool)] == [[(30 * MiB, A)], [(20 * MiB, A)]]  # split at it
+    pool.update_config(release_threshold=8 * MiB)
+    pool.free(a)
+    pool.free(c)
+    pool.empty_cache()
+    pool_ok(pool)
+    assert pool.memory_reserved() == 8 * MiB  # was 30 MiB (the hole stopped the cut)
+    assert [blocks(s) for s in expandable(pool)] == [[(8 * MiB, I)]]
+    backend.check_used(pool, 8 * MiB)
+    unmaps = pool.memory_stats()["num_segment_unmap"]
+    pool.empty_cache()  # the fixed point: nothing more
+    assert pool.memory_reserved() == 8 * MiB
+    assert pool.memory_stats()["num_segment_unmap"] == unmaps
+    pool_ok(pool)
+
+
+def test_release_threshold_after_an_oom_retry_hole(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
+    # The same with the hole made by the retry of a growth past max_pool_size.
+    pool = backend(expandable_segments=True, release_threshold=8 * MiB, max_pool_size="64MiB")
+    a, b, c = pool.malloc(30 * MiB), pool.malloc(10 * MiB), pool.malloc(20 * MiB)
+    pool.free(b)
+    d = pool.malloc(12 * MiB)  # 60 + 12 > 64: the retry unmaps b's range, the tail grows
+    for p in (a, c, d):
+        pool.free(p)
+    pool.empty_cache()
+    pool_ok(pool)
+    assert pool.memory_reserved() == 8 * MiB
+    pool.empty_cache()
+    assert pool.memory_reserved() == 8 * MiB
+    pool_ok(pool)
+
+
 def test_small_requests_use_fixed_segments(backend: Backend, pool_ok: Callable[[pypool.Pool], None]) -> None:
     pool = backend(expandable_segments=True)
     p = pool.malloc(4096)

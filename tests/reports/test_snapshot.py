@@ -237,6 +237,42 @@ def test_trace_entries_carry_the_threads_metadata_label():
     record_history(False, pool=p)
 
 
+def test_metadata_labels_past_the_cap_never_raise():
+    # Note [Trace metadata]: past the table's cap new labels share one marked id with a
+    # warning; the labels already recorded stay right. In a child: the table is per process.
+    code = textwrap.dedent("""
+        import warnings
+        import pypool
+        from pypool import _core
+        from pypool.snapshot import record_history, snapshot
+        p = pypool.Pool("host", capacity="64MiB")
+        record_history(pool=p, stacks="none")
+        _core.set_trace_metadata("first")
+        a = p.malloc(4096)
+        for i in range(_core.trace_metadata_cap() - 2):  # fills the table ("", "first" and these)
+            _core.set_trace_metadata(f"label {i}")
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            _core.set_trace_metadata("late")
+            b = p.malloc(8192)
+        assert [x.category for x in w] == [RuntimeWarning], w
+        assert "2**20" in str(w[0].message)
+        assert _core.trace_metadata() == "late"
+        _core.set_trace_metadata("label 7")  # kept: still its own id
+        c = p.malloc(512)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _core.set_trace_metadata("later")  # no second warning, no error
+        labels = {e["size"]: e["user_metadata"] for e in snapshot(pool=p)["device_traces"][0]
+                  if e["action"] == "alloc"}
+        assert labels[4096] == "first" and labels[512] == "label 7", labels
+        assert labels[8192] == "(pypool: label not kept, more than 2**20 distinct labels)", labels
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 def test_memory_viz_functions_accept_the_snapshot(scenario):
     from torch.cuda import _memory_viz
 

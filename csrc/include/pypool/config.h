@@ -1,4 +1,4 @@
-// Pool configuration. Validated once (validate()) when a pool is built; the pool never
+// Pool configuration. Validated once (validate_new()) when a pool is built; the pool never
 // re-checks it on the hot path.
 //
 // Note [Config X-macro]: every field is declared once, in PYPOOL_CONFIG_FIELDS below (the
@@ -111,8 +111,8 @@ inline const char* config_kind_name(ConfigKind k) {
 // drives: round_up_divisions to the next request's rounding (malloc rounds before it
 // takes the lock, from an atomic copy), max_split_size to the next search, split and
 // growth (a cached block keeps its size; Note [Oversize stats] keeps the counters exact),
-// the growth knobs and reclaim_before_grow to the next growth, the two thresholds to the
-// next malloc or empty_cache, expandable_reserve to the next virtual range reserved, and
+// the growth knobs, reclaim_before_grow and reclaim_threshold to the next growth, the two
+// other thresholds to the next malloc or empty_cache, expandable_reserve to the next virtual range reserved, and
 // max_pool_size / memory_fraction to the cap at once (as set_memory_fraction does).
 // The other fields are fixed for a pool's life:
 //   * min_block_size: every block size and offset is a multiple of it (the free index's
@@ -123,11 +123,13 @@ inline const char* config_kind_name(ConfigKind k) {
 //   * expandable_segments: whether a stream's large pool grows by mapping into one
 //     virtual range; the growth and release paths branch on the setting rather than on
 //     each segment, so a pool holding both kinds would strand one of them;
-//   * initial_pool_size: applies only when a pool is made.
+//   * initial_pool_size: applies only when a pool is made (so a pool's live
+//     max_pool_size may go below it; the registry's may not, as its config makes the
+//     pools of later devices: Config::validate_new).
 #define PYPOOL_LIVE_CONFIG_FIELDS(X)                                                   \
   X(max_pool_size) X(memory_fraction) X(round_up_divisions) X(max_split_size)          \
   X(expandable_reserve) X(growth) X(growth_step) X(release_threshold)                  \
-  X(garbage_collection_threshold) X(reclaim_before_grow)
+  X(garbage_collection_threshold) X(reclaim_before_grow) X(reclaim_threshold)
 
 struct Config {
   static constexpr std::size_t kUnlimited = std::numeric_limits<std::size_t>::max();
@@ -136,8 +138,14 @@ struct Config {
   PYPOOL_CONFIG_FIELDS(PYPOOL_DECLARE_FIELD)
 #undef PYPOOL_DECLARE_FIELD
 
-  // Throws std::invalid_argument naming the offending field.
+  // Throws std::invalid_argument naming the offending field. The rules every config
+  // follows, a live pool's new one included (DevicePool::update_config).
   void validate() const;
+  // validate(), and the rules that concern only a pool being made: initial_pool_size <=
+  // max_pool_size (initial_pool_size is fixed and used only then, so a live pool's
+  // max_pool_size may go below it). Run by DevicePool's constructor and by the registry,
+  // whose config makes the pools of later devices.
+  void validate_new() const;
   // "name:value,..." over every field ("unlimited" for kUnlimited sizes, growth as its
   // number): the registry's mismatch message.
   std::string to_string() const;

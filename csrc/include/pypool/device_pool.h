@@ -102,7 +102,10 @@ const char* trace_action_name(TraceAction a) noexcept;
 
 // Note [Trace metadata]: torch's _set_memory_metadata labels every trace entry a thread
 // makes while the label is set (thread-local). The label is an id (0: none) that the
-// binding interns; record() copies the recording thread's id into each entry.
+// binding interns; record() copies the recording thread's id into each entry. Ids are
+// never reused, so an entry's label stays right however many are set later; past 2**20
+// distinct labels (the table's cap) new labels share one id whose label says it was not
+// kept, with a RuntimeWarning once: setting a label never raises.
 inline thread_local std::uint32_t t_trace_metadata = 0;
 
 struct TraceEntry {
