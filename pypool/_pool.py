@@ -214,6 +214,11 @@ class Pool(PoolBase):
         with CONFIG_LOCK:
             new = self.config.replace(**fields)
             self._pool.update_config(new.to_core())
+            if "memory_fraction" in fields:
+                # The core applies a fraction only when it differs from its config's, which
+                # a set_memory_fraction since then does not change: a fraction named here
+                # is applied whatever the pool applied before (0 clears, as None).
+                self._pool.set_memory_fraction(new.memory_fraction or 0.0)
 
     # ------------------------------------------------------------------ statistics
     def memory_stats(self) -> Dict[str, int]:

@@ -226,3 +226,21 @@ def test_update_config_names_an_unknown_field(backend: Backend) -> None:
     with pytest.raises(TypeError, match="PoolConfig.reclaim_before_grow: expected a bool"):
         pool.update_config(reclaim_before_grow=1)
     assert pool._pool.config == before
+
+
+def test_a_named_memory_fraction_applies_after_set_memory_fraction() -> None:
+    # Review finding: update_config(memory_fraction=0.5) on a pool made with 0.5 whose
+    # fraction set_memory_fraction had lowered to 0.25 left the cap at 256 MiB.
+    MiB = 1 << 20
+    p = pypool.Pool("host", capacity="1GiB", memory_fraction=0.5)
+    x = p.malloc(MiB)
+    p.set_memory_fraction(0.25)
+    assert p._pool.cap == 256 * MiB
+    p.update_config(memory_fraction=0.5)
+    assert p._pool.cap == 512 * MiB and p.config.memory_fraction == 0.5
+    y = p.malloc(400 * MiB)  # fits under 512 MiB, not under 256
+    p.update_config(memory_fraction=None)  # no fraction: the capacity is the limit
+    assert p._pool.cap == (1 << 64) - 1  # unlimited: the host device's 1 GiB is the limit
+    p.free(y)
+    p.free(x)
+    p.check_invariants()
