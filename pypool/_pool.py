@@ -127,9 +127,9 @@ class Pool(PoolBase):
         self._backend_obj: Optional[_core.Backend] = be
 
     @classmethod
-    def _wrap(cls, core_pool: "_core.DevicePool", config: Optional[PoolConfig] = None) -> "Pool":
-        """A Pool view of an existing native pool (the registry's device pools).
-        ``config`` is ignored: :attr:`config` reads the native pool's own."""
+    def _wrap(cls, core_pool: "_core.DevicePool") -> "Pool":
+        """A Pool view of an existing native pool (the registry's device pools);
+        :attr:`config` reads the native pool's own settings."""
         self = cls.__new__(cls)
         self._pool = core_pool
         self._host = None

@@ -6,8 +6,7 @@ Every module-level function that works on "the pool of a device" (the statistics
 module, and only this module, which pool that is: :func:`device_index` reads a device
 argument the way torch does, :func:`checked_device` also requires the device to exist,
 :func:`existing_pool` looks a registry pool up without making it, :func:`ensure_registry`
-configures the registry as ``install()`` would, :func:`pool_config` is the settings a
-pool reports, and :func:`resolve_pool` turns ``device=`` / ``pool=`` into one pool.
+configures the registry as ``install()`` would, and :func:`resolve_pool` turns ``device=`` / ``pool=`` into one pool.
 
 Note [Reports never create pools]: a pool, once made, fixes the registry's settings, and
 on a GPU it retains the device's context. So reading functions (:func:`fragmentation`,
@@ -199,17 +198,6 @@ def config_of(core: "_core.Config") -> PoolConfig:
     return PoolConfig.from_core(core)
 
 
-def pool_config(core: "_core.DevicePool") -> PoolConfig:
-    """The settings a registry pool has now: install()'s (or the pool's own when pypool
-    configured the registry itself), with the memory fraction the pool applies now, which
-    ``torch.cuda.set_per_process_memory_fraction`` and :meth:`Pool.set_memory_fraction`
-    change after the pool was made."""
-    cfg = _installed_config if _installed_config is not None else config_of(core.config)
-    fraction = float(core.memory_fraction())
-    live = None if fraction == 0.0 else fraction
-    return cfg if cfg.memory_fraction == live else cfg.replace(memory_fraction=live)
-
-
 # ---------------------------------------------------------------------------- one pool
 
 
@@ -235,4 +223,4 @@ def resolve_pool(device: Any, pool: Any, create: bool, what: str) -> Tuple[Optio
             return None, d
         ensure_registry()  # Note [Pools before install]
         core = _core.registry_pool(d)
-    return Pool._wrap(core, pool_config(core)), d
+    return Pool._wrap(core), d

@@ -52,7 +52,6 @@ from ._registry import (
     ensure_registry,
     existing_pool,
     pending_config,
-    pool_config,
     registry_kind,
     resolve_pool,
 )
@@ -94,7 +93,7 @@ def get_pool(device: Any = None) -> Pool:
     d = checked_device(device)
     ensure_registry()
     core = _core.registry_pool(d)
-    return Pool._wrap(core, pool_config(core))
+    return Pool._wrap(core)
 
 
 _ZERO_TEMPLATE: Optional[Dict[str, int]] = None

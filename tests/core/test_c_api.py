@@ -27,7 +27,7 @@ def registry() -> Iterator[pypool.Pool]:
     _core.registry_reset()
     config = PoolConfig()
     _core.registry_configure("host", config.to_core(), CAPACITY)
-    yield pypool.Pool._wrap(_core.registry_pool(0), config)
+    yield pypool.Pool._wrap(_core.registry_pool(0))
     leaked = []
     for d in _core.registry_devices():
         core = _core.registry_pool(d)
