@@ -189,8 +189,9 @@ class Pool(PoolBase):
 
     def update_config(self, **fields: Any) -> None:
         """Change settings of this pool while it is in use: ``max_split_size``,
-        ``round_up_divisions``, ``garbage_collection_threshold``, ``release_threshold``,
-        ``growth``, ``growth_step``, ``reclaim_before_grow``, ``reclaim_threshold``,
+        ``round_up_divisions``, ``round_up_interval_divisions`` (setting one turns the other
+        off: Note [One rounding setting]), ``garbage_collection_threshold``,
+        ``release_threshold``, ``growth``, ``growth_step``, ``reclaim_before_grow``, ``reclaim_threshold``,
         ``expandable_reserve``, ``max_pool_size`` and ``memory_fraction`` (``_core.LIVE_CONFIG_FIELDS``). Each
         applies from the next decision it drives; cached blocks keep their sizes.
 

@@ -17,16 +17,19 @@ variable is named in a warning.
 
 from __future__ import annotations
 
+import math
 import os
-import re
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .config import PoolConfig
+from .config import PoolConfig, _interval_text
 
 __all__ = ["TorchSettingWarning", "translate", "from_env", "env_text", "TORCH_KEYS", "RESET_EACH_CALL", "with_resets"]
 
 MiB = 1 << 20
+#: torch's per_process_memory_fraction 0.0 as a PoolConfig.memory_fraction (Note [Fraction
+#: zero] in csrc/abi/c_api.cpp); pypool.memory.get_per_process_memory_fraction reads it as 0.0.
+FRACTION_ZERO = math.ulp(0.0)
 
 
 class TorchSettingWarning(UserWarning):
@@ -37,7 +40,7 @@ class TorchSettingWarning(UserWarning):
 # torch 2.8 - 2.14), with what pypool does with each.
 TORCH_KEYS: Dict[str, str] = {
     "max_split_size_mb": "PoolConfig.max_split_size (MiB)",
-    "roundup_power2_divisions": "PoolConfig.round_up_divisions",
+    "roundup_power2_divisions": "PoolConfig.round_up_interval_divisions",
     "garbage_collection_threshold": "PoolConfig.garbage_collection_threshold",
     "expandable_segments": "PoolConfig.expandable_segments",
     "per_process_memory_fraction": "PoolConfig.memory_fraction",
@@ -95,38 +98,21 @@ def _split(text: str) -> List[Tuple[str, str]]:
     return out
 
 
-def _divisions(value: str, source: str, warn: List[str]) -> int:
-    """``roundup_power2_divisions``: ``"4"`` or the bucketed ``"[256:1,512:2,>:8]"``."""
-    if not value.startswith("["):
+def _divisions(value: str, source: str) -> str:
+    """``roundup_power2_divisions``: ``"4"`` or the bucketed ``"[64:8,128:2,>:1]"``, as
+    c10 reads them (the number fills every interval, Note [Interval divisions]), in
+    round_up_interval_divisions' form."""
+    what = f"{source}: roundup_power2_divisions"
+    if not value.strip().startswith("["):
         try:
-            return int(value)
+            n = int(value)
         except ValueError:
-            raise ValueError(f"{source}: roundup_power2_divisions expects an integer or [size_mb:divisions,...], got {value!r}") from None
-    m = re.fullmatch(r"\[(.*)\]", value)
-    if m is None:
-        raise ValueError(f"{source}: roundup_power2_divisions: unbalanced brackets in {value!r}")
-    per: Dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in m.group(1).split(","))):
-        size, sep, div = part.partition(":")
-        if not sep:
-            raise ValueError(f"{source}: roundup_power2_divisions: expected size_mb:divisions, got {part!r}")
-        try:
-            per[size.strip()] = int(div)
-        except ValueError:
-            raise ValueError(f"{source}: roundup_power2_divisions: {div!r} is not an integer") from None
-    if not per:
-        raise ValueError(f"{source}: roundup_power2_divisions: empty bucket list")
-    values = set(per.values())
-    if len(values) == 1:
-        return values.pop()
-    # pypool rounds every size above small_size with one number of divisions. The
-    # largest asked for wastes least; the difference is said, not hidden.
-    chosen = max(values)
-    warn.append(
-        f"roundup_power2_divisions:{value} gives different divisions per size interval; pypool "
-        f"uses one value for every size above small_size and takes the finest, {chosen}"
-    )
-    return chosen
+            raise ValueError(f"{what} expects an integer or [size_mb:divisions,...], got {value!r}") from None
+        if n <= 0 or n & (n - 1):
+            raise ValueError(f"{what}: For roundups, the divisions has to be power of 2, got {value!r}")
+        value = f"[1:{n},>:{n}]"
+    text = _interval_text(value, what)
+    return text or "[]"
 
 
 def _max_split(mb: int, value: str, source: str, warn: List[str]) -> int:
@@ -165,7 +151,7 @@ def translate(text: str, source: str = "PYTORCH_CUDA_ALLOC_CONF") -> Tuple[Dict[
                 raise ValueError(f"{source}: max_split_size_mb expects an integer number of MiB, got {value!r}") from None
             fields["max_split_size"] = _max_split(mb, value, source, warn)
         elif key == "roundup_power2_divisions":
-            fields["round_up_divisions"] = _divisions(value, source, warn)
+            fields["round_up_interval_divisions"] = _divisions(value, source)
         elif key == "garbage_collection_threshold":
             try:
                 fields["garbage_collection_threshold"] = float(value)
@@ -184,14 +170,13 @@ def translate(text: str, source: str = "PYTORCH_CUDA_ALLOC_CONF") -> Tuple[Dict[
             except ValueError:
                 raise ValueError(f"{source}: per_process_memory_fraction expects a number, got {value!r}") from None
             if not 0.0 <= fraction <= 1.0:
-                raise ValueError(f"{source}: per_process_memory_fraction must be in [0, 1], got {value!r}")
-            if fraction == 0.0:
-                # torch: no memory at all. A config cannot say that (memory_fraction is in
-                # (0, 1]); torch.cuda.set_per_process_memory_fraction(0.0) can.
-                warn.append(f"per_process_memory_fraction:{value} (no memory at all) is not applied at "
-                            "install; use torch.cuda.set_per_process_memory_fraction(0.0)")
-            else:
-                fields["memory_fraction"] = fraction
+                # torch's own words (c10's CUDAAllocatorConfig), which its tests look for.
+                raise ValueError(f"{source}: per_process_memory_fraction is invalid, set it in [0.0, 1.0] "
+                                 f"(got {value!r})")
+            # 0.0 is torch's "no memory at all"; memory_fraction 0 is pypool's "off", so it
+            # becomes the smallest positive fraction, which caps the pool at 0 bytes and reads
+            # back as 0.0 (Note [Fraction zero] in csrc/abi/c_api.cpp).
+            fields["memory_fraction"] = fraction if fraction > 0.0 else FRACTION_ZERO
         elif key == "backend":
             if low != "native":
                 warn.append(f"backend:{value} is not used: pypool is the CUDA allocator in this process")
@@ -233,7 +218,8 @@ def from_env(base: Optional[PoolConfig] = None) -> PoolConfig:
 # so a _set_allocator_settings call that does not name one of them turns it back off
 # (torch's test_allocator_settings relies on it). pypool does the same for the fields
 # they map to; the other keys keep their values.
-RESET_EACH_CALL: Tuple[str, ...] = ("max_split_size", "round_up_divisions", "garbage_collection_threshold")
+RESET_EACH_CALL: Tuple[str, ...] = ("max_split_size", "round_up_divisions", "round_up_interval_divisions",
+                                    "garbage_collection_threshold")
 
 
 def with_resets(fields: Mapping[str, Any]) -> Dict[str, Any]:

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import _core
 
@@ -84,6 +84,142 @@ _INT_FIELDS = _of_kind("int")
 # Floats in the order __post_init__ has always checked them.
 _FLOAT_FIELDS = _of_kind("fraction") + _of_kind("optional_fraction")
 _OPTIONAL_FLOATS = _of_kind("optional_fraction")
+_INTERVAL_FIELDS = _of_kind("interval_divisions")
+
+# Note [Interval divisions] in csrc/include/pypool/size_policy.h: 16 power-of-two size
+# intervals from 1 MiB, log2 of each one's divisions packed 4 bits apiece.
+ROUND_INTERVALS = 16
+MAX_INTERVAL_DIVISIONS = 1 << 15
+
+IntervalDivisionsLike = Union[None, str, Mapping[Union[int, str], int]]
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _bracket_items(text: str, name: str) -> List[Tuple[str, str]]:
+    body = text.strip()
+    if not (body.startswith("[") and body.endswith("]")) or "[" in body[1:-1] or "]" in body[1:-1]:
+        raise ValueError(f"{name}: expected [size_mb:divisions,...,>:divisions] (torch's "
+                         f"roundup_power2_divisions list), got {text!r}")
+    parts = [p.strip() for p in body[1:-1].split(",")]
+    if parts and parts[-1] == "" and len(parts) > 1:
+        parts.pop()  # c10 reads a trailing comma
+    if parts == [""]:
+        return []
+    items = []
+    for part in parts:
+        key, sep, value = part.partition(":")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{name}: expected size_mb:divisions, got {part!r} in {text!r}")
+        items.append((key.strip(), value.strip()))
+    return items
+
+
+def interval_divisions(value: IntervalDivisionsLike, name: str = "round_up_interval_divisions") -> List[int]:
+    """The divisions of each of the 16 intervals (Note [Interval divisions]) that
+    ``value`` asks for: torch's ``"[64:8,128:2,>:1]"`` or a mapping of the same pairs
+    (``{64: 8, 128: 2, ">": 1}``), read as c10's parseRoundUpPower2Divisions reads them.
+    Every interval starts at 0 (off). A key k (MiB, a power of two) is interval
+    log2(k) (clamped to the last); the first key also sets every interval below it;
+    ``">"`` sets every interval after the last key read. None or "[]" is all off.
+    Raises ValueError naming ``name``."""
+    if value is None:
+        return [0] * ROUND_INTERVALS
+    if isinstance(value, str):
+        if value.strip().lower() in ("", "none", "off"):
+            return [0] * ROUND_INTERVALS
+        items: List[Tuple[Any, Any]] = list(_bracket_items(value, name))
+    elif isinstance(value, Mapping):
+        items = list(value.items())
+    else:
+        raise TypeError(f"{name}: expected torch's [size_mb:divisions,...] string or a mapping "
+                        f"{{size_mb: divisions}}, got {type(value).__name__}")
+    out = [0] * ROUND_INTERVALS
+    first, last = True, 0
+    for key, raw in items:
+        div = _whole(raw, f"{name}: divisions for {key!r}")
+        if div != 0 and not _power_of_two(div):
+            raise ValueError(f"{name}: divisions must be 0 (off) or a power of two (torch: 'For roundups, "
+                             f"the divisions has to be power of 2 or 0 to disable roundup'), got {div} for {key!r}")
+        if div > MAX_INTERVAL_DIVISIONS:
+            raise ValueError(f"{name}: divisions must be <= {MAX_INTERVAL_DIVISIONS} (pypool keeps 4 bits "
+                             f"of log2 per interval), got {div} for {key!r}")
+        if key == ">":
+            out[last + 1:] = [div] * (ROUND_INTERVALS - last - 1)
+            continue
+        mb = _whole(key, f"{name}: interval key")
+        if not _power_of_two(mb):
+            raise ValueError(f"{name}: interval keys are sizes in MiB that must be powers of two (torch: "
+                             f"'For roundups, the intervals have to be power of 2'), got {key!r}")
+        index = min(mb.bit_length() - 1, ROUND_INTERVALS - 1)
+        if first:
+            out[:index] = [div] * index
+            first = False
+        out[index] = div
+        last = index
+    return out
+
+
+def _whole(raw: Any, what: str) -> int:
+    if isinstance(raw, bool):
+        raise TypeError(f"{what}: expected an int, got bool")
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, str) and raw.strip().isdigit():
+        return int(raw)
+    raise ValueError(f"{what}: expected a whole number, got {raw!r}")
+
+
+def _interval_word(divisions: List[int]) -> int:
+    """Pack per-interval divisions (powers of two or 0) as the native field holds them."""
+    word = 0
+    for i, d in enumerate(divisions):
+        if d > 1:
+            word |= (d.bit_length() - 1) << (4 * i)
+    return word
+
+
+def _interval_text(value: IntervalDivisionsLike, name: str) -> Optional[str]:
+    """A round_up_interval_divisions value in its canonical form: torch's bracket text,
+    shortest first (None when every interval is off)."""
+    word = _interval_word(interval_divisions(value, name))
+    return None if word == 0 else str(_core.interval_divisions_text(word))
+
+
+def _split_items(text: str) -> List[str]:
+    """``"a:1,b:[64:8,>:1]"`` -> ``["a:1", "b:[64:8,>:1]"]``: commas inside brackets
+    belong to the value."""
+    items: List[str] = []
+    depth, start = 0, 0
+    for i, ch in enumerate(text):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return items
+
+
+# Note [One rounding setting]: round_up_divisions and round_up_interval_divisions both
+# decide how a request rounds, and a config sets at most one (Config::validate). A change
+# that sets one of them (replace, PYPOOL_CONF over a base, install()'s arguments,
+# update_config) turns the other off unless it names the other too: the setting given
+# last is the one meant, as with any other field.
+_ROUNDING_PAIR = ("round_up_divisions", "round_up_interval_divisions")
+
+
+def _with_rounding_pair(changes: Dict[str, Any]) -> Dict[str, Any]:
+    named = [k for k in _ROUNDING_PAIR if k in changes]
+    if len(named) == 1 and changes[named[0]]:
+        other = _ROUNDING_PAIR[1 - _ROUNDING_PAIR.index(named[0])]
+        changes = dict(changes)
+        changes[other] = 0 if other == "round_up_divisions" else None
+    return changes
 
 
 def _to_native(kind: str, value: Any) -> Any:
@@ -94,6 +230,8 @@ def _to_native(kind: str, value: Any) -> Any:
         return 0.0
     if kind == "growth":
         return getattr(_core.GrowthPolicy, value)
+    if kind == "interval_divisions":
+        return _interval_word(interval_divisions(value))
     return value
 
 
@@ -105,6 +243,8 @@ def _from_native(kind: str, value: Any) -> Any:
         return None
     if kind == "growth":
         return value.name
+    if kind == "interval_divisions":
+        return None if value == 0 else str(_core.interval_divisions_text(value))
     return value
 
 
@@ -124,7 +264,13 @@ class PoolConfig:
         round_large: ... rounded up to this (default 2 MiB).
         round_up_divisions: 0 = off; else sizes above ``small_size`` round up to one of this
             many divisions of their power-of-two interval (like PyTorch's
-            ``roundup_power2_divisions``).
+            ``roundup_power2_divisions:N``, but only above ``small_size``).
+        round_up_interval_divisions: divisions per power-of-two size interval, exactly as
+            PyTorch's ``roundup_power2_divisions``: torch's ``"[64:8,128:2,>:1]"`` (keys in
+            MiB, powers of two; divisions 0 = off or a power of two <= 32768) or a mapping
+            ``{64: 8, 128: 2, ">": 1}``; kept in the shortest bracket form that reads back
+            the same (``None`` = off). At most one of the two rounding fields is set
+            (Note [One rounding setting]).
         max_split_size: blocks this large or larger are never split (``None`` = no limit).
         expandable_segments: segments on virtual memory that grow in place.
         expandable_reserve: virtual address space reserved per expandable segment.
@@ -156,6 +302,7 @@ class PoolConfig:
     min_large_alloc: SizeLike = 10 << 20
     round_large: SizeLike = 2 << 20
     round_up_divisions: int = 0
+    round_up_interval_divisions: IntervalDivisionsLike = None
     max_split_size: Optional[SizeLike] = None
     expandable_segments: bool = False
     expandable_reserve: SizeLike = 1 << 40
@@ -190,6 +337,8 @@ class PoolConfig:
         if not 0 <= self.round_up_divisions <= 64:
             raise ValueError("PoolConfig.round_up_divisions: must be 0, 1 or a power of two <= 64, "
                              f"got {self.round_up_divisions}")
+        for name in _INTERVAL_FIELDS:
+            object.__setattr__(self, name, _interval_text(getattr(self, name), f"PoolConfig.{name}"))
         for name in _BOOL_FIELDS:
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"PoolConfig.{name}: expected a bool")
@@ -224,8 +373,9 @@ class PoolConfig:
         return cls(**{name: _from_native(kind, getattr(core, name)) for name, kind in _TABLE.items()})
 
     def replace(self, **changes: Any) -> "PoolConfig":
-        """A copy with some fields changed (validated)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (validated). Setting one of the two rounding
+        fields turns the other off (Note [One rounding setting])."""
+        return dataclasses.replace(self, **_with_rounding_pair(changes))
 
     def to_dict(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -251,7 +401,7 @@ class PoolConfig:
             raise TypeError("PoolConfig.from_string: expected a str")
         known = {f.name: f for f in fields(cls)}
         changes: Dict[str, Any] = {}
-        for item in filter(None, (p.strip() for p in text.split(","))):
+        for item in filter(None, (p.strip() for p in _split_items(text))):
             key, sep, raw = item.partition(":")
             key, raw = key.strip(), raw.strip()
             if not sep or not raw:
@@ -259,7 +409,7 @@ class PoolConfig:
             if key not in known:
                 raise ValueError(f"PYPOOL_CONF: unknown option {key!r} (known: {', '.join(known)})")
             changes[key] = _parse_value(key, raw)
-        return dataclasses.replace(base or cls(), **changes)
+        return (base or cls()).replace(**changes)
 
     @classmethod
     def from_env(cls, var: str = "PYPOOL_CONF", base: Optional["PoolConfig"] = None) -> "PoolConfig":
@@ -296,7 +446,7 @@ class PoolConfig:
             unknown = set(overrides) - {f.name for f in fields(cls)}
             if unknown:
                 raise TypeError(f"unknown option(s) {sorted(unknown)}")
-            base = dataclasses.replace(base, **overrides)
+            base = base.replace(**overrides)
         return base
 
 
@@ -323,6 +473,8 @@ def _parse_value(key: str, raw: str) -> Any:
             raise ValueError(f"PYPOOL_CONF: {key} expects a number, got {raw!r}") from None
     if kind == "growth":
         return low
+    if kind == "interval_divisions":
+        return None if low in ("none", "off") else raw  # read by __post_init__
     return raw  # sizes: parsed (with the field name) by __post_init__
 
 

@@ -206,11 +206,15 @@ def get_per_process_memory_fraction(device: Any = None) -> float:
         fraction = float(pool.memory_fraction())
         if fraction == 0.0:
             return 1.0  # no fraction set
-        # torch's fraction 0.0 ("no memory") is kept as the smallest positive double
-        # (Note [Fraction zero] in csrc/abi/c_api.cpp).
-        return 0.0 if fraction < 1e-300 else fraction
-    configured = pending_config().memory_fraction if _core.registry_configured() else None
-    return 1.0 if configured is None else float(configured)
+    else:
+        configured = pending_config().memory_fraction if _core.registry_configured() else None
+        if configured is None:
+            return 1.0
+        fraction = float(configured)
+    # torch's fraction 0.0 ("no memory") is kept as the smallest positive double, from
+    # set_per_process_memory_fraction(0.0) or per_process_memory_fraction:0.0 in its
+    # settings (Note [Fraction zero] in csrc/abi/c_api.cpp).
+    return 0.0 if fraction < 1e-300 else fraction
 
 
 # ---------------------------------------------------------------------------- summary

@@ -362,7 +362,8 @@ def _settings(settings: PoolConfig) -> Dict[str, Any]:
     # The settings in effect, in PYPOOL_CONF syntax (not the variable, which install()'s
     # arguments override and which may have changed since the pool was made).
     d["PYPOOL_CONF"] = settings.to_string()
-    d["roundup_power2_divisions"] = settings.round_up_divisions
+    # torch's key: its "[k:v,...]" list when divisions are per interval, else the number.
+    d["roundup_power2_divisions"] = settings.round_up_interval_divisions or settings.round_up_divisions
     return d
 
 

@@ -111,6 +111,8 @@ void init_conversions(py::module_& m) {
   m.def("pool_for", [](const Config& c, std::size_t r) {
     return policy::pool_for(c, r) == PoolKind::kSmall ? "small" : "large";
   });
+  m.def("interval_divisions_text", &policy::interval_divisions_text,
+        "A packed round_up_interval_divisions word in torch's \"[k:v,...,>:v]\" form");
   m.def("segment_size", &policy::segment_size);
   m.def("min_segment_size", &policy::min_segment_size);
   m.def("can_use", &policy::can_use);

@@ -19,6 +19,8 @@ bool is_pow2(std::size_t n) { return n != 0 && (n & (n - 1)) == 0; }
 void put(std::ostream& o, std::size_t v, ConfigKind k) {
   if (k == ConfigKind::kOptionalSize && v == Config::kUnlimited)
     o << "unlimited";
+  else if (k == ConfigKind::kIntervalDivisions)
+    o << policy::interval_divisions_text(v);
   else
     o << v;
 }
@@ -43,6 +45,11 @@ void Config::validate() const {
   if (min_large_alloc < small_size) bad("min_large_alloc", "must be >= small_size");
   if (round_up_divisions > 64 || (round_up_divisions > 1 && !is_pow2(round_up_divisions)))
     bad("round_up_divisions", "must be 0, 1 or a power of two <= 64");
+  // Any packed word is valid (4 bits per interval, Note [Interval divisions]); which of
+  // the two applies would be ambiguous.
+  if (round_up_interval_divisions != 0 && round_up_divisions > 1)
+    bad("round_up_interval_divisions",
+        "set either it or round_up_divisions (" + std::to_string(round_up_divisions) + "), not both");
   // A fresh large segment must stay splittable, or a 2 MiB request would take all of a
   // 20 MiB segment (PyTorch requires max_split_size_mb > 20 for the same reason).
   if (max_split_size != kUnlimited && max_split_size <= large_segment_size)

@@ -194,8 +194,9 @@ void* DevicePool::malloc(std::size_t size, Stream stream) {
   Impl& m = *impl_;
   if (size > policy::kMaxRequest) throw_too_large(m, size);
   const Annotation an = m.annotate.load(std::memory_order_relaxed) ? annotate(m) : Annotation{};
-  const std::size_t rounded =
-      policy::round_size(cfg_, size, m.round_up_divisions.load(std::memory_order_relaxed));
+  const std::uint64_t round_word = m.round_word.load(std::memory_order_relaxed);
+  const std::size_t rounded = policy::round_size(
+      cfg_, size, round_word, round_word == 0 ? 0 : m.round_gate.load(std::memory_order_relaxed));
   const PoolKind kind = policy::pool_for(cfg_, rounded);
 
   std::unique_lock<SpinMutex> lk(m.mu);
@@ -813,7 +814,7 @@ void DevicePool::update_config(const Config& next) {
 #define PYPOOL_TAKE_LIVE(f) cfg_.f = next.f;
   PYPOOL_LIVE_CONFIG_FIELDS(PYPOOL_TAKE_LIVE)
 #undef PYPOOL_TAKE_LIVE
-  m.round_up_divisions.store(cfg_.round_up_divisions, std::memory_order_relaxed);
+  m.set_rounding(cfg_);
   if (fraction >= 0.0) {
     // The cap as set_memory_fraction computes it.
     m.fraction = fraction > 0 ? fraction : 0.0;

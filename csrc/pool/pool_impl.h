@@ -188,15 +188,24 @@ using detail::now_us;
 
 struct DevicePool::Impl {
   explicit Impl(const Config& c, Backend& b, int dev)
-      : cfg(c), be(b), device(dev), round_up_divisions(c.round_up_divisions) {}
+      : cfg(c), be(b), device(dev) {
+    set_rounding(c);
+  }
 
   // Its live fields change under grow_mu and mu together (Note [Live settings]).
   const Config& cfg;
   Backend& be;
   const int device;
   mutable SpinMutex mu;
-  // cfg.round_up_divisions for malloc's rounding, which runs before mu is taken.
-  std::atomic<unsigned> round_up_divisions;
+  // cfg's rounding (policy::rounding_of) for malloc, which rounds before mu is taken
+  // (Note [Interval divisions] in size_policy.h).
+  std::atomic<std::uint64_t> round_word{0};
+  std::atomic<std::size_t> round_gate{0};
+  void set_rounding(const Config& c) {
+    const policy::Rounding r = policy::rounding_of(c);
+    round_gate.store(r.gate, std::memory_order_relaxed);
+    round_word.store(r.word, std::memory_order_relaxed);
+  }
 
   detail::BlockArena arena;
   detail::PtrMap live;  // allocated and pending-free blocks by address

@@ -74,7 +74,9 @@ int run(bool expandable, int threads, int ops) {
       pool.empty_cache();
       // Live settings change under the allocating threads (Note [Live settings]).
       Config next = pool.config();
-      next.round_up_divisions = n % 2 == 0 ? 4 : 0;
+      // Both rounding fields (at most one set): none, 4 divisions, or per interval.
+      next.round_up_divisions = n % 3 == 0 ? 4 : 0;
+      next.round_up_interval_divisions = n % 3 == 1 ? 0x1111111111222333ull : 0;
       next.max_split_size = n % 3 == 0 ? Config::kUnlimited : std::size_t(24) << 20;
       next.garbage_collection_threshold = n % 5 == 0 ? 0.5 : 0.0;
       next.release_threshold = n % 7 == 0 ? std::size_t(8) << 20 : 0;

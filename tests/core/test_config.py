@@ -86,8 +86,8 @@ def test_defaults_match_the_core() -> None:
     core = c.to_core()
     ref = _core.Config()
     for name in ("min_block_size", "small_size", "small_segment_size", "large_segment_size",
-                 "min_large_alloc", "round_large", "round_up_divisions", "max_split_size",
-                 "max_pool_size", "expandable_segments", "expandable_reserve",
+                 "min_large_alloc", "round_large", "round_up_divisions", "round_up_interval_divisions",
+                 "max_split_size", "max_pool_size", "expandable_segments", "expandable_reserve",
                  "initial_pool_size", "growth_step", "release_threshold",
                  "garbage_collection_threshold", "reclaim_before_grow", "reclaim_threshold"):
         assert getattr(core, name) == getattr(ref, name), name

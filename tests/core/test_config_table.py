@@ -21,7 +21,7 @@ from pypool import PoolConfig, _core
 from pypool.snapshot import snapshot
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-KINDS = {"size", "optional_size", "int", "fraction", "optional_fraction", "bool", "growth"}
+KINDS = {"size", "optional_size", "int", "fraction", "optional_fraction", "bool", "growth", "interval_divisions"}
 # allocator_settings keys that are not config fields (torch's names and pypool's own).
 SETTINGS_EXTRA = {"allocator", "PYTORCH_CUDA_ALLOC_CONF", "PYPOOL_CONF", "roundup_power2_divisions"}
 
@@ -47,6 +47,10 @@ NON_DEFAULT: Dict[str, Any] = {
     "reclaim_before_grow": False,
     "reclaim_threshold": 0.5,
 }
+# Fields that cannot leave their default together with one in NON_DEFAULT (Note [One
+# rounding setting]): NON_DEFAULT_2 is NON_DEFAULT with them set instead.
+EXCLUSIVE: Dict[str, Any] = {"round_up_interval_divisions": "[64:8,128:2,>:0]"}
+NON_DEFAULT_2: Dict[str, Any] = {**NON_DEFAULT, "round_up_divisions": 0, **EXCLUSIVE}
 
 
 def table_names() -> List[str]:
@@ -78,7 +82,7 @@ def test_every_list_of_the_fields_agrees_with_the_table() -> None:
     rows = re.findall(r"^\| `(\w+)` \|", section, re.M)
     assert set(rows) <= set(names) and rows == [n for n in names if n in rows]
     assert [n for n in names if f"`{n}`" not in section] == []  # growth_step: in growth's row
-    assert NON_DEFAULT.keys() == set(names)
+    assert NON_DEFAULT.keys() | EXCLUSIVE.keys() == set(names)
 
 
 def test_defaults_agree() -> None:
@@ -89,16 +93,18 @@ def test_defaults_agree() -> None:
         assert getattr(core, name) == default, name
 
 
-def test_every_field_round_trips() -> None:
-    c = PoolConfig(**NON_DEFAULT)
+@pytest.mark.parametrize("values", [NON_DEFAULT, NON_DEFAULT_2])
+def test_every_field_round_trips(values: Dict[str, Any]) -> None:
+    c = PoolConfig(**values)
     core = c.to_core()
     for name, kind, default, _doc in _core.CONFIG_FIELDS:
-        assert getattr(core, name) != default, name  # NON_DEFAULT really changes each one
+        if name in values and (values is NON_DEFAULT or name != "round_up_divisions"):
+            assert getattr(core, name) != default, name  # NON_DEFAULT really changes each one
     assert core != _core.Config()
     assert PoolConfig.from_core(core) == c
     # Through PYPOOL_CONF text: the parser handles every kind in the table.
     assert PoolConfig.from_string(c.to_string()) == c
-    assert set(part.split(":")[0] for part in c.to_string().split(",")) == set(table_names())
+    assert set(re.findall(r"(?:^|,)([a-z_]+):", c.to_string())) == {k for k in values if getattr(c, k) != getattr(PoolConfig(), k)}
 
 
 def test_native_text_form() -> None:
@@ -106,7 +112,7 @@ def test_native_text_form() -> None:
     assert repr(_core.Config()) == (
         "max_pool_size:unlimited,memory_fraction:0,min_block_size:512,small_size:1048576,"
         "small_segment_size:2097152,large_segment_size:20971520,min_large_alloc:10485760,"
-        "round_large:2097152,round_up_divisions:0,max_split_size:unlimited,"
+        "round_large:2097152,round_up_divisions:0,round_up_interval_divisions:[],max_split_size:unlimited,"
         "expandable_segments:false,expandable_reserve:1099511627776,initial_pool_size:0,"
         "growth:0,growth_step:0,release_threshold:0,garbage_collection_threshold:0,"
         "reclaim_before_grow:true,reclaim_threshold:0.8")
@@ -136,7 +142,7 @@ def registry() -> Iterator[None]:
     _core.registry_reset()
 
 
-@pytest.mark.parametrize("name", sorted(NON_DEFAULT))
+@pytest.mark.parametrize("name", sorted(NON_DEFAULT_2))
 def test_registry_refuses_any_changed_field(registry: None, name: str) -> None:
     # The registry compares every field (Config::operator==). It compared to_string(),
     # which lacked expandable_reserve, so a different reserve was silently ignored.
@@ -146,7 +152,7 @@ def test_registry_refuses_any_changed_field(registry: None, name: str) -> None:
     try:
         _core.registry_configure("host", base.to_core(), 1 << 30)  # the same: a no-op
         changed = base.to_core()
-        setattr(changed, name, getattr(PoolConfig(**NON_DEFAULT).to_core(), name))
+        setattr(changed, name, getattr(PoolConfig(**NON_DEFAULT_2 if name in EXCLUSIVE else NON_DEFAULT).to_core(), name))
         with pytest.raises(RuntimeError, match=r"already in use with a different configuration "
                                                r"\(backend 'host', max_pool_size:unlimited,"):
             _core.registry_configure("host", changed, 1 << 30)

@@ -20,7 +20,7 @@ MiB = 1 << 20
 
 def test_live_fields_are_the_documented_ones() -> None:
     assert set(_core.LIVE_CONFIG_FIELDS) == {
-        "max_pool_size", "memory_fraction", "round_up_divisions", "max_split_size",
+        "max_pool_size", "memory_fraction", "round_up_divisions", "round_up_interval_divisions", "max_split_size",
         "expandable_reserve", "growth", "growth_step", "release_threshold",
         "garbage_collection_threshold", "reclaim_before_grow", "reclaim_threshold",
     }

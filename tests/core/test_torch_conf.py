@@ -19,8 +19,9 @@ MiB = 1 << 20
     ("text", "fields"),
     [
         ("max_split_size_mb:64", {"max_split_size": 64 * MiB}),
-        ("roundup_power2_divisions:4", {"round_up_divisions": 4}),
-        ("roundup_power2_divisions:[256:4,512:4,>:4]", {"round_up_divisions": 4}),
+        ("roundup_power2_divisions:4", {"round_up_interval_divisions": "[1:4,>:4]"}),
+        ("roundup_power2_divisions:[256:4,512:4,>:4]", {"round_up_interval_divisions": "[1:4,>:4]"}),
+        ("roundup_power2_divisions:[256:4,512:4]", {"round_up_interval_divisions": "[512:4,>:0]"}),
         ("garbage_collection_threshold:0.6", {"garbage_collection_threshold": 0.6}),
         ("expandable_segments:True", {"expandable_segments": True}),
         ("expandable_segments:False", {"expandable_segments": False}),
@@ -37,16 +38,18 @@ def test_keys_with_an_equivalent_map_silently(text: str, fields: dict) -> None:
     PoolConfig().replace(**got)  # valid PoolConfig fields
 
 
-def test_bucketed_divisions_take_the_finest_and_say_so() -> None:
+def test_bucketed_divisions_are_kept_per_interval() -> None:
+    # pypool took the finest of them for every size, with a warning, before
+    # round_up_interval_divisions (issue 16).
     got, lines = translate("roundup_power2_divisions:[256:1,512:2,1024:4,>:8],max_split_size_mb:40")
-    assert got == {"round_up_divisions": 8, "max_split_size": 40 * MiB}
-    assert len(lines) == 1 and "roundup_power2_divisions:[256:1,512:2,1024:4,>:8]" in lines[0] and "8" in lines[0]
+    assert got == {"round_up_interval_divisions": "[256:0,512:2,1024:4,>:8]", "max_split_size": 40 * MiB}
+    assert lines == []
 
 
 @pytest.mark.parametrize(
     "key",
     ["release_lock_on_cudamalloc:True", "max_non_split_rounding_mb:512", "graph_capture_record_stream_reuse:True",
-     "backend:cudaMallocAsync", "no_such_key:1", "per_process_memory_fraction:0.0", "throw_on_cudamalloc_oom:True"],
+     "backend:cudaMallocAsync", "no_such_key:1", "throw_on_cudamalloc_oom:True"],
 )
 def test_keys_without_an_equivalent_are_named(key: str) -> None:
     got, lines = translate(key)
@@ -58,7 +61,7 @@ def test_each_call_resets_what_torch_resets() -> None:
     # Note [Settings reset by each call]
     assert _torch_conf.with_resets({"expandable_segments": True}) == {
         "expandable_segments": True, "max_split_size": None, "round_up_divisions": 0,
-        "garbage_collection_threshold": 0.0}
+        "round_up_interval_divisions": None, "garbage_collection_threshold": 0.0}
     assert _torch_conf.with_resets({"max_split_size": 64 * MiB})["max_split_size"] == 64 * MiB
 
 
@@ -113,10 +116,14 @@ def test_max_split_size_mb_20_torchs_minimum_is_accepted_with_a_warning(monkeypa
 
 def test_values_pool_config_refuses_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     # roundup_power2_divisions:3 said only "PoolConfig.round_up_divisions: ...", a field the
-    # user never wrote.
-    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "roundup_power2_divisions:3")
+    # user never wrote (the torch key's own reading refuses that one now, naming the key).
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "garbage_collection_threshold:1.5")
     monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
-    with pytest.raises(ValueError, match=r"^PYTORCH_CUDA_ALLOC_CONF='roundup_power2_divisions:3': PoolConfig.round_up_divisions"):
+    with pytest.raises(ValueError, match=r"^PYTORCH_CUDA_ALLOC_CONF='garbage_collection_threshold:1.5': "
+                                         r"PoolConfig.garbage_collection_threshold"):
+        _torch_conf.from_env()
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "roundup_power2_divisions:3")
+    with pytest.raises(ValueError, match=r"^PYTORCH_CUDA_ALLOC_CONF: roundup_power2_divisions: For roundups"):
         _torch_conf.from_env()
 
 

@@ -60,6 +60,8 @@ enum class ConfigKind : std::uint8_t {
   kOptionalFraction,  // "optional_fraction": a float in (0, 1], 0 = off
   kBool,              // "bool"
   kGrowth,            // "growth": a GrowthPolicy
+  kIntervalDivisions, // "interval_divisions": packed per-interval divisions (Note [Interval
+                      // divisions] in size_policy.h); Python shows torch's "[k:v,...]"
 };
 
 inline const char* config_kind_name(ConfigKind k) {
@@ -71,6 +73,7 @@ inline const char* config_kind_name(ConfigKind k) {
     case ConfigKind::kOptionalFraction: return "optional_fraction";
     case ConfigKind::kBool: return "bool";
     case ConfigKind::kGrowth: return "growth";
+    case ConfigKind::kIntervalDivisions: return "interval_divisions";
   }
   return "?";
 }
@@ -90,6 +93,8 @@ inline const char* config_kind_name(ConfigKind k) {
     "larger requests get their own segment")                                                   \
   X(std::size_t, round_large, std::size_t(2) << 20, kSize, "... rounded up to this")           \
   X(unsigned, round_up_divisions, 0, kCount, "0/1 = off; else power-of-two divisions")         \
+  X(std::uint64_t, round_up_interval_divisions, 0, kIntervalDivisions,                         \
+    "0 = off; else divisions per power-of-two interval (Note [Interval divisions])")           \
   X(std::size_t, max_split_size, kUnlimited, kOptionalSize, "blocks this large are never split") \
   X(bool, expandable_segments, false, kBool, "VMM segments that grow in place")                \
   X(std::size_t, expandable_reserve, std::size_t(1) << 40, kSize, "VA reserved per VMM segment") \
@@ -108,8 +113,9 @@ inline const char* config_kind_name(ConfigKind k) {
 // (DevicePool::update_config, which validates the whole config first and changes nothing
 // on a bad value). Each is read only with the pool lock or the growth mutex held (both
 // are taken to change them), on the slow path, and applies from the next decision it
-// drives: round_up_divisions to the next request's rounding (malloc rounds before it
-// takes the lock, from an atomic copy), max_split_size to the next search, split and
+// drives: round_up_divisions and round_up_interval_divisions to the next request's
+// rounding (malloc rounds before it takes the lock, from an atomic copy: Note [Interval
+// divisions] in size_policy.h), max_split_size to the next search, split and
 // growth (a cached block keeps its size; Note [Oversize stats] keeps the counters exact),
 // the growth knobs, reclaim_before_grow and reclaim_threshold to the next growth, the two
 // other thresholds to the next malloc or empty_cache, expandable_reserve to the next virtual range reserved, and
@@ -127,7 +133,8 @@ inline const char* config_kind_name(ConfigKind k) {
 //     max_pool_size may go below it; the registry's may not, as its config makes the
 //     pools of later devices: Config::validate_new).
 #define PYPOOL_LIVE_CONFIG_FIELDS(X)                                                   \
-  X(max_pool_size) X(memory_fraction) X(round_up_divisions) X(max_split_size)          \
+  X(max_pool_size) X(memory_fraction) X(round_up_divisions) X(round_up_interval_divisions) \
+  X(max_split_size)                                                                    \
   X(expandable_reserve) X(growth) X(growth_step) X(release_threshold)                  \
   X(garbage_collection_threshold) X(reclaim_before_grow) X(reclaim_threshold)
 

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "pypool/config.h"
 
@@ -19,28 +20,76 @@ constexpr std::size_t kMaxRequest = std::size_t(1) << 50;
 
 inline std::size_t round_up(std::size_t n, std::size_t m) { return (n + m - 1) / m * m; }
 
-// Rounded block size for a request (size > 0, size <= kMaxRequest).
-// With round_up_divisions = d > 1, sizes above small_size round up to the next of d
-// equal divisions of their power-of-two interval (as PyTorch's roundup_power2_divisions),
-// which makes blocks of nearby sizes interchangeable.
-// `divisions` stands for c.round_up_divisions (a pool passes its atomic copy: the field
-// may change while malloc rounds, Note [Live settings]).
-inline std::size_t round_size(const Config& c, std::size_t size, unsigned divisions) {
+// Note [Interval divisions]: PyTorch's roundup_power2_divisions is one number of
+// divisions per power-of-two interval of sizes (c10's AcceleratorAllocatorConfig): 16
+// intervals, the first [1 MiB, 2 MiB), the last [32 GiB, 64 GiB); a size below 1 MiB takes
+// the first interval's value and one of 64 GiB or more the last's. With d > 1 divisions a
+// size in [2^k, 2^(k+1)) rounds up to a multiple of 2^k / d, when that step is at least
+// the minimum block (torch's `size > kMinBlockSize * d`, the same condition for a power of
+// two d), else to the minimum block; 0 and 1 are off. Torch's "[k:v,...,>:v]" form is
+// read in pypool/config.py (parse_interval_divisions, the same algorithm as c10).
+//
+// round_up_interval_divisions keeps them packed in one 64-bit word: 4 bits per interval,
+// interval i in bits [4i, 4i+4), holding log2(d) (0 = off), so d is at most 2^15 = 32768
+// (torch takes any power of two; a step of 2^k / 32768 is already under 512 bytes for
+// every interval but the last three). round_up_divisions, pypool's older single number,
+// is the same word with every interval equal, applied only above small_size (the
+// "gate"); a config sets at most one of the two (Config::validate).
+//
+// malloc rounds before it takes the pool lock (Note [Live settings]), so a pool keeps
+// Rounding {word, gate} in two atomics (DevicePool::Impl): off, the hot path tests one
+// word as it tested round_up_divisions before. A malloc racing update_config may pair the
+// new word with the old gate; either rule gives a valid size (>= the request, a multiple
+// of the minimum block), so the race only picks which of two valid roundings it gets.
+constexpr int kRoundIntervals = 16;
+constexpr int kRoundFirstLog2 = 20;  // the first interval starts at 1 MiB
+constexpr unsigned kMaxIntervalDivisionsLog2 = 15;
+
+// The divisions of interval i in a packed word (0 = off).
+inline std::size_t interval_divisions(std::uint64_t word, int i) {
+  const unsigned l = unsigned(word >> (4 * i)) & 15u;
+  return l == 0 ? 0 : std::size_t(1) << l;
+}
+
+struct Rounding {
+  std::uint64_t word = 0;  // Note [Interval divisions]
+  std::size_t gate = 0;    // sizes at or below it are not divided
+};
+
+// The rounding a config asks for.
+inline Rounding rounding_of(const Config& c) {
+  if (c.round_up_interval_divisions != 0) return {c.round_up_interval_divisions, 0};
+  if (c.round_up_divisions <= 1) return {};
+  const std::uint64_t l = std::uint64_t(__builtin_ctz(c.round_up_divisions));  // a power of two
+  return {l * 0x1111111111111111ull, c.small_size};
+}
+
+// Rounded block size for a request (size > 0, size <= kMaxRequest), under `r` (a pool
+// passes its atomic copy: the fields may change while malloc rounds, Note [Live settings]).
+inline std::size_t round_size(const Config& c, std::size_t size, std::uint64_t word, std::size_t gate) {
   if (size <= c.min_block_size) return c.min_block_size;
-  if (divisions > 1 && size > c.small_size) {
-    // Split [2^k, 2^(k+1)) into d equal steps and round up to the next step.
+  if (word != 0 && size > gate) {
     const int k = 63 - __builtin_clzll(size);
+    int i = k - kRoundFirstLog2;
+    i = i < 0 ? 0 : (i >= kRoundIntervals ? kRoundIntervals - 1 : i);
+    const unsigned l = unsigned(word >> (4 * i)) & 15u;
     const std::size_t lo = std::size_t(1) << k;
-    const std::size_t step = lo / divisions;
-    if (size == lo) return lo;
-    if (step >= c.min_block_size) return round_up(size, step);
+    if (l != 0 && size != lo) {
+      const std::size_t step = lo >> l;
+      if (step >= c.min_block_size) return (size + step - 1) & ~(step - 1);
+    }
   }
   // min_block_size is a power of two (validated).
   return (size + c.min_block_size - 1) & ~(c.min_block_size - 1);
 }
 inline std::size_t round_size(const Config& c, std::size_t size) {
-  return round_size(c, size, c.round_up_divisions);
+  const Rounding r = rounding_of(c);
+  return round_size(c, size, r.word, r.gate);
 }
+
+// A packed word in torch's bracket form (Note [Interval divisions]), shortest of the
+// forms c10's parser reads back to the same word: "[]" when off.
+std::string interval_divisions_text(std::uint64_t word);
 
 inline PoolKind pool_for(const Config& c, std::size_t rounded) {
   return rounded <= c.small_size ? PoolKind::kSmall : PoolKind::kLarge;
