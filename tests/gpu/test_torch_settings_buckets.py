@@ -120,7 +120,7 @@ from pypool import memory as pm
 MiB = 1 << 20
 torch._C._accelerator_setAllocatorSettings("roundup_power2_divisions:[256:2,>:2]")
 x = torch.empty(300 * MiB + 1, dtype=torch.uint8, device="cuda")
-assert pm.get_pool(0).config.round_up_interval_divisions == "[256:2,>:2]"
+assert pm.get_pool(0).config.round_up_interval_divisions == "[1:2,>:2]"
 out = {}
 for bad in ("[256:3]", "[3:4]", "[256:4", "3", "[x:4]"):
     try:
@@ -129,7 +129,7 @@ for bad in ("[256:3]", "[3:4]", "[256:4", "3", "[x:4]"):
     except Exception as e:
         out[bad] = type(e).__name__
     # pypool's pools keep what they had (torch's own config resets before it parses).
-    assert pm.get_pool(0).config.round_up_interval_divisions == "[256:2,>:2]", bad
+    assert pm.get_pool(0).config.round_up_interval_divisions == "[1:2,>:2]", bad
 y = torch.empty(400 * MiB, dtype=torch.uint8, device="cuda")
 assert pm.memory_allocated(0) == (384 + 512) * MiB, pm.memory_allocated(0)
 s = torch.cuda.memory._snapshot()
