@@ -27,8 +27,8 @@ from .config import PoolConfig, _interval_text
 __all__ = ["TorchSettingWarning", "translate", "from_env", "env_text", "TORCH_KEYS", "RESET_EACH_CALL", "with_resets"]
 
 MiB = 1 << 20
-#: torch's per_process_memory_fraction 0.0 as a PoolConfig.memory_fraction (Note [Fraction
-#: zero] in csrc/abi/c_api.cpp); pypool.memory.get_per_process_memory_fraction reads it as 0.0.
+#: torch's per_process_memory_fraction 0.0 as a PoolConfig.memory_fraction
+#: (Note [Fraction zero] in csrc/abi/c_api.cpp); get_per_process_memory_fraction reads it as 0.0.
 FRACTION_ZERO = math.ulp(0.0)
 
 

@@ -152,7 +152,8 @@ void pypool_set_memory_fraction(double fraction, int device) {
     // Note [Fraction zero]: torch's set_per_process_memory_fraction(0.0) allows no
     // memory at all, while the pool's fraction 0 means "no fraction cap". The smallest
     // positive fraction caps the pool at 0 bytes, as torch means, and reads back as 0.0
-    // (pypool.memory.get_per_process_memory_fraction).
+    // (pypool.memory.get_per_process_memory_fraction). per_process_memory_fraction:0.0 in
+    // torch's settings becomes the same memory_fraction (pypool/_torch_conf.py FRACTION_ZERO).
     if (fraction == 0.0) fraction = std::numeric_limits<double>::denorm_min();
     pypool::Registry::instance().pool(device).set_memory_fraction(fraction);
   } catch (const std::exception& e) {
