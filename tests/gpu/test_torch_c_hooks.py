@@ -66,6 +66,15 @@ assert nested["allocated_bytes"]["all"]["current"] == 3 * MiB, nested
 torch.cuda.set_per_process_memory_fraction(0.25, 0)
 assert torch._C._cuda_getMemoryFraction(0) == 0.25
 assert torch._C._cuda_memorySnapshot(None)["segments"], "no segment in the snapshot"
+assert not torch._C._cuda_isHistoryEnabled()
+torch._C._cuda_record_memory_history("all", "all", "python", 1000, False, False, False, [], False, True)
+assert torch._C._cuda_isHistoryEnabled()
+z = torch.empty(MiB, dtype=torch.uint8, device="cuda")
+trace = torch.cuda.memory._snapshot()["device_traces"][0]
+assert [e["size"] for e in trace if e["action"] == "alloc"] == [MiB], trace
+torch.cuda.memory._record_memory_history(None)
+assert not torch._C._cuda_isHistoryEnabled()
+del z
 del x
 print("CHILD OK")
 """)
