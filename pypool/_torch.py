@@ -9,13 +9,16 @@ What ``install()`` does, in order:
 3. configures the process-wide registry (the state behind the C ABI) for the CUDA
    backend with that config;
 4. loads the C ABI with ``torch.cuda.memory.CUDAPluggableAllocator(library_path(),
-   "pypool_malloc", "pypool_free")``, wires the hooks of its
+   "pypool_torch_malloc", "pypool_torch_free")`` (pypool_malloc / pypool_free with torch's
+   modes, Note [Torch entry points] in csrc/abi/c_api.cpp), wires the hooks of its
    ``torch._C._CUDAPluggableAllocator`` (init, empty_cache, memory fraction,
    record_stream) to pypool's C functions, and swaps it in with
    ``torch.cuda.memory.change_current_allocator``;
 5. makes pypool_malloc throw torch's own ``c10::OutOfMemoryError`` (so Python sees
    ``torch.OutOfMemoryError``) when the loaded torch exports what that needs
-   (Note [torch OutOfMemoryError] in csrc/abi/torch_oom.cpp);
+   (Note [torch OutOfMemoryError] in csrc/abi/torch_oom.cpp), and report allocations to
+   ``torch.profiler`` (Note [torch profiler bridge] in csrc/abi/torch_profiler.cpp);
+   ``PYTORCH_NO_CUDA_MEMORY_CACHING=1`` makes every allocation uncached, as in torch;
 6. with ``patch_torch=True``, puts pypool's equivalents in place of torch's memory API
    (:data:`PATCHES`: ``torch.cuda.memory_stats`` and friends, their ``torch.accelerator``
    twins, ``get_per_process_memory_fraction``, memory history and snapshots,
@@ -49,6 +52,7 @@ from .config import PoolConfig
 
 __all__ = [
     "install", "is_installed", "installed_config", "torch_originals", "torch_oom_enabled",
+    "torch_profiler_enabled",
     "InstallError", "HOOKS", "PATCHES", "PATCHED_NAMES",
 ]
 
@@ -121,6 +125,20 @@ PATCHES: Tuple[Tuple[str, str, str], ...] = (
     ("_C", "_cuda_setMemoryMetadata", "_cuda_setMemoryMetadata"),
     ("_C", "_cuda_getMemoryMetadata", "_cuda_getMemoryMetadata"),
     ("_C", "_cuda_memoryMetadataSupported", "_cuda_memoryMetadataSupported"),
+    # Note [Unsupported under a pluggable allocator]: torch._C functions that reach a
+    # CUDAPluggableAllocator method which throws "does not yet support" (or, for
+    # enable / is_enabled, does nothing), called at call time by torch.cuda.memory and
+    # by code (torch's tests among it) that calls torch._C directly.
+    ("_C", "_cuda_memoryStats", "_cuda_memoryStats"),
+    ("_C", "_cuda_resetAccumulatedMemoryStats", "_cuda_resetAccumulatedMemoryStats"),
+    ("_C", "_cuda_resetPeakMemoryStats", "_cuda_resetPeakMemoryStats"),
+    ("_C", "_cuda_getMemoryFraction", "_cuda_getMemoryFraction"),
+    ("_C", "_cuda_memorySnapshot", "_cuda_memorySnapshot"),
+    ("_C", "_cuda_record_memory_history", "_cuda_record_memory_history"),
+    ("_C", "_cuda_isHistoryEnabled", "_cuda_isHistoryEnabled"),
+    ("_C", "_cuda_cudaCachingAllocator_enable", "_cuda_cudaCachingAllocator_enable"),
+    ("_C", "_cuda_cudaCachingAllocator_is_enabled", "_cuda_cudaCachingAllocator_is_enabled"),
+    ("_C", "_cuda_attach_out_of_memory_observer", "_cuda_attach_out_of_memory_observer"),
 )
 # The names patched in torch.cuda (kept for code that imported it).
 PATCHED_NAMES: Tuple[str, ...] = tuple(name for ns, name, _ in PATCHES if ns == "cuda")
@@ -168,10 +186,17 @@ class _State:
     patched: List[Tuple[Any, str, Any]] = field(default_factory=list)  # (namespace, name, original)
     # pypool_use_torch_oom's answer: 1 when pypool_malloc throws c10::OutOfMemoryError.
     torch_oom: int = 0
+    # pypool_use_torch_profiler's answer: 1 when allocations are reported to torch.profiler.
+    torch_profiler: int = 0
+    # ctypes callbacks of _cuda_attach_out_of_memory_observer, kept alive while the C ABI
+    # may call them.
+    oom_observers: List[Any] = field(default_factory=list)
     # _record_memory_history's skip_actions and whether trace entries keep their
     # frames (torch's context "alloc" / "all"; "state" keeps them on live blocks only).
     skip_actions: Tuple[str, ...] = ()
     trace_frames: bool = True
+    # Whether _record_memory_history last started recording (torch._C._cuda_isHistoryEnabled).
+    history_enabled: bool = False
 
 
 _state = _State()
@@ -268,6 +293,8 @@ def install(
         _state.torch = torch
         _state.allocator = allocator
         _state.torch_oom = _use_torch_oom(torch)
+        _state.torch_profiler = _use_torch_profiler(torch)
+        _apply_no_caching_env()
         _registry.set_installed_config(cfg)
         if patch_torch:
             _patch_torch(torch)
@@ -354,7 +381,7 @@ def _rollback_registry() -> None:
 def _swap_allocator(torch: Any) -> Any:
     """Register pypool's C ABI with torch, wire its hooks, make it the current allocator."""
 
-    allocator = torch.cuda.memory.CUDAPluggableAllocator(_library_path(), "pypool_malloc", "pypool_free")
+    allocator = torch.cuda.memory.CUDAPluggableAllocator(_library_path(), "pypool_torch_malloc", "pypool_torch_free")
     raw = allocator.allocator()
     symbols = _core.c_api_symbols()
     hooks: Dict[str, int] = {}
@@ -419,6 +446,47 @@ def _use_torch_oom(torch: Any) -> int:
     return code
 
 
+def _cdll() -> Any:
+    """The C ABI through ctypes (the library torch loaded)."""
+    return ctypes.CDLL(_library_path())
+
+
+def _use_torch_profiler(torch: Any) -> int:
+    """Report allocations to torch.profiler (Note [torch profiler bridge]).
+
+    Returns pypool_use_torch_profiler's code: 1 on; 0 or negative not (then
+    ``profile_memory=True`` sees no CUDA allocations). ``PYPOOL_TORCH_PROFILER=0`` opts out.
+    """
+    if os.environ.get("PYPOOL_TORCH_PROFILER", "1").strip().lower() in ("0", "false", "no", "off"):
+        return 0
+    path = _libc10_path(torch)
+    if path is None:
+        return -1
+    try:
+        fn = _cdll().pypool_use_torch_profiler
+    except (OSError, AttributeError):
+        return -5
+    fn.argtypes = [ctypes.c_char_p]
+    fn.restype = ctypes.c_int
+    code = int(fn(os.fsencode(path)))
+    if code != 1:
+        log.debug("pypool: torch.profiler memory events not available (code %d)", code)
+    return code
+
+
+def torch_profiler_enabled() -> bool:
+    """True when pypool reports its allocations to ``torch.profiler`` (profile_memory)."""
+    return _state.torch_profiler == 1 and bool(_cdll().pypool_torch_profiler_active())
+
+
+def _apply_no_caching_env() -> None:
+    """``PYTORCH_NO_CUDA_MEMORY_CACHING=1``: every allocation torch makes is uncached, as
+    torch's own allocator does (it reads the variable once; c10::utils::check_env, which
+    takes "1" as on)."""
+    if os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING", "").strip() == "1":
+        _cdll().pypool_force_uncached(1)
+
+
 def torch_oom_enabled() -> bool:
     """True when an out-of-memory under pypool raises ``torch.OutOfMemoryError`` (else a
     ``RuntimeError`` with the same message)."""
@@ -479,6 +547,12 @@ def _reset_for_tests() -> None:
         _state.hooks = {}
         _state.skipped_hooks = []
         _state.torch_oom = 0
+        _state.torch_profiler = 0
+        if _state.oom_observers:
+            _cdll().pypool_clear_oom_observers()
+            _state.oom_observers = []
+        _cdll().pypool_set_caching_enabled(1)
+        _cdll().pypool_force_uncached(0)
         _registry.set_installed_config(None)
 
 
@@ -554,6 +628,7 @@ def _history(enabled: Any, context: Any, stacks: Any, max_entries: Any, device: 
         raise ValueError(f"max_entries: expected an int >= 1, got {max_entries!r}")
     entries = min(max_entries, MAX_HISTORY_ENTRIES)
     _state.skip_actions = tuple(skip) if enabled is not None else ()
+    _state.history_enabled = enabled is not None
     _state.trace_frames = context in ("alloc", "all")
     devices = set(_core.registry_devices())
     if enabled is not None:
@@ -774,3 +849,96 @@ def _set_allocator_settings(env: str, name: str) -> None:
                 _torch_conf.TorchSettingWarning,
                 stacklevel=4,
             )
+
+
+# ---------------------------------------------------------------------------- torch._C
+# The torch._C functions of Note [Unsupported under a pluggable allocator]; they take the
+# arguments torch's do (torch 2.8 - 2.14) and answer from pypool's pools.
+
+
+def _cuda_memoryStats(device: int) -> Dict[str, Any]:
+    """``torch._C._cuda_memoryStats``: the nested statistics of ``device``."""
+    return memory.memory_stats_as_nested_dict(device)
+
+
+def _cuda_resetAccumulatedMemoryStats(device: int) -> None:
+    """``torch._C._cuda_resetAccumulatedMemoryStats``."""
+    memory.reset_accumulated_memory_stats(device)
+
+
+def _cuda_resetPeakMemoryStats(device: int) -> None:
+    """``torch._C._cuda_resetPeakMemoryStats``."""
+    memory.reset_peak_memory_stats(device)
+
+
+def _cuda_getMemoryFraction(device: int) -> float:
+    """``torch._C._cuda_getMemoryFraction``."""
+    return memory.get_per_process_memory_fraction(device)
+
+
+def _cuda_memorySnapshot(mempool_id: Any = None) -> Dict[str, Any]:
+    """``torch._C._cuda_memorySnapshot``: :func:`_snapshot` (every device)."""
+    if mempool_id is not None:
+        raise RuntimeError(
+            "pypool: _cuda_memorySnapshot(mempool_id=...) needs torch.cuda.MemPool, which no "
+            "pluggable allocator supports; pypool has one pool per device"
+        )
+    return _snapshot()
+
+
+def _cuda_record_memory_history(enabled: Any, context: Any, stacks: Any, max_entries: Any,
+                                clear_history: bool = False, compile_context: bool = False,
+                                global_record_annotations: bool = False,
+                                skip_actions: Any = None, record_pinned_host_memory: bool = False,
+                                record_cuda: bool = True) -> None:
+    """``torch._C._cuda_record_memory_history`` (torch 2.14's positional order): see
+    :func:`_record_memory_history`. Recording starts on the current device."""
+    _history(enabled, context, stacks, max_entries, None, bool(clear_history),
+             {"compile_context": compile_context, "global_record_annotations": global_record_annotations,
+              "skip_actions": list(skip_actions or ()), "record_pinned_host_memory": record_pinned_host_memory,
+              "record_cuda": record_cuda})
+
+
+def _cuda_isHistoryEnabled() -> bool:
+    """``torch._C._cuda_isHistoryEnabled``: whether ``_record_memory_history`` last
+    started recording (and has not stopped it since)."""
+    return _state.history_enabled
+
+
+def _cuda_cudaCachingAllocator_enable(value: bool) -> None:
+    """``torch._C._cuda_cudaCachingAllocator_enable`` (what ``torch.cuda.caching_allocator_enable``
+    calls): with False, each allocation torch makes from now on goes straight to the device
+    and each free straight back, with no pool and no statistics, as torch's own allocator
+    does; True caches again. Allocations keep their kind when freed (Note [Torch entry
+    points] in csrc/abi/c_api.cpp). ``PYTORCH_NO_CUDA_MEMORY_CACHING=1`` overrides it."""
+    _cdll().pypool_set_caching_enabled(1 if value else 0)
+
+
+def _cuda_cudaCachingAllocator_is_enabled() -> bool:
+    """``torch._C._cuda_cudaCachingAllocator_is_enabled``: the flag set last (as torch's,
+    it does not reflect ``PYTORCH_NO_CUDA_MEMORY_CACHING``)."""
+    return bool(_cdll().pypool_caching_enabled())
+
+
+_OOM_OBSERVER = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t)
+
+
+def _cuda_attach_out_of_memory_observer(observer: Callable[[int, int, int, int], Any]) -> None:
+    """``torch._C._cuda_attach_out_of_memory_observer``: ``observer(device, alloc,
+    device_allowed, device_free)`` is called on each out-of-memory of a torch allocation,
+    before torch raises ``torch.OutOfMemoryError``, with torch's arguments: the bytes the
+    pool tried to get from the device, the memory it may use (its cap when one is set,
+    else the device's total) and the device's free memory. Called outside pypool's locks,
+    with the GIL taken; an exception it raises is printed and ignored (as in torch)."""
+    if not callable(observer):
+        raise TypeError(f"observer: expected a callable, got {type(observer).__name__}")
+
+    def call(device: int, alloc: int, total: int, free: int) -> None:
+        observer(device, alloc, total, free)
+
+    thunk = _OOM_OBSERVER(call)
+    with _lock:
+        if int(_cdll().pypool_add_oom_observer(thunk)) != 0:
+            raise RuntimeError("pypool: too many out-of-memory observers (64 at most)")
+        _state.oom_observers.append(thunk)
+

@@ -178,6 +178,15 @@ void init_bench(py::module_& m) {
                             [device](void* p) { pypool_free(p, 0, device, nullptr); });
         },
         py::arg("size"), py::arg("iters"), py::arg("device") = 0, GR());
+  // torch's entry points (Note [Torch entry points]): their cost over bench_c_api_pairs
+  // is the mode check.
+  m.def("bench_c_api_torch_pairs",
+        [](std::size_t size, std::size_t iters, int device) {
+          return time_pairs(size, iters,
+                            [device](std::size_t s) { return pypool_torch_malloc(s, device, nullptr); },
+                            [device](void* p) { pypool_torch_free(p, 0, device, nullptr); });
+        },
+        py::arg("size"), py::arg("iters"), py::arg("device") = 0, GR());
   m.def("bench_c_api_threads", &bench_c_api_threads, py::arg("size"), py::arg("iters"),
         py::arg("threads"), py::arg("device") = 0);
   m.def("bench_glibc_pairs",

@@ -262,6 +262,8 @@ void init_conversions(py::module_& m) {
     py::dict d;
     d["pypool_malloc"] = reinterpret_cast<std::uintptr_t>(&pypool_malloc);
     d["pypool_free"] = reinterpret_cast<std::uintptr_t>(&pypool_free);
+    d["pypool_torch_malloc"] = reinterpret_cast<std::uintptr_t>(&pypool_torch_malloc);
+    d["pypool_torch_free"] = reinterpret_cast<std::uintptr_t>(&pypool_torch_free);
     d["pypool_init"] = reinterpret_cast<std::uintptr_t>(&pypool_init);
     d["pypool_empty_cache"] = reinterpret_cast<std::uintptr_t>(&pypool_empty_cache);
     d["pypool_set_memory_fraction"] = reinterpret_cast<std::uintptr_t>(&pypool_set_memory_fraction);

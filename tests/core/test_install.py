@@ -170,10 +170,10 @@ def test_install_registers_the_c_abi_and_wires_every_hook(use_fake: Callable[...
     assert cfg == PoolConfig(max_pool_size=2 * GiB, round_up_divisions=4)
     assert _torch.is_installed() and _torch.installed_config() == cfg
     (alloc,) = fake.created
-    assert alloc.args == (pypool.library_path(), "pypool_malloc", "pypool_free")
+    assert alloc.args == (pypool.library_path(), "pypool_torch_malloc", "pypool_torch_free")
     symbols = _core.c_api_symbols()
     # The library torch loads is the one _core lives in: same addresses either way.
-    assert (alloc.alloc_address, alloc.free_address) == (symbols["pypool_malloc"], symbols["pypool_free"])
+    assert (alloc.alloc_address, alloc.free_address) == (symbols["pypool_torch_malloc"], symbols["pypool_torch_free"])
     assert fake.raw.calls == expected_hooks()
     assert fake.current is alloc and fake.swaps == 1
     assert _core.registry_backend() == "cuda"

@@ -68,6 +68,46 @@ PYPOOL_API int pypool_use_torch_oom(const char* libc10_path);
 PYPOOL_API size_t pypool_torch_oom_capacity(void);
 /* 1 while pypool_malloc throws c10::OutOfMemoryError (it can turn itself off, see above). */
 PYPOOL_API int pypool_torch_oom_active(void);
+/* torch's entry points: what pypool.install() gives CUDAPluggableAllocator. They are
+ * pypool_malloc / pypool_free (same signatures, same errors) plus the modes torch's own
+ * allocator has, none of which costs pypool_malloc / pypool_free anything (Note [Torch
+ * entry points] in csrc/abi/c_api.cpp):
+ *   caching disabled  (torch.cuda.caching_allocator_enable(False),
+ *                     PYTORCH_NO_CUDA_MEMORY_CACHING=1): allocations go straight to the
+ *                     device and frees straight back, without the pool or its stats;
+ *   profiler reports  (pypool_use_torch_profiler): each allocation and free is reported
+ *                     to torch.profiler's memory events;
+ *   OOM observers     (pypool_add_oom_observer): called before the error is thrown. */
+PYPOOL_API void* pypool_torch_malloc(size_t size, int device, void* stream);
+/* Frees a pointer of pypool_torch_malloc, cached or not. A pointer that is neither is
+ * reported (stderr, pypool_error_count, pypool_last_error), never thrown. */
+PYPOOL_API void pypool_torch_free(void* ptr, size_t size, int device, void* stream);
+/* 0: pypool_torch_malloc allocates uncached from now on; 1: cached again. Pointers keep
+ * the kind they were allocated with, whenever they are freed. */
+PYPOOL_API void pypool_set_caching_enabled(int enabled);
+/* The flag pypool_set_caching_enabled set last (1 at start), as torch's isEnabled. */
+PYPOOL_API int pypool_caching_enabled(void);
+/* 1: every allocation is uncached whatever pypool_set_caching_enabled says, as torch's
+ * PYTORCH_NO_CUDA_MEMORY_CACHING=1; 0: off again. */
+PYPOOL_API void pypool_force_uncached(int on);
+PYPOOL_API int pypool_uncached_forced(void);
+/* Live uncached allocations (count and bytes), all devices. */
+PYPOOL_API size_t pypool_uncached_count(void);
+PYPOOL_API size_t pypool_uncached_bytes(void);
+/* Called on pypool_torch_malloc's out-of-memory, outside any pool lock, before the error
+ * is thrown, with torch's arguments: the device, the bytes the pool tried to get from it
+ * (the request rounded to its segment size), the memory it may use (the cap when one is
+ * set, else the device's total) and the device's free memory. Returns 0, or -1 when the
+ * table (64 observers) is full. */
+typedef void (*pypool_oom_observer)(int64_t device, size_t alloc, size_t device_total, size_t device_free);
+PYPOOL_API int pypool_add_oom_observer(pypool_oom_observer fn);
+PYPOOL_API void pypool_clear_oom_observers(void);
+/* Make pypool_torch_malloc / pypool_torch_free report to torch.profiler, through the
+ * already loaded libc10 at `libc10_path` (NULL: stop). Returns 1 when enabled, 0 when
+ * disabled, < 0 when it cannot be done here (-1 libc10 not loaded, -2 a symbol missing,
+ * -5 not a Linux build); Note [torch profiler bridge]. */
+PYPOOL_API int pypool_use_torch_profiler(const char* libc10_path);
+PYPOOL_API int pypool_torch_profiler_active(void);
 /* Errors swallowed at this boundary since the process started. */
 PYPOOL_API uint64_t pypool_error_count(void);
 
