@@ -170,10 +170,11 @@ void collect_tracebacks(TorchTracebacks& t) {
   }
   const std::uint64_t older_than = kTorchBit | t.watermark;
   std::size_t kept_named = 0;
+  std::vector<PyObject*> doomed;
   for (auto it = t.live.begin(); it != t.live.end();) {
     if (named.count(it->first) != 0) ++kept_named;
     if (it->first < older_than && named.count(it->first) == 0) {
-      Py_DECREF(it->second);
+      doomed.push_back(it->second);
       it = t.live.erase(it);
     } else {
       ++it;
@@ -182,6 +183,9 @@ void collect_tracebacks(TorchTracebacks& t) {
   t.watermark = t.next;
   t.issued_at_collect = t.next + std::max(kMinCollect, 2 * kept_named);
   ++t.collections;
+  // Released once the table is consistent: a release that ran Python code and let
+  // another thread in would otherwise find the map mid-iteration.
+  for (PyObject* o : doomed) Py_DECREF(o);
 }
 
 std::uint64_t torch_context_hook(void* user) {
@@ -221,6 +225,7 @@ std::uint64_t torch_context_hook(void* user) {
 
 void set_torch_gather(py::object gather) {
   TorchTracebacks& t = torch_tracebacks();
+  if (t.gather == gather.ptr()) return;
   py::tuple python_only = py::make_tuple(true, true, false);
   py::tuple with_cpp = py::make_tuple(true, true, true);
   // The old objects stay referenced (a hook may be running them on another thread
