@@ -34,8 +34,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import _core
 
-__all__ = ["acquire", "release", "frames", "frames_of", "use_torch_stacks", "capture_new_registry_pools", "frame_owner", "call_site",
-           "format_stack", "format_frame"]
+__all__ = ["acquire", "release", "frames", "frames_of", "use_torch_stacks", "torch_stacks",
+           "capture_new_registry_pools", "frame_owner", "call_site", "format_stack", "format_frame"]
 
 Frame = Dict[str, Any]
 
