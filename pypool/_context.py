@@ -8,6 +8,11 @@ each allocation and stores an integer id for it with the block and its trace ent
 C++ and stacks are interned, so the same call site gives the same id). :func:`frames`
 turns an id into ``[{filename, line, name}]`` only when a report asks.
 
+Under the torch-facing history (``torch.cuda.memory._record_memory_history`` while
+pypool is installed) a pool records torch's own CapturedTraceback instead, as torch does
+(:func:`use_torch_stacks`, Note [Torch tracebacks] in stack_capture.cpp); those ids have
+the top bit set and :func:`frames_of` symbolises them through torch, in one batch.
+
 Capture is refcounted per pool so that a leak tracker and memory history can both ask
 for it; :func:`capture_new_registry_pools` keeps it on for the registry's pools for the
 rest of the process (the ``PYPOOL_LEAK_CHECK`` exit check).
@@ -29,8 +34,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import _core
 
-__all__ = ["acquire", "release", "frames", "capture_new_registry_pools", "frame_owner", "call_site",
-           "format_stack", "format_frame"]
+__all__ = ["acquire", "release", "frames", "frames_of", "use_torch_stacks", "torch_stacks",
+           "capture_new_registry_pools", "frame_owner", "call_site", "format_stack", "format_frame"]
 
 Frame = Dict[str, Any]
 
@@ -38,6 +43,15 @@ _lock = threading.Lock()
 _refs: Dict[int, int] = {}  # id(native pool) -> capture refcount
 _pools: Dict[int, Any] = {}  # keeps the pool objects alive while captured
 _registry_sticky = False
+# id(native pool) -> (pool, hook name) for pools whose capture uses torch's tracebacks
+# (use_torch_stacks); the others use the native walker.
+_torch_hooks: Dict[int, Tuple[Any, str]] = {}
+TORCH_BIT: int = _core.TORCH_CONTEXT_BIT  # set on the ids of torch tracebacks
+
+
+def _hook(key: int) -> str:
+    entry = _torch_hooks.get(key)
+    return entry[1] if entry is not None else "native"
 
 
 def acquire(core_pool: Any) -> None:
@@ -47,7 +61,7 @@ def acquire(core_pool: Any) -> None:
         _refs[key] = _refs.get(key, 0) + 1
         _pools[key] = core_pool
         if _refs[key] == 1:
-            core_pool.set_capture_context(True)
+            core_pool.set_capture_context(True, _hook(key))
 
 
 def release(core_pool: Any) -> None:
@@ -74,6 +88,41 @@ def capture_new_registry_pools(on: bool = True) -> None:
     with _lock:
         _registry_sticky = on
         _core.registry_capture_new_pools(on)
+        for pool, hook in _torch_hooks.values():  # that put the native hook on every pool
+            pool.set_capture_context(True, hook)
+
+
+def use_torch_stacks(core_pool: Any, stacks: Optional[str]) -> None:
+    """Which stacks a native pool records while capture is on: ``"python"`` (torch's
+    Python and TorchScript frames) or ``"all"`` (and C++ frames) through torch's
+    CapturedTraceback, or ``None`` for pypool's native walker (the default). Only for
+    registry pools (their tracebacks are collected by what they still name). Needs torch
+    imported when not ``None``."""
+    if stacks not in (None, "python", "all"):
+        raise ValueError(f"stacks: expected None, 'python' or 'all', got {stacks!r}")
+    hook = "native" if stacks is None else "torch_" + stacks
+    if stacks is not None:
+        if not _core.registry_owns(core_pool):
+            raise ValueError("use_torch_stacks: only registry pools record torch tracebacks")
+        torch = sys.modules["torch"]
+        _core.set_torch_traceback_gather(torch._C._profiler.gather_traceback)
+    with _lock:
+        key = id(core_pool)
+        if hook == _hook(key):
+            return
+        if stacks is None:
+            del _torch_hooks[key]
+        else:
+            _torch_hooks[key] = (core_pool, hook)
+        if _refs.get(key, 0) > 0 or (_registry_sticky and _core.registry_owns(core_pool)):
+            core_pool.set_capture_context(True, hook)  # swaps the hook of running capture
+
+
+def torch_stacks(core_pool: Any) -> Optional[str]:
+    """What :func:`use_torch_stacks` set for a pool (``None``: the native walker)."""
+    with _lock:
+        hook = _hook(id(core_pool))
+    return None if hook == "native" else hook[len("torch_"):]
 
 
 def frames(context_id: int) -> List[Dict[str, Any]]:
@@ -81,7 +130,47 @@ def frames(context_id: int) -> List[Dict[str, Any]]:
     (the schema of torch memory snapshots); ``[]`` for 0 or an unknown id."""
     if context_id <= 0:
         return []
-    return _core.context_frames(context_id)
+    if context_id & TORCH_BIT:
+        return frames_of([context_id])[context_id]
+    return _core.context_frames(context_id)  # type: ignore[no-any-return]
+
+
+def frames_of(context_ids: Sequence[int]) -> Dict[int, List[Dict[str, Any]]]:
+    """:func:`frames` of many ids; torch tracebacks are symbolised in one call (torch's
+    symbolize_tracebacks, whose first call in a process takes seconds)."""
+    out: Dict[int, List[Dict[str, Any]]] = {}
+    torch_ids: List[int] = []
+    for c in dict.fromkeys(context_ids):
+        if c > 0 and c & TORCH_BIT:
+            torch_ids.append(c)
+        else:
+            out[c] = frames(c)
+    if torch_ids:
+        tbs = _core.torch_tracebacks(torch_ids)
+        have = [(c, tb) for c, tb in zip(torch_ids, tbs) if tb is not None]
+        for c in torch_ids:
+            out[c] = []  # collected (no block or entry named it any more)
+        torch = sys.modules.get("torch")
+        if have and torch is not None:
+            symbolized = torch._C._profiler.symbolize_tracebacks([tb for _, tb in have])
+            for (c, _), fs in zip(have, symbolized):
+                out[c] = [{"filename": f["filename"], "line": f["line"], "name": f["name"]}
+                          for f in _from_entry_point(fs)]
+    return out
+
+
+# pypool's C entry points, which torch's pluggable allocator calls (csrc/abi/c_api.cpp).
+_ENTRY_POINTS = frozenset({"pypool_malloc", "pypool_free", "pypool_empty_cache"})
+
+
+def _from_entry_point(fs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """C++ frames from pypool's entry point outwards: the frames inside it (the unwinder,
+    gather_traceback's call from the hook, the pool) say nothing about the caller, and
+    pypool's own are misnamed (its symbols are hidden). Unchanged without C++ frames."""
+    for i, f in enumerate(fs):
+        if f["name"] in _ENTRY_POINTS:
+            return fs[i:]
+    return fs
 
 
 # ---------------------------------------------------------------------------- whose frames

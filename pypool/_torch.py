@@ -46,7 +46,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-from . import _core, _pool, _registry, _torch_conf, memory
+from . import _context, _core, _pool, _registry, _torch_conf, memory
 from . import snapshot as _snapshot_mod
 from .config import PoolConfig
 
@@ -577,8 +577,10 @@ def _record_memory_history(enabled: Any = "all", *args: Any, **kwargs: Any) -> N
     """``torch.cuda.memory._record_memory_history`` backed by :func:`pypool.record_history`.
 
     Takes torch's arguments: ``enabled`` (``"all"``, ``"state"``, ``None``; or a bool in
-    the legacy form), ``context``, ``stacks`` (``"python"`` or ``"all"``: pypool keeps
-    Python frames; C++ frames are not captured), ``max_entries`` (at most
+    the legacy form), ``context``, ``stacks`` (``"python"``: Python and TorchScript
+    frames, ``"all"``: C++ frames too; recorded with torch's own CapturedTraceback, as
+    torch does, Note [Torch tracebacks] in csrc/bindings/stack_capture.cpp),
+    ``max_entries`` (at most
     MAX_HISTORY_ENTRIES), ``device``, ``clear_history``. Recording starts on the given
     device (default: the current one) and on every device that already has a pool.
     Arguments pypool has no equivalent for are named in a warning when set.
@@ -590,7 +592,8 @@ def _record_memory_history(enabled: Any = "all", *args: Any, **kwargs: Any) -> N
         legacy.update(kwargs)
         entries = int(legacy.get("trace_alloc_max_entries", 1))
         mode: Optional[str] = None if not enabled else "all"
-        _history(mode, "all" if legacy.get("record_context", True) else None, "python",
+        _history(mode, "all" if legacy.get("record_context", True) else None,
+                 "all" if legacy.get("record_context_cpp", False) else "python",
                  max(entries, 1), legacy.get("device"), bool(legacy.get("clear_history", False)), {})
         return
     names = ("context", "stacks", "max_entries", "device", "clear_history")
@@ -633,9 +636,19 @@ def _history(enabled: Any, context: Any, stacks: Any, max_entries: Any, device: 
     devices = set(_core.registry_devices())
     if enabled is not None:
         devices.add(_registry.device_index(device))
+    # The frames torch records (Note [Torch tracebacks]); pypool's native walker again
+    # once history is off or keeps no stacks.
+    torch_stacks = stacks if enabled is not None and context is not None else None
     for d in sorted(devices):
         if clear or enabled is None:
             _snapshot_mod.record_history(False, device=d)
+        core = _registry.existing_pool(d)
+        if torch_stacks is not None and core is None:
+            target, _ = _registry.resolve_pool(d, None, create=True, what="_record_memory_history")
+            core = target._pool if target is not None else None
+        if core is not None:
+            # Before capture starts, so that the first allocations record torch's frames.
+            _context.use_torch_stacks(core, torch_stacks)
         if enabled is None:
             continue
         # torch records the event trace whenever history is on ("state" and "all");

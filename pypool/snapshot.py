@@ -154,6 +154,7 @@ def snapshot(device: Optional[int] = None, pool: Optional[Pool] = None) -> Dict[
     segments = target.segments()
     stats = target.memory_stats()
     frames_of = _FrameCache()
+    frames_of.prefetch([b["context"] for s in segments for b in s["blocks"]] + [e["context"] for e in history])
     out["segments"] = [_segment(s, d, frames_of) for s in segments]
     traces[d] = _trace(history, frames_of)
     # The fraction in effect now: set_memory_fraction (and torch's
@@ -281,6 +282,11 @@ class _FrameCache:
 
     def __init__(self) -> None:
         self._cache: Dict[int, List[Dict[str, Any]]] = {}
+
+    def prefetch(self, contexts: List[int]) -> None:
+        """Look up many ids at once: torch tracebacks are symbolised in one batch
+        (Note [Torch tracebacks] in csrc/bindings/stack_capture.cpp)."""
+        self._cache.update(_context.frames_of([c for c in contexts if c and c not in self._cache]))
 
     def __call__(self, context: int) -> List[Dict[str, Any]]:
         if not context:

@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <string>
 
 namespace pypool::bindings {
 
@@ -29,5 +30,14 @@ void init_bench(py::module_& m);
 // The context hook that records the calling thread's Python stack and returns its id
 // (stack_capture.cpp); DevicePool.set_capture_context installs it.
 std::uint64_t native_context_hook(void* user);
+
+// The context hook named "native", "torch_python" or "torch_all" and the user pointer it
+// takes (Note [Torch tracebacks] in stack_capture.cpp); throws std::invalid_argument for
+// another name.
+struct NamedHook {
+  std::uint64_t (*hook)(void*);
+  void* user;
+};
+NamedHook context_hook_named(const std::string& name);
 
 }  // namespace pypool::bindings

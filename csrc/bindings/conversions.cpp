@@ -232,11 +232,16 @@ void init_conversions(py::module_& m) {
              }
              return out;
            })
-      .def("set_capture_context",
-           [](DevicePool& p, bool on) {
-             p.set_context_hook(on ? &native_context_hook : nullptr, nullptr);
-             p.set_capture_context(on);
-           })
+      .def(
+          "set_capture_context",
+          [](DevicePool& p, bool on, const std::string& hook) {
+            const NamedHook h = context_hook_named(hook);  // throws before anything changes
+            p.set_context_hook(on ? h.hook : nullptr, on ? h.user : nullptr);
+            p.set_capture_context(on);
+          },
+          py::arg("on"), py::arg("hook") = "native",
+          "Turn context capture on with the named hook (\"native\", \"torch_python\", \"torch_all\"), "
+          "or off.")
       .def("set_capture_free_context", &DevicePool::set_capture_free_context, py::arg("on"),
            "Record the stack of each free and each empty_cache as well (Note [Free stacks]).");
 

@@ -1,5 +1,6 @@
-// pypool._core, Python stack capture: the context hook that records the calling thread's
-// Python stack at each allocation, and the look-up of those stacks for reports.
+// pypool._core, Python stack capture: the context hooks that record the calling thread's
+// stack at each allocation (pypool's own walker, or torch's CapturedTraceback for the
+// torch-facing history), and the look-up of those stacks for reports.
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -113,6 +115,151 @@ py::list context_frames(std::uint64_t id) {
 
 namespace {
 
+// Note [Torch tracebacks]: torch.cuda.memory._record_memory_history (pypool's stand-in
+// under install()) must record what torch records: torch's CapturedTraceback of Python
+// and TorchScript frames, plus C++ frames with stacks="all". The "torch_python" /
+// "torch_all" hooks call torch._C._profiler.gather_traceback(True, True, cpp) (2 us;
+// 40 us with C++ frames) and keep the traceback object under an id with the top bit set
+// (kTorchBit, so pypool._context tells the two kinds apart); symbolising is left to the
+// snapshot, batched (torch's symbolize_tracebacks, whose first call takes seconds).
+// pypool.record_history and leak tracking keep the native walker.
+//
+// A traceback cannot be interned by content without symbolising it, so the table is
+// instead collected: once `threshold` ids were issued since the last collection, the
+// hook keeps only the ids a block or a trace entry of a registry pool still names (the
+// torch-facing names use registry pools only), read with the pools' own locks. The hook
+// runs before its pool's lock is taken and no pool lock is held while waiting for the
+// GIL, so this cannot deadlock. An id issued since the previous collection is never
+// dropped: its allocation may not have stored it yet (hook returned, pool lock not yet
+// taken). The next collection comes after threshold = max(kMinCollect, 2 * ids still
+// named) more ids, so the table holds at most the named ids plus two thresholds, and a
+// collection's cost (one pass over the blocks and the ring) is spread over at least as
+// many allocations as the ids it reads. Everything
+// is guarded by the GIL; the objects are never released at exit (as the stack table).
+constexpr std::uint64_t kTorchBit = std::uint64_t{1} << 63;
+constexpr std::size_t kMinCollect = 4096;
+
+struct TorchTracebacks {
+  PyObject* gather = nullptr;                         // torch._C._profiler.gather_traceback
+  PyObject* args[2] = {nullptr, nullptr};             // (True, True, False), (True, True, True)
+  std::unordered_map<std::uint64_t, PyObject*> live;  // id -> CapturedTraceback
+  std::uint64_t next = 1;                             // id of the next traceback, less kTorchBit
+  std::uint64_t watermark = 0;                        // `next` at the last collection
+  std::uint64_t issued_at_collect = 1 + kMinCollect;  // `next` when the next collection is due
+  std::size_t collections = 0;
+};
+TorchTracebacks& torch_tracebacks() {
+  static auto* t = new TorchTracebacks();  // leaked: no Py_DECREF after finalisation
+  return *t;
+}
+// The hooks' user pointers: which entry of TorchTracebacks::args to call with.
+int kTorchPythonArgs = 0;
+int kTorchAllArgs = 1;
+
+void collect_tracebacks(TorchTracebacks& t) {
+  std::unordered_set<std::uint64_t> named;
+  Registry& r = Registry::instance();
+  for (int d : r.devices()) {
+    DevicePool* p = r.existing(d);
+    if (p == nullptr) continue;
+    for (const SegmentInfo& s : p->segments())
+      for (const BlockInfo& b : s.blocks)
+        if ((b.context & kTorchBit) != 0) named.insert(b.context);
+    for (const TraceEntry& e : p->history())
+      if ((e.context & kTorchBit) != 0) named.insert(e.context);
+  }
+  const std::uint64_t older_than = kTorchBit | t.watermark;
+  std::size_t kept_named = 0;
+  std::vector<PyObject*> doomed;
+  for (auto it = t.live.begin(); it != t.live.end();) {
+    if (named.count(it->first) != 0) ++kept_named;
+    if (it->first < older_than && named.count(it->first) == 0) {
+      doomed.push_back(it->second);
+      it = t.live.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  t.watermark = t.next;
+  t.issued_at_collect = t.next + std::max(kMinCollect, 2 * kept_named);
+  ++t.collections;
+  // Released once the table is consistent: a release that ran Python code and let
+  // another thread in would otherwise find the map mid-iteration.
+  for (PyObject* o : doomed) Py_DECREF(o);
+}
+
+std::uint64_t torch_context_hook(void* user) {
+#if PY_VERSION_HEX >= 0x030D0000
+  if (!Py_IsInitialized() || Py_IsFinalizing()) return 0;
+#else
+  if (!Py_IsInitialized() || _Py_IsFinalizing()) return 0;
+#endif
+  py::gil_scoped_acquire gil;
+  TorchTracebacks& t = torch_tracebacks();
+  PyObject* args = t.args[*static_cast<const int*>(user)];
+  if (t.gather == nullptr || args == nullptr) return 0;
+  // An allocation made while an exception is set (C code between raising and returning)
+  // must find it unchanged.
+  PyObject *type, *value, *tb_err;
+  PyErr_Fetch(&type, &value, &tb_err);
+  PyObject* tb = PyObject_Call(t.gather, args, nullptr);
+  std::uint64_t id = 0;
+  if (tb == nullptr) {
+    PyErr_Clear();  // no frames rather than a failed allocation
+  } else {
+    id = kTorchBit | t.next;
+    try {
+      t.live.emplace(id, tb);
+      ++t.next;
+      if (t.next >= t.issued_at_collect) collect_tracebacks(t);
+    } catch (...) {  // std::bad_alloc: this allocation goes without frames
+      if (t.live.count(id) == 0) {
+        Py_DECREF(tb);
+        id = 0;
+      }
+    }
+  }
+  PyErr_Restore(type, value, tb_err);
+  return id;
+}
+
+void set_torch_gather(py::object gather) {
+  TorchTracebacks& t = torch_tracebacks();
+  if (t.gather == gather.ptr()) return;
+  py::tuple python_only = py::make_tuple(true, true, false);
+  py::tuple with_cpp = py::make_tuple(true, true, true);
+  // The old objects stay referenced (a hook may be running them on another thread
+  // between its GIL releases); set once per process in practice.
+  t.gather = gather.release().ptr();
+  t.args[0] = python_only.release().ptr();
+  t.args[1] = with_cpp.release().ptr();
+}
+
+py::list torch_traceback_objects(const py::iterable& ids) {
+  const TorchTracebacks& t = torch_tracebacks();
+  py::list out;
+  for (py::handle h : ids) {
+    const auto id = h.cast<std::uint64_t>();
+    auto it = t.live.find(id);
+    if (it == t.live.end())
+      out.append(py::none());
+    else
+      out.append(py::reinterpret_borrow<py::object>(it->second));
+  }
+  return out;
+}
+
+}  // namespace
+
+NamedHook context_hook_named(const std::string& name) {
+  if (name == "native") return {&native_context_hook, nullptr};
+  if (name == "torch_python") return {&torch_context_hook, &kTorchPythonArgs};
+  if (name == "torch_all") return {&torch_context_hook, &kTorchAllArgs};
+  throw std::invalid_argument("hook: expected 'native', 'torch_python' or 'torch_all', got '" + name + "'");
+}
+
+namespace {
+
 // The labels of Note [Trace metadata], interned once each (id 0 is the empty label):
 // `labels` by id for the snapshot, `ids` by label so setting one is a lookup. The table
 // only grows, by one entry per distinct label, up to kMaxLabels; guarded by the GIL.
@@ -188,6 +335,16 @@ void init_stack_capture(py::module_& m) {
   m.def("context_frames", &context_frames, py::arg("context"),
         "The Python stack recorded for a context id, innermost frame first.");
   m.def("context_count", [] { return stack_table().stacks.size() - 1; });
+  m.def("set_torch_traceback_gather", &set_torch_gather, py::arg("gather"),
+        "The function the torch hooks call (torch._C._profiler.gather_traceback; Note [Torch tracebacks]).");
+  m.def("torch_tracebacks", &torch_traceback_objects, py::arg("ids"),
+        "The CapturedTraceback of each torch context id (None where collected or unknown).");
+  m.def("torch_traceback_count", [] { return torch_tracebacks().live.size(); },
+        "How many torch tracebacks are kept.");
+  m.def("torch_traceback_collect", [] { collect_tracebacks(torch_tracebacks()); },
+        "Drop the torch tracebacks no registry pool names (except those issued since the last collection).");
+  m.def("torch_traceback_collections", [] { return torch_tracebacks().collections; });
+  m.attr("TORCH_CONTEXT_BIT") = py::int_(kTorchBit);
   m.def("registry_capture_new_pools", [](bool on) {
     Registry::instance().set_capture_new_pools(on ? &native_context_hook : nullptr, nullptr, on);
   });
