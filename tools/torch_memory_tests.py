@@ -195,7 +195,22 @@ for line in sys.stdin:
     print(MARK, "done", status, flush=True)
 """
 
-SITECUSTOMIZE = "import pypool\npypool.install()\n"
+# A child whose install fails must not carry on under torch's own allocator and be
+# counted as a pypool run: site.py reports an Exception from sitecustomize and goes on,
+# so the error is printed and the child ends here.
+SITECUSTOMIZE = """\
+import os
+import sys
+import traceback
+try:
+    import pypool
+    pypool.install()
+except Exception:
+    traceback.print_exc()
+    print("pypool: install() failed in this child (tools/torch_memory_tests.py sitecustomize)", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(1)
+"""
 
 
 def selected(cls: str, test: str) -> bool:
