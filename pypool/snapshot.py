@@ -310,7 +310,8 @@ def _segment(s: Dict[str, Any], device: int, frames_of: _FrameCache) -> Dict[str
         blocks.append({
             "address": b["address"],
             "size": b["size"],
-            "requested_size": b["requested_size"] if state != "inactive" else 0,
+            # torch shows a free block's last request (Note [Last requested size]).
+            "requested_size": b["requested_size"] if state != "inactive" else b.get("last_requested_size", 0),
             "state": state,
             "frames": frames_of(b["context"]) if state != "inactive" else [],
         })

@@ -74,6 +74,7 @@ py::dict block_dict(const BlockInfo& b) {
   d["address"] = b.address;
   d["size"] = b.size;
   d["requested_size"] = b.requested;
+  d["last_requested_size"] = b.last_requested;
   d["state"] = state_name(b.state);
   d["stream"] = b.stream;
   d["seq"] = b.seq;

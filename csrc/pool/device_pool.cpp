@@ -721,7 +721,11 @@ void DevicePool::reset_accumulated_stats() {
 
 namespace {
 BlockInfo info_of(const Block* b) {
-  return BlockInfo{b->addr, b->size, b->requested, b->state, b->stream, b->seq, b->context, b->time_us};
+  const bool is_free = b->state == BlockState::kFree;
+  // A free block keeps the size last asked of it (Note [Last requested size]).
+  return BlockInfo{b->addr,   b->size,        is_free ? 0 : b->requested, b->state,
+                   b->stream, b->seq,         b->context,                 b->time_us,
+                   is_free ? std::min(b->requested, b->size) : b->requested};
 }
 }  // namespace
 

@@ -403,7 +403,12 @@ struct DevicePool::Impl {
     sub(st.active, k, 1);
     sub(st.active_bytes, k, static_cast<std::int64_t>(b->size));
     trace(TraceAction::kFreeCompleted, b->addr, b->requested, b->stream, b->context, b->seq);
-    b->requested = 0;
+    // Note [Last requested size]: torch's snapshots show a free block's requested_size
+    // as the last request it served (the freed block survives its merges there), and
+    // tools read it (torch's test_memory_plots finds a freed tensor's size so). A free
+    // block keeps `requested` for that: nothing else reads it on a free block, a block
+    // taken from the arena starts at 0, and reports clamp it to the block's size
+    // (a VMM hole can shrink a free block below it).
     b->seq = 0;
     b->context = 0;
     delete b->uses;
@@ -412,6 +417,7 @@ struct DevicePool::Impl {
       Block* p = b->prev;
       take_free(idx, p, /*split=*/true);  // it has a neighbour: b
       p->size += b->size;
+      p->requested = b->requested;
       p->next = b->next;
       if (b->next != nullptr) b->next->prev = p;
       arena.put(b);

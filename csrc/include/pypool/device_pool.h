@@ -75,6 +75,8 @@ struct BlockInfo {
   std::uint64_t seq;      // allocation sequence number (0 for free blocks)
   std::uint64_t context;  // context id given by the context hook (0 = none)
   double time_us;         // allocation time (steady clock)
+  // The request this block last served (free blocks too; Note [Last requested size]).
+  std::size_t last_requested;
 };
 
 struct SegmentInfo {
