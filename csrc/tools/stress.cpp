@@ -129,6 +129,46 @@ int run_c_api(int threads, int ops) {
   return pypool_error_count() == 0 ? 0 : 1;
 }
 
+// torch's entry points (Note [Torch entry points]) while one thread keeps turning caching
+// off and on: cached and uncached pointers mix in every thread's live set and are freed
+// in whatever mode is on then; none may be lost, reported or freed twice.
+int run_torch_modes(int threads, int ops) {
+  std::atomic<bool> done{false};
+  std::thread toggler([&] {
+    for (int i = 0; !done.load(); ++i) {
+      pypool_set_caching_enabled(i % 2);
+      std::this_thread::yield();
+    }
+    pypool_set_caching_enabled(1);
+  });
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t)
+    ts.emplace_back([=] {
+      std::mt19937_64 rng(7 + t);
+      std::vector<void*> live;
+      for (int i = 0; i < ops; ++i) {
+        if (rng() % 2 == 0 || live.empty()) {
+          live.push_back(pypool_torch_malloc(1 + rng() % 100000, 0, nullptr));
+        } else {
+          const std::size_t k = rng() % live.size();
+          pypool_torch_free(live[k], 0, 0, nullptr);
+          live[k] = live.back();
+          live.pop_back();
+        }
+      }
+      for (void* p : live) pypool_torch_free(p, 0, 0, nullptr);
+    });
+  for (auto& th : ts) th.join();
+  done.store(true);
+  toggler.join();
+  pypool_empty_cache();
+  const bool clean = pypool_error_count() == 0 && pypool_uncached_count() == 0;
+  if (!clean)
+    std::fprintf(stderr, "torch modes: %llu errors, %zu uncached left\n",
+                 static_cast<unsigned long long>(pypool_error_count()), pypool_uncached_count());
+  return clean ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -136,6 +176,7 @@ int main(int argc, char** argv) {
   int rc = run(false, 4, ops);
   rc |= run(true, 4, ops);
   rc |= run_c_api(4, ops);
+  rc |= run_torch_modes(4, ops);
   std::printf(rc == 0 ? "stress: clean\n" : "stress: FAILED\n");
   return rc;
 }

@@ -100,9 +100,11 @@ assert torch.cuda.memory_reserved(torch.device("cuda:0")) == pm.memory_reserved(
 assert torch.cuda.max_memory_allocated() >= torch.cuda.memory_allocated()
 assert torch.cuda.memory_stats()["allocated_bytes.all.current"] == pm.memory_allocated(0)
 assert "Allocated memory" in torch.cuda.memory_summary()
-# What the README says: torch's own statistics do not work under a pluggable allocator.
+# What the README says: torch's own statistics do not work under a pluggable allocator,
+# and install() patches torch._C's name too.
+assert torch._C._cuda_memoryStats(0)["allocated_bytes"]["all"]["current"] == pm.memory_allocated(0)
 try:
-    torch._C._cuda_memoryStats(0)
+    pypool._torch.torch_originals()["torch._C._cuda_memoryStats"](0)
 except RuntimeError as e:
     assert "does not yet support" in str(e), e
 else:
