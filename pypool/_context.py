@@ -160,7 +160,8 @@ def frames_of(context_ids: Sequence[int]) -> Dict[int, List[Dict[str, Any]]]:
 
 
 # pypool's C entry points, which torch's pluggable allocator calls (csrc/abi/c_api.cpp).
-_ENTRY_POINTS = frozenset({"pypool_malloc", "pypool_free", "pypool_empty_cache"})
+_ENTRY_POINTS = frozenset({"pypool_malloc", "pypool_free", "pypool_torch_malloc", "pypool_torch_free",
+                           "pypool_empty_cache"})
 
 
 def _from_entry_point(fs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -125,6 +125,10 @@ PATCHES: Tuple[Tuple[str, str, str], ...] = (
     ("_C", "_cuda_setMemoryMetadata", "_cuda_setMemoryMetadata"),
     ("_C", "_cuda_getMemoryMetadata", "_cuda_getMemoryMetadata"),
     ("_C", "_cuda_memoryMetadataSupported", "_cuda_memoryMetadataSupported"),
+    # torch.autograd.profiler's profile starts and stops the profiler through these module
+    # globals, looked up at call time (Note [Profiler gate]).
+    ("autograd.profiler", "_enable_profiler", "_enable_profiler"),
+    ("autograd.profiler", "_disable_profiler", "_disable_profiler"),
     # Note [Unsupported under a pluggable allocator]: torch._C functions that reach a
     # CUDAPluggableAllocator method which throws "does not yet support" (or, for
     # enable / is_enabled, does nothing), called at call time by torch.cuda.memory and
@@ -188,6 +192,8 @@ class _State:
     torch_oom: int = 0
     # pypool_use_torch_profiler's answer: 1 when allocations are reported to torch.profiler.
     torch_profiler: int = 0
+    # PYPOOL_TORCH_PROFILER=always: the profiler gate stays open (Note [Profiler gate]).
+    profiler_always: bool = False
     # ctypes callbacks of _cuda_attach_out_of_memory_observer, kept alive while the C ABI
     # may call them.
     oom_observers: List[Any] = field(default_factory=list)
@@ -455,9 +461,12 @@ def _use_torch_profiler(torch: Any) -> int:
     """Report allocations to torch.profiler (Note [torch profiler bridge]).
 
     Returns pypool_use_torch_profiler's code: 1 on; 0 or negative not (then
-    ``profile_memory=True`` sees no CUDA allocations). ``PYPOOL_TORCH_PROFILER=0`` opts out.
+    ``profile_memory=True`` sees no CUDA allocations). ``PYPOOL_TORCH_PROFILER=0`` opts out;
+    ``PYPOOL_TORCH_PROFILER=always`` asks torch on every allocation, for profilers started
+    from C++ (Note [Profiler gate]).
     """
-    if os.environ.get("PYPOOL_TORCH_PROFILER", "1").strip().lower() in ("0", "false", "no", "off"):
+    setting = os.environ.get("PYPOOL_TORCH_PROFILER", "1").strip().lower()
+    if setting in ("0", "false", "no", "off"):
         return 0
     path = _libc10_path(torch)
     if path is None:
@@ -471,12 +480,71 @@ def _use_torch_profiler(torch: Any) -> int:
     code = int(fn(os.fsencode(path)))
     if code != 1:
         log.debug("pypool: torch.profiler memory events not available (code %d)", code)
+        return code
+    # pypool_use_torch_profiler left the gate open; close it unless a profiler runs.
+    _state.profiler_always = setting == "always"
+    with _profilers_lock:
+        _cdll().pypool_torch_profiler_gate(1 if (_profilers_running > 0 or _state.profiler_always) else 0)
     return code
 
 
 def torch_profiler_enabled() -> bool:
-    """True when pypool reports its allocations to ``torch.profiler`` (profile_memory)."""
-    return _state.torch_profiler == 1 and bool(_cdll().pypool_torch_profiler_active())
+    """True when pypool reports its allocations to ``torch.profiler`` (profile_memory)
+    while a profiler runs (Note [Profiler gate])."""
+    return _state.torch_profiler == 1
+
+
+# Note [Profiler gate]: whether torch's profiler wants memory events is a thread-local
+# question to libc10 (c10::memoryProfilingEnabled, ~60 instructions a call), and asking it
+# on every allocation and free made a torch malloc+free pair ~27% dearer while no profiler
+# runs, which is nearly always. So pypool asks only while a profiler started through
+# torch.autograd.profiler (what torch.profiler.profile uses) is running: install() patches
+# that module's _enable_profiler / _disable_profiler, and a count of running profilers
+# turns the torch entry points' profiler bit on and off. ProfilerConfig does not show
+# whether profile_memory is set, so any profiler opens the gate; libc10 still decides per
+# call. A profiler started from C++ (or on demand, outside Python) is not seen:
+# PYPOOL_TORCH_PROFILER=always keeps the gate open for those, at the cost above.
+_profilers_lock = threading.Lock()
+_profilers_running = 0
+
+
+def _set_profiler_gate(on: bool) -> None:
+    """Open or close the gate (with _profilers_lock held)."""
+    if _state.torch_profiler == 1:
+        _cdll().pypool_torch_profiler_gate(1 if (on or _state.profiler_always) else 0)
+
+
+def _count_profiler(delta: int) -> None:
+    global _profilers_running
+    with _profilers_lock:
+        _profilers_running = max(0, _profilers_running + delta)
+        _set_profiler_gate(_profilers_running > 0)
+
+
+def _forget_profilers() -> None:
+    global _profilers_running
+    with _profilers_lock:
+        _profilers_running = 0
+
+
+def _enable_profiler(*args: Any, **kwargs: Any) -> Any:
+    """``torch.autograd.profiler._enable_profiler`` that opens pypool's profiler gate first
+    (Note [Profiler gate])."""
+    _count_profiler(+1)
+    try:
+        return _state.torch.autograd._enable_profiler(*args, **kwargs)
+    except BaseException:
+        _count_profiler(-1)
+        raise
+
+
+def _disable_profiler(*args: Any, **kwargs: Any) -> Any:
+    """``torch.autograd.profiler._disable_profiler`` that closes pypool's profiler gate
+    when the last running profiler stops (Note [Profiler gate])."""
+    try:
+        return _state.torch.autograd._disable_profiler(*args, **kwargs)
+    finally:
+        _count_profiler(-1)
 
 
 def _apply_no_caching_env() -> None:
@@ -548,6 +616,8 @@ def _reset_for_tests() -> None:
         _state.skipped_hooks = []
         _state.torch_oom = 0
         _state.torch_profiler = 0
+        _state.profiler_always = False
+        _forget_profilers()
         if _state.oom_observers:
             _cdll().pypool_clear_oom_observers()
             _state.oom_observers = []

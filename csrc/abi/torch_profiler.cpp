@@ -116,4 +116,15 @@ int pypool_use_torch_profiler(const char* libc10_path) {
 #endif
 }
 
+int pypool_torch_profiler_gate(int on) {
+#if PYPOOL_TORCH_PROFILER
+  if (g_enabled.load(std::memory_order_acquire) == nullptr) return -1;
+  pypool::abi::set_profiler_mode(on != 0);
+  return 1;
+#else
+  (void)on;
+  return -5;
+#endif
+}
+
 }  // extern "C"

@@ -174,8 +174,13 @@ from torch.cuda._memory_viz import profile_plot
 from torch.profiler._memory_profiler import MemoryProfile  # noqa: F401 (what profile_plot reads)
 
 assert pypool._torch.torch_profiler_enabled()
+gate = pypool._torch._cdll().pypool_torch_profiler_active
 torch.cuda.init()
+# Note [Profiler gate]: torch is asked only while a profiler runs.
+assert not gate()
+before = torch.empty(2 * MiB, dtype=torch.uint8, device="cuda")
 with torch.profiler.profile(profile_memory=True, record_shapes=True, with_stack=True) as prof:
+    assert gate()
     x = torch.empty(3 * MiB + 100, dtype=torch.uint8, device="cuda")
     y = torch.empty(1000, dtype=torch.uint8, device="cuda")
     del x
@@ -190,12 +195,16 @@ def walk(nodes):
             events.append((f.alloc_size, f.total_allocated, f.total_reserved, f.ptr))
         walk(n.children)
 walk(prof.profiler.kineto_results.experimental_event_tree())
+assert not gate()
+del before  # after the profiler: not reported (its list is already taken)
 sizes = [e[0] for e in events]
 # Block sizes, as torch reports them: 3 MiB + 100 rounds to 3 MiB + 512 (large pool,
 # 512 B rounding), 1000 to 1024; frees are negative; totals are after the change.
 assert sizes == [3 * MiB + 512, 1024, -(3 * MiB + 512), 7 * MiB, 7 * MiB], events
 allocated = [e[1] for e in events]
-assert allocated == [3 * MiB + 512, 3 * MiB + 1536, 1024, 7 * MiB + 1024, 14 * MiB + 1024], events
+base = 2 * MiB  # `before`, live through the profile
+assert allocated == [base + 3 * MiB + 512, base + 3 * MiB + 1536, base + 1024, base + 7 * MiB + 1024,
+                     base + 14 * MiB + 1024], events
 assert all(e[2] >= e[1] for e in events), events
 assert events[-1][2] == stats()["reserved_bytes.all.current"], (events, stats())
 assert events[0][3] == events[2][3]  # the free names the allocation's pointer
@@ -255,3 +264,37 @@ def test_c10_device_layout_is_what_the_bridge_passes() -> None:
         src.unlink(missing_ok=True)
         probe.unlink(missing_ok=True)
     assert out == "2 1 5", (out, torch.__version__)
+
+
+def test_profiler_gate_always_open_on_request(run_child: RunChild) -> None:
+    # PYPOOL_TORCH_PROFILER=always: torch is asked on every allocation, for profilers
+    # started outside torch.autograd.profiler (Note [Profiler gate]).
+    run_child(PRELUDE + """
+gate = pypool._torch._cdll().pypool_torch_profiler_active
+assert gate()
+with torch.profiler.profile(profile_memory=True) as prof:
+    x = torch.empty(MiB, dtype=torch.uint8, device="cuda")
+assert gate()
+del x
+print("CHILD OK")
+""", env={"PYPOOL_TORCH_PROFILER": "always"})
+
+
+def test_profiler_gate_counts_nested_profilers(run_child: RunChild) -> None:
+    run_child(PRELUDE + """
+gate = pypool._torch._cdll().pypool_torch_profiler_active
+torch.cuda.init()
+with torch.profiler.profile(profile_memory=True):
+    assert gate()
+    try:  # torch may refuse a second profiler on this thread: the count must stay right
+        with torch.autograd.profiler.profile(profile_memory=True):
+            assert gate()
+    except RuntimeError:
+        pass
+    assert gate(), "the outer profiler still runs"
+assert not gate()
+with torch.profiler.profile(profile_memory=True):
+    assert gate()
+assert not gate()
+print("CHILD OK")
+""")

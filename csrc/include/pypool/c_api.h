@@ -107,6 +107,11 @@ PYPOOL_API void pypool_clear_oom_observers(void);
  * disabled, < 0 when it cannot be done here (-1 libc10 not loaded, -2 a symbol missing,
  * -5 not a Linux build); Note [torch profiler bridge]. */
 PYPOOL_API int pypool_use_torch_profiler(const char* libc10_path);
+/* 1: report from now on; 0: not until gated on again (the symbols stay resolved).
+ * pypool.install() keeps it on only while a torch profiler runs (Note [Profiler gate]
+ * in pypool/_torch.py). Returns 1, or -1 before pypool_use_torch_profiler succeeded. */
+PYPOOL_API int pypool_torch_profiler_gate(int on);
+/* 1 while pypool_torch_malloc / pypool_torch_free ask torch whether to report. */
 PYPOOL_API int pypool_torch_profiler_active(void);
 /* Errors swallowed at this boundary since the process started. */
 PYPOOL_API uint64_t pypool_error_count(void);
