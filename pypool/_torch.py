@@ -44,7 +44,7 @@ import sys
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
 
 from . import _context, _core, _pool, _registry, _torch_conf, memory
 from . import snapshot as _snapshot_mod
@@ -304,6 +304,8 @@ def install(
         _registry.set_installed_config(cfg)
         if patch_torch:
             _patch_torch(torch)
+        elif _state.torch_profiler == 1:
+            _patch_torch(torch, only=_GATE_PATCHES)
         log.debug("pypool installed as torch's CUDA allocator (%s)", _describe(cfg))
         return cfg
 
@@ -582,9 +584,17 @@ def _replacement(name: str) -> Callable[..., Any]:
     return globals()[name]  # type: ignore[no-any-return]
 
 
-def _patch_torch(torch: Any) -> None:
-    """Put pypool's functions in place of torch's (PATCHES; originals kept in _state)."""
+# The profiler gate's patches: applied even with patch_torch=False, since they replace no
+# answer of torch's and without them the gate never opens (Note [Profiler gate]).
+_GATE_PATCHES = frozenset({"_enable_profiler", "_disable_profiler"})
+
+
+def _patch_torch(torch: Any, only: Optional[FrozenSet[str]] = None) -> None:
+    """Put pypool's functions in place of torch's (PATCHES, or those of them named in
+    ``only``; originals kept in _state)."""
     for path, name, replacement in PATCHES:
+        if only is not None and name not in only:
+            continue
         namespace = _namespace(torch, path)
         if namespace is None or not hasattr(namespace, name):
             continue
@@ -700,12 +710,17 @@ def _history(enabled: Any, context: Any, stacks: Any, max_entries: Any, device: 
     if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
         raise ValueError(f"max_entries: expected an int >= 1, got {max_entries!r}")
     entries = min(max_entries, MAX_HISTORY_ENTRIES)
+    devices = set(_core.registry_devices())
+    if enabled is not None:
+        # Checked before any state changes: a bad device changes nothing (review finding).
+        index = _registry.device_index(device)
+        count = int(_state.torch.cuda.device_count()) if _state.torch is not None else None
+        if index < 0 or (count is not None and index >= count):
+            raise ValueError(f"device: no CUDA device {index} (torch sees {count} device(s))")
+        devices.add(index)
     _state.skip_actions = tuple(skip) if enabled is not None else ()
     _state.history_enabled = enabled is not None
     _state.trace_frames = context in ("alloc", "all")
-    devices = set(_core.registry_devices())
-    if enabled is not None:
-        devices.add(_registry.device_index(device))
     # The frames torch records (Note [Torch tracebacks]); pypool's native walker again
     # once history is off or keeps no stacks.
     torch_stacks = stacks if enabled is not None and context is not None else None
@@ -727,6 +742,10 @@ def _history(enabled: Any, context: Any, stacks: Any, max_entries: Any, device: 
         # "all" records the stacks of frees and of empty_cache too (Note [Free stacks]).
         _snapshot_mod.record_history("all", max_entries=entries, stacks=keep_stacks, device=d,
                                      free_stacks=context == "all")
+    if torch_stacks is None:
+        # No pool gathers torch tracebacks now, so none would collect them again: drop
+        # every one that no block or kept entry names (Note [Torch tracebacks]).
+        _core.torch_traceback_collect(everything=True)
 
 
 def _snapshot(device: Any = None, augment_with_fx_traces: bool = False) -> Dict[str, Any]:

@@ -167,7 +167,7 @@ def _whole(raw: Any, what: str) -> int:
         raise TypeError(f"{what}: expected an int, got bool")
     if isinstance(raw, int):
         return raw
-    if isinstance(raw, str) and raw.strip().isdigit():
+    if isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit():
         return int(raw)
     raise ValueError(f"{what}: expected a whole number, got {raw!r}")
 

@@ -34,7 +34,9 @@ from ._files import FORMAT_HEADER, read_maybe_gzipped, show
 from ._pool import Pool
 from ._registry import pending_config, resolve_pool
 from ._version import __version__
-from .config import PoolConfig
+from .config import PoolConfig, interval_divisions, parse_size
+
+MiB = 1 << 20
 
 __all__ = ["snapshot", "record_history", "dump_snapshot", "load_snapshot"]
 
@@ -369,8 +371,15 @@ def _settings(settings: PoolConfig) -> Dict[str, Any]:
     # The settings in effect, in PYPOOL_CONF syntax (not the variable, which install()'s
     # arguments override and which may have changed since the pool was made).
     d["PYPOOL_CONF"] = settings.to_string()
-    # torch's key: its "[k:v,...]" list when divisions are per interval, else the number.
-    d["roundup_power2_divisions"] = settings.round_up_interval_divisions or settings.round_up_divisions
+    # torch's key, in torch's form: {interval start in MiB (as text): divisions}, 0 = off.
+    # round_up_divisions applies only above small_size: the intervals it reaches show it.
+    if settings.round_up_interval_divisions:
+        per_interval = interval_divisions(settings.round_up_interval_divisions)
+    else:
+        n = settings.round_up_divisions if settings.round_up_divisions > 1 else 0
+        small = parse_size(settings.small_size, "small_size")
+        per_interval = [n if (MiB << i) * 2 > small else 0 for i in range(16)]
+    d["roundup_power2_divisions"] = {str(1 << i): per_interval[i] for i in range(16)}
     return d
 
 

@@ -18,6 +18,8 @@
 #include "torch_oom.h"
 #include "torch_profiler.h"
 
+#include <cxxabi.h>
+
 namespace {
 
 std::atomic<std::uint64_t> g_errors{0};
@@ -144,7 +146,15 @@ bool uncached_free(void* p) {
 
 // torch's OutOfMemoryObserver arguments (PyTorch's DeviceCachingAllocator::malloc):
 // the segment size it tried to get, the memory allowed (fraction cap or total), free.
-void notify_oom(std::size_t size, int device) noexcept {
+// Note [Forced unwind]: a thread that ends inside an allocation (pthread_exit from
+// CPython when a thread that is not the main one takes the GIL at interpreter shutdown,
+// or a cancellation) unwinds through these entry points with abi::__forced_unwind; a
+// catch-all that swallows it aborts the process ("exception not rethrown"), so the entry
+// points that can reach the context hook pass it on.
+//
+// `uncached`: the request went to the device as it is (caching disabled), not rounded
+// to a segment.
+void notify_oom(std::size_t size, int device, bool uncached = false) noexcept {
   std::vector<pypool_oom_observer> local;
   {
     std::lock_guard<std::mutex> g(g_observers_mu);
@@ -156,7 +166,7 @@ void notify_oom(std::size_t size, int device) noexcept {
     pypool::DevicePool& pool = pypool::Registry::instance().pool(device);
     const pypool::MemInfo info = pool.backend().mem_info();
     std::size_t alloc = size;
-    if (size <= pypool::policy::kMaxRequest) {
+    if (!uncached && size <= pypool::policy::kMaxRequest) {
       const pypool::Config cfg = pool.config();
       alloc = pypool::policy::segment_size(cfg, pypool::policy::round_size(cfg, size));
     }
@@ -200,6 +210,8 @@ void* torch_malloc_cached(std::size_t size, int device, void* stream) {
   } catch (const std::exception& e) {
     if (device_missing(device)) throw std::invalid_argument(e.what());
     pypool::abi::throw_oom(e.what());
+  } catch (abi::__forced_unwind&) {  // Note [Forced unwind]
+    throw;
   } catch (...) {
     pypool::abi::throw_oom("pypool: unknown error in malloc");
   }
@@ -212,7 +224,7 @@ void* torch_malloc_modes(std::size_t size, int device, void* stream, unsigned mo
     try {
       return uncached_malloc(size, device);
     } catch (const pypool::OutOfMemoryError& e) {
-      notify_oom(size, device);
+      notify_oom(size, device, /*uncached=*/true);
       pypool::abi::throw_oom(e.what());
     } catch (const std::exception& e) {
       if (device_missing(device)) throw std::invalid_argument(e.what());
@@ -249,6 +261,8 @@ void* pypool_malloc(size_t size, int device, void* stream) {
     // Any other failure (absurd size, broken device) is still "no memory" for torch,
     // which has no other channel: keep one exception type at the boundary.
     pypool::abi::throw_oom(e.what());
+  } catch (abi::__forced_unwind&) {  // Note [Forced unwind]
+    throw;
   } catch (...) {
     pypool::abi::throw_oom("pypool: unknown error in malloc");
   }
@@ -275,6 +289,8 @@ void* pypool_try_malloc(size_t size, int device, void* stream, int* error) {
   } catch (const std::exception& e) {
     code = PYPOOL_ERROR_INTERNAL;
     set_last_error("malloc", e.what());
+  } catch (abi::__forced_unwind&) {  // Note [Forced unwind]
+    throw;
   } catch (...) {
     code = PYPOOL_ERROR_INTERNAL;
     set_last_error("malloc", "unknown error");
@@ -298,6 +314,8 @@ void pypool_free(void* ptr, size_t size, int device, void* stream) {
     pool->free(ptr);
   } catch (const std::exception& e) {
     report("free", e.what());
+  } catch (abi::__forced_unwind&) {  // Note [Forced unwind]
+    throw;
   } catch (...) {
     report("free", "unknown error");
   }
@@ -317,6 +335,8 @@ void pypool_empty_cache(void) {
         report("empty_cache", e.what());
       }
     }
+  } catch (abi::__forced_unwind&) {  // Note [Forced unwind]
+    throw;
   } catch (...) {
     report("empty_cache", "unknown error");
   }
@@ -333,6 +353,8 @@ void pypool_set_memory_fraction(double fraction, int device) {
     pypool::Registry::instance().pool(device).set_memory_fraction(fraction);
   } catch (const std::exception& e) {
     report("set_memory_fraction", e.what());
+  } catch (abi::__forced_unwind&) {  // Note [Forced unwind]
+    throw;
   } catch (...) {
     report("set_memory_fraction", "unknown error");
   }
@@ -351,6 +373,8 @@ void pypool_record_stream(void* ptr, void* stream) {
     report("record_stream", "pointer not allocated by pypool");
   } catch (const std::exception& e) {
     report("record_stream", e.what());
+  } catch (abi::__forced_unwind&) {  // Note [Forced unwind]
+    throw;
   } catch (...) {
     report("record_stream", "unknown error");
   }
@@ -434,6 +458,8 @@ void pypool_torch_free(void* ptr, size_t size, int device, void* stream) {
     }
   } catch (const std::exception& e) {
     report("free", e.what());
+  } catch (abi::__forced_unwind&) {  // Note [Forced unwind]
+    throw;
   } catch (...) {
     report("free", "unknown error");
   }

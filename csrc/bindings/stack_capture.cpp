@@ -131,7 +131,10 @@ namespace {
 // runs before its pool's lock is taken and no pool lock is held while waiting for the
 // GIL, so this cannot deadlock. An id issued since the previous collection is never
 // dropped: its allocation may not have stored it yet (hook returned, pool lock not yet
-// taken). The next collection comes after threshold = max(kMinCollect, 2 * ids still
+// taken); an allocation that outlasts two whole collections (a slow growth while
+// other threads allocate thousands of times) can still lose its frames, never more.
+// When history stops gathering tracebacks, pypool._torch collects `everything` not named,
+// since no hook would collect again. The next collection comes after threshold = max(kMinCollect, 2 * ids still
 // named) more ids, so the table holds at most the named ids plus two thresholds, and a
 // collection's cost (one pass over the blocks and the ring) is spread over at least as
 // many allocations as the ids it reads. Everything
@@ -156,7 +159,9 @@ TorchTracebacks& torch_tracebacks() {
 int kTorchPythonArgs = 0;
 int kTorchAllArgs = 1;
 
-void collect_tracebacks(TorchTracebacks& t) {
+// `everything`: also drop unnamed ids issued since the last collection, for when no pool
+// records torch tracebacks any more (history off): nothing would collect them again.
+void collect_tracebacks(TorchTracebacks& t, bool everything = false) {
   std::unordered_set<std::uint64_t> named;
   Registry& r = Registry::instance();
   for (int d : r.devices()) {
@@ -168,7 +173,7 @@ void collect_tracebacks(TorchTracebacks& t) {
     for (const TraceEntry& e : p->history())
       if ((e.context & kTorchBit) != 0) named.insert(e.context);
   }
-  const std::uint64_t older_than = kTorchBit | t.watermark;
+  const std::uint64_t older_than = kTorchBit | (everything ? t.next : t.watermark);
   std::size_t kept_named = 0;
   std::vector<PyObject*> doomed;
   for (auto it = t.live.begin(); it != t.live.end();) {
@@ -341,8 +346,10 @@ void init_stack_capture(py::module_& m) {
         "The CapturedTraceback of each torch context id (None where collected or unknown).");
   m.def("torch_traceback_count", [] { return torch_tracebacks().live.size(); },
         "How many torch tracebacks are kept.");
-  m.def("torch_traceback_collect", [] { collect_tracebacks(torch_tracebacks()); },
-        "Drop the torch tracebacks no registry pool names (except those issued since the last collection).");
+  m.def("torch_traceback_collect", [](bool everything) { collect_tracebacks(torch_tracebacks(), everything); },
+        py::arg("everything") = false,
+        "Drop the torch tracebacks no registry pool names (except, unless `everything`, those "
+        "issued since the last collection).");
   m.def("torch_traceback_collections", [] { return torch_tracebacks().collections; });
   m.attr("TORCH_CONTEXT_BIT") = py::int_(kTorchBit);
   m.def("registry_capture_new_pools", [](bool on) {

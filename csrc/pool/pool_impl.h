@@ -364,6 +364,7 @@ struct DevicePool::Impl {
       r->size = b->size - rounded;
       r->seg = b->seg;
       r->stream = b->stream;
+      r->requested = b->requested;  // the rest keeps the last request (Note [Last requested size])
       r->prev = b;
       r->next = b->next;
       if (b->next != nullptr) b->next->prev = r;
@@ -405,8 +406,9 @@ struct DevicePool::Impl {
     trace(TraceAction::kFreeCompleted, b->addr, b->requested, b->stream, b->context, b->seq);
     // Note [Last requested size]: torch's snapshots show a free block's requested_size
     // as the last request it served (the freed block survives its merges there), and
-    // tools read it (torch's test_memory_plots finds a freed tensor's size so). A free
-    // block keeps `requested` for that: nothing else reads it on a free block, a block
+    // tools read it (torch's test_memory_plots finds a freed tensor's size so), and the
+    // rest of a split free block keeps it too, as torch's does. A free block keeps
+    // `requested` for that: nothing else reads it on a free block, a block
     // taken from the arena starts at 0, and reports clamp it to the block's size
     // (a VMM hole can shrink a free block below it).
     b->seq = 0;

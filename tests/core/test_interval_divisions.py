@@ -319,9 +319,15 @@ def test_torch_key_resets_the_other_rounding(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_snapshot_settings_show_torch_form() -> None:
     from pypool.snapshot import _settings
+    # torch's snapshot shows {interval start in MiB: divisions} (review finding: a string
+    # there broke code that indexes torch's dict).
     s = _settings(PoolConfig(round_up_interval_divisions="[256:4,>:2]"))
-    assert s["roundup_power2_divisions"] == "[256:4,>:2]" and s["round_up_interval_divisions"] == "[256:4,>:2]"
-    assert _settings(PoolConfig(round_up_divisions=4))["roundup_power2_divisions"] == 4
+    expect = {str(1 << i): (4 if i <= 8 else 2) for i in range(16)}
+    assert s["roundup_power2_divisions"] == expect and s["round_up_interval_divisions"] == "[256:4,>:2]"
+    # The scalar field rounds only above small_size (1 MiB by default): every interval.
+    assert _settings(PoolConfig(round_up_divisions=4))["roundup_power2_divisions"] == {str(1 << i): 4 for i in range(16)}
+    assert set(_settings(PoolConfig())["roundup_power2_divisions"].values()) == {0}
+
 
 
 # ------------------------------------------------------------------ per_process_memory_fraction
@@ -378,3 +384,21 @@ def test_refused_live_update_changes_nothing(backend: Backend, bad: Union[str, D
     p = pool.malloc(400 * MiB)
     assert pool.size_of(p) == 512 * MiB
     pool.free(p)
+
+
+def test_split_rest_keeps_the_last_request() -> None:
+    # Note [Last requested size]: the rest of a split free block keeps the request the
+    # whole block last served, as torch's does (review finding: it showed 0).
+    import pypool
+
+    pool = pypool.Pool(backend="host", capacity="1GiB")
+    a = pool.malloc(8000)
+    c = pool.malloc(5000)
+    pool.free(a)
+    b = pool.malloc(600)
+    blocks = [blk for s in pool.segments() for blk in s["blocks"]]
+    rest = [blk for blk in blocks if blk["state"] == "inactive" and blk["size"] == 7168]
+    assert rest and rest[0]["requested_size"] == 0 and rest[0]["last_requested_size"] == 7168, blocks
+    pool.free(b)
+    pool.free(c)
+    pool.check_invariants()

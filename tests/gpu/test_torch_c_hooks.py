@@ -298,3 +298,58 @@ with torch.profiler.profile(profile_memory=True):
 assert not gate()
 print("CHILD OK")
 """)
+
+
+def test_profiler_gate_without_patch_torch(run_child: RunChild) -> None:
+    # install(patch_torch=False) leaves torch's memory API alone but must still report to
+    # the profiler (review finding: the gate never opened).
+    run_child(PRELUDE.replace("pypool.install()", "pypool.install(patch_torch=False)") + """
+from torch._C._profiler import _EventType
+assert torch.cuda.memory_stats is not pypool.memory.memory_stats
+gate = pypool._torch._cdll().pypool_torch_profiler_active
+torch.cuda.init()
+assert not gate()
+with torch.profiler.profile(profile_memory=True) as prof:
+    assert gate()
+    x = torch.empty(MiB, dtype=torch.uint8, device="cuda")
+assert not gate()
+def count(nodes):
+    return sum((n.typed[0] == _EventType.Allocation and n.typed[1].device.type == "cuda") + count(n.children)
+               for n in nodes)
+assert count(prof.profiler.kineto_results.experimental_event_tree()) == 1
+del x
+print("CHILD OK")
+""")
+
+
+def test_history_off_releases_tracebacks(run_child: RunChild) -> None:
+    # Note [Torch tracebacks]: once history stops gathering torch's tracebacks, those that
+    # nothing names are dropped (review finding: they stayed for the life of the process).
+    run_child(PRELUDE + """
+torch.cuda.memory._record_memory_history(max_entries=100)
+keep = torch.empty(1000, device="cuda")
+for _ in range(3000):
+    t = torch.empty(1000, device="cuda")
+    del t
+assert _core.torch_traceback_count() > 100
+torch.cuda.memory._record_memory_history(None)
+# Still named: the live block `keep` and the 100 kept trace entries.
+assert _core.torch_traceback_count() <= 101, _core.torch_traceback_count()
+torch.cuda.memory._record_memory_history(None, clear_history=True)
+assert _core.torch_traceback_count() <= 1, _core.torch_traceback_count()
+del keep
+print("CHILD OK")
+""")
+
+
+def test_history_bad_device_changes_nothing(run_child: RunChild) -> None:
+    run_child(PRELUDE + """
+try:
+    torch.cuda.memory._record_memory_history(device=99)
+except (ValueError, RuntimeError):
+    pass
+else:
+    raise AssertionError("device 99 accepted")
+assert not torch._C._cuda_isHistoryEnabled()
+print("CHILD OK")
+""")

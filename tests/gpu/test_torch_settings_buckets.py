@@ -149,7 +149,10 @@ import torch, pypool
 pypool.install()
 x = torch.empty(1 << 20, dtype=torch.uint8, device="cuda")
 s = torch.cuda.memory._snapshot()["allocator_settings"]
-assert s["roundup_power2_divisions"] == "[64:8,128:2,256:2,512:2,>:0]", s
+# torch's form, interval start in MiB -> divisions; 1 division shows as 0 (no rounding
+# either way; torch shows the 1 it was given).
+expect = {{str(1 << i): 8 if i <= 6 else 2 if i <= 9 else 0 for i in range(16)}}
+assert s["roundup_power2_divisions"] == expect, s
 assert s["round_up_interval_divisions"] == "[64:8,128:2,256:2,512:2,>:0]", s
 print("CHILD OK")
 """, env={"PYTORCH_CUDA_ALLOC_CONF": f"roundup_power2_divisions:{BUCKETS}"})
