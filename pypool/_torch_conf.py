@@ -22,7 +22,7 @@ import os
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from .config import PoolConfig, _interval_text
+from .config import PoolConfig, _interval_text, _split_items
 
 __all__ = ["TorchSettingWarning", "translate", "from_env", "env_text", "TORCH_KEYS", "RESET_EACH_CALL", "with_resets"]
 
@@ -78,19 +78,8 @@ def env_text() -> Tuple[str, str]:
 def _split(text: str) -> List[Tuple[str, str]]:
     """``"a:1,b:[256:1,>:4]"`` -> ``[("a", "1"), ("b", "[256:1,>:4]")]`` (commas inside
     brackets belong to the value)."""
-    items: List[str] = []
-    depth, start = 0, 0
-    for i, ch in enumerate(text):
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth = max(0, depth - 1)
-        elif ch == "," and depth == 0:
-            items.append(text[start:i])
-            start = i + 1
-    items.append(text[start:])
     out = []
-    for item in (p.strip() for p in items):
+    for item in (p.strip() for p in _split_items(text)):
         if not item:
             continue
         key, sep, value = item.partition(":")

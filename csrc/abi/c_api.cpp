@@ -198,23 +198,34 @@ void report_to_profiler(pypool::DevicePool& pool, void* p, std::int64_t signed_s
   }
 }
 
-// pypool_malloc's body (kept apart so that function is unchanged) with the OOM observers
-// called on out-of-memory, outside the pool lock.
-void* torch_malloc_cached(std::size_t size, int device, void* stream) {
+// The malloc shared by pypool_malloc and torch's entry point, inlined into each (so
+// pypool_malloc's code is what it was); kNotify: torch's OOM observers are called first,
+// outside the pool lock.
+template <bool kNotify>
+__attribute__((always_inline)) inline void* malloc_body(std::size_t size, int device, void* stream) {
+  // A bad device index is the caller's error, not "no memory".
   if (!valid_device(device)) throw_invalid_device(device);
   try {
     return pypool::Registry::instance().pool(device).malloc(size, reinterpret_cast<pypool::Stream>(stream));
   } catch (const pypool::OutOfMemoryError& e) {
-    notify_oom(size, device);
+    if constexpr (kNotify) notify_oom(size, device);
+    // Deliberate: torch reports it to Python as torch.OutOfMemoryError (when enabled,
+    // Note [torch OutOfMemoryError]) or as a RuntimeError.
     pypool::abi::throw_oom(e.what());
   } catch (const std::exception& e) {
     if (device_missing(device)) throw std::invalid_argument(e.what());
+    // Any other failure (absurd size, broken device) is still "no memory" for torch,
+    // which has no other channel: keep one exception type at the boundary.
     pypool::abi::throw_oom(e.what());
   } catch (abi::__forced_unwind&) {  // Note [Forced unwind]
     throw;
   } catch (...) {
     pypool::abi::throw_oom("pypool: unknown error in malloc");
   }
+}
+
+void* torch_malloc_cached(std::size_t size, int device, void* stream) {
+  return malloc_body<true>(size, device, stream);
 }
 
 // pypool_torch_malloc with a mode on.
@@ -248,24 +259,7 @@ void* torch_malloc_modes(std::size_t size, int device, void* stream, unsigned mo
 extern "C" {
 
 void* pypool_malloc(size_t size, int device, void* stream) {
-  // A bad device index is the caller's error, not "no memory".
-  if (!valid_device(device)) throw_invalid_device(device);
-  try {
-    return pypool::Registry::instance().pool(device).malloc(size, reinterpret_cast<pypool::Stream>(stream));
-  } catch (const pypool::OutOfMemoryError& e) {
-    // Deliberate: torch reports it to Python as torch.OutOfMemoryError (when enabled,
-    // Note [torch OutOfMemoryError]) or as a RuntimeError.
-    pypool::abi::throw_oom(e.what());
-  } catch (const std::exception& e) {
-    if (device_missing(device)) throw std::invalid_argument(e.what());
-    // Any other failure (absurd size, broken device) is still "no memory" for torch,
-    // which has no other channel: keep one exception type at the boundary.
-    pypool::abi::throw_oom(e.what());
-  } catch (abi::__forced_unwind&) {  // Note [Forced unwind]
-    throw;
-  } catch (...) {
-    pypool::abi::throw_oom("pypool: unknown error in malloc");
-  }
+  return malloc_body<false>(size, device, stream);
 }
 
 void* pypool_try_malloc(size_t size, int device, void* stream, int* error) {

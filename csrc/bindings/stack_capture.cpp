@@ -46,14 +46,18 @@ constexpr int kMaxFrames = 48;
 
 }  // namespace
 
-std::uint64_t native_context_hook(void*) {
-  // At interpreter shutdown a thread without a Python state must not take the GIL
-  // (CPython would end it with pthread_exit, unwinding through torch's frames).
+// At interpreter shutdown a thread without a Python state must not take the GIL
+// (CPython would end it with pthread_exit, unwinding through torch's frames).
+static bool python_gone() {
 #if PY_VERSION_HEX >= 0x030D0000
-  if (!Py_IsInitialized() || Py_IsFinalizing()) return 0;
+  return !Py_IsInitialized() || Py_IsFinalizing();
 #else
-  if (!Py_IsInitialized() || _Py_IsFinalizing()) return 0;
+  return !Py_IsInitialized() || _Py_IsFinalizing();
 #endif
+}
+
+std::uint64_t native_context_hook(void*) {
+  if (python_gone()) return 0;
   py::gil_scoped_acquire gil;
   PyFrameObject* f = PyThreadState_GetFrame(PyThreadState_Get());  // new reference
   if (f == nullptr) return 0;  // a thread with no Python frames (autograd workers)
@@ -194,11 +198,7 @@ void collect_tracebacks(TorchTracebacks& t, bool everything = false) {
 }
 
 std::uint64_t torch_context_hook(void* user) {
-#if PY_VERSION_HEX >= 0x030D0000
-  if (!Py_IsInitialized() || Py_IsFinalizing()) return 0;
-#else
-  if (!Py_IsInitialized() || _Py_IsFinalizing()) return 0;
-#endif
+  if (python_gone()) return 0;
   py::gil_scoped_acquire gil;
   TorchTracebacks& t = torch_tracebacks();
   PyObject* args = t.args[*static_cast<const int*>(user)];
