@@ -439,16 +439,7 @@ def _use_torch_oom(torch: Any) -> int:
     """
     if os.environ.get("PYPOOL_TORCH_OOM", "1").strip().lower() in ("0", "false", "no", "off"):
         return 0
-    path = _libc10_path(torch)
-    if path is None:
-        return -1
-    try:
-        fn = ctypes.CDLL(_library_path()).pypool_use_torch_oom
-    except (OSError, AttributeError):  # a library without the entry point
-        return -5
-    fn.argtypes = [ctypes.c_char_p]
-    fn.restype = ctypes.c_int
-    code = int(fn(os.fsencode(path)))
+    code = _bridge_to_libc10(torch, "pypool_use_torch_oom")
     if code != 1:
         log.debug("pypool: torch.OutOfMemoryError not available (code %d): OOM is a RuntimeError", code)
     return code
@@ -457,6 +448,21 @@ def _use_torch_oom(torch: Any) -> int:
 def _cdll() -> Any:
     """The C ABI through ctypes (the library torch loaded)."""
     return ctypes.CDLL(_library_path())
+
+
+def _bridge_to_libc10(torch: Any, entry: str) -> int:
+    """Call the C ABI's ``entry(libc10_path)`` (the OOM and profiler bridges): its code,
+    -1 when this torch has no libc10, -5 when the library lacks the entry point."""
+    path = _libc10_path(torch)
+    if path is None:
+        return -1
+    try:
+        fn = getattr(_cdll(), entry)
+    except (OSError, AttributeError):  # a library without the entry point
+        return -5
+    fn.argtypes = [ctypes.c_char_p]
+    fn.restype = ctypes.c_int
+    return int(fn(os.fsencode(path)))
 
 
 def _use_torch_profiler(torch: Any) -> int:
@@ -470,16 +476,7 @@ def _use_torch_profiler(torch: Any) -> int:
     setting = os.environ.get("PYPOOL_TORCH_PROFILER", "1").strip().lower()
     if setting in ("0", "false", "no", "off"):
         return 0
-    path = _libc10_path(torch)
-    if path is None:
-        return -1
-    try:
-        fn = _cdll().pypool_use_torch_profiler
-    except (OSError, AttributeError):
-        return -5
-    fn.argtypes = [ctypes.c_char_p]
-    fn.restype = ctypes.c_int
-    code = int(fn(os.fsencode(path)))
+    code = _bridge_to_libc10(torch, "pypool_use_torch_profiler")
     if code != 1:
         log.debug("pypool: torch.profiler memory events not available (code %d)", code)
         return code
