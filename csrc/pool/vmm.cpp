@@ -56,6 +56,18 @@
 // Before, a failure skipped every remaining unmap after the pool had stopped counting
 // the bytes, and the next growth mapped the same addresses again ("pool reserved 4 MiB,
 // device holds 24 MiB", then 10 double maps).
+//
+// Note [Growth meets a cache hit]: a growth maps only what the free block it extends
+// lacks (the free tail, or a hole's free neighbour), and it maps with the lock dropped,
+// so another thread's cache hit (which needs neither the claim nor grow_mu) may take
+// that block meanwhile. The new granules alone are then too small. vmm_grow goes round
+// again, claim still held: the next mapping extends the new granules. Before, it
+// returned nothing, and malloc went to the OOM retry, which flushed every stream's
+// cache, and reported out of memory when the same race hit the retry's growth (CI: "Tried
+// to allocate 11.01 MiB ... 79.42 GiB is free", 4 threads on one expandable segment).
+// Making the hit wait for the mapping instead would put a cache hit behind a driver call.
+// Each round maps memory the hits went on to use, so it ends when the request fits or the
+// device or cap refuses.
 #include "pool_impl.h"
 
 namespace pypool::detail {
@@ -262,173 +274,176 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
   room = DeviceRoom::ask(m.be);
   lk.lock();
   auto fits = [&](std::size_t s) { return s >= rounded; };
-  // Another thread may have grown the segment while we waited for the claim.
-  if (Block* b = idx->find(rounded, fits)) {
-    m.take_free(idx, b);
-    return b;
-  }
-  Segment* s = idx->vmm_seg;
-  Block* last = s != nullptr ? last_block(s) : nullptr;
-  const std::size_t tail_free = (last != nullptr && last->state == BlockState::kFree) ? last->size : 0;
-  const std::size_t tail_need = policy::round_up(rounded - std::min(tail_free, rounded), g);
-  const std::size_t va = s != nullptr ? s->reserved_va : policy::round_up(m.cfg.expandable_reserve, g);
-  const bool tail_fits_va = s != nullptr ? s->size + tail_need <= s->reserved_va : tail_need <= va;
-  // The cheapest place (Note [VMM holes]): a hole if it needs no more granules than the
-  // tail (a hole costs no address space), else the tail.
-  Block* hole = nullptr;
-  std::uintptr_t at = 0;
-  std::size_t need = tail_fits_va ? tail_need : SIZE_MAX;
-  // O(blocks of the segment), only on growth and only while it has holes.
-  for (Block* h = s != nullptr && s->holes > 0 ? s->first : nullptr; h != nullptr; h = h->next) {
-    if (h->state != kHole) continue;
-    const std::size_t left = h->prev != nullptr && h->prev->state == BlockState::kFree ? h->prev->size : 0;
-    const std::size_t right = h->next != nullptr && h->next->state == BlockState::kFree ? h->next->size : 0;
-    if (left + h->size + right < rounded) continue;
-    auto consider = [&](std::size_t n, std::uintptr_t a) {
-      if (n > 0 && (n < need || (hole == nullptr && n == need))) {
-        need = n;
-        at = a;
-        hole = h;
+  // Round again while a cache hit takes what the last mapping was to extend
+  // (Note [Growth meets a cache hit]).
+  for (;;) {
+    // Another thread may have grown the segment while we waited for the claim.
+    if (Block* b = idx->find(rounded, fits)) {
+      m.take_free(idx, b);
+      return b;
+    }
+    Segment* s = idx->vmm_seg;
+    Block* last = s != nullptr ? last_block(s) : nullptr;
+    const std::size_t tail_free = (last != nullptr && last->state == BlockState::kFree) ? last->size : 0;
+    const std::size_t tail_need = policy::round_up(rounded - std::min(tail_free, rounded), g);
+    const std::size_t va = s != nullptr ? s->reserved_va : policy::round_up(m.cfg.expandable_reserve, g);
+    const bool tail_fits_va = s != nullptr ? s->size + tail_need <= s->reserved_va : tail_need <= va;
+    // The cheapest place (Note [VMM holes]): a hole if it needs no more granules than the
+    // tail (a hole costs no address space), else the tail.
+    Block* hole = nullptr;
+    std::uintptr_t at = 0;
+    std::size_t need = tail_fits_va ? tail_need : SIZE_MAX;
+    // O(blocks of the segment), only on growth and only while it has holes.
+    for (Block* h = s != nullptr && s->holes > 0 ? s->first : nullptr; h != nullptr; h = h->next) {
+      if (h->state != kHole) continue;
+      const std::size_t left = h->prev != nullptr && h->prev->state == BlockState::kFree ? h->prev->size : 0;
+      const std::size_t right = h->next != nullptr && h->next->state == BlockState::kFree ? h->next->size : 0;
+      if (left + h->size + right < rounded) continue;
+      auto consider = [&](std::size_t n, std::uintptr_t a) {
+        if (n > 0 && (n < need || (hole == nullptr && n == need))) {
+          need = n;
+          at = a;
+          hole = h;
+        }
+      };
+      const std::size_t from_start = policy::round_up(rounded - std::min(left, rounded), g);
+      const std::size_t from_end = policy::round_up(rounded - std::min(right, rounded), g);
+      if (from_start < h->size) consider(from_start, h->addr);
+      if (from_end < h->size) consider(from_end, h->addr + h->size - from_end);
+      consider(h->size, h->addr);
+    }
+    if (hole == nullptr) need = tail_need;
+    if (room.beyond_total(need)) {
+      room.never = true;
+      return nullptr;
+    }
+    if (hole == nullptr && !tail_fits_va) {
+      room.reserve_full = true;
+      room.reserve_mapped = s != nullptr ? s->size : 0;  // its extent: holes included
+      room.reserve_total = va;
+      room.reserve_need = need;
+      return nullptr;
+    }
+    if (!m.fits_cap(need) || !room.fits_free(need)) return nullptr;
+
+    // Every bookkeeping allocation before anything is mapped (Note [Exception safety]).
+    const std::size_t k = need / g;
+    std::unique_ptr<Segment> fresh;
+    std::unique_ptr<std::vector<PhysHandle>> fresh_chunks;
+    if (s == nullptr) {
+      fresh = std::make_unique<Segment>();
+      fresh_chunks = std::make_unique<std::vector<PhysHandle>>();
+      fresh_chunks->reserve(k);
+    } else if (hole == nullptr) {
+      s->chunks->reserve(s->chunks->size() + k);
+    }
+    m.arena.reserve();
+    m.quarantine.reserve(quarantine_room(m, 1));
+    std::vector<PhysHandle> handles;
+    handles.reserve(k);
+
+    ++m.quarantine_owed;
+    lk.unlock();
+    void* range = nullptr;
+    bool mapped = false;
+    try {
+      if (s == nullptr) range = m.be.vmm_reserve(va);
+    } catch (...) {
+      lk.lock();
+      --m.quarantine_owed;
+      throw;
+    }
+    if (s != nullptr || range != nullptr) {
+      if (hole == nullptr) at = s != nullptr ? s->addr + s->size : reinterpret_cast<std::uintptr_t>(range);
+      mapped = map_range(m.be, at, need, g, handles);
+      if (!mapped && range != nullptr && handles.empty()) {
+        try {
+          m.be.vmm_release_range(range, va);
+        } catch (...) {
+          // Address space only: nothing of the device's memory is lost.
+        }
       }
-    };
-    const std::size_t from_start = policy::round_up(rounded - std::min(left, rounded), g);
-    const std::size_t from_end = policy::round_up(rounded - std::min(right, rounded), g);
-    if (from_start < h->size) consider(from_start, h->addr);
-    if (from_end < h->size) consider(from_end, h->addr + h->size - from_end);
-    consider(h->size, h->addr);
-  }
-  if (hole == nullptr) need = tail_need;
-  if (room.beyond_total(need)) {
-    room.never = true;
-    return nullptr;
-  }
-  if (hole == nullptr && !tail_fits_va) {
-    room.reserve_full = true;
-    room.reserve_mapped = s != nullptr ? s->size : 0;  // its extent: holes included
-    room.reserve_total = va;
-    room.reserve_need = need;
-    return nullptr;
-  }
-  if (!m.fits_cap(need) || !room.fits_free(need)) return nullptr;
-
-  // Every bookkeeping allocation before anything is mapped (Note [Exception safety]).
-  const std::size_t k = need / g;
-  std::unique_ptr<Segment> fresh;
-  std::unique_ptr<std::vector<PhysHandle>> fresh_chunks;
-  if (s == nullptr) {
-    fresh = std::make_unique<Segment>();
-    fresh_chunks = std::make_unique<std::vector<PhysHandle>>();
-    fresh_chunks->reserve(k);
-  } else if (hole == nullptr) {
-    s->chunks->reserve(s->chunks->size() + k);
-  }
-  m.arena.reserve();
-  m.quarantine.reserve(quarantine_room(m, 1));
-  std::vector<PhysHandle> handles;
-  handles.reserve(k);
-
-  ++m.quarantine_owed;
-  lk.unlock();
-  void* range = nullptr;
-  bool mapped = false;
-  try {
-    if (s == nullptr) range = m.be.vmm_reserve(va);
-  } catch (...) {
+    }
     lk.lock();
     --m.quarantine_owed;
-    throw;
-  }
-  if (s != nullptr || range != nullptr) {
-    if (hole == nullptr) at = s != nullptr ? s->addr + s->size : reinterpret_cast<std::uintptr_t>(range);
-    mapped = map_range(m.be, at, need, g, handles);
-    if (!mapped && range != nullptr && handles.empty()) {
-      try {
-        m.be.vmm_release_range(range, va);
-      } catch (...) {
-        // Address space only: nothing of the device's memory is lost.
+    if (!mapped) {
+      if (!handles.empty()) {
+        // The rollback of a failed growth could not unmap these (Note [Unmap failure]).
+        const PoolKind kind = idx->kind;
+        const auto bytes = static_cast<std::int64_t>(handles.size() * g);
+        DevicePool::Impl::add(m.st.reserved_bytes, kind, bytes);
+        m.detached[static_cast<int>(kind)] += handles.size() * g;
+        quarantine_locked(m, s, at, std::move(handles), reinterpret_cast<std::uintptr_t>(range), va);
       }
+      return nullptr;
     }
-  }
-  lk.lock();
-  --m.quarantine_owed;
-  if (!mapped) {
-    if (!handles.empty()) {
-      // The rollback of a failed growth could not unmap these (Note [Unmap failure]).
-      const PoolKind kind = idx->kind;
-      const auto bytes = static_cast<std::int64_t>(handles.size() * g);
-      DevicePool::Impl::add(m.st.reserved_bytes, kind, bytes);
-      m.detached[static_cast<int>(kind)] += handles.size() * g;
-      quarantine_locked(m, s, at, std::move(handles), reinterpret_cast<std::uintptr_t>(range), va);
+
+    if (s == nullptr) {
+      s = fresh.release();
+      s->addr = at;
+      s->size = 0;
+      s->index = idx;
+      s->kind = idx->kind;
+      s->stream = idx->stream;
+      s->expandable = true;
+      s->reserved_va = va;
+      s->chunks = fresh_chunks.release();
+      s->next = m.segs;
+      if (m.segs != nullptr) m.segs->prev = s;
+      m.segs = s;
+      idx->vmm_seg = s;
+      DevicePool::Impl::add(m.st.segment, s->kind, 1);
+      ++m.st.num_device_alloc;
+      m.trace(TraceAction::kSegmentAlloc, s->addr, va, s->stream);
     }
-    return nullptr;
-  }
+    DevicePool::Impl::add(m.st.reserved_bytes, s->kind, static_cast<std::int64_t>(need));
+    ++m.st.num_segment_map;
+    m.trace(TraceAction::kSegmentMap, at, need, s->stream);
 
-  if (s == nullptr) {
-    s = fresh.release();
-    s->addr = at;
-    s->size = 0;
-    s->index = idx;
-    s->kind = idx->kind;
-    s->stream = idx->stream;
-    s->expandable = true;
-    s->reserved_va = va;
-    s->chunks = fresh_chunks.release();
-    s->next = m.segs;
-    if (m.segs != nullptr) m.segs->prev = s;
-    m.segs = s;
-    idx->vmm_seg = s;
-    DevicePool::Impl::add(m.st.segment, s->kind, 1);
-    ++m.st.num_device_alloc;
-    m.trace(TraceAction::kSegmentAlloc, s->addr, va, s->stream);
-  }
-  DevicePool::Impl::add(m.st.reserved_bytes, s->kind, static_cast<std::int64_t>(need));
-  ++m.st.num_segment_map;
-  m.trace(TraceAction::kSegmentMap, at, need, s->stream);
-
-  if (hole != nullptr) {
-    // The hole is as it was: holes change only under the claim, which this thread holds.
-    std::copy(handles.begin(), handles.end(), s->chunks->begin() + static_cast<std::ptrdiff_t>(granule_of(s, at, g)));
-    s->holes -= need;
-    Block* nb = hole;
-    if (need < hole->size) {
-      nb = m.arena.get();  // reserved above
-      nb->addr = at;
-      nb->size = need;
-      nb->seg = s;
-      nb->stream = s->stream;
-      if (at == hole->addr) {
-        link_before(s, hole, nb);
-        hole->addr += need;
-      } else {
-        link_after(hole, nb);
+    if (hole != nullptr) {
+      // The hole is as it was: holes change only under the claim, which this thread holds.
+      std::copy(handles.begin(), handles.end(), s->chunks->begin() + static_cast<std::ptrdiff_t>(granule_of(s, at, g)));
+      s->holes -= need;
+      Block* nb = hole;
+      if (need < hole->size) {
+        nb = m.arena.get();  // reserved above
+        nb->addr = at;
+        nb->size = need;
+        nb->seg = s;
+        nb->stream = s->stream;
+        if (at == hole->addr) {
+          link_before(s, hole, nb);
+          hole->addr += need;
+        } else {
+          link_after(hole, nb);
+        }
+        hole->size -= need;
       }
-      hole->size -= need;
-    }
-    nb->state = BlockState::kFree;
-    coalesce_and_put(m, idx, nb);
-  } else {
-    s->chunks->insert(s->chunks->end(), handles.begin(), handles.end());  // reserved above
-    s->size += need;
-    last = last_block(s);
-    if (last != nullptr && last->state == BlockState::kFree) {
-      m.take_free(idx, last);
-      last->size += need;
-      m.put_free(idx, last);
+      nb->state = BlockState::kFree;
+      coalesce_and_put(m, idx, nb);
     } else {
-      Block* nb = m.arena.get();  // reserved above
-      nb->addr = at;
-      nb->size = need;
-      nb->seg = s;
-      nb->stream = s->stream;
-      nb->prev = last;
-      if (last != nullptr) last->next = nb;
-      else s->first = nb;
-      m.put_free(idx, nb);
+      s->chunks->insert(s->chunks->end(), handles.begin(), handles.end());  // reserved above
+      s->size += need;
+      last = last_block(s);
+      if (last != nullptr && last->state == BlockState::kFree) {
+        m.take_free(idx, last);
+        last->size += need;
+        m.put_free(idx, last);
+      } else {
+        Block* nb = m.arena.get();  // reserved above
+        nb->addr = at;
+        nb->size = need;
+        nb->seg = s;
+        nb->stream = s->stream;
+        nb->prev = last;
+        if (last != nullptr) last->next = nb;
+        else s->first = nb;
+        m.put_free(idx, nb);
+      }
     }
-  }
-  Block* b = idx->find(rounded, fits);
-  if (b != nullptr) m.take_free(idx, b);
-  return b;
+    // The device has `need` fewer bytes free than when it was asked.
+    room.mem.free -= std::min(room.mem.free, need);
+  }  // for (;;)
 }
 
 namespace {

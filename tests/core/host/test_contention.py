@@ -363,3 +363,61 @@ def test_fork_while_empty_cache_synchronizes(make_pool: Callable[..., pypool.Poo
         be.release_stream(2)
         t.join(HANG_S)
     assert code == 0, f"child exited with {code} (-14: hung on a lock held at fork)"
+
+
+@pytest.mark.parametrize("where", ["tail", "hole"])
+def test_expandable_growth_survives_a_cache_hit_on_what_it_extends(
+        make_pool: Callable[..., pypool.Pool], pool_ok: Callable[[pypool.Pool], None], where: str) -> None:
+    # CI, 2026-12-02 (test_threads_expandable on the simulated device): "CUDA out of
+    # memory. Tried to allocate 11.01 MiB ... 79.42 GiB is free". An expandable growth maps
+    # only what the free block it extends (the free tail, or a hole's free neighbour)
+    # lacks; while the mapping was in flight another thread's cache hit took that block,
+    # the growth found its new granules too small on their own, and malloc went to the
+    # OOM retry (flushing the whole cache), which the same race could fail again. Now the
+    # growth goes round again with the claim still held.
+    pool = make_pool(expandable_segments=True)
+    be = pool.backend
+    if where == "tail":
+        p = pool.malloc(6 * MiB)
+        pool.free(p)  # the segment: 6 MiB mapped, all of it the free tail
+        want, grab = 10 * MiB, 6 * MiB
+    else:
+        a, b, c = pool.malloc(6 * MiB), pool.malloc(6 * MiB), pool.malloc(2 * MiB)
+        pool.free(b)
+        pool.empty_cache()  # b's 6 MiB become a hole between a and c
+        pool.free(a)  # a free 6 MiB block left of the hole
+        want, grab = 10 * MiB, 6 * MiB
+    retries = pool.memory_stats()["num_alloc_retries"]
+    maps = be.calls["vmm_map"]
+    be.set_delays(allocate_us=300_000)
+    got: List[int] = []
+    errors: List[BaseException] = []
+
+    def grower() -> None:
+        try:
+            got.append(pool.malloc(want))
+        except BaseException as e:
+            errors.append(e)
+
+    def hitter() -> None:
+        try:
+            deadline = time.monotonic() + HANG_S
+            while be.calls["vmm_map"] == maps:  # the growth's mapping has started
+                assert time.monotonic() < deadline, "the growth never mapped"
+                time.sleep(0.001)
+            got.append(pool.malloc(grab))  # a cache hit on the block being extended
+        except BaseException as e:
+            errors.append(e)
+
+    _run([threading.Thread(target=grower), threading.Thread(target=hitter)])
+    be.set_delays()
+    assert not errors, errors
+    st = pool.memory_stats()
+    assert st["num_ooms"] == 0
+    assert st["num_alloc_retries"] == retries, "the growth gave up and flushed the cache"
+    pool_ok(pool)
+    for q in got:
+        pool.free(q)
+    if where == "hole":
+        pool.free(c)
+    pool_ok(pool)
