@@ -104,7 +104,9 @@ def use_torch_stacks(core_pool: Any, stacks: Optional[str]) -> None:
     if stacks is not None:
         if not _core.registry_owns(core_pool):
             raise ValueError("use_torch_stacks: only registry pools record torch tracebacks")
-        torch = sys.modules["torch"]
+        torch = sys.modules.get("torch")
+        if torch is None:
+            raise RuntimeError(f"use_torch_stacks({stacks!r}): import torch first (its CapturedTraceback records the stacks)")
         _core.set_torch_traceback_gather(torch._C._profiler.gather_traceback)
     with _lock:
         key = id(core_pool)

@@ -116,6 +116,7 @@ PATCHES: Tuple[Tuple[str, str, str], ...] = (
     ("cuda.memory", "_snapshot", "_snapshot"),
     ("cuda.memory", "_dump_snapshot", "_dump_snapshot"),
     ("cuda.memory", "_allocation_traceback", "_allocation_traceback"),
+    ("_C", "_cuda_allocationTraceback", "_allocation_traceback"),
     # torch.cuda.memory._set_allocator_settings calls these at call time (2.9+: the
     # first; 2.8: the second), so patching them covers every spelling.
     ("_C", "_accelerator_setAllocatorSettings", "_accelerator_setAllocatorSettings"),

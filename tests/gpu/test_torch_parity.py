@@ -529,6 +529,7 @@ assert any(f["filename"].endswith("child.py") for e in snap["device_traces"][0] 
            for f in e["frames"]), "no Python frames"
 frames = torch.cuda.memory._allocation_traceback(b.untyped_storage().data_ptr())
 assert frames and any(f["filename"].endswith("child.py") for f in frames), frames
+assert torch._C._cuda_allocationTraceback(b.untyped_storage().data_ptr()) == frames  # the torch._C name too
 assert torch.cuda.memory._allocation_traceback(b.data_ptr() + 512) is None  # not a block's start
 segs = torch.cuda.memory_snapshot()
 assert segs == snap["segments"] and sum(s["allocated_size"] for s in segs) == pm.memory_allocated(0)

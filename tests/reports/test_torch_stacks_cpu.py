@@ -60,6 +60,14 @@ def test_hook_names_and_pools_checked() -> None:
     _context.use_torch_stacks(p._pool, None)  # the native walker: always allowed
 
 
+def test_torch_stacks_need_torch_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    core = _core.registry_pool(0)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    with pytest.raises(RuntimeError, match=r"use_torch_stacks\('python'\): import torch first"):
+        _context.use_torch_stacks(core, "python")
+    assert _context.torch_stacks(core) is None  # nothing changed
+
+
 def test_capture_and_collection_with_cpu_torch(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     code = textwrap.dedent("""
