@@ -278,7 +278,8 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
   // (Note [Growth meets a cache hit]).
   for (;;) {
     // Another thread may have grown the segment while we waited for the claim.
-    if (Block* b = idx->find(rounded, fits)) {
+    // Exhaustive: a free tail missed here would make `need` 0 below.
+    if (Block* b = idx->find(rounded, fits, /*exhaustive=*/true)) {
       m.take_free(idx, b);
       return b;
     }
@@ -313,6 +314,7 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
       consider(h->size, h->addr);
     }
     if (hole == nullptr) need = tail_need;
+    if (need == 0) return nullptr;  // unreachable (the search above is exhaustive); never a loop
     if (room.beyond_total(need)) {
       room.never = true;
       return nullptr;
