@@ -61,13 +61,16 @@
 // lacks (the free tail, or a hole's free neighbour), and it maps with the lock dropped,
 // so another thread's cache hit (which needs neither the claim nor grow_mu) may take
 // that block meanwhile. The new granules alone are then too small. vmm_grow goes round
-// again, claim still held: the next mapping extends the new granules. Before, it
+// again, claim still held, and picks the cheapest place afresh: at the tail that extends
+// the new granules; after a hole's neighbour was taken it may be the tail instead, and the
+// granules just mapped stay as free cache (a release gives them back). Before, it
 // returned nothing, and malloc went to the OOM retry, which flushed every stream's
 // cache, and reported out of memory when the same race hit the retry's growth (CI: "Tried
 // to allocate 11.01 MiB ... 79.42 GiB is free", 4 threads on one expandable segment).
 // Making the hit wait for the mapping instead would put a cache hit behind a driver call.
-// Each round maps memory the hits went on to use, so it ends when the request fits or the
-// device or cap refuses.
+// Each round maps at least one granule and nothing unmaps them while the claim is held, so
+// the rounds end: the request fits, or the cap, the device, the reserved address range or
+// a failed map refuses the next round as it would a first one.
 #include "pool_impl.h"
 
 namespace pypool::detail {
@@ -277,8 +280,8 @@ Block* vmm_grow(DevicePool::Impl& m, std::unique_lock<SpinMutex>& lk, FreeIndex*
   // Round again while a cache hit takes what the last mapping was to extend
   // (Note [Growth meets a cache hit]).
   for (;;) {
-    // Another thread may have grown the segment while we waited for the claim.
-    // Exhaustive: a free tail missed here would make `need` 0 below.
+    // Another thread may have grown the segment while we waited for the claim, or freed a
+    // block since the last round. Exhaustive: a free tail missed here would make `need` 0 below.
     if (Block* b = idx->find(rounded, fits, /*exhaustive=*/true)) {
       m.take_free(idx, b);
       return b;

@@ -380,17 +380,18 @@ def test_expandable_growth_survives_a_cache_hit_on_what_it_extends(
     if where == "tail":
         p = pool.malloc(6 * MiB)
         pool.free(p)  # the segment: 6 MiB mapped, all of it the free tail
-        want, grab = 10 * MiB, 6 * MiB
+        want, grab, extended = 10 * MiB, 6 * MiB, p
     else:
         a, b, c = pool.malloc(6 * MiB), pool.malloc(6 * MiB), pool.malloc(2 * MiB)
         pool.free(b)
         pool.empty_cache()  # b's 6 MiB become a hole between a and c
         pool.free(a)  # a free 6 MiB block left of the hole
-        want, grab = 10 * MiB, 6 * MiB
+        want, grab, extended = 10 * MiB, 6 * MiB, a
     retries = pool.memory_stats()["num_alloc_retries"]
     maps = be.calls["vmm_map"]
     be.set_delays(allocate_us=300_000)
     got: List[int] = []
+    hit: List[int] = []
     errors: List[BaseException] = []
 
     def grower() -> None:
@@ -405,18 +406,20 @@ def test_expandable_growth_survives_a_cache_hit_on_what_it_extends(
             while be.calls["vmm_map"] == maps:  # the growth's mapping has started
                 assert time.monotonic() < deadline, "the growth never mapped"
                 time.sleep(0.001)
-            got.append(pool.malloc(grab))  # a cache hit on the block being extended
+            hit.append(pool.malloc(grab))  # a cache hit on the block being extended
         except BaseException as e:
             errors.append(e)
 
     _run([threading.Thread(target=grower), threading.Thread(target=hitter)])
     be.set_delays()
     assert not errors, errors
+    # The race happened: the hit got the very block the growth had set out to extend.
+    assert hit == [extended]
     st = pool.memory_stats()
     assert st["num_ooms"] == 0
     assert st["num_alloc_retries"] == retries, "the growth gave up and flushed the cache"
     pool_ok(pool)
-    for q in got:
+    for q in got + hit:
         pool.free(q)
     if where == "hole":
         pool.free(c)
