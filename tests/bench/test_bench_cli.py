@@ -36,7 +36,8 @@ def _run_cli(args: List[str], cwd: Path) -> subprocess.CompletedProcess:
     # The subprocess must import the pypool under test (source tree or installed copy).
     env["PYTHONPATH"] = PKG_PARENT + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "pypool", "bench", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=900)  # catches hangs only: the sim
+    # smoke starts several children that import the CUDA build of torch (92 s seen under load)
 
 
 @pytest.fixture(scope="module")

@@ -244,7 +244,9 @@ def test_allocations_racing_with_scope_end_are_left_out(pool: pypool.Pool) -> No
     lock = threading.Lock()
 
     def spin() -> None:
-        while not stop.is_set():
+        # Bounded: never frees, so an unbounded spinner on a slow scope could fill the pool
+        # (1 GiB / 4 KiB = 262k; up to 20k seen under load).
+        while not stop.is_set() and len(kept) < 100_000:
             p = pool.malloc(4096)
             with lock:
                 kept.append(p)

@@ -352,6 +352,12 @@ def test_fork_while_empty_cache_synchronizes(make_pool: Callable[..., pypool.Poo
     t.start()
     while be.calls["synchronize_event"] == 0:
         time.sleep(0.001)
+    # The count goes up before the synchronize takes the host backend's own mutex to wait;
+    # a fork while it holds that mutex would leave the child's allocate hung (the backend,
+    # unlike the pools, has no fork handlers). pending_events takes the mutex, so once it
+    # returns the synchronize is parked in its wait with the mutex released.
+    time.sleep(0.05)
+    assert be.pending_events >= 1
 
     def child() -> None:
         pool.free(pool.malloc(4096, stream=7))
