@@ -45,6 +45,15 @@ def stats():
 
 def device_free():
     return torch.cuda.mem_get_info()[0]
+
+
+def cuda_alloc_events(prof):  # the CUDA allocation events a torch.profiler.profile recorded
+    from torch._C._profiler import _EventType
+
+    def count(nodes):
+        return sum((n.typed[0] == _EventType.Allocation and n.typed[1].device.type == "cuda") + count(n.children)
+                   for n in nodes)
+    return count(prof.profiler.kineto_results.experimental_event_tree())
 """
 
 
@@ -225,14 +234,10 @@ print("CHILD OK")
 
 def test_profiler_bridge_can_be_turned_off(run_child: RunChild) -> None:
     run_child(PRELUDE + """
-from torch._C._profiler import _EventType
 assert not pypool._torch.torch_profiler_enabled()
 with torch.profiler.profile(profile_memory=True) as prof:
     x = torch.empty(MiB, dtype=torch.uint8, device="cuda")
-def count(nodes):
-    return sum((n.typed[0] == _EventType.Allocation and n.typed[1].device.type == "cuda") + count(n.children)
-               for n in nodes)
-assert count(prof.profiler.kineto_results.experimental_event_tree()) == 0
+assert cuda_alloc_events(prof) == 0
 del x
 print("CHILD OK")
 """, env={"PYPOOL_TORCH_PROFILER": "0"})
@@ -304,7 +309,6 @@ def test_profiler_gate_without_patch_torch(run_child: RunChild) -> None:
     # install(patch_torch=False) leaves torch's memory API alone but must still report to
     # the profiler (review finding: the gate never opened).
     run_child(PRELUDE.replace("pypool.install()", "pypool.install(patch_torch=False)") + """
-from torch._C._profiler import _EventType
 assert torch.cuda.memory_stats is not pypool.memory.memory_stats
 gate = pypool._torch._cdll().pypool_torch_profiler_active
 torch.cuda.init()
@@ -313,10 +317,7 @@ with torch.profiler.profile(profile_memory=True) as prof:
     assert gate()
     x = torch.empty(MiB, dtype=torch.uint8, device="cuda")
 assert not gate()
-def count(nodes):
-    return sum((n.typed[0] == _EventType.Allocation and n.typed[1].device.type == "cuda") + count(n.children)
-               for n in nodes)
-assert count(prof.profiler.kineto_results.experimental_event_tree()) == 1
+assert cuda_alloc_events(prof) == 1
 del x
 print("CHILD OK")
 """)
